@@ -13,7 +13,28 @@ and the exception text, then propagates. A block left without `finish()` is
 recorded as status "ok" with no answer. A trajectory whose process dies before
 its outcome record is flushed lands in the store as "incomplete".
 
-Wire format (one JSON object per line, "v": 1), three record types:
+Wire format. Records are buffered column-wise and each flush publishes one spool segment, an
+Arrow IPC file (`agents/spool.py`: `SCHEMA`, format version 1 in its metadata): one table with a
+`type` column and the union of the three record types' columns, one record batch per type:
+
+  trajectory  trajectory_id, agent_name, agent_version, agent_kind, agent_checkpoint,
+              task_family, task_id, task_split, task_operation, task_difficulty, task_spec,
+              tags, metadata, start_time
+  step        trajectory_id, index, kind, observation, tool_name, arguments, result, reward,
+              status, error, metadata, start_time, end_time
+  outcome     trajectory_id, status, answer, verified, reward, error, n_steps, end_time
+
+Typed fields are typed columns: index, n_steps and task_difficulty int32, reward float64 (a NaN
+or infinite reward is kept as it is, so ingest quarantines it rather than hiding it), verified
+bool, times UTC timestamps in microseconds, trajectory_id Arrow's UUID type. Free-form values
+(observation, arguments, result, metadata, answer, task spec) are JSON text from orjson (numpy
+values as numbers and lists, sets and tuples as lists, other objects as their repr()). A value of
+another type in a text field (an exception as `error`) is stored as its str(). `start_time` is an
+ISO 8601 string (with "Z" or an offset; none means UTC) or a datetime; anything else raises
+ValueError at the call, as does a reward that is not a number.
+
+The same records as JSON lines are what `grokloop ingest` reads from other writers (and the
+spool accepts as `*.jsonl`), "v": 1, times as ISO 8601 strings:
 
   {"type": "trajectory", "trajectory_id", "agent": {name, version, kind, checkpoint},
    "task": {family, task_id, split, operation, difficulty, spec}, "tags", "metadata", "start_time"}
@@ -22,8 +43,8 @@ Wire format (one JSON object per line, "v": 1), three record types:
   {"type": "outcome", "trajectory_id", "status", "answer", "verified", "reward", "error",
    "n_steps", "end_time"}
 
-Times are ISO 8601 UTC strings. Identity is made here (UUIDv7 per trajectory;
-a step is (trajectory_id, index)), so ingesting the same records twice is a no-op.
+Identity is made here (UUIDv7 per trajectory; a step is (trajectory_id, index)), so ingesting
+the same records twice is a no-op.
 """
 
 from __future__ import annotations
@@ -31,18 +52,26 @@ from __future__ import annotations
 import atexit
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
-from agents.spool import uuid7, write_segment
+from agents.spool import (
+    FORMAT_VERSION,
+    RecordBuffer,
+    segment_bytes,
+    utc_micros,
+    uuid7_bytes,
+    write_segment,
+)
 from storage.home import spool_dir
 
-FORMAT_VERSION = 1
-
+__all__ = ["FORMAT_VERSION", "Trajectory", "TrajectoryLogger", "now_iso", "task_ref"]
 
 _second = (-1, "")  # (unix second, its "YYYY-MM-DDTHH:MM:SS." prefix): formatted once a second
 
@@ -58,35 +87,44 @@ def now_iso() -> str:
     return f"{prefix}{micros:06d}Z"
 
 
-def _dumps(record: dict) -> bytes:
-    # NaN/inf are not JSON: orjson writes them as null, which would hide a bug in the agent.
-    # Ingest quarantines a NaN reward, so keep it visible as the string "NaN".
-    return orjson.dumps(record, option=_DUMPS_OPTIONS, default=_fallback)
+def _micros(value: Any) -> int:
+    """A start time as the wire format wants it: microseconds since the epoch, UTC."""
+    if value.__class__ is str and len(value) == 27 and value[26] == "Z":
+        sec, prefix = _second  # a now_iso() from this second, the common case: no parsing
+        digits = value[20:26]
+        if value.startswith(prefix) and digits.isdigit() and digits.isascii():
+            return sec * 1_000_000 + int(digits)
+    return utc_micros(value)
 
 
-_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE  # the newline without a copy
+_now_ns = time.time_ns
+_dumps = orjson.dumps
+_OPT = orjson.OPT_SERIALIZE_NUMPY
+_ROW_BYTES = 80  # a step's typed fields, about, when counting the buffer against flush_bytes
 
 
 def _fallback(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
     if isinstance(obj, Path):
         return str(obj)
     return repr(obj)
 
 
-def _check_reward(reward: float | None) -> float | str | None:
-    if reward is None:
-        return None
-    if reward.__class__ is float and reward - reward == 0.0:  # finite: the common case, no calls
-        return reward
-    reward = float(reward)
-    return reward if reward == reward and abs(reward) != float("inf") else str(reward)
+def _json(value: Any) -> bytes:
+    return b"" if value is None else _dumps(value, default=_fallback, option=_OPT)  # b"": null
+
+
+def _number(value: Any) -> float | None:
+    return value if value is None or value.__class__ is float else float(value)
 
 
 def task_ref(task: Any) -> dict:
     """A task as the wire format wants it: a mapping, or any object with a `.ref()` method."""
-    ref = dict(task.ref()) if hasattr(task, "ref") else dict(task)
+    ref = task.ref() if hasattr(task, "ref") else task
+    ref = ref if ref.__class__ is dict else dict(ref)
     missing = [k for k in ("family", "task_id") if not ref.get(k)]
     if missing:
         raise ValueError(f"task is missing {', '.join(missing)}: {ref!r}")
@@ -108,11 +146,15 @@ class TrajectoryLogger:
         flush_seconds: float = 2.0,
     ):
         self.agent = {"name": agent, "version": str(version), "kind": kind, "checkpoint": checkpoint}
+        self._agent = tuple(self.agent.values())  # as a trajectory record holds them
         self.spool = Path(spool) if spool else spool_dir()
         self.flush_bytes = flush_bytes
         self.flush_seconds = flush_seconds
-        self._buffer: list[bytes] = []
-        self._size = 0
+        # Column-wise, one buffer per record type (agents.spool.RecordBuffer); the Arrow columns
+        # are built once per flush.
+        self._buffers = _new_buffers()
+        self._steps = self._buffers["step"]
+        self._size = 0  # about the bytes buffered, JSON text counted exactly
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()     # the buffer
         self._io_lock = threading.Lock()  # publishing segments, one at a time and in order
@@ -136,13 +178,12 @@ class TrajectoryLogger:
     ) -> Trajectory:
         return Trajectory(self, task_ref(task), list(tags), dict(metadata or {}))
 
-    def write(self, record: dict) -> None:
-        line = orjson.dumps(record, option=_DUMPS_OPTIONS, default=_fallback)  # _dumps, inlined
+    def _add(self, rtype: str, row: tuple, *texts: bytes) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("TrajectoryLogger is closed")
-            self._buffer.append(line)
-            self._size += len(line)
+            self._buffers[rtype].add(row, *texts)
+            self._size += _ROW_BYTES + sum(map(len, texts))
             due = self._size >= self.flush_bytes
         if due:
             self._flush(wait=False)
@@ -153,18 +194,22 @@ class TrajectoryLogger:
         return self._flush(wait=True)
 
     def _flush(self, *, wait: bool) -> Path | None:
-        # A buffer full by size is written (write, fsync, rename) by a background thread so the
-        # agent keeps working meanwhile; at most one such write is in flight, and buffers are taken
-        # and written in order under `_io_lock`, so segments still sort in write order.
+        # A buffer full by size is encoded here, then written (write, fsync, rename) by a
+        # background thread so the agent keeps working meanwhile; at most one such write is in
+        # flight, and buffers are taken and written in order under `_io_lock`, so segments still
+        # sort in write order. (Encoding in that thread too would cost more than it saves: while
+        # it holds the GIL, each time the agent's thread lets go of it, it waits to get it back.)
         with self._io_lock:
             self._join_writer()
             with self._lock:
-                if not self._buffer:
+                if not self._size:
                     self._last_flush = time.monotonic()
                     return None
-                data = b"".join(self._buffer)
-                self._buffer.clear()
+                buffers = self._buffers
+                self._buffers = _new_buffers()
+                self._steps = self._buffers["step"]
                 self._size = 0
+            data = segment_bytes(buffers)
             if wait:
                 return self._publish(data)
             self._writer = threading.Thread(target=self._publish_in_background, args=(data,),
@@ -172,13 +217,13 @@ class TrajectoryLogger:
             self._writer.start()
             return None
 
-    def _publish(self, data: bytes) -> Path:
+    def _publish(self, data: pa.Buffer) -> Path:
         path = write_segment(self.spool, data)
         self._last_flush = time.monotonic()
         self.segments_written += 1
         return path
 
-    def _publish_in_background(self, data: bytes) -> None:
+    def _publish_in_background(self, data: pa.Buffer) -> None:
         try:
             self._publish(data)
         except BaseException as err:  # raised in the agent's thread at its next flush
@@ -208,13 +253,17 @@ class TrajectoryLogger:
         self.close()
 
 
+def _new_buffers() -> dict[str, RecordBuffer]:
+    return {rtype: RecordBuffer(rtype) for rtype in ("trajectory", "step", "outcome")}
+
+
 def _flush_periodically(ref: weakref.ref, stop: threading.Event) -> None:
     while True:
         logger = ref()
         if logger is None:
             return
         interval = logger.flush_seconds
-        due = logger._buffer and time.monotonic() - logger._last_flush >= interval
+        due = logger._size and time.monotonic() - logger._last_flush >= interval
         if due and not logger._closed:
             logger.flush()
         del logger
@@ -227,15 +276,23 @@ class Trajectory:
 
     def __init__(self, logger: TrajectoryLogger, task: dict, tags: list[str], metadata: dict):
         self.logger = logger
-        self.id = str(uuid7())
+        self._key = uuid7_bytes()  # what the segment holds; `id` is its text
         self.task = task
         self.n_steps = 0
         self.finished = False
-        logger.write({
-            "v": FORMAT_VERSION, "type": "trajectory", "trajectory_id": self.id,
-            "agent": logger.agent, "task": task, "tags": tags, "metadata": metadata,
-            "start_time": now_iso(),
-        })
+        difficulty = task.get("difficulty")
+        if difficulty is not None:
+            difficulty = int(difficulty)
+            if not -(1 << 31) <= difficulty < 1 << 31:  # the column is int32: refused here, not at flush
+                raise ValueError(f"task difficulty {difficulty} does not fit in 32 bits")
+        logger._add("trajectory", (
+            self._key, tags, _now_ns() // 1000, *logger._agent, task["family"], task["task_id"],
+            task.get("split"), task.get("operation"), difficulty,
+        ), _json(metadata), _json(task.get("spec")))
+
+    @property
+    def id(self) -> str:
+        return str(uuid.UUID(bytes=self._key))
 
     def step(
         self,
@@ -254,17 +311,46 @@ class Trajectory:
         """Record one step; returns its index."""
         if self.finished:
             raise RuntimeError(f"trajectory {self.id} is finished; no more steps")
+        end = _now_ns() // 1000
+        start = end if start_time is None else _micros(start_time)  # before taking an index
+        if reward is not None and reward.__class__ is not float:
+            reward = float(reward)
         index = self.n_steps
-        self.n_steps += 1
-        end = now_iso()
-        self.logger.write({
-            "v": FORMAT_VERSION, "type": "step", "trajectory_id": self.id, "index": index,
-            "kind": kind, "observation": observation, "tool_name": tool_name,
-            "arguments": arguments, "result": result,
-            "reward": reward if reward is None else _check_reward(reward),
-            "status": status, "error": error, "metadata": dict(metadata) if metadata else None,
-            "start_time": start_time or end, "end_time": end,
-        })
+        self.n_steps = index + 1
+        # The hot path: _json and TrajectoryLogger._add inlined.
+        o = b"" if observation is None else _dumps(observation, default=_fallback, option=_OPT)
+        a = b"" if arguments is None else _dumps(arguments, default=_fallback, option=_OPT)
+        r = b"" if result is None else _dumps(result, default=_fallback, option=_OPT)
+        m = _dumps(metadata, default=_fallback, option=_OPT) if metadata else b""
+        logger = self.logger
+        with logger._lock:
+            if logger._closed:
+                raise RuntimeError("TrajectoryLogger is closed")
+            buffer = logger._steps
+            keys, indexes, kinds, tools, rewards, statuses, errors, starts, ends = buffer.columns
+            keys.append(self._key)
+            indexes.append(index)
+            kinds.append(kind)
+            tools.append(tool_name)
+            rewards.append(reward)
+            statuses.append(status)
+            errors.append(error)
+            starts.append(start)
+            ends.append(end)
+            o_data, a_data, r_data, m_data = buffer.json
+            o_ends, a_ends, r_ends, m_ends = buffer.ends
+            o_data += o
+            o_ends.append(len(o_data))
+            a_data += a
+            a_ends.append(len(a_data))
+            r_data += r
+            r_ends.append(len(r_data))
+            m_data += m
+            m_ends.append(len(m_data))
+            logger._size += _ROW_BYTES + len(o) + len(a) + len(r) + len(m)
+            due = logger._size >= logger.flush_bytes
+        if due:
+            logger._flush(wait=False)
         return index
 
     def finish(
@@ -278,13 +364,11 @@ class Trajectory:
     ) -> None:
         if self.finished:
             raise RuntimeError(f"trajectory {self.id} already finished")
-        self.finished = True
-        self.logger.write({
-            "v": FORMAT_VERSION, "type": "outcome", "trajectory_id": self.id, "status": status,
-            "answer": answer, "verified": None if verified is None else bool(verified),
-            "reward": _check_reward(reward), "error": error, "n_steps": self.n_steps,
-            "end_time": now_iso(),
-        })
+        row = (self._key, status, None if verified is None else bool(verified), _number(reward), error,
+               self.n_steps, _now_ns() // 1000)
+        text = _json(answer)
+        self.finished = True  # only once the outcome's values are good: a refused call can be retried
+        self.logger._add("outcome", row, text)
 
     def __enter__(self) -> Trajectory:
         return self

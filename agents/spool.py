@@ -1,10 +1,16 @@
 """Spool segments: how agent processes hand records to ingest without opening the store.
 
-Each flush writes one new segment file: the bytes go to `<name>.jsonl.tmp`, are
-fsync'ed, then renamed to `<name>.jsonl` (atomic on POSIX). Ingest only ever
-reads `*.jsonl`, so it never sees a half-written segment, and a process killed
-with SIGKILL loses at most the buffer it had not flushed yet. Names start with a
-UUIDv7, so sorting names sorts segments by creation time (per process, strictly).
+Each flush writes one new segment file: the bytes go to `<name>.arrow.tmp`, are fsync'ed, then
+renamed to `<name>.arrow` (atomic on POSIX). Ingest only ever reads published names (`*.arrow`,
+and `*.jsonl` from other writers), so it never sees a half-written segment, and a process killed
+with SIGKILL loses at most the buffer it had not flushed yet. Names start with a UUIDv7, so
+sorting names sorts segments by creation time (per process, strictly).
+
+A segment the SDK writes is an Arrow IPC file (`SCHEMA`): one table for the three record types,
+with a `type` column and the union of their columns, one record batch per type (trajectory
+starts, then steps, then outcomes, each in the order they were logged). Typed fields are typed
+columns; free-form values (observation, arguments, result, metadata, answer, task spec) are JSON
+text. `agents/sdk.py` documents the records.
 """
 
 from __future__ import annotations
@@ -14,14 +20,126 @@ import secrets
 import threading
 import time
 import uuid
+from array import array
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-SEGMENT_SUFFIX = ".jsonl"
-TMP_SUFFIX = ".jsonl.tmp"
+import numpy as np
+import orjson
+import pyarrow as pa
+
+SEGMENT_SUFFIX = ".arrow"    # what the SDK writes
+JSONL_SUFFIX = ".jsonl"      # one JSON record per line: other writers, files from other tools
+SEGMENT_SUFFIXES = (SEGMENT_SUFFIX, JSONL_SUFFIX)
+TMP_SUFFIX = ".tmp"          # a segment still being written (or whose writer died)
+
+FORMAT_VERSION = 1
+_TIME = pa.timestamp("us")   # UTC, no zone: what the store's TIMESTAMP columns hold
+_UUID = pa.uuid()
+SCHEMA = pa.schema(
+    [
+        ("type", pa.string()),            # trajectory | step | outcome
+        ("trajectory_id", _UUID),         # Arrow's UUID (16 bytes): DuckDB reads it as a UUID
+        ("index", pa.int32()),            # step
+        ("kind", pa.string()),            # step
+        ("observation", pa.string()),     # step, JSON
+        ("tool_name", pa.string()),       # step
+        ("arguments", pa.string()),       # step, JSON
+        ("result", pa.string()),          # step, JSON
+        ("reward", pa.float64()),         # step, outcome
+        ("status", pa.string()),          # step, outcome
+        ("error", pa.string()),           # step, outcome
+        ("metadata", pa.string()),        # trajectory, step; JSON
+        ("start_time", _TIME),            # trajectory, step
+        ("end_time", _TIME),              # step, outcome
+        ("answer", pa.string()),          # outcome, JSON
+        ("verified", pa.bool_()),         # outcome
+        ("n_steps", pa.int32()),          # outcome
+        ("tags", pa.list_(pa.string())),  # trajectory
+        ("agent_name", pa.string()),      # trajectory
+        ("agent_version", pa.string()),
+        ("agent_kind", pa.string()),
+        ("agent_checkpoint", pa.string()),
+        ("task_family", pa.string()),
+        ("task_id", pa.string()),
+        ("task_split", pa.string()),
+        ("task_operation", pa.string()),
+        ("task_difficulty", pa.int32()),
+        ("task_spec", pa.string()),       # JSON
+    ],
+    metadata={"grokloop.format_version": str(FORMAT_VERSION)},
+)
+# Each record type's columns, as the SDK buffers them (`RecordBuffer`): its typed columns, then
+# its JSON columns; a record's values come in this order.
+COLUMNS = {
+    "trajectory": (("trajectory_id", "tags", "start_time", "agent_name", "agent_version", "agent_kind",
+                    "agent_checkpoint", "task_family", "task_id", "task_split", "task_operation",
+                    "task_difficulty"),
+                   ("metadata", "task_spec")),
+    "step": (("trajectory_id", "index", "kind", "tool_name", "reward", "status", "error", "start_time",
+              "end_time"),
+             ("observation", "arguments", "result", "metadata")),
+    "outcome": (("trajectory_id", "status", "verified", "reward", "error", "n_steps", "end_time"),
+                ("answer",)),
+}
+JSON_COLUMNS = ("observation", "arguments", "result", "metadata", "answer", "task_spec")
+
+
+class RecordBuffer:
+    """One record type's records, column-wise, as `segment_bytes` encodes them.
+
+    `columns` holds one list per typed column, in `COLUMNS[type][0]` order (trajectory_id as the
+    UUID's 16 bytes, times as int microseconds since the epoch, UTC). Each JSON column is one
+    growing byte string of JSON texts (`json[i]`) and each text's end offset in it (`ends[i]`);
+    an empty text is a null. The SDK appends to these in place: nothing per record outlives the
+    call but the values themselves (a tuple per record keeps the garbage collector busy, and a
+    JSON text kept as its own bytes object costs several times the append: orjson's output is a
+    large allocation, and thousands of them alive defeat the allocator's reuse)."""
+
+    __slots__ = ("columns", "json", "ends")
+
+    def __init__(self, rtype: str):
+        typed, json = COLUMNS[rtype]
+        self.columns = tuple([] for _ in typed)
+        self.json = tuple(bytearray() for _ in json)
+        self.ends = tuple(array("q") for _ in json)
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def add(self, row: Sequence, *texts: bytes) -> None:
+        """One record: its typed values and its JSON texts (b"" for null)."""
+        if len(row) != len(self.columns) or len(texts) != len(self.json):  # before any append
+            raise ValueError(f"a record has {len(self.columns)} typed values and {len(self.json)} "
+                             f"JSON texts, not {len(row)} and {len(texts)}")
+        for column, value in zip(self.columns, row, strict=True):
+            column.append(value)
+        for data, ends, text in zip(self.json, self.ends, texts, strict=True):
+            data += text
+            ends.append(len(data))
+
+
+_FIELDS = list(SCHEMA)[1:]  # after `type`
+
+
+class SegmentError(ValueError):
+    """A segment file that cannot be read as a grokloop Arrow segment."""
 
 
 _last_uuid7 = (0, 0)  # (ms, 74 random bits) of the last id this process made
 _uuid7_lock = threading.Lock()
+# Random bits are read from the OS 256 ids at a time: one getrandom call per id costs more than
+# the rest of uuid7(). A forked child drops the parent's unused bits, so no two processes share.
+_random = bytearray()
+
+
+def _drop_random() -> None:
+    _random.clear()
+
+
+os.register_at_fork(after_in_child=_drop_random)
 
 
 def uuid7() -> uuid.UUID:
@@ -31,23 +149,275 @@ def uuid7() -> uuid.UUID:
     last one reuses its ms and bumps its random bits), so two segments written in the same
     millisecond still sort in write order and ingest sees a trajectory's start before its outcome.
     """
+    return uuid.UUID(bytes=uuid7_bytes())
+
+
+def uuid7_bytes() -> bytes:
+    """`uuid7()`'s 16 bytes, without making a UUID object (the SDK makes one per trajectory)."""
     global _last_uuid7
     ms = time.time_ns() // 1_000_000 & ((1 << 48) - 1)
-    rand = int.from_bytes(secrets.token_bytes(10), "big") & ((1 << 74) - 1)
     with _uuid7_lock:
+        if not _random:
+            _random.extend(secrets.token_bytes(10 * 256))
+        rand = int.from_bytes(_random[-10:], "big") & ((1 << 74) - 1)
+        del _random[-10:]
         if (ms, rand) <= _last_uuid7:
             ms, rand = _last_uuid7[0], _last_uuid7[1] + 1
         _last_uuid7 = (ms, rand)
     rand_a, rand_b = rand >> 62, rand & ((1 << 62) - 1)
-    return uuid.UUID(int=ms << 80 | 0x7 << 76 | rand_a << 64 | 0x2 << 62 | rand_b)
+    return (ms << 80 | 0x7 << 76 | rand_a << 64 | 0x2 << 62 | rand_b).to_bytes(16, "big")
 
 
-def write_segment(spool: Path, data: bytes, *, prefix: str = "seg") -> Path:
+# Columns are built from buffers (numpy, `from_buffers`), never `pa.array(list)`: that imports
+# pandas on its first call, a fifth of a second in every agent process, and an error ("can't
+# register atexit after shutdown") when the first flush is the one at interpreter exit.
+# Each builder tries the common case first (no None) and only then looks for nulls.
+
+
+def _validity(values: Sequence) -> tuple[list, pa.Buffer | None, int]:
+    """The non-None values, the validity bitmap and the null count."""
+    valid = np.array([v is not None for v in values], np.bool_)
+    present = [v for v in values if v is not None]
+    return present, pa.py_buffer(np.packbits(valid, bitorder="little")), len(values) - len(present)
+
+
+def _scatter(present: list, values: Sequence, fill: Any) -> list:
+    """`present` (the non-None values, in order) spread back over `values`' slots, `fill` at the
+    None ones."""
+    it = iter(present)
+    return [fill if v is None else next(it) for v in values]
+
+
+def _int32(data: np.ndarray, what: str) -> np.ndarray:
+    if data.size and (data.min() < -(1 << 31) or data.max() >= 1 << 31):
+        raise ValueError(f"{what}: a value does not fit in 32 bits")
+    return data.astype(np.int32)
+
+
+def _numbers(values: Sequence, field: pa.Field) -> pa.Array:
+    n, type_ = len(values), field.type
+    code = "d" if type_ == pa.float64() else "q"  # a bool goes through "q"
+    validity, nulls = None, 0
+    try:
+        if type_ == pa.bool_():
+            raise TypeError  # a None would be read as False: always look for nulls
+        data = array(code, values)  # a TypeError at the first None
+    except TypeError:
+        present, validity, nulls = _validity(values)
+        data = array(code, _scatter([bool(v) for v in present] if type_ == pa.bool_() else present,
+                                    values, 0))
+    if type_ == pa.float64():
+        buffer = np.frombuffer(data, np.float64)
+    elif type_ == pa.bool_():
+        buffer = np.packbits(np.frombuffer(data, np.int64).astype(np.bool_), bitorder="little")
+    elif type_ == pa.int32():
+        buffer = _int32(np.frombuffer(data, np.int64), field.name)
+    else:  # a time: int64 microseconds
+        buffer = np.frombuffer(data, np.int64)
+    return pa.Array.from_buffers(type_, n, [validity, pa.py_buffer(buffer)], nulls)
+
+
+def _offsets(lengths: np.ndarray, what: str) -> pa.Buffer:
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.py_buffer(_int32(offsets, f"{what} (more than 2 GiB in one flush)"))
+
+
+def _strings(values: Sequence, what: str) -> pa.Array:
+    """Text; a value of another type is stored as its str(), so one odd value never costs the
+    whole buffer."""
+    n = len(values)
+    validity, nulls, present = None, 0, values
+    try:
+        joined = "".join(values)
+    except TypeError:
+        present, validity, nulls = _validity(values)
+        present = [v if v.__class__ is str else str(v) for v in present]
+        joined = "".join(present)
+    if joined.isascii():  # one encode for the column, and a length in chars is one in bytes
+        encoded, data = present, joined.encode("ascii")
+    else:
+        encoded = [v.encode() for v in present]
+        data = b"".join(encoded)
+    lengths = np.fromiter(map(len, _scatter(encoded, values, "") if nulls else encoded), np.int64, n)
+    return pa.Array.from_buffers(pa.string(), n, [validity, _offsets(lengths, what), pa.py_buffer(data)],
+                                 nulls)
+
+
+def _json_texts(data: bytearray, ends: array, what: str) -> pa.Array:
+    n = len(ends)
+    offsets = np.zeros(n + 1, np.int64)
+    offsets[1:] = np.frombuffer(ends, np.int64)
+    valid = np.diff(offsets) > 0
+    nulls = n - int(np.count_nonzero(valid))
+    if nulls == n:
+        return pa.nulls(n, pa.string())
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(_int32(offsets, what)),
+                                                  pa.py_buffer(data)], nulls)
+
+
+def _string_lists(values: Sequence, what: str) -> pa.Array:
+    n = len(values)
+    validity, nulls, rows = None, 0, values
+    if None in values:
+        _, validity, nulls = _validity(values)
+        rows = [() if v is None else v for v in values]
+    lengths = np.fromiter(map(len, rows), np.int64, n)
+    flat = [x for row in rows for x in row]
+    return pa.Array.from_buffers(pa.list_(pa.string()), n, [validity, _offsets(lengths, what)], nulls,
+                                 children=[_strings(flat, what)])
+
+
+def _uuids(values: Sequence) -> pa.Array:
+    n = len(values)
+    validity, nulls = None, 0
+    try:
+        data = b"".join(values)  # a TypeError at the first None
+    except TypeError:
+        _, validity, nulls = _validity(values)
+        data = b"".join(bytes(16) if v is None else v for v in values)
+    if len(data) != 16 * n:
+        raise ValueError("trajectory_id: a UUID is 16 bytes")
+    storage = pa.Array.from_buffers(pa.binary(16), n, [validity, pa.py_buffer(data)], nulls)
+    return pa.ExtensionArray.from_storage(_UUID, storage)
+
+
+def _column(field: pa.Field, values: Sequence) -> pa.Array:
+    if values[0] is None and values.count(None) == len(values):  # the common all-null column
+        return pa.nulls(len(values), field.type)
+    if field.type == _UUID:
+        return _uuids(values)
+    if field.type == pa.string():
+        return _strings(values, field.name)
+    if pa.types.is_list(field.type):
+        return _string_lists(values, field.name)
+    return _numbers(values, field)
+
+
+def _constant(text: str, n: int) -> pa.Array:
+    data = text.encode()
+    offsets = np.arange(0, (n + 1) * len(data), len(data), dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data * n)])
+
+
+def segment_bytes(buffers: Mapping[str, RecordBuffer]) -> pa.Buffer:
+    """An Arrow IPC file (`SCHEMA`) of the buffered records: one record batch per record type,
+    in `COLUMNS` order, the columns a type does not have all null."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, SCHEMA) as writer:
+        for rtype, (typed, json) in COLUMNS.items():
+            buffer = buffers.get(rtype)
+            if buffer is None or not len(buffer):
+                continue
+            n = len(buffer)
+            arrays: dict[str, Any] = dict(zip(typed, buffer.columns, strict=True))
+            for name, data, ends in zip(json, buffer.json, buffer.ends, strict=True):
+                arrays[name] = _json_texts(data, ends, name)
+            if any(len(values) != n for values in arrays.values()):
+                raise ValueError(f"{rtype} records: columns of different lengths")
+            columns = [_constant(rtype, n)]
+            for field in _FIELDS:
+                values = arrays.get(field.name)
+                if values is None:
+                    columns.append(pa.nulls(n, field.type))
+                else:
+                    columns.append(values if isinstance(values, pa.Array) else _column(field, values))
+            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=SCHEMA))
+    return sink.getvalue()
+
+
+def read_segment(data: bytes | pa.Buffer, source: str = "segment") -> pa.Table:
+    """An Arrow segment's records as a table with exactly `SCHEMA`'s columns and types.
+
+    Raises SegmentError, naming `source`, for bytes that are not an Arrow IPC file, a format
+    version this code does not know, a missing or unknown column, or a column of another kind
+    (another width of the same kind is cast when its values fit: an int64 index, a large_string)."""
+    try:
+        table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+        table.validate(full=True)  # offsets in bounds, strings UTF-8: DuckDB trusts both
+    except (pa.ArrowException, OSError) as err:
+        raise SegmentError(f"{source}: not a readable Arrow IPC file: {err}") from err
+    version = (table.schema.metadata or {}).get(b"grokloop.format_version", b"1")
+    if version != str(FORMAT_VERSION).encode():
+        raise SegmentError(f"{source}: unsupported format version {version.decode(errors='replace')}")
+    names = table.schema.names
+    problems = [f"missing columns {[n for n in SCHEMA.names if n not in names]}",
+                f"unknown columns {[n for n in names if n not in SCHEMA.names]}",
+                "duplicate column names" if len(set(names)) != len(names) else ""]
+    problems = [p for p in problems if p and not p.endswith(" []")]
+    if problems:
+        raise SegmentError(f"{source}: wrong schema: {', '.join(problems)}")
+    table = table.select(SCHEMA.names)
+    if not table.schema.equals(SCHEMA):
+        wrong = [f"{f.name} is {table.schema.field(f.name).type}, not {f.type}" for f in SCHEMA
+                 if not _castable(table.schema.field(f.name).type, f.type)]
+        if wrong:
+            raise SegmentError(f"{source}: wrong schema: {', '.join(wrong)}")
+        try:
+            table = table.cast(SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
+            raise SegmentError(f"{source}: wrong schema: {err}") from err
+    return table
+
+
+def _castable(have: pa.DataType, want: pa.DataType) -> bool:
+    """Whether a column of type `have` is read as `want`: another width of the same kind (that
+    fits: the cast checks), never a parse (a string of digits is not an index)."""
+    types = pa.types
+    if types.is_integer(want):
+        return types.is_integer(have)
+    if types.is_floating(want):
+        return types.is_floating(have) or types.is_integer(have)
+    if types.is_string(want):
+        return types.is_string(have) or types.is_large_string(have) or types.is_string_view(have)
+    if types.is_timestamp(want):
+        return types.is_timestamp(have)
+    if types.is_list(want):
+        return (types.is_list(have) or types.is_large_list(have)) and _castable(have.value_type,
+                                                                                  want.value_type)
+    if want == _UUID:
+        return have == pa.binary(16)
+    return have == want
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """A published segment's records as the JSON wire records (`agents/sdk.py`), either format:
+    for tools and tests that look inside the spool."""
+    data = Path(path).read_bytes()
+    if not Path(path).name.endswith(SEGMENT_SUFFIX):
+        return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+    records = []
+    for row in read_segment(data, str(path)).to_pylist():
+        rtype = row["type"]
+        typed, json = COLUMNS.get(rtype, ((), ()))
+        fields = {n: row[n] for n in (*typed, *json)}
+        tid = fields.get("trajectory_id")
+        if tid is not None:
+            fields["trajectory_id"] = str(uuid.UUID(bytes=tid) if isinstance(tid, bytes) else tid)
+        for name in JSON_COLUMNS:
+            if fields.get(name) is not None:
+                fields[name] = orjson.loads(fields[name])
+        for name in ("start_time", "end_time"):
+            if fields.get(name) is not None:
+                fields[name] = fields[name].replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+        if rtype == "trajectory":
+            agent = {k: fields.pop(f"agent_{k}") for k in ("name", "version", "kind", "checkpoint")}
+            task = {k: fields.pop(f"task_{k}") for k in ("family", "id", "split", "operation", "difficulty",
+                                                          "spec")}
+            task["task_id"] = task.pop("id")
+            fields = {**fields, "agent": agent, "task": task}
+        records.append({"v": FORMAT_VERSION, "type": rtype, **fields})
+    return records
+
+
+def write_segment(spool: Path, data: bytes | pa.Buffer, *, suffix: str = SEGMENT_SUFFIX,
+                  prefix: str = "seg") -> Path:
     """Publish `data` as a new segment in `spool`: write, fsync, atomic rename, fsync the dir."""
     spool.mkdir(parents=True, exist_ok=True)
-    name = f"{uuid7()}-{prefix}-{os.getpid()}"
+    name = f"{uuid7()}-{prefix}-{os.getpid()}{suffix}"
     tmp = spool / (name + TMP_SUFFIX)
-    final = spool / (name + SEGMENT_SUFFIX)
+    final = spool / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
@@ -66,7 +436,27 @@ def write_segment(spool: Path, data: bytes, *, prefix: str = "seg") -> Path:
 
 
 def published_segments(spool: Path) -> list[Path]:
-    """Every published segment, oldest first. `.tmp` files are writers still at work (or dead)."""
+    """Every published segment (`.arrow` and `.jsonl`), oldest first. `.tmp` files are writers
+    still at work (or dead)."""
     if not spool.exists():
         return []
-    return sorted(p for p in spool.iterdir() if p.name.endswith(SEGMENT_SUFFIX))
+    return sorted(p for p in spool.iterdir() if p.name.endswith(SEGMENT_SUFFIXES))
+
+
+def utc_micros(value: str | datetime) -> int:
+    """An ISO 8601 time (a "Z" or an offset, or none: UTC) or a datetime as microseconds since
+    the epoch, UTC. ValueError if it is not one."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 time: {value!r}") from None
+    if not isinstance(value, datetime):
+        raise TypeError(f"a time must be an ISO 8601 string or a datetime, got {type(value).__name__}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)

@@ -44,7 +44,7 @@ def in_process(family: str, episodes: int, spool: Path) -> float:
 
 def main() -> None:
     from agents.runner import run_agents
-    from agents.spool import published_segments
+    from agents.spool import published_segments, read_records
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", default="all", choices=("all", *FAMILY_NAMES))
@@ -69,8 +69,9 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 report = run_agents(family, n_agents=n, episodes=args.episodes, policy="mixed",
                                     spool=Path(tmp), progress=False)
-                n_lines = sum(seg.read_bytes().count(b"\n") for seg in published_segments(Path(tmp)))
-            steps = (n_lines - 2 * report.trajectories) / report.trajectories
+                n_steps = sum(r["type"] == "step" for seg in published_segments(Path(tmp))
+                              for r in read_records(seg))
+            steps = n_steps / report.trajectories
             base, steady_base = base or report.rate, steady_base or report.steady_rate
             table.add_row(family, str(n), str(report.trajectories), f"{report.seconds:.2f}",
                           f"{report.rate:,.0f}", f"{report.rate / base:.2f}x", f"{report.steady_rate:,.0f}",

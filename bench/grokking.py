@@ -3,7 +3,8 @@
     python bench/grokking.py --setups baseline,ema --objectives mdm --seeds 1 --max-steps 3000
 
 a*b mod 97, train fraction 0.5, 2-layer width-128 4-head transformer, Adam lr 1e-3,
-betas (0.9, 0.98), batch 512. Setups (flows/experiments.py, GROKFAST_SETUPS):
+betas (0.9, 0.98), batch 512, PyTorch's default init as in the Grokfast reference code
+(`--init small`, GPT-2's N(0, 0.02), removes the grokking delay altogether). Setups (flows/experiments.py, GROKFAST_SETUPS):
     baseline (a)  Adam, no weight decay, no filter (the published baseline)
     wd       (a') Adam, L2 weight decay 0.005, no filter (the filter's own effect)
     ema      (b)  Grokfast-EMA alpha 0.98, lamb 2.0, L2 weight decay 0.005
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--p", type=int, default=97, help="the modulus")
     parser.add_argument("--max-steps", type=int, default=5000, help="step cap per run")
     parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--init", default="torch", choices=("torch", "small"), help="initial weight scale")
     parser.add_argument("--home", default=None, help="grokloop home for the runs (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="p=23, 1 seed, 300 steps: a smoke run")
     args = parser.parse_args()
@@ -46,9 +48,10 @@ def main() -> None:
     home = args.home or tempfile.mkdtemp(prefix="grokloop-grokking-")
     size = Size(seeds=args.seeds, max_steps=args.max_steps, eval_every=args.eval_every,
                 params={"p": args.p, "operations": ["x*y"], "train_fraction": 0.5})
-    rows = grokfast_runs(size, home=home, objectives=objectives, setups=setups)
+    rows = grokfast_runs(size, home=home, objectives=objectives, setups=setups, init=args.init)
 
-    table = Table(title=f"steps to 95% test accuracy, a*b mod {args.p} (cap {args.max_steps}, {args.seeds} seed(s))")
+    table = Table(title=f"steps to 95% test accuracy, a*b mod {args.p} (cap {args.max_steps}, {args.seeds} seed(s), "
+                        f"init {args.init})")
     for col in ("objective", "setup", "reached", "mean", "std", "speed-up vs baseline", "published"):
         table.add_column(col)
     for r in speedups(rows):

@@ -4,11 +4,13 @@ insert of the same rows in the same run.
     .venv/bin/python bench/ingest.py [--steps 200000] [--steps-per-trajectory 10]
 
 Three figures, all in steps/s (a step is the unit researchers query):
-  end to end   SDK logging (serialize, buffer, fsync'ed segments) + ingest, until queryable
+  end to end   SDK logging (serialize, buffer, fsync'ed Arrow segments) + ingest, until queryable
   ingest       `ingest_spool` alone: read segments, validate, quarantine checks, upsert, commit
   raw arrow    the same step rows as an Arrow table, `INSERT INTO steps BY NAME SELECT * FROM tbl`
                into a fresh store with the same schema (primary key included) -- the ceiling
 Goals: end to end >= 25% of raw arrow, ingest >= 50%.
+For comparison, also `ingest (jsonl)`: the same records as JSON lines (the store's JSONL export,
+cut into spool segments of about 1 MiB), ingested into a fresh store.
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ def log_steps(spool: Path, n_steps: int, per_trajectory: int) -> float:
     return time.perf_counter() - start
 
 
+def jsonl_spool(con, tmp: Path, segment_bytes: int = 1 << 20) -> Path:
+    """The store's trajectories as JSONL records, cut into spool segments at line ends."""
+    from agents.spool import JSONL_SUFFIX, write_segment
+    from storage.export import export_jsonl
+
+    export_jsonl(con, tmp / "all.jsonl")
+    data, spool, start = (tmp / "all.jsonl").read_bytes(), tmp / "jsonl-spool", 0
+    while start < len(data):
+        end = data.find(b"\n", start + segment_bytes) + 1 or len(data)
+        write_segment(spool, data[start:end], suffix=JSONL_SUFFIX)
+        start = end
+    return spool
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200_000)
@@ -54,6 +70,7 @@ def main() -> None:
         n = con.execute("SELECT count(*) FROM steps").fetchall()[0][0]
         assert n == report.steps == args.steps // args.steps_per_trajectory * args.steps_per_trajectory, (n, report)
         rows = con.sql("SELECT * FROM steps").to_arrow_table()
+        spool = jsonl_spool(con, tmp)
         con.close()
 
         raw = connect(tmp / "raw.duckdb")
@@ -63,15 +80,23 @@ def main() -> None:
         t_raw = time.perf_counter() - start
         raw.close()
 
-    rate = {"end to end": n / (t_log + t_ingest), "ingest": n / t_ingest, "raw arrow": n / t_raw}
+        jsonl = connect(tmp / "jsonl.duckdb")
+        jsonl_report = ingest_spool(jsonl, spool)
+        assert jsonl_report.steps == n, jsonl_report
+        jsonl.close()
+
+    rate = {"end to end": n / (t_log + t_ingest), "ingest": n / t_ingest, "raw arrow": n / t_raw,
+            "ingest (jsonl)": n / jsonl_report.seconds}
     print(f"{n:,} steps in {report.segments} segments ({report.trajectories:,} trajectories); "
-          f"SDK {t_log:.2f} s, ingest {t_ingest:.2f} s, raw Arrow insert {t_raw:.2f} s")
+          f"SDK {t_log:.2f} s, ingest {t_ingest:.2f} s, raw Arrow insert {t_raw:.2f} s; "
+          f"the same as JSONL: ingest {jsonl_report.seconds:.2f} s ({jsonl_report.segments} segments)")
     for name, value in rate.items():
-        print(f"  {name:<11} {value:>12,.0f} steps/s")
+        print(f"  {name:<14} {value:>12,.0f} steps/s")
     goals = {"end to end": 0.25, "ingest": 0.50}
     for name, goal in goals.items():
         ratio = rate[name] / rate["raw arrow"]
         print(f"  {name} / raw arrow = {ratio:.2f}  (goal >= {goal:.2f}: {'met' if ratio >= goal else 'MISSED'})")
+    print(f"  ingest (jsonl) / raw arrow = {rate['ingest (jsonl)'] / rate['raw arrow']:.2f}  (for comparison)")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ class Denoiser(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         rope_base: float = 10000.0,
         mask_token_id: int = 1,
+        init: str = "small",
     ):
         super().__init__()
         if hidden_size % num_heads or (hidden_size // num_heads) % 2:
@@ -95,7 +96,13 @@ class Denoiser(ModelMixin, ConfigMixin):
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.head = nn.Linear(hidden_size, vocab_size, bias=False)
-        self.apply(self._init_weights)
+        # The initial weight scale decides whether a model groks late or generalizes at once
+        # (Liu et al. 2023, Omnigrok): "small" is GPT-2's N(0, 0.02); "torch" keeps PyTorch's module
+        # defaults (embeddings N(0, 1)), the init of the Grokfast reference code and its slow baseline.
+        if init == "small":
+            self.apply(self._init_weights)
+        elif init != "torch":
+            raise ValueError(f"init must be 'small' or 'torch', got {init!r}")
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -63,6 +63,7 @@ class TrainConfig:
     num_heads: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.0                   # grokking setups use none
+    init: str = "small"                    # small: N(0, 0.02) | torch: PyTorch defaults (groks late)
     init_from: str | None = None           # checkpoint dir to start the weights from (next round)
     # optimization
     optimizer: str = "adamw"               # adamw (decoupled decay) | adam (L2 decay, the Grokfast paper's)
@@ -168,7 +169,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 def check_config(cfg: TrainConfig) -> TrainConfig:
     choices = {"objective": ("mdm", "ar"), "grokfast": ("none", "ema", "ma"),
                "optimizer": ("adamw", "adam"), "grokfast_filter": ("mean", "sum"),
-               "mdm_estimator": ("t", "count")}
+               "mdm_estimator": ("t", "count"), "init": ("small", "torch")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
@@ -301,6 +302,13 @@ def record_run(home, row: dict, metrics: list[tuple[int, str, float]], checkpoin
             con.execute("INSERT OR REPLACE INTO checkpoints BY NAME SELECT * FROM ckpt")
 
 
+def stored_metrics(home, run_id: str, step: int) -> dict[str, float]:
+    """The evaluation recorded at `step`: what a resumed, already complete run reports."""
+    with open_store(store_path(home), read_only=True) as con:
+        rows = con.execute("SELECT name, value FROM metrics WHERE run_id = ? AND step = ?", [run_id, step])
+        return dict(rows.fetchall())
+
+
 # --- evaluation during training ------------------------------------------------------------------
 
 @torch.no_grad()
@@ -380,7 +388,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     else:
         model = Denoiser(vocab_size=tokenizer.vocab_size, max_seq_len=tokenizer.seq_len,
                          hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-                         mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=mask_id)
+                         mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=mask_id, init=cfg.init)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config_to_json(cfg))
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -468,6 +476,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                 elif done:  # already evaluated (e.g. resuming a complete run): settle its status
                     final = latest_checkpoint(run_dir) == run_dir / "checkpoints" / f"step_{step}"
                     record_run(home, run_row("finished"), [], [] if final else [(step, checkpoint())])
+                    metrics = metrics or stored_metrics(home, cfg.run_id, step)
                 if done:
                     break
                 if stop_signal.is_set():

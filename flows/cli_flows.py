@@ -112,13 +112,15 @@ def experiment(
     out: Path = typer.Option(Path("docs/results"), help="where NAME.md and NAME.png go"),
     setups: str = typer.Option("", help="grokfast only: a subset, e.g. baseline,ema"),
     objectives: str = typer.Option("", help="grokfast only: a subset, e.g. mdm-count,ar"),
+    init: str = typer.Option("", help="grokfast only: torch (the published init, default) or small"),
 ) -> None:
     """Run a named experiment: runs recorded in the store, a plot and docs/results/NAME.md."""
     from flows.experiments import run_experiment
 
     options = {k: v.split(",") for k, v in (("setups", setups), ("objectives", objectives)) if v}
+    options |= {"init": init} if init else {}
     if options and name != "grokfast":
-        raise typer.BadParameter("--setups and --objectives apply to the grokfast experiment only")
+        raise typer.BadParameter("--setups, --objectives and --init apply to the grokfast experiment only")
     with user_errors():
         result = run_experiment(name, quick=quick, seeds=seeds or None, max_steps=max_steps or None,
                                 out_dir=out, **options)

@@ -29,7 +29,7 @@ class ExportFormat(StrEnum):
 
 @app.command()
 def ingest(
-    paths: list[Path] = typer.Argument(None, help="files or folders (grokloop JSONL or ATIF); none = the spool"),
+    paths: list[Path] = typer.Argument(None, help="files or folders (grokloop Arrow or JSONL segments, or ATIF); none = the spool"),
     format: str = typer.Option("auto", "--format", help="auto | grokloop | atif"),
     max_record_bytes: int = typer.Option(1 << 20, help="a larger record is quarantined as oversized"),
 ) -> None:

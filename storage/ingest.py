@@ -3,8 +3,11 @@
 A segment is known by the sha256 of its bytes: one already in `ingest_log` is skipped, so
 ingesting the same bytes twice (or a segment moved back into the spool) changes nothing.
 Segments are ingested in batches, one transaction per batch, and all per-record work happens in
-DuckDB: Python only splits a segment into lines (numpy finds the newlines; the lines become one
-zero-copy Arrow string column over the segment's bytes) and checks UTF-8 in one call per segment.
+DuckDB. Two input formats: the SDK's Arrow IPC segments (`*.arrow`), which Python only opens
+(zero-copy) and checks against the schema, and JSON lines (`*.jsonl`, other writers, ATIF
+converted), which Python only splits into lines (numpy finds the newlines; the lines become one
+zero-copy Arrow string column over the segment's bytes) and checks for UTF-8 in one call per
+segment. A file that is not a readable Arrow segment is quarantined whole, with its bytes.
 Parsing, validation, the quarantine reasons and the inserts are the SQL blocks in
 `storage/sql/ingest.sql`. How records map to tables is in `agents/sdk.py`'s docstring and
 there.
@@ -25,11 +28,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from agents.spool import SCHEMA, SEGMENT_SUFFIX, SegmentError, read_segment
 from storage.store import StoreError
 
 MAX_RECORD_BYTES = 1 << 20   # a record larger than this is quarantined as oversized
 BATCH_BYTES = 64 << 20       # segments per transaction: bounded memory, few commits
 INGESTED_DIR = "ingested"    # where ingested segments go, so the next scan is cheap
+_ARROW_MAGIC = b"ARROW1"     # how an Arrow IPC file starts
 
 
 @dataclasses.dataclass
@@ -52,13 +57,13 @@ class Segment:
     """One unit of input: the bytes to ingest and where they came from."""
 
     source: str
-    data: bytes
-    format: str = "grokloop"
+    data: bytes | pa.Buffer  # a Buffer: an Arrow segment mapped from its file
+    format: str = "grokloop"  # grokloop (JSONL records) | arrow (the SDK's segments) | atif
     # Identity: the input's bytes. For a converted file (ATIF) that is the original file's bytes.
     digest: str = ""
     # (line_no, raw bytes, reason) rejected before SQL: lines that are not UTF-8, ATIF that
-    # cannot be mapped.
-    rejected: list[tuple[int, bytes, str]] = dataclasses.field(default_factory=list)
+    # cannot be mapped, an Arrow file that cannot be read (line_no None: the whole file).
+    rejected: list[tuple[int | None, bytes, str]] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         self.digest = self.digest or hashlib.sha256(self.data).hexdigest()
@@ -71,10 +76,12 @@ def _blocks() -> list[tuple[str, str]]:
 
 
 _BLOCKS = _blocks()
-# The `checked` temp table may hold its rows in any order (every later block that cares sorts by
-# (seg, line_no)); that lets DuckDB skip re-sequencing its parallel output, ~15% of the block.
-# The setting is the database's, so it is restored right after.
-_UNORDERED = {"check"}
+# The checked records may be in any order (every later block that cares sorts by (seg,
+# line_no)); that lets DuckDB skip re-sequencing its parallel output, ~15% of the block (half of
+# `check_arrow`). The setting is the database's, so it is restored right after.
+_UNORDERED = {"check", "check_arrow"}
+_LINES_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("line", pa.large_string())])
+_ROWS_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), *SCHEMA])
 
 
 def _arrow(values: np.ndarray) -> pa.Array:
@@ -82,6 +89,12 @@ def _arrow(values: np.ndarray) -> pa.Array:
     of a second on the first call, billed to the ingest.)"""
     values = np.ascontiguousarray(values)
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _empty(schema: pa.Schema) -> pa.Table:
+    """No rows, in one chunk: DuckDB registers a table with no chunks at all (`empty_table()`)
+    by way of pandas, which it imports first."""
+    return pa.Table.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
 
 
 def split_lines(data: bytes) -> tuple[pa.Array, np.ndarray]:
@@ -116,6 +129,18 @@ def _segment_lines(seg_id: int, segment: Segment) -> tuple[pa.Table, list[tuple[
     return table, rejected
 
 
+def _segment_rows(seg_id: int, segment: Segment
+                  ) -> tuple[pa.Table | None, list[tuple[int | None, bytes, str]]]:
+    try:
+        table = read_segment(segment.data, segment.source)
+    except SegmentError as err:
+        return None, [*segment.rejected, (None, bytes(segment.data), str(err))]
+    n = table.num_rows
+    table = table.add_column(0, "line_no", _arrow(np.arange(1, n + 1, dtype=np.int32)))
+    table = table.add_column(0, "seg", _arrow(np.full(n, seg_id, np.int32)))
+    return table, list(segment.rejected)
+
+
 def _utf8_lines(data: bytes) -> tuple[pa.Array, np.ndarray, list[tuple[int, bytes, str]]]:
     """The slow path for a segment with bytes that are not UTF-8: line by line."""
     good, numbers, bad = [], [], []
@@ -141,13 +166,17 @@ def _already_ingested(con: duckdb.DuckDBPyConnection, digests: list[str]) -> set
 def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_record_bytes: int
                   ) -> IngestReport:
     start = time.perf_counter()
-    tables, bad_rows = [], []
+    lines, records, bad_rows = [], [], []
     for seg_id, segment in enumerate(batch):
-        table, rejected = _segment_lines(seg_id, segment)
-        tables.append(table)
+        if segment.format == "arrow":
+            table, rejected = _segment_rows(seg_id, segment)
+            records += [table] if table is not None else []
+        else:
+            table, rejected = _segment_lines(seg_id, segment)
+            lines.append(table)
         bad_rows += [(seg_id, n, raw, reason) for n, raw, reason in rejected]
-    raw_lines = pa.concat_tables(tables)
-    con.register("raw_lines", raw_lines)
+    con.register("raw_lines", pa.concat_tables(lines) if lines else _empty(_LINES_SCHEMA))
+    con.register("raw_rows", pa.concat_tables(records) if records else _empty(_ROWS_SCHEMA))
     # The two small inputs go in as query parameters: `pa.array` of Python values would import
     # pandas (a fifth of a second) in a process that has not yet.
     seg, line_no, raw, reason = zip(*bad_rows, strict=True) if bad_rows else ([], [], [], [])
@@ -161,11 +190,13 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
                 {"hash": [s.digest for s in batch], "source": [s.source for s in batch],
                  "format": [s.format for s in batch]})
     report = IngestReport(segments=len(batch))
+    if lines:  # the JSONL check's helpers (temp macros: the connection's, made again each batch)
+        con.execute(dict(_BLOCKS)["macros"]).fetchall()
     keep_order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
     con.execute("BEGIN")
     try:
         for name, sql in _BLOCKS:
-            if name == "macros":
+            if name == "macros" or (name == "check" and not lines):
                 continue
             params = {"max_bytes": max_record_bytes} if "$max_bytes" in sql else None
             if name in _UNORDERED:
@@ -189,6 +220,7 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
                          f"back; nothing was stored: {err}") from err
     finally:
         con.unregister("raw_lines")
+        con.unregister("raw_rows")
         con.execute("DROP TABLE IF EXISTS raw_bad; DROP TABLE IF EXISTS raw_segs")
     report.seconds = time.perf_counter() - start
     return report
@@ -208,8 +240,6 @@ def ingest_segments(
     skipped as already ingested (with an empty report), e.g. to move them or show progress."""
     if max_record_bytes <= 0:
         raise ValueError(f"max_record_bytes must be positive, got {max_record_bytes}")
-    macros = dict(_BLOCKS)["macros"]
-    con.execute(macros).fetchall()
     total = IngestReport()
     start = time.perf_counter()
     batch: list[Segment] = []
@@ -252,11 +282,14 @@ def ingest_segments(
 
 def _read_spool(paths: list[Path]) -> Iterable[Segment]:
     for path in paths:
+        arrow = path.name.endswith(SEGMENT_SUFFIX)
         try:
-            data = path.read_bytes()
+            # An Arrow segment is hashed and read in place (mapped, zero-copy): a copy into fresh
+            # memory costs more than the hash.
+            data = pa.memory_map(str(path)).read_buffer() if arrow else path.read_bytes()
         except FileNotFoundError:
             continue  # another ingest moved it away meanwhile
-        yield Segment(source=path.name, data=data)
+        yield Segment(source=path.name, data=data, format="arrow" if arrow else "grokloop")
 
 
 def ingest_spool(
@@ -288,10 +321,12 @@ def ingest_spool(
 
 
 def detect_format(data: bytes) -> str:
-    """'grokloop' (our JSONL records) or 'atif' (one ATIF trajectory as JSON, a JSON list of
-    them, or ATIF JSONL), from the first record."""
+    """'arrow' (the SDK's segments), 'grokloop' (our JSONL records) or 'atif' (one ATIF
+    trajectory as JSON, a JSON list of them, or ATIF JSONL), from the first bytes / record."""
     import orjson
 
+    if data.startswith(_ARROW_MAGIC):
+        return "arrow"
     head = data.lstrip()
     if head.startswith(b"["):
         return "atif"
@@ -311,7 +346,7 @@ def _input_files(paths: list[Path]) -> list[Path]:
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json") and p.is_file())
+            files += sorted(p for p in path.rglob("*") if p.suffix in (".arrow", ".jsonl", ".json") and p.is_file())
         elif path.is_file():
             files.append(path)
         else:
@@ -327,8 +362,9 @@ def ingest_paths(
     max_record_bytes: int = MAX_RECORD_BYTES,
     on_batch: Callable[[list[Segment], IngestReport], None] | None = None,
 ) -> IngestReport:
-    """Ingest files (or directories of `*.jsonl` / `*.json`) written by grokloop or by another
-    framework in ATIF. Each file is one segment: the same file twice changes nothing."""
+    """Ingest files (or directories of `*.arrow` / `*.jsonl` / `*.json`) written by grokloop
+    (Arrow segments or JSONL records; `format="grokloop"` means either) or by another framework
+    in ATIF. Each file is one segment: the same file twice changes nothing."""
     from storage.atif import atif_segment
 
     if format not in ("auto", "grokloop", "atif"):
@@ -338,8 +374,14 @@ def ingest_paths(
     def segments() -> Iterable[Segment]:
         for path in files:
             data = path.read_bytes()
-            kind = detect_format(data) if format == "auto" else format
+            if format != "atif" and (path.suffix == SEGMENT_SUFFIX or data.startswith(_ARROW_MAGIC)):
+                kind = "arrow"  # by its name too: a damaged .arrow file is quarantined whole
+            else:
+                kind = detect_format(data) if format == "auto" else format
             source = str(path.resolve())
-            yield atif_segment(source, data) if kind == "atif" else Segment(source=source, data=data)
+            if kind == "atif":
+                yield atif_segment(source, data)
+            else:
+                yield Segment(source=source, data=data, format="arrow" if kind == "arrow" else "grokloop")
 
     return ingest_segments(con, segments(), max_record_bytes=max_record_bytes, on_batch=on_batch)

@@ -10,10 +10,11 @@ import sys
 import textwrap
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from agents.sdk import TrajectoryLogger
-from agents.spool import published_segments
+from agents.spool import SCHEMA, published_segments, read_records
 from storage.ingest import ingest_paths, ingest_spool
 from storage.store import connect
 
@@ -40,13 +41,7 @@ AGENT = textwrap.dedent("""
 
 def _flushed_steps(paths) -> set[tuple[str, int]]:
     """The oracle: every step record in the published segments, read straight from the files."""
-    steps = set()
-    for path in paths:
-        for line in path.read_bytes().splitlines():
-            record = orjson.loads(line)
-            if record["type"] == "step":
-                steps.add((record["trajectory_id"], record["index"]))
-    return steps
+    return {(r["trajectory_id"], r["index"]) for path in paths for r in read_records(path) if r["type"] == "step"}
 
 
 def test_many_processes_some_killed_exactly_once(tmp_path):
@@ -62,6 +57,8 @@ def test_many_processes_some_killed_exactly_once(tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=60) in (0, -signal.SIGKILL)
     segments = published_segments(spool)
+    assert segments and all(p.name.endswith(".arrow") for p in segments)
+    assert not [p for p in spool.iterdir() if p.name.endswith(".tmp")]  # killed between flushes
     expected = _flushed_steps(segments)
     assert len(expected) == 6 * 4 * 3 + 3  # the killed ones' unflushed second step is lost
 
@@ -121,7 +118,7 @@ def test_same_bytes_under_another_name_are_skipped(tmp_path):
         t.step(result=1)
     log.close()
     (segment,) = published_segments(spool)
-    copy = tmp_path / "copy.jsonl"
+    copy = tmp_path / "copy.arrow"
     shutil.copy(segment, copy)
     assert ingest_spool(con, spool).steps == 1
     report = ingest_paths(con, [copy])
@@ -176,3 +173,64 @@ def test_a_size_flush_publishes_in_the_background_and_flush_waits(tmp_path):
     con = connect(tmp_path / "store.duckdb")
     assert ingest_spool(con, spool).steps == 30
     assert con.execute("SELECT list(idx ORDER BY idx) FROM steps").fetchall() == [(list(range(30)),)]
+
+
+def test_arrow_and_jsonl_segments_in_one_batch(tmp_path):
+    from agents.spool import write_segment
+
+    spool, con = tmp_path / "spool", connect(tmp_path / "store.duckdb")
+    log = TrajectoryLogger("a", "1", spool=spool)
+    with log.trajectory({"family": "modular", "task_id": "m/1"}) as t:
+        t.step(result=1)
+    log.close()
+    tid = "01900000-0000-7000-8000-000000000003"
+    records = [{"type": "trajectory", "trajectory_id": tid, "agent": {"name": "other", "version": "2"},
+                "task": {"family": "f", "task_id": "t"}},
+               {"type": "step", "trajectory_id": tid, "index": 0, "result": {"x": 1}},
+               {"type": "outcome", "trajectory_id": tid, "status": "ok", "verified": False}]
+    write_segment(spool, b"".join(orjson.dumps(r) + b"\n" for r in records), suffix=".jsonl")
+    report = ingest_spool(con, spool)
+    assert (report.segments, report.trajectories, report.steps, report.quarantined) == (2, 2, 2, 0)
+    assert sorted(con.execute("SELECT format, n_records, n_steps FROM ingest_log").fetchall()) == [
+        ("arrow", 3, 1), ("grokloop", 3, 1)]
+    assert sorted(con.execute("SELECT agent_id, status, verified FROM trajectories").fetchall()) == [
+        ("a@1", "ok", None), ("other@2", "ok", False)]
+    assert con.execute("SELECT result FROM steps ORDER BY result").fetchall() == [("1",), ('{"x":1}',)]
+
+
+def test_a_damaged_arrow_segment_is_quarantined_whole_and_nothing_is_lost(tmp_path):
+    spool, con = tmp_path / "spool", connect(tmp_path / "store.duckdb")
+    log = TrajectoryLogger("a", "1", spool=spool)
+    for i in range(3):
+        with log.trajectory({"family": "modular", "task_id": f"m/{i}"}) as t:
+            t.step(result=i)
+        log.flush()
+    log.close()
+    first, second, third = published_segments(spool)
+    (tmp_path / "second").write_bytes(second.read_bytes())
+    second.write_bytes(second.read_bytes()[:-100])   # truncated: no footer
+    third.rename(third.with_name("not-arrow.arrow"))
+    (spool / "not-arrow.arrow").write_bytes(b'{"type": "step"}\n')  # JSON under an Arrow name
+    wrong = pa.table({f.name: pa.array(["7"]) if f.name == "index" else pa.nulls(1, f.type) for f in SCHEMA})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, wrong.schema) as writer:
+        writer.write_table(wrong)
+    (spool / "wrong-schema.arrow").write_bytes(sink.getvalue().to_pybytes())  # an Arrow file, not ours
+    assert ingest_paths(con, [first]).trajectories == 1
+    stored = con.execute("SELECT * FROM steps").fetchall()
+
+    report = ingest_spool(con, spool)
+    assert (report.segments, report.skipped, report.quarantined, report.steps) == (3, 1, 3, 0)
+    rows = con.execute("SELECT source, line_no, raw, reason FROM quarantine ORDER BY source").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(second.name, None), ("not-arrow.arrow", None),
+                                            ("wrong-schema.arrow", None)]
+    assert rows[0][2] == (tmp_path / "second").read_bytes()[:-100] and rows[1][2] == b'{"type": "step"}\n'
+    assert all(r[3].startswith(f"{r[0]}: not a readable Arrow IPC file") for r in rows[:2])
+    assert rows[2][3].startswith("wrong-schema.arrow: wrong schema:") and "index" in rows[2][3]
+    assert con.execute("SELECT * FROM steps").fetchall() == stored  # the store is as it was
+    assert not published_segments(spool)  # handled: their bytes are in the quarantine
+    assert ingest_spool(con, spool).segments == 0
+    # The whole file again (e.g. recovered from a backup) is a new segment and lands.
+    report = ingest_paths(con, [tmp_path / "second"])
+    assert (report.trajectories, report.steps, report.quarantined) == (1, 1, 0)
+    assert ingest_paths(con, [tmp_path / "second"]).skipped == 1

@@ -48,3 +48,13 @@ def test_bad_shapes_are_refused():
         tiny(hidden_size=30, num_heads=4)
     with pytest.raises(ValueError, match="max_seq_len"):
         tiny()(torch.zeros(1, 7, dtype=torch.long))
+
+
+def test_init_scale_is_a_config_choice_that_round_trips(tmp_path):
+    small, torch_default = tiny(), tiny(init="torch")
+    assert small.embed.weight.std() < 0.03           # GPT-2's N(0, 0.02)
+    assert 0.8 < torch_default.embed.weight.std() < 1.2  # nn.Embedding's N(0, 1): the slow-grokking init
+    torch_default.save_pretrained(tmp_path)
+    assert Denoiser.from_pretrained(tmp_path, low_cpu_mem_usage=False).config.init == "torch"
+    with pytest.raises(ValueError, match="init must be"):
+        tiny(init="xavier")

@@ -1,8 +1,7 @@
-import orjson
 import pytest
 
 from agents.model_agent import load_proposer, model_policy, run_model_agent
-from agents.spool import published_segments
+from agents.spool import published_segments, read_records
 from agents.tasks import get_family
 from diffusion.train import TrainConfig, train
 
@@ -25,7 +24,7 @@ def checkpoint(tmp_path_factory):
 def read_spool(spool):
     records = []
     for seg in published_segments(spool):
-        records += [orjson.loads(line) for line in seg.read_bytes().splitlines()]
+        records += read_records(seg)
     return records
 
 

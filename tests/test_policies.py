@@ -3,7 +3,7 @@ import pytest
 
 from agents.policies import ExplorerPolicy, ModelPolicy, SolverPolicy, log_episode, run_episode
 from agents.sdk import TrajectoryLogger
-from agents.spool import published_segments
+from agents.spool import published_segments, read_records
 from agents.tasks import get_family
 from agents.tasks.render import VOCAB_SIZE, decode_bytes, render_bytes
 
@@ -15,7 +15,7 @@ FAMILIES = {
 
 
 def _records(spool):
-    recs = [orjson.loads(line) for seg in published_segments(spool) for line in seg.read_bytes().splitlines()]
+    recs = [r for seg in published_segments(spool) for r in read_records(seg)]
     trajs = {r["trajectory_id"]: r for r in recs if r["type"] == "trajectory"}
     outcomes = {r["trajectory_id"]: r for r in recs if r["type"] == "outcome"}
     steps = {}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import orjson
+import pyarrow as pa
 import pytest
 
 from agents.sdk import TrajectoryLogger
-from agents.spool import published_segments
+from agents.spool import SCHEMA, published_segments
 from storage.ingest import ingest_paths, ingest_spool
 from storage.store import connect
 
@@ -87,7 +91,7 @@ def test_sdk_nan_reward_is_quarantined_not_hidden(tmp_path):
     con = connect(tmp_path / "store.duckdb")
     ingest_spool(con, spool)
     assert con.execute("SELECT reason FROM quarantine ORDER BY line_no").fetchall() == [
-        ('NaN or infinite reward: "nan"',), ('NaN or infinite reward: "inf"',)]
+        ("NaN or infinite reward: nan",), ("NaN or infinite reward: inf",)]
     assert con.execute("SELECT idx, reward FROM steps").fetchall() == [(2, 1.0)]
 
 
@@ -119,3 +123,75 @@ def test_a_failed_batch_stores_nothing(tmp_path, monkeypatch):
     for table in ("trajectories", "steps", "quarantine", "ingest_log"):
         assert con.execute(f"SELECT count(*) FROM {table}").fetchall() == [(0,)], table
     assert len(published_segments(spool)) == 1  # left in the spool for the next try
+
+
+def arrow_segment(rows: list[dict]) -> bytes:
+    """A hand-made Arrow segment: `rows` as records of the SDK's schema, absent columns null."""
+    table = pa.Table.from_pylist([dict.fromkeys(SCHEMA.names) | row for row in rows], schema=SCHEMA)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, SCHEMA) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_each_bad_arrow_record_is_quarantined_and_neighbours_land(tmp_path):
+    tid = uuid.UUID(TID)
+    start = {"type": "trajectory", "trajectory_id": tid, "agent_name": "a", "agent_version": "1",
+             "task_family": "modular", "task_id": "m/1", "tags": ["x"], "metadata": "{}"}
+
+    def step(index, **fields):
+        return {"type": "step", "trajectory_id": tid, "index": index, "result": json.dumps(index), **fields}
+
+    rows = [
+        start,
+        step(0),
+        step(1, reward=float("nan")),
+        step(-1),
+        step(2, reward=0.5),
+        step(0, result='"again"'),                                        # duplicate index
+        step(3, observation='"' + "x" * 3000 + '"'),                      # oversized at 2 KB
+        step(4, arguments="{bad"),
+        step(None),
+        {"type": "span", "trajectory_id": tid},
+        {"type": None, "trajectory_id": tid},
+        step(5) | {"trajectory_id": None},
+        start | {"trajectory_id": uuid.UUID("01900000-0000-7000-8000-0000000000bb"), "agent_name": None},
+        {"type": "outcome", "trajectory_id": tid, "reward": float("inf")},
+        step(6),
+        {"type": "outcome", "trajectory_id": tid, "status": "ok", "answer": "[1]", "verified": True,
+         "n_steps": 99, "reward": 1.0},
+    ]
+    path = tmp_path / "hand-made.arrow"
+    path.write_bytes(arrow_segment(rows))
+    con = connect(tmp_path / "store.duckdb")
+    report = ingest_paths(con, [path], max_record_bytes=2048)
+
+    quarantined = con.execute("SELECT line_no, raw, reason FROM quarantine ORDER BY line_no").fetchall()
+    assert [(n, reason) for n, _, reason in quarantined] == [
+        (3, "NaN or infinite reward: nan"),
+        (4, "wrong type: index must be a non-negative integer"),
+        (6, f"duplicate step index 0 for trajectory {TID}"),
+        (7, "oversized record: 3003 bytes > limit of 2048"),  # its JSON and error text
+        (8, "invalid JSON in arguments"),
+        (9, "missing field: index"),
+        (10, "unknown record type: span"),
+        (11, "missing field: type"),
+        (12, "missing field: trajectory_id"),
+        (13, "missing field: agent.name"),
+        (14, "NaN or infinite reward: inf"),
+    ]
+    # The raw text of an Arrow record is the row as JSON (a line number is its row in the file).
+    for line_no, raw, _ in quarantined:
+        record = json.loads(raw)
+        assert record["type"] == rows[line_no - 1]["type"] and set(record) == set(SCHEMA.names)
+    assert json.loads(quarantined[1][1])["index"] == -1
+    assert json.loads(quarantined[4][1])["arguments"] == "{bad"
+    # The good neighbours landed; the first step 0 won over its duplicate.
+    assert con.execute("SELECT idx, result, reward FROM steps ORDER BY idx").fetchall() == [
+        (0, "0", None), (2, "2", 0.5), (6, "6", None)]
+    assert con.execute("SELECT status, verified, n_steps, reward, answer, tags FROM trajectories").fetchall() == [
+        ("ok", True, 99, 1.0, "[1]", ["x"])]
+    assert report.quarantined == len(quarantined) == 11
+    assert con.execute("SELECT format, n_records, n_steps, n_quarantined FROM ingest_log").fetchall() == [
+        ("arrow", len(rows), 3, 11)]
+    assert ingest_paths(con, [path]).skipped == 1  # exactly once

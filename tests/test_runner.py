@@ -1,11 +1,10 @@
 from collections import Counter
 
-import orjson
 import pytest
 from typer.testing import CliRunner
 
 from agents.runner import run_agents
-from agents.spool import published_segments
+from agents.spool import published_segments, read_records
 from agents.tasks import get_family
 from flows.cli_agents import app
 
@@ -13,7 +12,7 @@ SMALL_TWO_HOP = {"n_entities": 60, "n_relations": 8, "relations_per_entity": 6, 
 
 
 def _spool_records(spool):
-    return [orjson.loads(line) for seg in published_segments(spool) for line in seg.read_bytes().splitlines()]
+    return [r for seg in published_segments(spool) for r in read_records(seg)]
 
 
 def test_parallel_run_logs_every_episode_with_explorer_failures(tmp_path):

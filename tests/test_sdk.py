@@ -2,30 +2,82 @@
 
 from __future__ import annotations
 
-import orjson
+import math
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
 
-from agents.sdk import TrajectoryLogger
-from agents.spool import published_segments, uuid7, write_segment
+import pyarrow as pa
+import pytest
+
+from agents.sdk import TrajectoryLogger, now_iso
+from agents.spool import (
+    SCHEMA,
+    published_segments,
+    read_records,
+    read_segment,
+    uuid7,
+    write_segment,
+)
 
 
 def test_uuid7_strictly_increasing_within_a_process():
     ids = [uuid7() for _ in range(20000)]  # many share a millisecond
     assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
     assert {u.version for u in ids} == {7}
+    assert len(set(ids)) == len(ids)
 
 
 def test_records_follow_the_wire_format(tmp_path):
     log = TrajectoryLogger("solver", 3, spool=tmp_path)
-    with log.trajectory({"family": "modular", "task_id": "m/1"}, tags=["t"]) as t:
-        t.step(tool_name="add", arguments={"a": 1}, result=2, reward=0.25)
+    with log.trajectory({"family": "modular", "task_id": "m/1", "difficulty": 2, "spec": {"p": 7}},
+                        tags=["t"], metadata={"seed": 1}) as t:
+        t.step(tool_name="add", arguments={"a": 1}, result=2, reward=0.25, observation="1 + 1?")
         t.finish(answer=[2], verified=True, reward=1.0)
     log.close()
     (segment,) = published_segments(tmp_path)
-    records = [orjson.loads(x) for x in segment.read_bytes().splitlines()]
+    assert segment.name.endswith(".arrow")
+    table = read_segment(segment.read_bytes())
+    assert table.schema.equals(SCHEMA)
+    # Typed fields are typed columns; free-form values are JSON text.
+    assert table.column("type").to_pylist() == ["trajectory", "step", "outcome"]
+    assert table.column("index").to_pylist() == [None, 0, None]
+    assert table.column("reward").to_pylist() == [None, 0.25, 1.0]
+    assert table.column("verified").to_pylist() == [None, None, True]
+    assert table.column("arguments").to_pylist() == [None, '{"a":1}', None]
+    assert table.column("task_spec").to_pylist() == ['{"p":7}', None, None]
+    assert len({str(x) for x in table.column("trajectory_id").to_pylist()}) == 1
+    records = read_records(segment)
     assert [r["type"] for r in records] == ["trajectory", "step", "outcome"]
     assert records[0]["agent"]["version"] == "3" and records[0]["tags"] == ["t"]
-    assert records[1]["index"] == 0 and records[1]["reward"] == 0.25
-    assert records[2]["n_steps"] == 1 and records[2]["verified"] is True
+    assert records[0]["task"] == {"family": "modular", "task_id": "m/1", "split": None, "operation": None,
+                                  "difficulty": 2, "spec": {"p": 7}}
+    assert records[0]["metadata"] == {"seed": 1} and records[1]["observation"] == "1 + 1?"
+    assert records[1]["index"] == 0 and records[1]["reward"] == 0.25 and records[1]["result"] == 2
+    assert records[2]["n_steps"] == 1 and records[2]["verified"] is True and records[2]["answer"] == [2]
+    assert records[1]["trajectory_id"] == records[0]["trajectory_id"] == t.id
+
+
+def test_values_of_other_types_nan_rewards_and_given_start_times(tmp_path):
+    log = TrajectoryLogger("a", "1", spool=tmp_path)
+    with log.trajectory({"family": "f", "task_id": "t"}) as t:
+        t.step(tool_name=7, error=ValueError("boom"), result={1, 2}, reward=float("nan"),
+               start_time="2026-01-02T03:04:05.5+01:00")
+        t.step(reward=3, start_time=now_iso(), metadata={"k": (1, 2)})
+        t.step(start_time=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+        with pytest.raises(ValueError, match="not an ISO 8601 time"):
+            t.step(start_time="yesterday")
+    log.close()
+    steps = [r for p in published_segments(tmp_path) for r in read_records(p) if r["type"] == "step"]
+    assert steps[0]["tool_name"] == "7" and steps[0]["error"] == "boom"  # stored as their str()
+    assert steps[0]["result"] == [1, 2] and math.isnan(steps[0]["reward"])  # NaN kept for ingest to see
+    assert steps[0]["start_time"] == "2026-01-02T02:04:05.500000Z"
+    assert steps[1]["reward"] == 3.0 and steps[1]["metadata"] == {"k": [1, 2]}
+    assert steps[2]["start_time"] == "2026-01-02T03:04:05Z"
+    assert [s["index"] for s in steps] == [0, 1, 2]  # the refused call took no index
+    (outcome,) = [r for p in published_segments(tmp_path) for r in read_records(p) if r["type"] == "outcome"]
+    assert outcome["n_steps"] == 3
 
 
 def test_flushes_by_size_and_leaves_no_tmp(tmp_path):
@@ -36,10 +88,43 @@ def test_flushes_by_size_and_leaves_no_tmp(tmp_path):
     assert log.segments_written >= 3
     log.close()
     assert not list(tmp_path.glob("*.tmp"))
-    lines = b"".join(p.read_bytes() for p in published_segments(tmp_path)).splitlines()
-    assert len(lines) == 22
+    records = [r for p in published_segments(tmp_path) for r in read_records(p)]
+    assert len(records) == 22
+    assert [r["metadata"]["i"] for r in records if r["type"] == "step"] == list(range(20))
+
+
+def test_exit_without_close_publishes_the_buffer(tmp_path):
+    # The at-exit flush is the first flush here: building the segment must not need anything
+    # that cannot start during interpreter shutdown (pandas, which pa.array imports, cannot).
+    script = textwrap.dedent(f"""
+        import sys
+        from agents.sdk import TrajectoryLogger
+        log = TrajectoryLogger("a", "1", spool={str(tmp_path)!r}, flush_seconds=60)
+        with log.trajectory({{"family": "f", "task_id": "t"}}) as t:
+            t.step(result=1)
+        assert "pandas" not in sys.modules
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    records = [r for p in published_segments(tmp_path) for r in read_records(p)]
+    assert [r["type"] for r in records] == ["trajectory", "step", "outcome"]
 
 
 def test_segment_names_sort_in_write_order(tmp_path):
     paths = [write_segment(tmp_path, str(i).encode()) for i in range(50)]
+    paths += [write_segment(tmp_path, b"{}\n", suffix=".jsonl")]
+    (tmp_path / "dead-writer.arrow.tmp").write_bytes(b"half")
     assert published_segments(tmp_path) == paths
+
+
+def test_a_segment_that_is_not_arrow_is_refused_by_name(tmp_path):
+    from agents.spool import SegmentError
+
+    with pytest.raises(SegmentError, match="x.arrow: not a readable Arrow IPC file"):
+        read_segment(b"ARROW1 but cut short", "x.arrow")
+    wrong = pa.table({"type": ["step"]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, wrong.schema) as writer:
+        writer.write_table(wrong)
+    with pytest.raises(SegmentError, match="y.arrow: wrong schema: missing columns"):
+        read_segment(sink.getvalue().to_pybytes(), "y.arrow")

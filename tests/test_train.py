@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from agents.tasks import get_family
 from diffusion.evaluate import evaluate_checkpoint
-from diffusion.plot import plot_runs
+from diffusion.plot import _steps_before, plot_runs
 from diffusion.train import (
     TrainConfig,
     apply_overrides,
@@ -157,9 +157,10 @@ def test_killed_run_resumes_to_identical_metrics(reference, tmp_path, sig):
     assert result.final_step == 300 and result.status == "finished"
     assert metric_rows(tmp_path, "victim") == metric_rows(ref_home, "ref")
     assert run_row(tmp_path, "victim")["status"] == "finished"
-    # Resuming a complete run changes nothing and leaves it finished.
+    # Resuming a complete run changes nothing, leaves it finished and reports its last evaluation.
     again = train(load_config("victim", home=str(tmp_path)), resume=True)
     assert again.final_step == 300 and run_row(tmp_path, "victim")["status"] == "finished"
+    assert again.metrics == result.metrics and again.t_grok == result.t_grok
     assert metric_rows(tmp_path, "victim") == metric_rows(ref_home, "ref")
 
 
@@ -233,3 +234,9 @@ def test_cli_train_evaluate_plot(tmp_path):
     assert res.exit_code == 0 and (tmp_path / "p.png").is_file()
     res = runner.invoke(app, ["train", "--home", str(tmp_path), "lr=fast"])
     assert res.exit_code == 2 and "lr must be a number" in res.output
+
+
+def test_a_continued_run_is_drawn_from_where_its_parent_stopped():
+    lineage = {"r0": (None, 300, None), "r1": ("r0", 300, 150), "r2": ("r1", 200, None),
+               "loop": ("loop", 10, None)}  # a self-referencing row must not hang the plot
+    assert [_steps_before(r, lineage) for r in ("r0", "r1", "r2", "loop", "unknown")] == [0, 300, 600, 0, 0]

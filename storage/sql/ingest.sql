@@ -1,12 +1,18 @@
--- Ingest: raw spool lines -> validated records -> the store, all in SQL (storage/ingest.py runs
+-- Ingest: spool records -> validated records -> the store, all in SQL (storage/ingest.py runs
 -- these blocks in order inside one transaction per batch). Inputs registered from Python:
---   raw_lines(seg INTEGER, line_no INTEGER, line VARCHAR)          one row per non-blank line
---   raw_bad(seg INTEGER, line_no INTEGER, raw BLOB, reason VARCHAR) lines Python already rejected (not UTF-8)
+--   raw_lines(seg INTEGER, line_no INTEGER, line VARCHAR)          JSONL: one row per non-blank line
+--   raw_rows(seg INTEGER, line_no INTEGER, <agents.spool.SCHEMA>)   Arrow: one row per record
+--   raw_bad(seg INTEGER, line_no INTEGER, raw BLOB, reason VARCHAR) rejected before SQL: lines that
+--                                                                   are not UTF-8, unreadable files
 --   raw_segs(seg INTEGER, segment_hash VARCHAR, source VARCHAR, format VARCHAR)
---   (raw_lines is a registered Arrow table; raw_bad and raw_segs are temp tables made from
---   query parameters)
+--   (raw_lines and raw_rows are registered Arrow tables, either may be empty; raw_bad and raw_segs
+--   are temp tables made from query parameters)
 -- Lines arrive with their trailing newline (zero-copy from the segment bytes); JSON ignores it and
--- the quarantine strips it so `raw` is the record's bytes exactly.
+-- the quarantine strips it so `raw` is the record's bytes exactly. An Arrow record's `line_no` is
+-- its 1-based row in the file, and its `raw` is the row as JSON.
+-- `check` (JSONL, into checked_lines) and `check_arrow` (Arrow: only the bad rows, arrow_bad) make
+-- the `checked` view, one row per record with its reason; every later block works on `checked`,
+-- whatever the input format.
 -- Blocks start with a "name" marker line; $max_bytes is the per-record size limit.
 
 -- name: macros
@@ -31,10 +37,28 @@ CREATE OR REPLACE TEMP MACRO ok_str(x) AS j_missing(x) OR starts_with(txt(x), '"
 CREATE OR REPLACE TEMP MACRO j_nan(x, num) AS CASE WHEN num IS NOT NULL THEN NOT isfinite(num)
     ELSE regexp_full_match(txt(x), '"*-?(nan|inf|infinity)"*', 'i') END;
 
+-- name: checked_lines
+-- JSONL records, checked: typed values and the reason a record is quarantined (the first problem
+-- found, NULL when the record is good). Filled by `check`, which runs only when there are lines.
+CREATE OR REPLACE TEMP TABLE checked_lines (
+    seg INTEGER, line_no INTEGER, rtype VARCHAR, trajectory_id UUID,
+    -- steps
+    idx INTEGER, kind VARCHAR, observation JSON, tool_name VARCHAR, arguments JSON, result JSON,
+    reward DOUBLE, status VARCHAR, error VARCHAR, metadata JSON, start_time TIMESTAMP,
+    end_time TIMESTAMP,
+    -- outcomes
+    answer JSON, verified BOOLEAN, n_steps INTEGER,
+    -- trajectory starts
+    agent_name VARCHAR, agent_version VARCHAR, agent_kind VARCHAR, checkpoint VARCHAR,
+    task_id VARCHAR, family VARCHAR, split VARCHAR, operation VARCHAR, difficulty INTEGER,
+    spec JSON, tags VARCHAR[],
+    reason VARCHAR
+);
+
 -- name: check
--- One JSON parse per line, every field of every record type as JSON text, then typed values and
--- the reason a record is quarantined: the first problem found, NULL when the record is good.
-CREATE OR REPLACE TEMP TABLE checked AS
+-- JSONL: one JSON parse per line, every field of every record type as JSON text, then typed
+-- values and the reason.
+INSERT INTO checked_lines BY NAME
 WITH parsed AS (
     SELECT seg, line_no, strlen(line) - 1 AS nbytes, starts_with(ltrim(line), '{') AS is_object,
            try(from_json(line, '{"v": "JSON", "type": "JSON", "trajectory_id": "JSON",
@@ -127,6 +151,75 @@ SELECT seg, line_no, rtype, trajectory_id,
     END AS reason
 FROM typed;
 
+-- name: check_arrow
+-- Arrow segments: fields are typed columns already, so nothing is parsed but the free-form JSON
+-- text (validated: the cast the insert would do). What a typed file can still get wrong: a
+-- missing required value, an unknown type, a NaN/inf reward, a negative index or n_steps, JSON
+-- text that is not JSON, an oversized record (the bytes of its free-form text: the JSON columns
+-- and error). Only the rows with a reason are kept: the `checked` view reads the rest straight
+-- from the Arrow table, which costs less than writing every row out once more.
+CREATE OR REPLACE TEMP TABLE arrow_bad AS
+WITH typed AS (
+    SELECT seg, line_no, "type", trajectory_id, "index", reward, n_steps, agent_name, task_family,
+           task_id, observation, arguments, result, metadata, answer, task_spec,
+           TRY_CAST(observation AS JSON) AS observation_j, TRY_CAST(arguments AS JSON) AS arguments_j,
+           TRY_CAST(result AS JSON) AS result_j, TRY_CAST(metadata AS JSON) AS metadata_j,
+           TRY_CAST(answer AS JSON) AS answer_j, TRY_CAST(task_spec AS JSON) AS spec_j,
+           coalesce(strlen(observation), 0) + coalesce(strlen(arguments), 0) + coalesce(strlen(result), 0)
+             + coalesce(strlen(metadata), 0) + coalesce(strlen(answer), 0) + coalesce(strlen(task_spec), 0)
+             + coalesce(strlen(error), 0) AS nbytes
+    FROM raw_rows
+)
+SELECT seg, line_no, reason FROM (
+    SELECT seg, line_no, CASE
+    WHEN nbytes > $max_bytes THEN printf('oversized record: %d bytes > limit of %d', nbytes, $max_bytes)
+    WHEN "type" IS NULL THEN 'missing field: type'
+    WHEN "type" NOT IN ('trajectory', 'step', 'outcome') THEN 'unknown record type: ' || "type"
+    WHEN trajectory_id IS NULL THEN 'missing field: trajectory_id'
+    WHEN observation_j IS NULL AND observation IS NOT NULL THEN 'invalid JSON in observation'
+    WHEN arguments_j IS NULL AND arguments IS NOT NULL THEN 'invalid JSON in arguments'
+    WHEN result_j IS NULL AND result IS NOT NULL THEN 'invalid JSON in result'
+    WHEN metadata_j IS NULL AND metadata IS NOT NULL THEN 'invalid JSON in metadata'
+    WHEN answer_j IS NULL AND answer IS NOT NULL THEN 'invalid JSON in answer'
+    WHEN spec_j IS NULL AND task_spec IS NOT NULL THEN 'invalid JSON in task_spec'
+    WHEN "type" = 'trajectory' THEN CASE
+        WHEN agent_name IS NULL THEN 'missing field: agent.name'
+        WHEN task_family IS NULL THEN 'missing field: task.family'
+        WHEN task_id IS NULL THEN 'missing field: task.task_id'
+        END
+    WHEN "type" = 'step' THEN CASE
+        WHEN "index" IS NULL THEN 'missing field: index'
+        WHEN "index" < 0 THEN 'wrong type: index must be a non-negative integer'
+        WHEN NOT isfinite(reward) THEN 'NaN or infinite reward: ' || reward
+        END
+    WHEN "type" = 'outcome' THEN CASE
+        WHEN NOT isfinite(reward) THEN 'NaN or infinite reward: ' || reward
+        WHEN n_steps < 0 THEN 'wrong type: n_steps must be a non-negative integer'
+        END
+    END AS reason
+    FROM typed
+) WHERE reason IS NOT NULL;
+
+-- name: checked
+-- Every record of the batch, whatever its format: the columns below, and `reason`, NULL when
+-- the record is good. Every later block reads this.
+CREATE OR REPLACE TEMP VIEW checked AS
+SELECT * FROM checked_lines
+UNION ALL BY NAME
+SELECT seg, line_no, "type" AS rtype, trajectory_id,
+    -- steps
+    "index" AS idx, coalesce(kind, 'tool_call') AS kind, TRY_CAST(observation AS JSON) AS observation,
+    tool_name, TRY_CAST(arguments AS JSON) AS arguments, TRY_CAST(result AS JSON) AS result, reward,
+    coalesce(status, 'ok') AS status, error, TRY_CAST(metadata AS JSON) AS metadata, start_time, end_time,
+    -- outcomes
+    TRY_CAST(answer AS JSON) AS answer, verified, n_steps,
+    -- trajectory starts
+    agent_name, coalesce(agent_version, '0') AS agent_version, agent_kind, agent_checkpoint AS checkpoint,
+    task_id, task_family AS family, task_split AS split, task_operation AS operation,
+    task_difficulty AS difficulty, TRY_CAST(task_spec AS JSON) AS spec, coalesce(tags, []) AS tags,
+    b.reason
+FROM raw_rows LEFT JOIN arrow_bad b USING (seg, line_no);
+
 -- name: duplicate_steps
 -- The same (trajectory, index) twice in the incoming data: the first one wins, the rest are bad.
 CREATE OR REPLACE TEMP TABLE dup_steps AS
@@ -143,11 +236,14 @@ FROM (
 ) WHERE nth > 1;
 
 -- name: starts
+-- A start record seen twice in the batch (e.g. the same file under two names): the first wins.
+-- Only the columns later blocks use: writing wide rows is what this block costs.
 CREATE OR REPLACE TEMP TABLE in_trajectories AS
-SELECT c.*, c.agent_name || '@' || c.agent_version AS agent_id, s.source
+SELECT c.line_no, c.trajectory_id, c.agent_name || '@' || c.agent_version AS agent_id, c.agent_name,
+       c.agent_version, c.agent_kind, c.checkpoint, c.task_id, c.family, c.split, c.operation,
+       c.difficulty, c.spec, c.tags, c.metadata, c.start_time, s.source
 FROM checked c JOIN raw_segs s USING (seg)
 WHERE c.reason IS NULL AND c.rtype = 'trajectory'
--- A start record seen twice in the batch (e.g. the same file under two names): keep the first.
 QUALIFY row_number() OVER (PARTITION BY c.trajectory_id ORDER BY c.seg, c.line_no) = 1;
 
 -- name: insert_agents
@@ -164,10 +260,12 @@ SELECT task_id, arg_min(family, line_no) AS family, arg_min(split, line_no) AS s
 FROM in_trajectories GROUP BY task_id;
 
 -- name: insert_trajectories
-INSERT OR IGNORE INTO trajectories BY NAME
+-- A trajectory already in the store is left as it is. (in_trajectories has one row per id, so
+-- an anti join does what INSERT OR IGNORE would without its grouping of the new rows.)
+INSERT INTO trajectories BY NAME
 SELECT trajectory_id, agent_id, task_id, family, 'incomplete' AS status, tags, metadata,
        start_time, source
-FROM in_trajectories;
+FROM in_trajectories ANTI JOIN trajectories USING (trajectory_id);
 
 -- name: outcomes
 -- Outcomes complete a trajectory started in this batch or an earlier one. One whose start record
@@ -194,10 +292,12 @@ WHERE o.known AND o.nth = 1 AND t.trajectory_id = o.trajectory_id;
 
 -- name: insert_steps
 -- A step already in the store (the same record from another segment) is left as it is.
-INSERT OR IGNORE INTO steps BY NAME
+-- dup_steps left one row per key, so an anti join does what INSERT OR IGNORE would without its
+-- grouping of the new rows by key (half the block's time).
+INSERT INTO steps BY NAME
 SELECT trajectory_id, idx, kind, observation, tool_name, arguments, result, reward, status, error,
        metadata, start_time, end_time
-FROM checked c ANTI JOIN dup_steps USING (seg, line_no)
+FROM checked c ANTI JOIN dup_steps USING (seg, line_no) ANTI JOIN steps USING (trajectory_id, idx)
 WHERE c.reason IS NULL AND c.rtype = 'step';
 
 -- name: quarantine
@@ -209,6 +309,9 @@ WITH reasons AS (
 )
 SELECT seg, line_no, encode(rtrim(l.line, chr(10))) AS raw, reason
 FROM reasons JOIN raw_lines l USING (seg, line_no)
+UNION ALL
+SELECT seg, line_no, encode(to_json(struct_pack(*COLUMNS(r.* EXCLUDE (seg, line_no))))::VARCHAR) AS raw, reason
+FROM reasons JOIN raw_rows r USING (seg, line_no)
 UNION ALL
 SELECT seg, line_no, raw, reason FROM raw_bad;
 INSERT INTO quarantine BY NAME
@@ -231,7 +334,9 @@ LEFT JOIN (SELECT seg, count(*) AS n_dup FROM dup_steps GROUP BY seg) d USING (s
 LEFT JOIN (SELECT seg, count(*) AS n_quarantined FROM bad GROUP BY seg) b USING (seg);
 
 -- name: cleanup
-DROP TABLE IF EXISTS checked;
+DROP VIEW IF EXISTS checked;
+DROP TABLE IF EXISTS checked_lines;
+DROP TABLE IF EXISTS arrow_bad;
 DROP TABLE IF EXISTS dup_steps;
 DROP TABLE IF EXISTS in_trajectories;
 DROP TABLE IF EXISTS in_outcomes;
