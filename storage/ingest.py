@@ -28,7 +28,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from agents.spool import SCHEMA, SEGMENT_SUFFIX, SegmentError, read_segment
+from agents.spool import SCHEMA, SEGMENT_SUFFIX, SEGMENT_SUFFIXES, SegmentError, read_segment
 from storage.store import StoreError
 
 MAX_RECORD_BYTES = 1 << 20   # a record larger than this is quarantined as oversized
@@ -346,7 +346,7 @@ def _input_files(paths: list[Path]) -> list[Path]:
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix in (".arrow", ".jsonl", ".json") and p.is_file())
+            files += sorted(p for p in path.rglob("*") if p.suffix in (*SEGMENT_SUFFIXES, ".json") and p.is_file())
         elif path.is_file():
             files.append(path)
         else:

@@ -99,6 +99,16 @@ def test_outcome_in_a_later_batch_completes_the_trajectory(tmp_path):
         ("ok", True, 1.0, 2, "[3]")]
 
 
+def one_step_spool(tmp_path):
+    """A spool holding one SDK-written trajectory of one step, and a fresh store."""
+    spool, con = tmp_path / "spool", connect(tmp_path / "store.duckdb")
+    log = TrajectoryLogger("a", "1", spool=spool)
+    with log.trajectory({"family": "modular", "task_id": "m/1"}) as t:
+        t.step(result=1)
+    log.close()
+    return spool, con
+
+
 def test_exception_in_block_is_recorded_as_error(tmp_path):
     spool, con = tmp_path / "spool", connect(tmp_path / "store.duckdb")
     log = TrajectoryLogger("a", "1", spool=spool)
@@ -112,11 +122,7 @@ def test_exception_in_block_is_recorded_as_error(tmp_path):
 
 
 def test_same_bytes_under_another_name_are_skipped(tmp_path):
-    spool, con = tmp_path / "spool", connect(tmp_path / "store.duckdb")
-    log = TrajectoryLogger("a", "1", spool=spool)
-    with log.trajectory({"family": "modular", "task_id": "m/1"}) as t:
-        t.step(result=1)
-    log.close()
+    spool, con = one_step_spool(tmp_path)
     (segment,) = published_segments(spool)
     copy = tmp_path / "copy.arrow"
     shutil.copy(segment, copy)
@@ -178,11 +184,7 @@ def test_a_size_flush_publishes_in_the_background_and_flush_waits(tmp_path):
 def test_arrow_and_jsonl_segments_in_one_batch(tmp_path):
     from agents.spool import write_segment
 
-    spool, con = tmp_path / "spool", connect(tmp_path / "store.duckdb")
-    log = TrajectoryLogger("a", "1", spool=spool)
-    with log.trajectory({"family": "modular", "task_id": "m/1"}) as t:
-        t.step(result=1)
-    log.close()
+    spool, con = one_step_spool(tmp_path)
     tid = "01900000-0000-7000-8000-000000000003"
     records = [{"type": "trajectory", "trajectory_id": tid, "agent": {"name": "other", "version": "2"},
                 "task": {"family": "f", "task_id": "t"}},
