@@ -14,7 +14,7 @@ recorded as status "ok" with no answer. A trajectory whose process dies before
 its outcome record is flushed lands in the store as "incomplete".
 
 Wire format. Records are buffered column-wise and each flush publishes one spool segment, an
-Arrow IPC file (`agents/spool.py`: `SCHEMA`, format version 1 in its metadata): one table with a
+Arrow IPC file (`agents/spool.py`: `SCHEMA`, segment version 2 in its metadata): one table with a
 `type` column and the union of the three record types' columns, one record batch per type:
 
   trajectory  trajectory_id, agent_name, agent_version, agent_kind, agent_checkpoint,
@@ -123,8 +123,11 @@ def _number(value: Any) -> float | None:
 
 def task_ref(task: Any) -> dict:
     """A task as the wire format wants it: a mapping, or any object with a `.ref()` method."""
-    ref = task.ref() if hasattr(task, "ref") else task
-    ref = ref if ref.__class__ is dict else dict(ref)
+    if task.__class__ is dict:  # the common case, before the slower look for `.ref()`
+        ref = task
+    else:
+        ref = task.ref() if hasattr(task, "ref") else task
+        ref = ref if ref.__class__ is dict else dict(ref)
     missing = [k for k in ("family", "task_id") if not ref.get(k)]
     if missing:
         raise ValueError(f"task is missing {', '.join(missing)}: {ref!r}")

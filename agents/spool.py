@@ -35,26 +35,32 @@ JSONL_SUFFIX = ".jsonl"      # one JSON record per line: other writers, files fr
 SEGMENT_SUFFIXES = (SEGMENT_SUFFIX, JSONL_SUFFIX)
 TMP_SUFFIX = ".tmp"          # a segment still being written (or whose writer died)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1           # the records (`agents/sdk.py`), in either format
+# The Arrow segment layout, in the file's metadata. 2: free-form values are Arrow's canonical JSON
+# type (`arrow.json`), which DuckDB reads as JSON with no second parse; 1: the same as plain
+# strings (still read).
+SEGMENT_VERSION = 2
+_READABLE_SEGMENT_VERSIONS = (b"1", b"2")
 _TIME = pa.timestamp("us")   # UTC, no zone: what the store's TIMESTAMP columns hold
 _UUID = pa.uuid()
+_JSON = pa.json_()
 SCHEMA = pa.schema(
     [
         ("type", pa.string()),            # trajectory | step | outcome
         ("trajectory_id", _UUID),         # Arrow's UUID (16 bytes): DuckDB reads it as a UUID
         ("index", pa.int32()),            # step
         ("kind", pa.string()),            # step
-        ("observation", pa.string()),     # step, JSON
+        ("observation", _JSON),     # step, JSON
         ("tool_name", pa.string()),       # step
-        ("arguments", pa.string()),       # step, JSON
-        ("result", pa.string()),          # step, JSON
+        ("arguments", _JSON),       # step, JSON
+        ("result", _JSON),          # step, JSON
         ("reward", pa.float64()),         # step, outcome
         ("status", pa.string()),          # step, outcome
         ("error", pa.string()),           # step, outcome
-        ("metadata", pa.string()),        # trajectory, step; JSON
+        ("metadata", _JSON),        # trajectory, step; JSON
         ("start_time", _TIME),            # trajectory, step
         ("end_time", _TIME),              # step, outcome
-        ("answer", pa.string()),          # outcome, JSON
+        ("answer", _JSON),          # outcome, JSON
         ("verified", pa.bool_()),         # outcome
         ("n_steps", pa.int32()),          # outcome
         ("tags", pa.list_(pa.string())),  # trajectory
@@ -67,9 +73,9 @@ SCHEMA = pa.schema(
         ("task_split", pa.string()),
         ("task_operation", pa.string()),
         ("task_difficulty", pa.int32()),
-        ("task_spec", pa.string()),       # JSON
+        ("task_spec", _JSON),            # JSON
     ],
-    metadata={"grokloop.format_version": str(FORMAT_VERSION)},
+    metadata={"grokloop.format_version": str(SEGMENT_VERSION)},
 )
 # Each record type's columns, as the SDK buffers them (`RecordBuffer`): its typed columns, then
 # its JSON columns; a record's values come in this order.
@@ -98,13 +104,14 @@ class RecordBuffer:
     JSON text kept as its own bytes object costs several times the append: orjson's output is a
     large allocation, and thousands of them alive defeat the allocator's reuse)."""
 
-    __slots__ = ("columns", "json", "ends")
+    __slots__ = ("columns", "json", "ends", "_appends")
 
     def __init__(self, rtype: str):
         typed, json = COLUMNS[rtype]
         self.columns = tuple([] for _ in typed)
         self.json = tuple(bytearray() for _ in json)
         self.ends = tuple(array("q") for _ in json)
+        self._appends = tuple(column.append for column in self.columns)
 
     def __len__(self) -> int:
         return len(self.columns[0])
@@ -114,9 +121,9 @@ class RecordBuffer:
         if len(row) != len(self.columns) or len(texts) != len(self.json):  # before any append
             raise ValueError(f"a record has {len(self.columns)} typed values and {len(self.json)} "
                              f"JSON texts, not {len(row)} and {len(texts)}")
-        for column, value in zip(self.columns, row, strict=True):
-            column.append(value)
-        for data, ends, text in zip(self.json, self.ends, texts, strict=True):
+        for append, value in zip(self._appends, row, strict=False):  # lengths checked above
+            append(value)
+        for data, ends, text in zip(self.json, self.ends, texts, strict=False):
             data += text
             ends.append(len(data))
 
@@ -251,10 +258,11 @@ def _json_texts(data: bytearray, ends: array, what: str) -> pa.Array:
     valid = np.diff(offsets) > 0
     nulls = n - int(np.count_nonzero(valid))
     if nulls == n:
-        return pa.nulls(n, pa.string())
+        return pa.nulls(n, _JSON)
     validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
-    return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(_int32(offsets, what)),
+    text = pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(_int32(offsets, what)),
                                                   pa.py_buffer(data)], nulls)
+    return pa.ExtensionArray.from_storage(_JSON, text)
 
 
 def _string_lists(values: Sequence, what: str) -> pa.Array:
@@ -339,7 +347,7 @@ def read_segment(data: bytes | pa.Buffer, source: str = "segment") -> pa.Table:
     except (pa.ArrowException, OSError) as err:
         raise SegmentError(f"{source}: not a readable Arrow IPC file: {err}") from err
     version = (table.schema.metadata or {}).get(b"grokloop.format_version", b"1")
-    if version != str(FORMAT_VERSION).encode():
+    if version not in _READABLE_SEGMENT_VERSIONS:
         raise SegmentError(f"{source}: unsupported format version {version.decode(errors='replace')}")
     names = table.schema.names
     problems = [f"missing columns {[n for n in SCHEMA.names if n not in names]}",
@@ -365,6 +373,8 @@ def _castable(have: pa.DataType, want: pa.DataType) -> bool:
     """Whether a column of type `have` is read as `want`: another width of the same kind (that
     fits: the cast checks), never a parse (a string of digits is not an index)."""
     types = pa.types
+    if have == want:
+        return True
     if types.is_integer(want):
         return types.is_integer(have)
     if types.is_floating(want):
@@ -378,7 +388,9 @@ def _castable(have: pa.DataType, want: pa.DataType) -> bool:
                                                                                   want.value_type)
     if want == _UUID:
         return have == pa.binary(16)
-    return have == want
+    if want == _JSON:  # JSON text as plain strings: segment version 1, other writers
+        return _castable(have, pa.string())
+    return False
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -82,6 +84,10 @@ _BLOCKS = _blocks()
 _UNORDERED = {"check", "check_arrow"}
 _LINES_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("line", pa.large_string())])
 _ROWS_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), *SCHEMA])
+# Arrow records go to SQL as one table per record type (`raw_<type>s`), so a block that wants the
+# trajectory starts never scans the steps; `raw_other` has the rows whose type is missing or unknown.
+_RECORD_TYPES = ("trajectory", "step", "outcome")
+_ROW_TABLES = {"trajectory": "raw_starts", "step": "raw_steps", "outcome": "raw_outcomes", None: "raw_other"}
 
 
 def _arrow(values: np.ndarray) -> pa.Array:
@@ -141,6 +147,37 @@ def _segment_rows(seg_id: int, segment: Segment
     return table, list(segment.rejected)
 
 
+def _split_by_type(tables: list[pa.Table]) -> dict[str | None, pa.Table]:
+    """Arrow records by their `type`, keyed as `_ROW_TABLES`, zero-copy: the SDK writes one record
+    batch per type, so a batch usually moves whole; one that mixes types is cut into runs.
+    (No pyarrow.compute: its first call costs a sixth of a second.)"""
+    parts: dict[str | None, list[pa.RecordBatch]] = {t: [] for t in _ROW_TABLES}
+    for batch in (b for table in tables for b in table.to_batches()):
+        rtype = _only_type(batch.column("type"))
+        if rtype is not None:
+            parts[rtype].append(batch)
+            continue
+        start = 0
+        for value, run in itertools.groupby(batch.column("type").to_pylist()):
+            n = len(list(run))
+            parts[value if value in _RECORD_TYPES else None].append(batch.slice(start, n))
+            start += n
+    return {t: pa.Table.from_batches(b, _ROWS_SCHEMA) if b else _empty(_ROWS_SCHEMA) for t, b in parts.items()}
+
+
+def _only_type(types: pa.StringArray) -> str | None:
+    """The record type every row of a batch has, if they all have the same known one."""
+    if not len(types) or types.null_count:
+        return None
+    first = types[0].as_py()
+    _, offsets, data = types.buffers()
+    ends = np.frombuffer(offsets, np.int32)[types.offset:types.offset + len(types) + 1]
+    whole = memoryview(data)[ends[0]:ends[-1]]
+    if first in _RECORD_TYPES and bytes(whole) == first.encode() * len(types):
+        return first
+    return None
+
+
 def _utf8_lines(data: bytes) -> tuple[pa.Array, np.ndarray, list[tuple[int, bytes, str]]]:
     """The slow path for a segment with bytes that are not UTF-8: line by line."""
     good, numbers, bad = [], [], []
@@ -166,7 +203,7 @@ def _already_ingested(con: duckdb.DuckDBPyConnection, digests: list[str]) -> set
 def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_record_bytes: int
                   ) -> IngestReport:
     start = time.perf_counter()
-    lines, records, bad_rows = [], [], []
+    lines, records, bad_rows, n_records = [], [], [], []
     for seg_id, segment in enumerate(batch):
         if segment.format == "arrow":
             table, rejected = _segment_rows(seg_id, segment)
@@ -174,9 +211,11 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
         else:
             table, rejected = _segment_lines(seg_id, segment)
             lines.append(table)
+        n_records.append(0 if table is None else table.num_rows)
         bad_rows += [(seg_id, n, raw, reason) for n, raw, reason in rejected]
     con.register("raw_lines", pa.concat_tables(lines) if lines else _empty(_LINES_SCHEMA))
-    con.register("raw_rows", pa.concat_tables(records) if records else _empty(_ROWS_SCHEMA))
+    for rtype, table in _split_by_type(records).items():
+        con.register(_ROW_TABLES[rtype], table)
     # The two small inputs go in as query parameters: `pa.array` of Python values would import
     # pandas (a fifth of a second) in a process that has not yet.
     seg, line_no, raw, reason = zip(*bad_rows, strict=True) if bad_rows else ([], [], [], [])
@@ -186,9 +225,10 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
                 {"seg": list(seg), "line_no": list(line_no), "raw": list(raw), "reason": list(reason)})
     con.execute("""CREATE OR REPLACE TEMP TABLE raw_segs AS
                    SELECT unnest(range(len($hash::VARCHAR[])))::INTEGER AS seg, unnest($hash::VARCHAR[])
-                   AS segment_hash, unnest($source::VARCHAR[]) AS source, unnest($format::VARCHAR[]) AS format""",
+                   AS segment_hash, unnest($source::VARCHAR[]) AS source, unnest($format::VARCHAR[]) AS format,
+                   unnest($n_records::INTEGER[]) AS n_records""",
                 {"hash": [s.digest for s in batch], "source": [s.source for s in batch],
-                 "format": [s.format for s in batch]})
+                 "format": [s.format for s in batch], "n_records": n_records})
     report = IngestReport(segments=len(batch))
     if lines:  # the JSONL check's helpers (temp macros: the connection's, made again each batch)
         con.execute(dict(_BLOCKS)["macros"]).fetchall()
@@ -220,7 +260,8 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
                          f"back; nothing was stored: {err}") from err
     finally:
         con.unregister("raw_lines")
-        con.unregister("raw_rows")
+        for name in _ROW_TABLES.values():
+            con.unregister(name)
         con.execute("DROP TABLE IF EXISTS raw_bad; DROP TABLE IF EXISTS raw_segs")
     report.seconds = time.perf_counter() - start
     return report
@@ -280,16 +321,23 @@ def ingest_segments(
     return total
 
 
-def _read_spool(paths: list[Path]) -> Iterable[Segment]:
-    for path in paths:
-        arrow = path.name.endswith(SEGMENT_SUFFIX)
-        try:
-            # An Arrow segment is hashed and read in place (mapped, zero-copy): a copy into fresh
-            # memory costs more than the hash.
-            data = pa.memory_map(str(path)).read_buffer() if arrow else path.read_bytes()
-        except FileNotFoundError:
-            continue  # another ingest moved it away meanwhile
-        yield Segment(source=path.name, data=data, format="arrow" if arrow else "grokloop")
+def _read_segment_file(path: Path) -> Segment | None:
+    arrow = path.name.endswith(SEGMENT_SUFFIX)
+    try:
+        # An Arrow segment is hashed and read in place (mapped, zero-copy): a copy into fresh
+        # memory costs more than the hash.
+        data = pa.memory_map(str(path)).read_buffer() if arrow else path.read_bytes()
+    except FileNotFoundError:
+        return None  # another ingest moved it away meanwhile
+    return Segment(source=path.name, data=data, format="arrow" if arrow else "grokloop")
+
+
+def _read_spool(paths: list[Path], chunk: int = 16) -> Iterable[Segment]:
+    """The segments in order, read and hashed a few at a time on every core (sha256 lets go of
+    the GIL): hashing is most of reading."""
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        for start in range(0, len(paths), chunk):
+            yield from filter(None, pool.map(_read_segment_file, paths[start:start + chunk]))
 
 
 def ingest_spool(

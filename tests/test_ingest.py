@@ -236,3 +236,28 @@ def test_a_damaged_arrow_segment_is_quarantined_whole_and_nothing_is_lost(tmp_pa
     report = ingest_paths(con, [tmp_path / "second"])
     assert (report.trajectories, report.steps, report.quarantined) == (1, 1, 0)
     assert ingest_paths(con, [tmp_path / "second"]).skipped == 1
+
+
+def test_a_version_1_segment_with_json_as_plain_strings_still_lands(tmp_path):
+    """Segment version 1 held free-form values as plain strings; version 2 types them as JSON, which
+    DuckDB takes as it is, so ingest alone must still catch text that is not JSON."""
+    v1 = pa.schema([pa.field(f.name, pa.string()) if f.type == pa.json_() else f for f in SCHEMA],
+                   metadata={"grokloop.format_version": "1"})
+    tid = bytes.fromhex("01900000000070008000000000000042")
+    rows = [{"type": "trajectory", "trajectory_id": tid, "agent_name": "old", "agent_version": "1",
+             "task_family": "f", "task_id": "t", "task_spec": '{"p": 7}'},
+            {"type": "step", "trajectory_id": tid, "index": 0, "arguments": '{"a": [1, 2]}'},
+            {"type": "step", "trajectory_id": tid, "index": 1, "result": "{not json"},
+            {"type": "outcome", "trajectory_id": tid, "status": "ok", "answer": "[3]", "n_steps": 2}]
+    table = pa.Table.from_pylist([dict.fromkeys(v1.names) | r for r in rows], schema=v1)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, v1) as writer:
+        writer.write_table(table)
+    (tmp_path / "old.arrow").write_bytes(sink.getvalue().to_pybytes())
+    con = connect(tmp_path / "store.duckdb")
+    report = ingest_paths(con, [tmp_path / "old.arrow"])
+    assert (report.trajectories, report.steps, report.quarantined) == (1, 1, 1)
+    assert con.execute("SELECT idx, arguments.a[1] FROM steps").fetchall() == [(0, "2")]
+    assert con.execute("SELECT answer, spec.p FROM trajectories JOIN tasks USING (task_id)").fetchall() == [
+        ("[3]", "7")]
+    assert con.execute("SELECT line_no, reason FROM quarantine").fetchall() == [(3, "invalid JSON in result")]

@@ -1,17 +1,19 @@
 -- Ingest: spool records -> validated records -> the store, all in SQL (storage/ingest.py runs
 -- these blocks in order inside one transaction per batch). Inputs registered from Python:
 --   raw_lines(seg INTEGER, line_no INTEGER, line VARCHAR)          JSONL: one row per non-blank line
---   raw_rows(seg INTEGER, line_no INTEGER, <agents.spool.SCHEMA>)   Arrow: one row per record
+--   raw_starts, raw_steps, raw_outcomes, raw_other                  Arrow: one row per record, one
+--       (seg INTEGER, line_no INTEGER, <agents.spool.SCHEMA>)        table per record type (other:
+--                                                                   a type missing or unknown)
 --   raw_bad(seg INTEGER, line_no INTEGER, raw BLOB, reason VARCHAR) rejected before SQL: lines that
 --                                                                   are not UTF-8, unreadable files
---   raw_segs(seg INTEGER, segment_hash VARCHAR, source VARCHAR, format VARCHAR)
---   (raw_lines and raw_rows are registered Arrow tables, either may be empty; raw_bad and raw_segs
---   are temp tables made from query parameters)
+--   raw_segs(seg INTEGER, segment_hash VARCHAR, source VARCHAR, format VARCHAR, n_records INTEGER)
+--   (raw_lines and the Arrow record tables are registered Arrow tables, any may be empty; raw_bad
+--   and raw_segs are temp tables made from query parameters)
 -- Lines arrive with their trailing newline (zero-copy from the segment bytes); JSON ignores it and
 -- the quarantine strips it so `raw` is the record's bytes exactly. An Arrow record's `line_no` is
 -- its 1-based row in the file, and its `raw` is the row as JSON.
 -- `check` (JSONL, into checked_lines) and `check_arrow` (Arrow: only the bad rows, arrow_bad) make
--- the `checked` view, one row per record with its reason; every later block works on `checked`,
+-- the `checked` views, one row per record with its reason; every later block works on those,
 -- whatever the input format.
 -- Blocks start with a "name" marker line; $max_bytes is the per-record size limit.
 
@@ -151,20 +153,24 @@ SELECT seg, line_no, rtype, trajectory_id,
     END AS reason
 FROM typed;
 
+-- name: raw_rows
+-- The Arrow records as one relation, for the blocks that look at every record as it came.
+CREATE OR REPLACE TEMP VIEW raw_rows AS
+SELECT * FROM raw_starts UNION ALL SELECT * FROM raw_steps
+UNION ALL SELECT * FROM raw_outcomes UNION ALL SELECT * FROM raw_other;
+
 -- name: check_arrow
 -- Arrow segments: fields are typed columns already, so nothing is parsed but the free-form JSON
--- text (validated: the cast the insert would do). What a typed file can still get wrong: a
--- missing required value, an unknown type, a NaN/inf reward, a negative index or n_steps, JSON
--- text that is not JSON, an oversized record (the bytes of its free-form text: the JSON columns
--- and error). Only the rows with a reason are kept: the `checked` view reads the rest straight
--- from the Arrow table, which costs less than writing every row out once more.
+-- text, validated here and only here (its columns arrive as DuckDB's JSON type, which the insert
+-- takes as it is). What a typed file can still get wrong: a missing required value, an unknown
+-- type, a NaN/inf reward, a negative index or n_steps, JSON text that is not JSON, an oversized
+-- record (the bytes of its free-form text: the JSON columns and error). Only the rows with a
+-- reason are kept: the `checked_*` views read the rest straight from the Arrow tables, which costs
+-- less than writing every row out once more.
 CREATE OR REPLACE TEMP TABLE arrow_bad AS
 WITH typed AS (
     SELECT seg, line_no, "type", trajectory_id, "index", reward, n_steps, agent_name, task_family,
            task_id, observation, arguments, result, metadata, answer, task_spec,
-           TRY_CAST(observation AS JSON) AS observation_j, TRY_CAST(arguments AS JSON) AS arguments_j,
-           TRY_CAST(result AS JSON) AS result_j, TRY_CAST(metadata AS JSON) AS metadata_j,
-           TRY_CAST(answer AS JSON) AS answer_j, TRY_CAST(task_spec AS JSON) AS spec_j,
            coalesce(strlen(observation), 0) + coalesce(strlen(arguments), 0) + coalesce(strlen(result), 0)
              + coalesce(strlen(metadata), 0) + coalesce(strlen(answer), 0) + coalesce(strlen(task_spec), 0)
              + coalesce(strlen(error), 0) AS nbytes
@@ -176,12 +182,12 @@ SELECT seg, line_no, reason FROM (
     WHEN "type" IS NULL THEN 'missing field: type'
     WHEN "type" NOT IN ('trajectory', 'step', 'outcome') THEN 'unknown record type: ' || "type"
     WHEN trajectory_id IS NULL THEN 'missing field: trajectory_id'
-    WHEN observation_j IS NULL AND observation IS NOT NULL THEN 'invalid JSON in observation'
-    WHEN arguments_j IS NULL AND arguments IS NOT NULL THEN 'invalid JSON in arguments'
-    WHEN result_j IS NULL AND result IS NOT NULL THEN 'invalid JSON in result'
-    WHEN metadata_j IS NULL AND metadata IS NOT NULL THEN 'invalid JSON in metadata'
-    WHEN answer_j IS NULL AND answer IS NOT NULL THEN 'invalid JSON in answer'
-    WHEN spec_j IS NULL AND task_spec IS NOT NULL THEN 'invalid JSON in task_spec'
+    WHEN NOT json_valid(observation) THEN 'invalid JSON in observation'
+    WHEN NOT json_valid(arguments) THEN 'invalid JSON in arguments'
+    WHEN NOT json_valid(result) THEN 'invalid JSON in result'
+    WHEN NOT json_valid(metadata) THEN 'invalid JSON in metadata'
+    WHEN NOT json_valid(answer) THEN 'invalid JSON in answer'
+    WHEN NOT json_valid(task_spec) THEN 'invalid JSON in task_spec'
     WHEN "type" = 'trajectory' THEN CASE
         WHEN agent_name IS NULL THEN 'missing field: agent.name'
         WHEN task_family IS NULL THEN 'missing field: task.family'
@@ -202,93 +208,119 @@ SELECT seg, line_no, reason FROM (
 
 -- name: checked
 -- Every record of the batch, whatever its format: the columns below, and `reason`, NULL when
--- the record is good. Every later block reads this.
-CREATE OR REPLACE TEMP VIEW checked AS
-SELECT * FROM checked_lines
-UNION ALL BY NAME
-SELECT seg, line_no, "type" AS rtype, trajectory_id,
+-- the record is good, one view per record type. Every later block reads these, only the types
+-- it needs: each Arrow table a statement names costs about a millisecond to plan, and a block's
+-- planning can cost more than its work. (A record of no known type has a reason: arrow_bad.)
+CREATE OR REPLACE TEMP MACRO arrow_checked(records, record_type) AS TABLE
+SELECT seg, line_no, record_type AS rtype, trajectory_id,
     -- steps
-    "index" AS idx, coalesce(kind, 'tool_call') AS kind, TRY_CAST(observation AS JSON) AS observation,
-    tool_name, TRY_CAST(arguments AS JSON) AS arguments, TRY_CAST(result AS JSON) AS result, reward,
-    coalesce(status, 'ok') AS status, error, TRY_CAST(metadata AS JSON) AS metadata, start_time, end_time,
+    "index" AS idx, coalesce(kind, 'tool_call') AS kind, observation, tool_name, arguments, result,
+    reward, coalesce(status, 'ok') AS status, error, metadata, start_time, end_time,
     -- outcomes
-    TRY_CAST(answer AS JSON) AS answer, verified, n_steps,
+    answer, verified, n_steps,
     -- trajectory starts
     agent_name, coalesce(agent_version, '0') AS agent_version, agent_kind, agent_checkpoint AS checkpoint,
     task_id, task_family AS family, task_split AS split, task_operation AS operation,
-    task_difficulty AS difficulty, TRY_CAST(task_spec AS JSON) AS spec, coalesce(tags, []) AS tags,
+    task_difficulty AS difficulty, task_spec AS spec, coalesce(tags, []) AS tags,
     b.reason
-FROM raw_rows LEFT JOIN arrow_bad b USING (seg, line_no);
+FROM query_table(records) LEFT JOIN arrow_bad b USING (seg, line_no);
+CREATE OR REPLACE TEMP VIEW checked_starts AS
+SELECT * FROM checked_lines WHERE rtype = 'trajectory'
+UNION ALL BY NAME SELECT * FROM arrow_checked('raw_starts', 'trajectory');
+CREATE OR REPLACE TEMP VIEW checked_steps AS
+SELECT * FROM checked_lines WHERE rtype = 'step'
+UNION ALL BY NAME SELECT * FROM arrow_checked('raw_steps', 'step');
+CREATE OR REPLACE TEMP VIEW checked_outcomes AS
+SELECT * FROM checked_lines WHERE rtype = 'outcome'
+UNION ALL BY NAME SELECT * FROM arrow_checked('raw_outcomes', 'outcome');
 
 -- name: duplicate_steps
 -- The same (trajectory, index) twice in the incoming data: the first one wins, the rest are bad.
 CREATE OR REPLACE TEMP TABLE dup_steps AS
 WITH keys AS (
-    SELECT trajectory_id, idx FROM checked WHERE reason IS NULL AND rtype = 'step'
+    SELECT trajectory_id, idx FROM checked_steps WHERE reason IS NULL
     GROUP BY ALL HAVING count(*) > 1
 )
 SELECT seg, line_no, printf('duplicate step index %d for trajectory %s', idx, trajectory_id) AS reason
 FROM (
     SELECT s.seg, s.line_no, s.idx, s.trajectory_id,
            row_number() OVER (PARTITION BY s.trajectory_id, s.idx ORDER BY s.seg, s.line_no) AS nth
-    FROM checked s SEMI JOIN keys k USING (trajectory_id, idx)
-    WHERE s.reason IS NULL AND s.rtype = 'step'
+    FROM checked_steps s SEMI JOIN keys k USING (trajectory_id, idx)
+    WHERE s.reason IS NULL
 ) WHERE nth > 1;
 
 -- name: starts
--- A start record seen twice in the batch (e.g. the same file under two names): the first wins.
--- Only the columns later blocks use: writing wide rows is what this block costs.
-CREATE OR REPLACE TEMP TABLE in_trajectories AS
-SELECT c.line_no, c.trajectory_id, c.agent_name || '@' || c.agent_version AS agent_id, c.agent_name,
-       c.agent_version, c.agent_kind, c.checkpoint, c.task_id, c.family, c.split, c.operation,
-       c.difficulty, c.spec, c.tags, c.metadata, c.start_time, s.source
-FROM checked c JOIN raw_segs s USING (seg)
-WHERE c.reason IS NULL AND c.rtype = 'trajectory'
-QUALIFY row_number() OVER (PARTITION BY c.trajectory_id ORDER BY c.seg, c.line_no) = 1;
+-- A start record seen twice in the batch (e.g. the same file under two names): the first wins,
+-- the later ones are listed here. Duplicates are rare, so only the ids seen twice are ranked.
+CREATE OR REPLACE TEMP TABLE later_starts AS
+WITH starts AS (
+    SELECT seg, line_no, trajectory_id FROM checked_starts WHERE reason IS NULL
+)
+SELECT seg, line_no FROM starts SEMI JOIN (
+    SELECT trajectory_id FROM starts GROUP BY ALL HAVING count(*) > 1
+) USING (trajectory_id)
+QUALIFY row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) > 1;
 
 -- name: insert_agents
 INSERT OR IGNORE INTO agents BY NAME
-SELECT agent_id, any_value(agent_name) AS name, any_value(agent_version) AS version,
-       any_value(agent_kind) AS kind, any_value(checkpoint) AS checkpoint
-FROM in_trajectories GROUP BY agent_id;
+SELECT agent_name || '@' || agent_version AS agent_id, any_value(agent_name) AS name,
+       any_value(agent_version) AS version, any_value(agent_kind) AS kind,
+       any_value(checkpoint) AS checkpoint
+FROM checked_starts WHERE reason IS NULL GROUP BY agent_id;
 
 -- name: insert_tasks
+-- A task's first description in the batch wins; one already in the store is left as it is.
 INSERT OR IGNORE INTO tasks BY NAME
-SELECT task_id, arg_min(family, line_no) AS family, arg_min(split, line_no) AS split,
-       arg_min(operation, line_no) AS operation, arg_min(difficulty, line_no) AS difficulty,
-       arg_min(spec, line_no) AS spec
-FROM in_trajectories GROUP BY task_id;
-
--- name: insert_trajectories
--- A trajectory already in the store is left as it is. (in_trajectories has one row per id, so
--- an anti join does what INSERT OR IGNORE would without its grouping of the new rows.)
-INSERT INTO trajectories BY NAME
-SELECT trajectory_id, agent_id, task_id, family, 'incomplete' AS status, tags, metadata,
-       start_time, source
-FROM in_trajectories ANTI JOIN trajectories USING (trajectory_id);
+SELECT task_id, arg_min(family, (seg, line_no)) AS family, arg_min(split, (seg, line_no)) AS split,
+       arg_min(operation, (seg, line_no)) AS operation,
+       arg_min(difficulty, (seg, line_no)) AS difficulty, arg_min(spec, (seg, line_no)) AS spec
+FROM checked_starts WHERE reason IS NULL GROUP BY task_id;
 
 -- name: outcomes
 -- Outcomes complete a trajectory started in this batch or an earlier one. One whose start record
--- was never ingested (or was quarantined) is quarantined itself rather than invented.
+-- was never ingested (or was quarantined) is quarantined itself rather than invented, and so is
+-- a second outcome for the same trajectory (the first wins; only repeated ids are ranked).
 CREATE OR REPLACE TEMP TABLE in_outcomes AS
-SELECT seg, line_no, trajectory_id, status, answer, verified, reward, error, n_steps, end_time,
-       row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) AS nth,
-       trajectory_id IN (SELECT trajectory_id FROM trajectories) AS known
-FROM checked WHERE reason IS NULL AND rtype = 'outcome';
+SELECT *, stored OR started AS known FROM (
+    SELECT seg, line_no, trajectory_id, status, answer, verified, reward, error, n_steps, end_time,
+           trajectory_id IN (SELECT trajectory_id FROM trajectories) AS stored,
+           trajectory_id IN (SELECT trajectory_id FROM checked_starts WHERE reason IS NULL) AS started
+    FROM checked_outcomes WHERE reason IS NULL
+);
 
 -- name: bad_outcomes
 CREATE OR REPLACE TEMP TABLE bad_outcomes AS
-SELECT seg, line_no,
-       CASE WHEN NOT known THEN 'outcome for unknown trajectory ' || trajectory_id || ' (its start record was never ingested)'
-            ELSE 'duplicate outcome for trajectory ' || trajectory_id END AS reason
-FROM in_outcomes WHERE NOT known OR nth > 1;
+SELECT seg, line_no, 'outcome for unknown trajectory ' || trajectory_id
+       || ' (its start record was never ingested)' AS reason
+FROM in_outcomes WHERE NOT known
+UNION ALL
+SELECT seg, line_no, 'duplicate outcome for trajectory ' || trajectory_id AS reason
+FROM in_outcomes o SEMI JOIN (
+    SELECT trajectory_id FROM in_outcomes WHERE known GROUP BY ALL HAVING count(*) > 1
+) USING (trajectory_id)
+WHERE known
+QUALIFY row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) > 1;
+
+-- name: insert_trajectories
+-- New trajectories, complete when their outcome came in the same batch (the usual case: one
+-- insert, not an insert and then an update). A trajectory already in the store is left as it is.
+INSERT INTO trajectories BY NAME
+SELECT c.trajectory_id, c.agent_name || '@' || c.agent_version AS agent_id, c.task_id, c.family,
+       c.tags, c.metadata, c.start_time, s.source, coalesce(o.status, 'incomplete') AS status,
+       o.answer, o.verified, o.reward, o.error, o.n_steps, o.end_time
+FROM checked_starts c JOIN raw_segs s USING (seg)
+ANTI JOIN later_starts USING (seg, line_no)
+ANTI JOIN trajectories USING (trajectory_id)
+LEFT JOIN (SELECT * FROM in_outcomes ANTI JOIN bad_outcomes USING (seg, line_no)) o USING (trajectory_id)
+WHERE c.reason IS NULL;
 
 -- name: update_trajectories
+-- Outcomes for trajectories an earlier batch stored.
 UPDATE trajectories AS t
 SET status = o.status, answer = o.answer, verified = o.verified, reward = o.reward,
     error = o.error, n_steps = o.n_steps, end_time = o.end_time
-FROM in_outcomes o
-WHERE o.known AND o.nth = 1 AND t.trajectory_id = o.trajectory_id;
+FROM in_outcomes o ANTI JOIN bad_outcomes USING (seg, line_no)
+WHERE o.stored AND t.trajectory_id = o.trajectory_id;
 
 -- name: insert_steps
 -- A step already in the store (the same record from another segment) is left as it is.
@@ -297,20 +329,26 @@ WHERE o.known AND o.nth = 1 AND t.trajectory_id = o.trajectory_id;
 INSERT INTO steps BY NAME
 SELECT trajectory_id, idx, kind, observation, tool_name, arguments, result, reward, status, error,
        metadata, start_time, end_time
-FROM checked c ANTI JOIN dup_steps USING (seg, line_no) ANTI JOIN steps USING (trajectory_id, idx)
-WHERE c.reason IS NULL AND c.rtype = 'step';
+FROM checked_steps c ANTI JOIN dup_steps USING (seg, line_no) ANTI JOIN steps USING (trajectory_id, idx)
+WHERE c.reason IS NULL;
 
 -- name: quarantine
 CREATE OR REPLACE TEMP TABLE bad AS
 WITH reasons AS (
-    SELECT seg, line_no, reason FROM checked WHERE reason IS NOT NULL
+    SELECT seg, line_no, reason FROM checked_lines WHERE reason IS NOT NULL
+    UNION ALL SELECT seg, line_no, reason FROM arrow_bad
     UNION ALL SELECT seg, line_no, reason FROM dup_steps
     UNION ALL SELECT seg, line_no, reason FROM bad_outcomes
 )
 SELECT seg, line_no, encode(rtrim(l.line, chr(10))) AS raw, reason
 FROM reasons JOIN raw_lines l USING (seg, line_no)
 UNION ALL
-SELECT seg, line_no, encode(to_json(struct_pack(*COLUMNS(r.* EXCLUDE (seg, line_no))))::VARCHAR) AS raw, reason
+-- An Arrow row as JSON, its free-form values as the strings they came as: the text of a JSON
+-- column may be what is wrong with the row, and to_json would parse it.
+SELECT seg, line_no, encode(to_json(struct_pack(*COLUMNS(r.* EXCLUDE (seg, line_no) REPLACE (
+           observation::VARCHAR AS observation, arguments::VARCHAR AS arguments, result::VARCHAR AS result,
+           metadata::VARCHAR AS metadata, answer::VARCHAR AS answer, task_spec::VARCHAR AS task_spec))))::VARCHAR)
+       AS raw, reason
 FROM reasons JOIN raw_rows r USING (seg, line_no)
 UNION ALL
 SELECT seg, line_no, raw, reason FROM raw_bad;
@@ -318,27 +356,29 @@ INSERT INTO quarantine BY NAME
 SELECT s.source, b.line_no, b.raw, b.reason FROM bad b JOIN raw_segs s USING (seg);
 
 -- name: ingest_log
+-- Per segment: its records (as Python counted them, plus the ones rejected before SQL), the good
+-- trajectory starts and steps (a duplicate step not counted), and what went to quarantine.
 INSERT OR IGNORE INTO ingest_log BY NAME
-SELECT s.segment_hash, s.source, s.format,
-       coalesce(n.n_records, 0) + coalesce(q.n_bad_bytes, 0) AS n_records,
-       coalesce(n.n_trajectories, 0) AS n_trajectories,
-       coalesce(n.n_steps, 0) - coalesce(d.n_dup, 0) AS n_steps,
-       coalesce(b.n_quarantined, 0) AS n_quarantined
+SELECT s.segment_hash, s.source, s.format, s.n_records + coalesce(q.n, 0) AS n_records,
+       coalesce(t.n, 0) AS n_trajectories, coalesce(st.n, 0) - coalesce(d.n, 0) AS n_steps,
+       coalesce(b.n, 0) AS n_quarantined
 FROM raw_segs s
-LEFT JOIN (SELECT seg, count(*) AS n_records,
-                  count(*) FILTER (WHERE reason IS NULL AND rtype = 'trajectory') AS n_trajectories,
-                  count(*) FILTER (WHERE reason IS NULL AND rtype = 'step') AS n_steps
-           FROM checked GROUP BY seg) n USING (seg)
-LEFT JOIN (SELECT seg, count(*) AS n_bad_bytes FROM raw_bad GROUP BY seg) q USING (seg)
-LEFT JOIN (SELECT seg, count(*) AS n_dup FROM dup_steps GROUP BY seg) d USING (seg)
-LEFT JOIN (SELECT seg, count(*) AS n_quarantined FROM bad GROUP BY seg) b USING (seg);
+LEFT JOIN (SELECT seg, count(*) AS n FROM checked_starts WHERE reason IS NULL GROUP BY seg) t USING (seg)
+LEFT JOIN (SELECT seg, count(*) AS n FROM checked_steps WHERE reason IS NULL GROUP BY seg) st USING (seg)
+LEFT JOIN (SELECT seg, count(*) AS n FROM raw_bad GROUP BY seg) q USING (seg)
+LEFT JOIN (SELECT seg, count(*) AS n FROM dup_steps GROUP BY seg) d USING (seg)
+LEFT JOIN (SELECT seg, count(*) AS n FROM bad GROUP BY seg) b USING (seg);
 
 -- name: cleanup
-DROP VIEW IF EXISTS checked;
+DROP VIEW IF EXISTS checked_starts;
+DROP VIEW IF EXISTS checked_steps;
+DROP VIEW IF EXISTS checked_outcomes;
+DROP MACRO TABLE IF EXISTS arrow_checked;
+DROP VIEW IF EXISTS raw_rows;
 DROP TABLE IF EXISTS checked_lines;
 DROP TABLE IF EXISTS arrow_bad;
 DROP TABLE IF EXISTS dup_steps;
-DROP TABLE IF EXISTS in_trajectories;
+DROP TABLE IF EXISTS later_starts;
 DROP TABLE IF EXISTS in_outcomes;
 DROP TABLE IF EXISTS bad_outcomes;
 DROP TABLE IF EXISTS bad;
