@@ -122,11 +122,12 @@ def main() -> None:
         t_log_n = log_steps_in_processes(tmp / "spool-n", args.steps, args.steps_per_trajectory, args.agents)
         many = connect(tmp / "many.duckdb")
         many_report = ingest_spool(many, tmp / "spool-n")
-        assert many_report.steps == n, many_report
+        per_agent = args.steps // args.agents // args.steps_per_trajectory * args.steps_per_trajectory
+        assert many_report.steps == args.agents * per_agent, many_report
         many.close()
 
     e2e_n = f"end to end, {args.agents} agents"
-    rate = {"end to end, 1 agent": n / (t_log + t_ingest), e2e_n: n / (t_log_n + many_report.seconds),
+    rate = {"end to end, 1 agent": n / (t_log + t_ingest), e2e_n: many_report.steps / (t_log_n + many_report.seconds),
             "ingest": n / t_ingest, "raw arrow": n / t_raw, "ingest (jsonl)": n / jsonl_report.seconds}
     print(f"{n:,} steps in {report.segments} segments ({report.trajectories:,} trajectories); "
           f"SDK {t_log:.2f} s ({args.agents} agents: {t_log_n:.2f} s), ingest {t_ingest:.2f} s, "
