@@ -27,9 +27,9 @@ Arrow IPC file (`agents/spool.py`: `SCHEMA`, segment version 2 in its metadata):
 Typed fields are typed columns: index, n_steps and task_difficulty int32, reward float64 (a NaN
 or infinite reward is kept as it is, so ingest quarantines it rather than hiding it), verified
 bool, times UTC timestamps in microseconds, trajectory_id Arrow's UUID type. Free-form values
-(observation, arguments, result, metadata, answer, task spec) are JSON text from orjson (numpy
-values as numbers and lists, sets and tuples as lists, other objects as their repr()). A value of
-another type in a text field (an exception as `error`) is stored as its str(). `start_time` is an
+(observation, arguments, result, metadata, answer, task spec) are JSON text, Arrow's JSON type,
+from orjson (numpy values as numbers and lists, sets and tuples as lists, other objects as their
+repr()). A value of another type in a text field (an exception as `error`) is stored as its str(). `start_time` is an
 ISO 8601 string (with "Z" or an offset; none means UTC) or a datetime; anything else raises
 ValueError at the call, as does a reward that is not a number.
 

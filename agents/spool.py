@@ -10,7 +10,7 @@ A segment the SDK writes is an Arrow IPC file (`SCHEMA`): one table for the thre
 with a `type` column and the union of their columns, one record batch per type (trajectory
 starts, then steps, then outcomes, each in the order they were logged). Typed fields are typed
 columns; free-form values (observation, arguments, result, metadata, answer, task spec) are JSON
-text. `agents/sdk.py` documents the records.
+text, typed as Arrow's JSON extension (`arrow.json`). `agents/sdk.py` documents the records.
 """
 
 from __future__ import annotations
