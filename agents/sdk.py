@@ -29,9 +29,9 @@ or infinite reward is kept as it is, so ingest quarantines it rather than hiding
 bool, times UTC timestamps in microseconds, trajectory_id Arrow's UUID type. Free-form values
 (observation, arguments, result, metadata, answer, task spec) are JSON text, Arrow's JSON type,
 from orjson (numpy values as numbers and lists, sets and tuples as lists, other objects as their
-repr()). A value of another type in a text field (an exception as `error`) is stored as its str(). `start_time` is an
-ISO 8601 string (with "Z" or an offset; none means UTC) or a datetime; anything else raises
-ValueError at the call, as does a reward that is not a number.
+repr()). A value of another type in a text field (an exception as `error`) is stored as its
+str(). `start_time` is an ISO 8601 string (with "Z" or an offset; none means UTC) or a datetime;
+anything else raises ValueError at the call, as does a reward that is not a number.
 
 The same records as JSON lines are what `grokloop ingest` reads from other writers (and the
 spool accepts as `*.jsonl`), "v": 1, times as ISO 8601 strings:
