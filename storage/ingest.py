@@ -30,7 +30,14 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from agents.spool import SCHEMA, SEGMENT_SUFFIX, SEGMENT_SUFFIXES, SegmentError, read_segment
+from agents.spool import (
+    JSON_COLUMNS,
+    SCHEMA,
+    SEGMENT_SUFFIX,
+    SEGMENT_SUFFIXES,
+    SegmentError,
+    read_segment,
+)
 from storage.store import StoreError
 
 MAX_RECORD_BYTES = 1 << 20   # a record larger than this is quarantined as oversized
@@ -78,12 +85,17 @@ def _blocks() -> list[tuple[str, str]]:
 
 
 _BLOCKS = _blocks()
+_BLOCK_SQL = dict(_BLOCKS)
 # The checked records may be in any order (every later block that cares sorts by (seg,
 # line_no)); that lets DuckDB skip re-sequencing its parallel output, ~15% of the block (half of
 # `check_arrow`). The setting is the database's, so it is restored right after.
 _UNORDERED = {"check", "check_arrow"}
+# Blocks run only when called for, not in sequence: the JSONL check's macros, and the test that
+# lets a batch with nothing to quarantine skip `quarantine` (it plans every input table).
+_ON_DEMAND = {"macros", "any_bad", "no_bad"}
 _LINES_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("line", pa.large_string())])
-_ROWS_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), *SCHEMA])
+_ROWS_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("nbytes", pa.int64()), *SCHEMA])
+_TEXT_COLUMNS = (*JSON_COLUMNS, "error")
 # Arrow records go to SQL as one table per record type (`raw_<type>s`), so a block that wants the
 # trajectory starts never scans the steps; `raw_other` has the rows whose type is missing or unknown.
 _RECORD_TYPES = ("trajectory", "step", "outcome")
@@ -142,9 +154,31 @@ def _segment_rows(seg_id: int, segment: Segment
     except SegmentError as err:
         return None, [*segment.rejected, (None, bytes(segment.data), str(err))]
     n = table.num_rows
+    table = table.add_column(0, "nbytes", _arrow(_text_bytes(table)))
     table = table.add_column(0, "line_no", _arrow(np.arange(1, n + 1, dtype=np.int32)))
     table = table.add_column(0, "seg", _arrow(np.full(n, seg_id, np.int32)))
     return table, list(segment.rejected)
+
+
+def _text_bytes(table: pa.Table) -> np.ndarray:
+    """Each record's bytes of free-form text (the JSON columns and error), what the size limit
+    counts: from the columns' offsets, a few numpy calls instead of a strlen per value in SQL."""
+    total = np.zeros(table.num_rows, np.int64)
+    for name in _TEXT_COLUMNS:
+        start = 0
+        for chunk in table.column(name).chunks:
+            n = len(chunk)
+            if chunk.null_count < n:
+                text = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk  # pa.string()
+                validity, offsets = text.buffers()[:2]
+                lengths = np.diff(np.frombuffer(offsets, np.int32)[text.offset:text.offset + n + 1])
+                if text.null_count:  # a null's offsets may span bytes: count only valid values
+                    bits = np.unpackbits(np.frombuffer(validity, np.uint8), count=text.offset + n,
+                                         bitorder="little")
+                    lengths = lengths * bits[text.offset:]
+                total[start:start + n] += lengths
+            start += n
+    return total
 
 
 def _split_by_type(tables: list[pa.Table]) -> dict[str | None, pa.Table]:
@@ -231,12 +265,15 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
                  "format": [s.format for s in batch], "n_records": n_records})
     report = IngestReport(segments=len(batch))
     if lines:  # the JSONL check's helpers (temp macros: the connection's, made again each batch)
-        con.execute(dict(_BLOCKS)["macros"]).fetchall()
+        con.execute(_BLOCK_SQL["macros"]).fetchall()
     keep_order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
     con.execute("BEGIN")
     try:
         for name, sql in _BLOCKS:
-            if name == "macros" or (name == "check" and not lines):
+            if name in _ON_DEMAND or (name == "check" and not lines):
+                continue
+            if name == "quarantine" and not con.execute(_BLOCK_SQL["any_bad"]).fetchall()[0][0]:
+                con.execute(_BLOCK_SQL["no_bad"]).fetchall()
                 continue
             params = {"max_bytes": max_record_bytes} if "$max_bytes" in sql else None
             if name in _UNORDERED:

@@ -2,8 +2,9 @@
 -- these blocks in order inside one transaction per batch). Inputs registered from Python:
 --   raw_lines(seg INTEGER, line_no INTEGER, line VARCHAR)          JSONL: one row per non-blank line
 --   raw_starts, raw_steps, raw_outcomes, raw_other                  Arrow: one row per record, one
---       (seg INTEGER, line_no INTEGER, <agents.spool.SCHEMA>)        table per record type (other:
---                                                                   a type missing or unknown)
+--       (seg INTEGER, line_no INTEGER, nbytes BIGINT,                table per record type (other:
+--        <agents.spool.SCHEMA>)                                      a type missing or unknown);
+--                                                                   nbytes: its free-form text
 --   raw_bad(seg INTEGER, line_no INTEGER, raw BLOB, reason VARCHAR) rejected before SQL: lines that
 --                                                                   are not UTF-8, unreadable files
 --   raw_segs(seg INTEGER, segment_hash VARCHAR, source VARCHAR, format VARCHAR, n_records INTEGER)
@@ -169,11 +170,8 @@ UNION ALL SELECT * FROM raw_outcomes UNION ALL SELECT * FROM raw_other;
 -- less than writing every row out once more.
 CREATE OR REPLACE TEMP TABLE arrow_bad AS
 WITH typed AS (
-    SELECT seg, line_no, "type", trajectory_id, "index", reward, n_steps, agent_name, task_family,
-           task_id, observation, arguments, result, metadata, answer, task_spec,
-           coalesce(strlen(observation), 0) + coalesce(strlen(arguments), 0) + coalesce(strlen(result), 0)
-             + coalesce(strlen(metadata), 0) + coalesce(strlen(answer), 0) + coalesce(strlen(task_spec), 0)
-             + coalesce(strlen(error), 0) AS nbytes
+    SELECT seg, line_no, nbytes, "type", trajectory_id, "index", reward, n_steps, agent_name,
+           task_family, task_id, observation, arguments, result, metadata, answer, task_spec
     FROM raw_rows
 )
 SELECT seg, line_no, reason FROM (
@@ -271,10 +269,11 @@ FROM checked_starts WHERE reason IS NULL GROUP BY agent_id;
 -- name: insert_tasks
 -- A task's first description in the batch wins; one already in the store is left as it is.
 INSERT OR IGNORE INTO tasks BY NAME
-SELECT task_id, arg_min(family, (seg, line_no)) AS family, arg_min(split, (seg, line_no)) AS split,
-       arg_min(operation, (seg, line_no)) AS operation,
-       arg_min(difficulty, (seg, line_no)) AS difficulty, arg_min(spec, (seg, line_no)) AS spec
-FROM checked_starts WHERE reason IS NULL GROUP BY task_id;
+SELECT task_id, arg_min(family, pos) AS family, arg_min(split, pos) AS split,
+       arg_min(operation, pos) AS operation, arg_min(difficulty, pos) AS difficulty,
+       arg_min(spec, pos) AS spec
+FROM (SELECT *, seg::BIGINT << 32 | line_no AS pos FROM checked_starts WHERE reason IS NULL)
+GROUP BY task_id;
 
 -- name: outcomes
 -- Outcomes complete a trajectory started in this batch or an earlier one. One whose start record
@@ -332,6 +331,15 @@ SELECT trajectory_id, idx, kind, observation, tool_name, arguments, result, rewa
 FROM checked_steps c ANTI JOIN dup_steps USING (seg, line_no) ANTI JOIN steps USING (trajectory_id, idx)
 WHERE c.reason IS NULL;
 
+-- name: any_bad
+-- Whether anything in the batch goes to quarantine. When nothing does, `quarantine` is skipped
+-- and `no_bad` makes its (empty) table instead: planning it costs a few ms a batch.
+SELECT EXISTS (FROM checked_lines WHERE reason IS NOT NULL) OR EXISTS (FROM arrow_bad)
+    OR EXISTS (FROM dup_steps) OR EXISTS (FROM bad_outcomes) OR EXISTS (FROM raw_bad);
+
+-- name: no_bad
+CREATE OR REPLACE TEMP TABLE bad (seg INTEGER, line_no INTEGER, raw BLOB, reason VARCHAR);
+
 -- name: quarantine
 CREATE OR REPLACE TEMP TABLE bad AS
 WITH reasons AS (
@@ -345,7 +353,7 @@ FROM reasons JOIN raw_lines l USING (seg, line_no)
 UNION ALL
 -- An Arrow row as JSON, its free-form values as the strings they came as: the text of a JSON
 -- column may be what is wrong with the row, and to_json would parse it.
-SELECT seg, line_no, encode(to_json(struct_pack(*COLUMNS(r.* EXCLUDE (seg, line_no) REPLACE (
+SELECT seg, line_no, encode(to_json(struct_pack(*COLUMNS(r.* EXCLUDE (seg, line_no, nbytes) REPLACE (
            observation::VARCHAR AS observation, arguments::VARCHAR AS arguments, result::VARCHAR AS result,
            metadata::VARCHAR AS metadata, answer::VARCHAR AS answer, task_spec::VARCHAR AS task_spec))))::VARCHAR)
        AS raw, reason
