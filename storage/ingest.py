@@ -96,8 +96,8 @@ _ON_DEMAND = {"macros", "any_bad", "no_bad"}
 _LINES_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("line", pa.large_string())])
 _ROWS_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("nbytes", pa.int64()), *SCHEMA])
 _TEXT_COLUMNS = (*JSON_COLUMNS, "error")
-# Arrow records go to SQL as one table per record type (`raw_<type>s`), so a block that wants the
-# trajectory starts never scans the steps; `raw_other` has the rows whose type is missing or unknown.
+# Arrow records go to SQL as one table per record type, so a block that wants the trajectory
+# starts never plans or scans the steps; `raw_other` has the rows whose type is missing or unknown.
 _RECORD_TYPES = ("trajectory", "step", "outcome")
 _ROW_TABLES = {"trajectory": "raw_starts", "step": "raw_steps", "outcome": "raw_outcomes", None: "raw_other"}
 
