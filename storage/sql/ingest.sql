@@ -209,6 +209,9 @@ SELECT seg, line_no, reason FROM (
 -- the record is good, one view per record type. Every later block reads these, only the types
 -- it needs: each Arrow table a statement names costs about a millisecond to plan, and a block's
 -- planning can cost more than its work. (A record of no known type has a reason: arrow_bad.)
+-- Careful: a record with a reason may hold JSON-typed text that is not JSON. Apply no JSON
+-- function to it (DuckDB 2.0 treats that error as fatal to the connection); filter on
+-- `reason IS NULL` first, as every block here does.
 CREATE OR REPLACE TEMP MACRO arrow_checked(records, record_type) AS TABLE
 SELECT seg, line_no, record_type AS rtype, trajectory_id,
     -- steps
