@@ -261,3 +261,24 @@ def test_a_version_1_segment_with_json_as_plain_strings_still_lands(tmp_path):
     assert con.execute("SELECT answer, spec.p FROM trajectories JOIN tasks USING (task_id)").fetchall() == [
         ("[3]", "7")]
     assert con.execute("SELECT line_no, reason FROM quarantine").fetchall() == [(3, "invalid JSON in result")]
+
+
+def test_jsonl_times_with_an_offset_are_stored_as_utc(tmp_path):
+    """Times from other writers: an offset is converted, no offset means UTC, whatever the
+    session's time zone (a plain cast would keep the wall-clock time and drop the offset)."""
+    from agents.spool import write_segment
+
+    tid = "01900000-0000-7000-8000-000000000077"
+    times = ["2026-01-01T05:00:00+02:00", "2026-01-01T05:00:00Z", "2026-01-01T05:00:00.5",
+             "2026-01-01 05:00:00-0530"]
+    records = [{"type": "trajectory", "trajectory_id": tid, "agent": {"name": "other"},
+                "task": {"family": "f", "task_id": "t"}, "start_time": times[0]}]
+    records += [{"type": "step", "trajectory_id": tid, "index": i, "start_time": t, "end_time": t}
+                for i, t in enumerate(times)]
+    write_segment(tmp_path / "spool", b"".join(orjson.dumps(r) + b"\n" for r in records), suffix=".jsonl")
+    con = connect(tmp_path / "store.duckdb")
+    con.execute("SET TimeZone = 'America/New_York'")
+    assert ingest_spool(con, tmp_path / "spool").steps == 4
+    rows = con.execute("SELECT strftime(start_time, '%H:%M:%S.%f') FROM steps ORDER BY idx").fetchall()
+    assert [r[0] for r in rows] == ["03:00:00.000000", "05:00:00.000000", "05:00:00.500000", "10:30:00.000000"]
+    assert con.execute("SELECT strftime(start_time, '%H:%M') FROM trajectories").fetchall() == [("03:00",)]

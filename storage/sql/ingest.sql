@@ -32,7 +32,13 @@ CREATE OR REPLACE TEMP MACRO j_int(x) AS
     CASE WHEN regexp_full_match(txt(x), '-?[0-9]+') THEN TRY_CAST(txt(x) AS BIGINT) END;
 CREATE OR REPLACE TEMP MACRO j_num(x) AS
     CASE WHEN NOT starts_with(txt(x), '"') THEN TRY_CAST(txt(x) AS DOUBLE) END;
-CREATE OR REPLACE TEMP MACRO j_time(x) AS TRY_CAST(j_str(x) AS TIMESTAMP);
+-- A time as UTC: one with an offset ("Z", "+02:00", "-0530") is converted (a plain TIMESTAMP cast
+-- would drop the offset and keep the wall-clock time); one without is taken as UTC already.
+CREATE OR REPLACE TEMP MACRO j_utc(s) AS CASE
+    WHEN strlen(s) > 10 AND regexp_matches(s, '([Zz]|[+-]\d\d(:?\d\d)?)$')
+        THEN timezone('UTC', TRY_CAST(s AS TIMESTAMPTZ))
+    ELSE TRY_CAST(s AS TIMESTAMP) END;
+CREATE OR REPLACE TEMP MACRO j_time(x) AS j_utc(j_str(x));
 CREATE OR REPLACE TEMP MACRO ok_str(x) AS j_missing(x) OR starts_with(txt(x), '"');
 -- The SDK writes a NaN/inf reward as the string "nan"/"inf"; other writers may emit a NaN literal.
 -- `num` is j_num(x), so the text is only looked at when it is not a number (an IN list here
