@@ -256,18 +256,6 @@ FROM (
     WHERE s.reason IS NULL
 ) WHERE nth > 1;
 
--- name: starts
--- A start record seen twice in the batch (e.g. the same file under two names): the first wins,
--- the later ones are listed here. Duplicates are rare, so only the ids seen twice are ranked.
-CREATE OR REPLACE TEMP TABLE later_starts AS
-WITH starts AS (
-    SELECT seg, line_no, trajectory_id FROM checked_starts WHERE reason IS NULL
-)
-SELECT seg, line_no FROM starts SEMI JOIN (
-    SELECT trajectory_id FROM starts GROUP BY ALL HAVING count(*) > 1
-) USING (trajectory_id)
-QUALIFY row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) > 1;
-
 -- name: insert_agents
 INSERT OR IGNORE INTO agents BY NAME
 SELECT agent_name || '@' || agent_version AS agent_id, any_value(agent_name) AS name,
@@ -286,40 +274,49 @@ GROUP BY task_id;
 
 -- name: outcomes
 -- Outcomes complete a trajectory started in this batch or an earlier one. One whose start record
--- was never ingested (or was quarantined) is quarantined itself rather than invented, and so is
--- a second outcome for the same trajectory (the first wins; only repeated ids are ranked).
+-- was never ingested (or was quarantined) gets a reason rather than an invented trajectory, and so
+-- does a second outcome for the same trajectory (the first wins; only repeated ids are ranked).
 CREATE OR REPLACE TEMP TABLE in_outcomes AS
-SELECT *, stored OR started AS known FROM (
+WITH o AS MATERIALIZED (
     SELECT seg, line_no, trajectory_id, status, answer, verified, reward, error, n_steps, end_time,
            trajectory_id IN (SELECT trajectory_id FROM trajectories) AS stored,
            trajectory_id IN (SELECT trajectory_id FROM checked_starts WHERE reason IS NULL) AS started
     FROM checked_outcomes WHERE reason IS NULL
-);
-
--- name: bad_outcomes
-CREATE OR REPLACE TEMP TABLE bad_outcomes AS
-SELECT seg, line_no, 'outcome for unknown trajectory ' || trajectory_id
-       || ' (its start record was never ingested)' AS reason
-FROM in_outcomes WHERE NOT known
-UNION ALL
-SELECT seg, line_no, 'duplicate outcome for trajectory ' || trajectory_id AS reason
-FROM in_outcomes o SEMI JOIN (
-    SELECT trajectory_id FROM in_outcomes WHERE known GROUP BY ALL HAVING count(*) > 1
-) USING (trajectory_id)
-WHERE known
-QUALIFY row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) > 1;
+), repeated AS (
+    SELECT seg, line_no FROM o SEMI JOIN (
+        SELECT trajectory_id FROM o WHERE stored OR started GROUP BY ALL HAVING count(*) > 1
+    ) USING (trajectory_id)
+    WHERE stored OR started
+    QUALIFY row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) > 1
+)
+SELECT o.*, CASE
+    WHEN NOT (stored OR started) THEN 'outcome for unknown trajectory ' || trajectory_id
+        || ' (its start record was never ingested)'
+    WHEN r.seg IS NOT NULL THEN 'duplicate outcome for trajectory ' || trajectory_id
+    END AS reason
+FROM o LEFT JOIN repeated r USING (seg, line_no);
 
 -- name: insert_trajectories
 -- New trajectories, complete when their outcome came in the same batch (the usual case: one
--- insert, not an insert and then an update). A trajectory already in the store is left as it is.
+-- insert, not an insert and then an update). A trajectory already in the store is left as it is,
+-- and a start record seen twice in the batch (e.g. the same file under two names) lands once: the
+-- first wins (duplicates are rare, so only the ids seen twice are ranked).
 INSERT INTO trajectories BY NAME
+WITH starts AS (
+    SELECT seg, line_no, trajectory_id FROM checked_starts WHERE reason IS NULL
+), later_starts AS (
+    SELECT seg, line_no FROM starts SEMI JOIN (
+        SELECT trajectory_id FROM starts GROUP BY ALL HAVING count(*) > 1
+    ) USING (trajectory_id)
+    QUALIFY row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) > 1
+)
 SELECT c.trajectory_id, c.agent_name || '@' || c.agent_version AS agent_id, c.task_id, c.family,
        c.tags, c.metadata, c.start_time, s.source, coalesce(o.status, 'incomplete') AS status,
        o.answer, o.verified, o.reward, o.error, o.n_steps, o.end_time
 FROM checked_starts c JOIN raw_segs s USING (seg)
 ANTI JOIN later_starts USING (seg, line_no)
 ANTI JOIN trajectories USING (trajectory_id)
-LEFT JOIN (SELECT * FROM in_outcomes ANTI JOIN bad_outcomes USING (seg, line_no)) o USING (trajectory_id)
+LEFT JOIN (SELECT * FROM in_outcomes WHERE reason IS NULL) o USING (trajectory_id)
 WHERE c.reason IS NULL;
 
 -- name: update_trajectories
@@ -327,8 +324,8 @@ WHERE c.reason IS NULL;
 UPDATE trajectories AS t
 SET status = o.status, answer = o.answer, verified = o.verified, reward = o.reward,
     error = o.error, n_steps = o.n_steps, end_time = o.end_time
-FROM in_outcomes o ANTI JOIN bad_outcomes USING (seg, line_no)
-WHERE o.stored AND t.trajectory_id = o.trajectory_id;
+FROM in_outcomes o
+WHERE o.reason IS NULL AND o.stored AND t.trajectory_id = o.trajectory_id;
 
 -- name: insert_steps
 -- A step already in the store (the same record from another segment) is left as it is.
@@ -344,7 +341,7 @@ WHERE c.reason IS NULL;
 -- Whether anything in the batch goes to quarantine. When nothing does, `quarantine` is skipped
 -- and `no_bad` makes its (empty) table instead: planning it costs a few ms a batch.
 SELECT EXISTS (FROM checked_lines WHERE reason IS NOT NULL) OR EXISTS (FROM arrow_bad)
-    OR EXISTS (FROM dup_steps) OR EXISTS (FROM bad_outcomes) OR EXISTS (FROM raw_bad);
+    OR EXISTS (FROM dup_steps) OR EXISTS (FROM in_outcomes WHERE reason IS NOT NULL) OR EXISTS (FROM raw_bad);
 
 -- name: no_bad
 CREATE OR REPLACE TEMP TABLE bad (seg INTEGER, line_no INTEGER, raw BLOB, reason VARCHAR);
@@ -355,7 +352,7 @@ WITH reasons AS (
     SELECT seg, line_no, reason FROM checked_lines WHERE reason IS NOT NULL
     UNION ALL SELECT seg, line_no, reason FROM arrow_bad
     UNION ALL SELECT seg, line_no, reason FROM dup_steps
-    UNION ALL SELECT seg, line_no, reason FROM bad_outcomes
+    UNION ALL SELECT seg, line_no, reason FROM in_outcomes WHERE reason IS NOT NULL
 )
 SELECT seg, line_no, encode(rtrim(l.line, chr(10))) AS raw, reason
 FROM reasons JOIN raw_lines l USING (seg, line_no)
@@ -395,7 +392,5 @@ DROP VIEW IF EXISTS raw_rows;
 DROP TABLE IF EXISTS checked_lines;
 DROP TABLE IF EXISTS arrow_bad;
 DROP TABLE IF EXISTS dup_steps;
-DROP TABLE IF EXISTS later_starts;
 DROP TABLE IF EXISTS in_outcomes;
-DROP TABLE IF EXISTS bad_outcomes;
 DROP TABLE IF EXISTS bad;
