@@ -15,6 +15,7 @@ there.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
@@ -181,22 +182,31 @@ def _text_bytes(table: pa.Table) -> np.ndarray:
     return total
 
 
-def _split_by_type(tables: list[pa.Table]) -> dict[str | None, pa.Table]:
+def _split_by_type(tables: dict[int, pa.Table]
+                   ) -> tuple[dict[str | None, pa.Table], collections.Counter[tuple[int, str | None]]]:
     """Arrow records by their `type`, keyed as `_ROW_TABLES`, zero-copy: the SDK writes one record
-    batch per type, so a batch usually moves whole; one that mixes types is cut into runs.
+    batch per type, so a batch usually moves whole; one that mixes types is cut into runs. Also
+    how many records of each type each segment has, by (seg, type).
     (No pyarrow.compute: its first call costs a sixth of a second.)"""
     parts: dict[str | None, list[pa.RecordBatch]] = {t: [] for t in _ROW_TABLES}
-    for batch in (b for table in tables for b in table.to_batches()):
-        rtype = _only_type(batch.column("type"))
-        if rtype is not None:
-            parts[rtype].append(batch)
-            continue
-        start = 0
-        for value, run in itertools.groupby(batch.column("type").to_pylist()):
-            n = len(list(run))
-            parts[value if value in _RECORD_TYPES else None].append(batch.slice(start, n))
-            start += n
-    return {t: pa.Table.from_batches(b, _ROWS_SCHEMA) if b else _empty(_ROWS_SCHEMA) for t, b in parts.items()}
+    counts: collections.Counter[tuple[int, str | None]] = collections.Counter()
+    for seg, table in tables.items():
+        for batch in table.to_batches():
+            rtype = _only_type(batch.column("type"))
+            if rtype is not None:
+                runs = [(rtype, batch)]
+            else:
+                runs, start = [], 0
+                for value, run in itertools.groupby(batch.column("type").to_pylist()):
+                    n = len(list(run))
+                    runs.append((value if value in _RECORD_TYPES else None, batch.slice(start, n)))
+                    start += n
+            for rtype, rows in runs:
+                parts[rtype].append(rows)
+                counts[seg, rtype] += len(rows)
+    tables_by_type = {t: pa.Table.from_batches(b, _ROWS_SCHEMA) if b else _empty(_ROWS_SCHEMA)
+                      for t, b in parts.items()}
+    return tables_by_type, counts
 
 
 def _only_type(types: pa.StringArray) -> str | None:
@@ -237,18 +247,20 @@ def _already_ingested(con: duckdb.DuckDBPyConnection, digests: list[str]) -> set
 def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_record_bytes: int
                   ) -> IngestReport:
     start = time.perf_counter()
-    lines, records, bad_rows, n_records = [], [], [], []
+    lines, records, bad_rows, n_records = [], {}, [], []
     for seg_id, segment in enumerate(batch):
         if segment.format == "arrow":
             table, rejected = _segment_rows(seg_id, segment)
-            records += [table] if table is not None else []
+            if table is not None:
+                records[seg_id] = table
         else:
             table, rejected = _segment_lines(seg_id, segment)
             lines.append(table)
         n_records.append(0 if table is None else table.num_rows)
         bad_rows += [(seg_id, n, raw, reason) for n, raw, reason in rejected]
     con.register("raw_lines", pa.concat_tables(lines) if lines else _empty(_LINES_SCHEMA))
-    for rtype, table in _split_by_type(records).items():
+    by_type, arrow_counts = _split_by_type(records)
+    for rtype, table in by_type.items():
         con.register(_ROW_TABLES[rtype], table)
     # The two small inputs go in as query parameters: `pa.array` of Python values would import
     # pandas (a fifth of a second) in a process that has not yet.
@@ -260,9 +272,12 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
     con.execute("""CREATE OR REPLACE TEMP TABLE raw_segs AS
                    SELECT unnest(range(len($hash::VARCHAR[])))::INTEGER AS seg, unnest($hash::VARCHAR[])
                    AS segment_hash, unnest($source::VARCHAR[]) AS source, unnest($format::VARCHAR[]) AS format,
-                   unnest($n_records::INTEGER[]) AS n_records""",
+                   unnest($n_records::INTEGER[]) AS n_records, unnest($starts::INTEGER[]) AS arrow_starts,
+                   unnest($steps::INTEGER[]) AS arrow_steps""",
                 {"hash": [s.digest for s in batch], "source": [s.source for s in batch],
-                 "format": [s.format for s in batch], "n_records": n_records})
+                 "format": [s.format for s in batch], "n_records": n_records,
+                 "starts": [arrow_counts[seg, "trajectory"] for seg in range(len(batch))],
+                 "steps": [arrow_counts[seg, "step"] for seg in range(len(batch))]})
     report = IngestReport(segments=len(batch))
     if lines:  # the JSONL check's helpers (temp macros: the connection's, made again each batch)
         con.execute(_BLOCK_SQL["macros"]).fetchall()

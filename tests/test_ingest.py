@@ -193,8 +193,8 @@ def test_arrow_and_jsonl_segments_in_one_batch(tmp_path):
     write_segment(spool, b"".join(orjson.dumps(r) + b"\n" for r in records), suffix=".jsonl")
     report = ingest_spool(con, spool)
     assert (report.segments, report.trajectories, report.steps, report.quarantined) == (2, 2, 2, 0)
-    assert sorted(con.execute("SELECT format, n_records, n_steps FROM ingest_log").fetchall()) == [
-        ("arrow", 3, 1), ("grokloop", 3, 1)]
+    assert sorted(con.execute("SELECT format, n_records, n_trajectories, n_steps FROM ingest_log").fetchall()) == [
+        ("arrow", 3, 1, 1), ("grokloop", 3, 1, 1)]
     assert sorted(con.execute("SELECT agent_id, status, verified FROM trajectories").fetchall()) == [
         ("a@1", "ok", None), ("other@2", "ok", False)]
     assert con.execute("SELECT result FROM steps ORDER BY result").fetchall() == [("1",), ('{"x":1}',)]

@@ -76,8 +76,8 @@ def test_each_bad_record_is_quarantined_and_neighbours_land(tmp_path):
     assert con.execute("SELECT count(*) FROM steps").fetchall() == [(2 + len(bad),)]
     assert con.execute("SELECT result FROM steps WHERE idx = 0").fetchall() == [("0",)]
     assert con.execute("SELECT status, verified, n_steps FROM trajectories").fetchall() == [("ok", True, 99)]
-    logged = con.execute("SELECT n_records, n_steps, n_quarantined FROM ingest_log").fetchall()
-    assert logged == [(len(lines), 2 + len(bad), len(BAD) + 2)]
+    logged = con.execute("SELECT n_records, n_trajectories, n_steps, n_quarantined FROM ingest_log").fetchall()
+    assert logged == [(len(lines), 1, 2 + len(bad), len(BAD) + 2)]
 
 
 def test_sdk_nan_reward_is_quarantined_not_hidden(tmp_path):
@@ -192,6 +192,6 @@ def test_each_bad_arrow_record_is_quarantined_and_neighbours_land(tmp_path):
     assert con.execute("SELECT status, verified, n_steps, reward, answer, tags FROM trajectories").fetchall() == [
         ("ok", True, 99, 1.0, "[1]", ["x"])]
     assert report.quarantined == len(quarantined) == 11
-    assert con.execute("SELECT format, n_records, n_steps, n_quarantined FROM ingest_log").fetchall() == [
-        ("arrow", len(rows), 3, 11)]
+    assert con.execute("SELECT format, n_records, n_trajectories, n_steps, n_quarantined FROM ingest_log"
+                       ).fetchall() == [("arrow", len(rows), 1, 3, 11)]
     assert ingest_paths(con, [path]).skipped == 1  # exactly once

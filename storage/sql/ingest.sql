@@ -7,7 +7,8 @@
 --                                                                   nbytes: its free-form text
 --   raw_bad(seg INTEGER, line_no INTEGER, raw BLOB, reason VARCHAR) rejected before SQL: lines that
 --                                                                   are not UTF-8, unreadable files
---   raw_segs(seg INTEGER, segment_hash VARCHAR, source VARCHAR, format VARCHAR, n_records INTEGER)
+--   raw_segs(seg INTEGER, segment_hash VARCHAR, source VARCHAR, format VARCHAR, n_records INTEGER,
+--            arrow_starts INTEGER, arrow_steps INTEGER)   counted in Python
 --   (raw_lines and the Arrow record tables are registered Arrow tables, any may be empty; raw_bad
 --   and raw_segs are temp tables made from query parameters)
 -- Lines arrive with their trailing newline (zero-copy from the segment bytes); JSON ignores it and
@@ -180,8 +181,8 @@ WITH typed AS (
            task_family, task_id, observation, arguments, result, metadata, answer, task_spec
     FROM raw_rows
 )
-SELECT seg, line_no, reason FROM (
-    SELECT seg, line_no, CASE
+SELECT seg, line_no, "type", reason FROM (
+    SELECT seg, line_no, "type", CASE
     WHEN nbytes > $max_bytes THEN printf('oversized record: %d bytes > limit of %d', nbytes, $max_bytes)
     WHEN "type" IS NULL THEN 'missing field: type'
     WHEN "type" NOT IN ('trajectory', 'step', 'outcome') THEN 'unknown record type: ' || "type"
@@ -371,16 +372,27 @@ SELECT s.source, b.line_no, b.raw, b.reason FROM bad b JOIN raw_segs s USING (se
 
 -- name: ingest_log
 -- Per segment: its records (as Python counted them, plus the ones rejected before SQL), the good
--- trajectory starts and steps (a duplicate step not counted), and what went to quarantine.
+-- trajectory starts and steps (a duplicate step not counted), and what went to quarantine. The
+-- Arrow counts come from Python too, less the records with a reason: counting the checked views
+-- again would plan and scan every input table once more.
 INSERT OR IGNORE INTO ingest_log BY NAME
+WITH good AS (
+    SELECT seg, rtype, count(*) AS n FROM checked_lines WHERE reason IS NULL GROUP BY ALL
+    UNION ALL SELECT seg, 'trajectory', arrow_starts FROM raw_segs
+    UNION ALL SELECT seg, 'step', arrow_steps FROM raw_segs
+    UNION ALL SELECT seg, "type", -count(*) FROM arrow_bad GROUP BY ALL
+    UNION ALL SELECT seg, 'step', -count(*) FROM dup_steps GROUP BY ALL
+), per_seg AS (
+    SELECT seg, sum(n) FILTER (WHERE rtype = 'trajectory') AS n_trajectories,
+           sum(n) FILTER (WHERE rtype = 'step') AS n_steps
+    FROM good GROUP BY seg
+)
 SELECT s.segment_hash, s.source, s.format, s.n_records + coalesce(q.n, 0) AS n_records,
-       coalesce(t.n, 0) AS n_trajectories, coalesce(st.n, 0) - coalesce(d.n, 0) AS n_steps,
+       coalesce(g.n_trajectories, 0) AS n_trajectories, coalesce(g.n_steps, 0) AS n_steps,
        coalesce(b.n, 0) AS n_quarantined
 FROM raw_segs s
-LEFT JOIN (SELECT seg, count(*) AS n FROM checked_starts WHERE reason IS NULL GROUP BY seg) t USING (seg)
-LEFT JOIN (SELECT seg, count(*) AS n FROM checked_steps WHERE reason IS NULL GROUP BY seg) st USING (seg)
+LEFT JOIN per_seg g USING (seg)
 LEFT JOIN (SELECT seg, count(*) AS n FROM raw_bad GROUP BY seg) q USING (seg)
-LEFT JOIN (SELECT seg, count(*) AS n FROM dup_steps GROUP BY seg) d USING (seg)
 LEFT JOIN (SELECT seg, count(*) AS n FROM bad GROUP BY seg) b USING (seg);
 
 -- name: cleanup
