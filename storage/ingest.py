@@ -247,45 +247,13 @@ def _already_ingested(con: duckdb.DuckDBPyConnection, digests: list[str]) -> set
 def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_record_bytes: int
                   ) -> IngestReport:
     start = time.perf_counter()
-    lines, records, bad_rows, n_records = [], {}, [], []
-    for seg_id, segment in enumerate(batch):
-        if segment.format == "arrow":
-            table, rejected = _segment_rows(seg_id, segment)
-            if table is not None:
-                records[seg_id] = table
-        else:
-            table, rejected = _segment_lines(seg_id, segment)
-            lines.append(table)
-        n_records.append(0 if table is None else table.num_rows)
-        bad_rows += [(seg_id, n, raw, reason) for n, raw, reason in rejected]
-    con.register("raw_lines", pa.concat_tables(lines) if lines else _empty(_LINES_SCHEMA))
-    by_type, arrow_counts = _split_by_type(records)
-    for rtype, table in by_type.items():
-        con.register(_ROW_TABLES[rtype], table)
-    # The two small inputs go in as query parameters: `pa.array` of Python values would import
-    # pandas (a fifth of a second) in a process that has not yet.
-    seg, line_no, raw, reason = zip(*bad_rows, strict=True) if bad_rows else ([], [], [], [])
-    con.execute("""CREATE OR REPLACE TEMP TABLE raw_bad AS SELECT unnest($seg::INTEGER[]) AS seg,
-                   unnest($line_no::INTEGER[]) AS line_no, unnest($raw::BLOB[]) AS raw,
-                   unnest($reason::VARCHAR[]) AS reason""",
-                {"seg": list(seg), "line_no": list(line_no), "raw": list(raw), "reason": list(reason)})
-    con.execute("""CREATE OR REPLACE TEMP TABLE raw_segs AS
-                   SELECT unnest(range(len($hash::VARCHAR[])))::INTEGER AS seg, unnest($hash::VARCHAR[])
-                   AS segment_hash, unnest($source::VARCHAR[]) AS source, unnest($format::VARCHAR[]) AS format,
-                   unnest($n_records::INTEGER[]) AS n_records, unnest($starts::INTEGER[]) AS arrow_starts,
-                   unnest($steps::INTEGER[]) AS arrow_steps""",
-                {"hash": [s.digest for s in batch], "source": [s.source for s in batch],
-                 "format": [s.format for s in batch], "n_records": n_records,
-                 "starts": [arrow_counts[seg, "trajectory"] for seg in range(len(batch))],
-                 "steps": [arrow_counts[seg, "step"] for seg in range(len(batch))]})
+    has_lines = _register_inputs(con, batch)
     report = IngestReport(segments=len(batch))
-    if lines:  # the JSONL check's helpers (temp macros: the connection's, made again each batch)
-        con.execute(_BLOCK_SQL["macros"]).fetchall()
     keep_order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
     con.execute("BEGIN")
     try:
         for name, sql in _BLOCKS:
-            if name in _ON_DEMAND or (name == "check" and not lines):
+            if name in _ON_DEMAND or (name == "check" and not has_lines):
                 continue
             if name == "quarantine" and not con.execute(_BLOCK_SQL["any_bad"]).fetchall()[0][0]:
                 con.execute(_BLOCK_SQL["no_bad"]).fetchall()
@@ -317,6 +285,45 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
         con.execute("DROP TABLE IF EXISTS raw_bad; DROP TABLE IF EXISTS raw_segs")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _register_inputs(con: duckdb.DuckDBPyConnection, batch: list[Segment]) -> bool:
+    """The batch as the SQL blocks' inputs (`storage/sql/ingest.sql` lists them); whether it has
+    any JSONL lines."""
+    lines, records, bad_rows, n_records = [], {}, [], []
+    for seg_id, segment in enumerate(batch):
+        if segment.format == "arrow":
+            table, rejected = _segment_rows(seg_id, segment)
+            if table is not None:
+                records[seg_id] = table
+        else:
+            table, rejected = _segment_lines(seg_id, segment)
+            lines.append(table)
+        n_records.append(0 if table is None else table.num_rows)
+        bad_rows += [(seg_id, n, raw, reason) for n, raw, reason in rejected]
+    con.register("raw_lines", pa.concat_tables(lines) if lines else _empty(_LINES_SCHEMA))
+    by_type, arrow_counts = _split_by_type(records)
+    for rtype, table in by_type.items():
+        con.register(_ROW_TABLES[rtype], table)
+    # The two small inputs go in as query parameters: `pa.array` of Python values would import
+    # pandas (a fifth of a second) in a process that has not yet.
+    seg, line_no, raw, reason = zip(*bad_rows, strict=True) if bad_rows else ([], [], [], [])
+    con.execute("""CREATE OR REPLACE TEMP TABLE raw_bad AS SELECT unnest($seg::INTEGER[]) AS seg,
+                   unnest($line_no::INTEGER[]) AS line_no, unnest($raw::BLOB[]) AS raw,
+                   unnest($reason::VARCHAR[]) AS reason""",
+                {"seg": list(seg), "line_no": list(line_no), "raw": list(raw), "reason": list(reason)})
+    con.execute("""CREATE OR REPLACE TEMP TABLE raw_segs AS
+                   SELECT unnest(range(len($hash::VARCHAR[])))::INTEGER AS seg, unnest($hash::VARCHAR[])
+                   AS segment_hash, unnest($source::VARCHAR[]) AS source, unnest($format::VARCHAR[]) AS format,
+                   unnest($n_records::INTEGER[]) AS n_records, unnest($starts::INTEGER[]) AS arrow_starts,
+                   unnest($steps::INTEGER[]) AS arrow_steps""",
+                {"hash": [s.digest for s in batch], "source": [s.source for s in batch],
+                 "format": [s.format for s in batch], "n_records": n_records,
+                 "starts": [arrow_counts[seg, "trajectory"] for seg in range(len(batch))],
+                 "steps": [arrow_counts[seg, "step"] for seg in range(len(batch))]})
+    if lines:  # the JSONL check's helpers (temp macros: the connection's, made again each batch)
+        con.execute(_BLOCK_SQL["macros"]).fetchall()
+    return bool(lines)
 
 
 def ingest_segments(
