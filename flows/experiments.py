@@ -73,8 +73,9 @@ GROKFAST_OBJECTIVES: dict[str, dict[str, Any]] = {
     "mdm-full": {"objective": "mdm", "mdm_estimator": "count", "full_sequence": True},
     "ar": {"objective": "ar"},
 }
-# What `grokloop experiment grokfast` runs unless told: "mdm-full" stays on the published plateau
-# (loss flat, ~3% accuracy through 4,100 steps, seed 0, weight decay alone), so it is opt-in.
+# What `grokloop experiment grokfast` runs unless told: "mdm-full" is opt-in. At the published init it
+# does not reach 95% in 15,000 steps with any setup (docs/results/grokfast_full/), so it would add
+# three capped runs per seed.
 GROKFAST_DEFAULT_OBJECTIVES = ("mdm", "mdm-count", "ar")
 
 
