@@ -50,17 +50,17 @@ SCHEMA = pa.schema(
         ("trajectory_id", _UUID),         # Arrow's UUID (16 bytes): DuckDB reads it as a UUID
         ("index", pa.int32()),            # step
         ("kind", pa.string()),            # step
-        ("observation", _JSON),     # step, JSON
+        ("observation", _JSON),           # step, JSON
         ("tool_name", pa.string()),       # step
-        ("arguments", _JSON),       # step, JSON
-        ("result", _JSON),          # step, JSON
+        ("arguments", _JSON),             # step, JSON
+        ("result", _JSON),                # step, JSON
         ("reward", pa.float64()),         # step, outcome
         ("status", pa.string()),          # step, outcome
         ("error", pa.string()),           # step, outcome
-        ("metadata", _JSON),        # trajectory, step; JSON
+        ("metadata", _JSON),              # trajectory, step; JSON
         ("start_time", _TIME),            # trajectory, step
         ("end_time", _TIME),              # step, outcome
-        ("answer", _JSON),          # outcome, JSON
+        ("answer", _JSON),                # outcome, JSON
         ("verified", pa.bool_()),         # outcome
         ("n_steps", pa.int32()),          # outcome
         ("tags", pa.list_(pa.string())),  # trajectory
@@ -73,7 +73,7 @@ SCHEMA = pa.schema(
         ("task_split", pa.string()),
         ("task_operation", pa.string()),
         ("task_difficulty", pa.int32()),
-        ("task_spec", _JSON),            # JSON
+        ("task_spec", _JSON),             # JSON
     ],
     metadata={"grokloop.format_version": str(SEGMENT_VERSION)},
 )

@@ -171,15 +171,19 @@ def _text_bytes(table: pa.Table) -> np.ndarray:
             n = len(chunk)
             if chunk.null_count < n:
                 text = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk  # pa.string()
-                validity, offsets = text.buffers()[:2]
-                lengths = np.diff(np.frombuffer(offsets, np.int32)[text.offset:text.offset + n + 1])
+                lengths = np.diff(_offsets(text))
                 if text.null_count:  # a null's offsets may span bytes: count only valid values
-                    bits = np.unpackbits(np.frombuffer(validity, np.uint8), count=text.offset + n,
-                                         bitorder="little")
+                    bits = np.unpackbits(np.frombuffer(text.buffers()[0], np.uint8),
+                                         count=text.offset + n, bitorder="little")
                     lengths = lengths * bits[text.offset:]
                 total[start:start + n] += lengths
             start += n
     return total
+
+
+def _offsets(text: pa.StringArray) -> np.ndarray:
+    """A string array's value offsets into its data buffer (n + 1 of them), zero-copy."""
+    return np.frombuffer(text.buffers()[1], np.int32)[text.offset:text.offset + len(text) + 1]
 
 
 def _split_by_type(tables: dict[int, pa.Table]
@@ -214,9 +218,8 @@ def _only_type(types: pa.StringArray) -> str | None:
     if not len(types) or types.null_count:
         return None
     first = types[0].as_py()
-    _, offsets, data = types.buffers()
-    ends = np.frombuffer(offsets, np.int32)[types.offset:types.offset + len(types) + 1]
-    whole = memoryview(data)[ends[0]:ends[-1]]
+    ends = _offsets(types)
+    whole = memoryview(types.buffers()[2])[ends[0]:ends[-1]]
     if first in _RECORD_TYPES and bytes(whole) == first.encode() * len(types):
         return first
     return None
