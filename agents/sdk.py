@@ -155,8 +155,8 @@ class TrajectoryLogger:
         self.flush_seconds = flush_seconds
         # Column-wise, one buffer per record type (agents.spool.RecordBuffer); the Arrow columns
         # are built once per flush.
-        self._buffers = _new_buffers()
-        self._steps = self._buffers["step"]
+        self._buffers = self._starts = self._steps = self._outcomes = None
+        self._new_buffers()
         self._size = 0  # about the bytes buffered, JSON text counted exactly
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()     # the buffer
@@ -181,15 +181,13 @@ class TrajectoryLogger:
     ) -> Trajectory:
         return Trajectory(self, task_ref(task), list(tags), dict(metadata or {}))
 
-    def _add(self, rtype: str, row: tuple, *texts: bytes) -> None:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("TrajectoryLogger is closed")
-            self._buffers[rtype].add(row, *texts)
-            self._size += _ROW_BYTES + sum(map(len, texts))
-            due = self._size >= self.flush_bytes
-        if due:
-            self._flush(wait=False)
+    def _new_buffers(self) -> dict[str, RecordBuffer]:
+        """Start empty buffers; returns the old ones. Each record type's is also an attribute:
+        the Trajectory methods append to them directly."""
+        old = self._buffers
+        self._buffers = {rtype: RecordBuffer(rtype) for rtype in ("trajectory", "step", "outcome")}
+        self._starts, self._steps, self._outcomes = self._buffers.values()
+        return old
 
     def flush(self) -> Path | None:
         """Publish the buffer now (and wait for a segment still being written); returns the new
@@ -208,9 +206,7 @@ class TrajectoryLogger:
                 if not self._size:
                     self._last_flush = time.monotonic()
                     return None
-                buffers = self._buffers
-                self._buffers = _new_buffers()
-                self._steps = self._buffers["step"]
+                buffers = self._new_buffers()
                 self._size = 0
             data = segment_bytes(buffers)
             if wait:
@@ -256,10 +252,6 @@ class TrajectoryLogger:
         self.close()
 
 
-def _new_buffers() -> dict[str, RecordBuffer]:
-    return {rtype: RecordBuffer(rtype) for rtype in ("trajectory", "step", "outcome")}
-
-
 def _flush_periodically(ref: weakref.ref, stop: threading.Event) -> None:
     while True:
         logger = ref()
@@ -279,7 +271,7 @@ class Trajectory:
 
     def __init__(self, logger: TrajectoryLogger, task: dict, tags: list[str], metadata: dict):
         self.logger = logger
-        self._key = uuid7_bytes()  # what the segment holds; `id` is its text
+        self._key = key = uuid7_bytes()  # what the segment holds; `id` is its text
         self.task = task
         self.n_steps = 0
         self.finished = False
@@ -288,10 +280,37 @@ class Trajectory:
             difficulty = int(difficulty)
             if not -(1 << 31) <= difficulty < 1 << 31:  # the column is int32: refused here, not at flush
                 raise ValueError(f"task difficulty {difficulty} does not fit in 32 bits")
-        logger._add("trajectory", (
-            self._key, tags, _now_ns() // 1000, *logger._agent, task["family"], task["task_id"],
-            task.get("split"), task.get("operation"), difficulty,
-        ), _json(metadata), _json(task.get("spec")))
+        spec = task.get("spec")
+        m = _dumps(metadata, default=_fallback, option=_OPT)
+        s = b"" if spec is None else _dumps(spec, default=_fallback, option=_OPT)
+        # RecordBuffer appends inlined, as in step(): a call per column costs more than the rest.
+        with logger._lock:
+            if logger._closed:
+                raise RuntimeError("TrajectoryLogger is closed")
+            (keys, tag_lists, starts, names, versions, kinds, checkpoints, families, task_ids, splits,
+             operations, difficulties) = logger._starts.columns
+            keys.append(key)
+            tag_lists.append(tags)
+            starts.append(_now_ns() // 1000)
+            names.append(logger._agent[0])
+            versions.append(logger._agent[1])
+            kinds.append(logger._agent[2])
+            checkpoints.append(logger._agent[3])
+            families.append(task["family"])
+            task_ids.append(task["task_id"])
+            splits.append(task.get("split"))
+            operations.append(task.get("operation"))
+            difficulties.append(difficulty)
+            m_data, s_data = logger._starts.json
+            m_ends, s_ends = logger._starts.ends
+            m_data += m
+            m_ends.append(len(m_data))
+            s_data += s
+            s_ends.append(len(s_data))
+            logger._size += _ROW_BYTES + len(m) + len(s)
+            due = logger._size >= logger.flush_bytes
+        if due:
+            logger._flush(wait=False)
 
     @property
     def id(self) -> str:
@@ -320,8 +339,8 @@ class Trajectory:
             reward = float(reward)
         index = self.n_steps
         self.n_steps = index + 1
-        # The hot path: _json and TrajectoryLogger._add (RecordBuffer.add) inlined; calling them
-        # makes the SDK ~45% slower per step (bench/ingest.py end to end).
+        # The hot path: _json and the RecordBuffer appends inlined; calling them makes the SDK
+        # ~45% slower per step (bench/ingest.py end to end).
         o = b"" if observation is None else _dumps(observation, default=_fallback, option=_OPT)
         a = b"" if arguments is None else _dumps(arguments, default=_fallback, option=_OPT)
         r = b"" if result is None else _dumps(result, default=_fallback, option=_OPT)
@@ -368,11 +387,30 @@ class Trajectory:
     ) -> None:
         if self.finished:
             raise RuntimeError(f"trajectory {self.id} already finished")
-        row = (self._key, status, None if verified is None else bool(verified), _number(reward), error,
-               self.n_steps, _now_ns() // 1000)
-        text = _json(answer)
+        verified = None if verified is None else bool(verified)
+        reward = _number(reward)
+        text = b"" if answer is None else _dumps(answer, default=_fallback, option=_OPT)
         self.finished = True  # only once the outcome's values are good: a refused call can be retried
-        self.logger._add("outcome", row, text)
+        logger = self.logger
+        with logger._lock:
+            if logger._closed:
+                raise RuntimeError("TrajectoryLogger is closed")
+            keys, statuses, verifieds, rewards, errors, n_steps, ends = logger._outcomes.columns
+            keys.append(self._key)
+            statuses.append(status)
+            verifieds.append(verified)
+            rewards.append(reward)
+            errors.append(error)
+            n_steps.append(self.n_steps)
+            ends.append(_now_ns() // 1000)
+            a_data, = logger._outcomes.json
+            a_ends, = logger._outcomes.ends
+            a_data += text
+            a_ends.append(len(a_data))
+            logger._size += _ROW_BYTES + len(text)
+            due = logger._size >= logger.flush_bytes
+        if due:
+            logger._flush(wait=False)
 
     def __enter__(self) -> Trajectory:
         return self

@@ -104,28 +104,16 @@ class RecordBuffer:
     JSON text kept as its own bytes object costs several times the append: orjson's output is a
     large allocation, and thousands of them alive defeat the allocator's reuse)."""
 
-    __slots__ = ("columns", "json", "ends", "_appends")
+    __slots__ = ("columns", "json", "ends")
 
     def __init__(self, rtype: str):
         typed, json = COLUMNS[rtype]
         self.columns = tuple([] for _ in typed)
         self.json = tuple(bytearray() for _ in json)
         self.ends = tuple(array("q") for _ in json)
-        self._appends = tuple(column.append for column in self.columns)
 
     def __len__(self) -> int:
         return len(self.columns[0])
-
-    def add(self, row: Sequence, *texts: bytes) -> None:
-        """One record: its typed values and its JSON texts (b"" for null)."""
-        if len(row) != len(self.columns) or len(texts) != len(self.json):  # before any append
-            raise ValueError(f"a record has {len(self.columns)} typed values and {len(self.json)} "
-                             f"JSON texts, not {len(row)} and {len(texts)}")
-        for append, value in zip(self._appends, row, strict=False):  # lengths checked above
-            append(value)
-        for data, ends, text in zip(self.json, self.ends, texts, strict=False):
-            data += text
-            ends.append(len(data))
 
 
 _FIELDS = list(SCHEMA)[1:]  # after `type`
@@ -136,25 +124,31 @@ class SegmentError(ValueError):
 
 
 _last_uuid7 = (0, 0)  # (ms, 74 random bits) of the last id this process made
+_MS_BITS, _RAND_BITS, _RAND_B_BITS = (1 << 48) - 1, (1 << 74) - 1, (1 << 62) - 1
 _uuid7_lock = threading.Lock()
 # Random bits are read from the OS 256 ids at a time: one getrandom call per id costs more than
-# the rest of uuid7(). A forked child drops the parent's unused bits, so no two processes share.
+# the rest of uuid7(). A forked child drops the parent's unused bits and its last id, so it never
+# counts up from where its parent is counting.
 _random = bytearray()
 
 
-def _drop_random() -> None:
+def _forget_parent_ids() -> None:
+    global _last_uuid7
     _random.clear()
+    _last_uuid7 = (0, 0)
 
 
-os.register_at_fork(after_in_child=_drop_random)
+os.register_at_fork(after_in_child=_forget_parent_ids)
 
 
 def uuid7() -> uuid.UUID:
     """A time-ordered UUID (RFC 9562 version 7): 48-bit unix ms, then 74 random bits.
 
-    Strictly increasing within a process (RFC 9562 method 3: an id that would not sort after the
-    last one reuses its ms and bumps its random bits), so two segments written in the same
-    millisecond still sort in write order and ingest sees a trajectory's start before its outcome.
+    Strictly increasing within a process (RFC 9562 method 3: the first id of a millisecond has
+    fresh random bits, the next ones in it count up from them), so two segments written in the
+    same millisecond still sort in write order and ingest sees a trajectory's start before its
+    outcome. Another process draws its own random bits, so ids from two processes never collide
+    in practice (74 bits).
     """
     return uuid.UUID(bytes=uuid7_bytes())
 
@@ -162,17 +156,20 @@ def uuid7() -> uuid.UUID:
 def uuid7_bytes() -> bytes:
     """`uuid7()`'s 16 bytes, without making a UUID object (the SDK makes one per trajectory)."""
     global _last_uuid7
-    ms = time.time_ns() // 1_000_000 & ((1 << 48) - 1)
+    ms = time.time_ns() // 1_000_000 & _MS_BITS
     with _uuid7_lock:
-        if not _random:
-            _random.extend(secrets.token_bytes(10 * 256))
-        rand = int.from_bytes(_random[-10:], "big") & ((1 << 74) - 1)
-        del _random[-10:]
-        if (ms, rand) <= _last_uuid7:
-            ms, rand = _last_uuid7[0], _last_uuid7[1] + 1
+        last_ms, last_rand = _last_uuid7
+        if ms <= last_ms:  # the same millisecond as the last id (or the clock went back): count up
+            ms, rand = last_ms, last_rand + 1
+            if rand > _RAND_BITS:  # 2**74 ids in one millisecond: borrow the next one
+                ms, rand = ms + 1, 0
+        else:  # the common case in a process that logs less than one trajectory a millisecond
+            if not _random:
+                _random.extend(secrets.token_bytes(10 * 256))
+            rand = int.from_bytes(_random[-10:], "big") & _RAND_BITS
+            del _random[-10:]
         _last_uuid7 = (ms, rand)
-    rand_a, rand_b = rand >> 62, rand & ((1 << 62) - 1)
-    return (ms << 80 | 0x7 << 76 | rand_a << 64 | 0x2 << 62 | rand_b).to_bytes(16, "big")
+    return (ms << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0x2 << 62 | rand & _RAND_B_BITS).to_bytes(16, "big")
 
 
 # Columns are built from buffers (numpy, `from_buffers`), never `pa.array(list)`: that imports

@@ -74,9 +74,17 @@ class Segment:
     # (line_no, raw bytes, reason) rejected before SQL: lines that are not UTF-8, ATIF that
     # cannot be mapped, an Arrow file that cannot be read (line_no None: the whole file).
     rejected: list[tuple[int | None, bytes, str]] = dataclasses.field(default_factory=list)
+    # An Arrow segment's records, read and checked when the segment is made (so the spool reader
+    # does it on every core, beside the hash); None if the file is not a readable segment.
+    rows: pa.Table | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         self.digest = self.digest or hashlib.sha256(self.data).hexdigest()
+        if self.format == "arrow" and self.rows is None:
+            try:
+                self.rows = read_segment(self.data, self.source)
+            except SegmentError as err:
+                self.rejected.append((None, bytes(self.data), str(err)))
 
 
 def _blocks() -> list[tuple[str, str]]:
@@ -91,9 +99,10 @@ _BLOCK_SQL = dict(_BLOCKS)
 # line_no)); that lets DuckDB skip re-sequencing its parallel output, ~15% of the block (half of
 # `check_arrow`). The setting is the database's, so it is restored right after.
 _UNORDERED = {"check", "check_arrow"}
-# Blocks run only when called for, not in sequence: the JSONL check's macros, and the test that
-# lets a batch with nothing to quarantine skip `quarantine` (it plans every input table).
-_ON_DEMAND = {"macros", "any_bad", "no_bad"}
+# Blocks run only when called for, not in sequence: the JSONL check's macros; the stand-ins for
+# `checked`, `duplicate_steps` and `quarantine` in a batch that does not need them; and the test
+# that lets a batch with nothing to quarantine skip `quarantine` (it plans every input table).
+_ON_DEMAND = {"macros", "checked_clean", "no_duplicate_steps", "any_bad", "no_bad"}
 _LINES_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("line", pa.large_string())])
 _ROWS_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("nbytes", pa.int64()), *SCHEMA])
 _TEXT_COLUMNS = (*JSON_COLUMNS, "error")
@@ -150,10 +159,9 @@ def _segment_lines(seg_id: int, segment: Segment) -> tuple[pa.Table, list[tuple[
 
 def _segment_rows(seg_id: int, segment: Segment
                   ) -> tuple[pa.Table | None, list[tuple[int | None, bytes, str]]]:
-    try:
-        table = read_segment(segment.data, segment.source)
-    except SegmentError as err:
-        return None, [*segment.rejected, (None, bytes(segment.data), str(err))]
+    table = segment.rows
+    if table is None:
+        return None, list(segment.rejected)
     n = table.num_rows
     table = table.add_column(0, "nbytes", _arrow(_text_bytes(table)))
     table = table.add_column(0, "line_no", _arrow(np.arange(1, n + 1, dtype=np.int32)))
@@ -247,20 +255,46 @@ def _already_ingested(con: duckdb.DuckDBPyConnection, digests: list[str]) -> set
     return {r[0] for r in rows}
 
 
+class _DuplicateSteps(Exception):
+    """The steps' primary key refused a batch that was not checked for duplicate steps."""
+
+
 def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_record_bytes: int
                   ) -> IngestReport:
     start = time.perf_counter()
     has_lines = _register_inputs(con, batch)
+    try:
+        try:
+            report = _run_blocks(con, batch, has_lines, max_record_bytes, find_duplicates=False)
+        except _DuplicateSteps:  # rare: rolled back, so again, now quarantining the duplicates
+            report = _run_blocks(con, batch, has_lines, max_record_bytes, find_duplicates=True)
+    finally:
+        con.unregister("raw_lines")
+        for name in _ROW_TABLES.values():
+            con.unregister(name)
+        con.execute("DROP TABLE IF EXISTS raw_bad; DROP TABLE IF EXISTS raw_segs")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_blocks(con: duckdb.DuckDBPyConnection, batch: list[Segment], has_lines: bool,
+                max_record_bytes: int, *, find_duplicates: bool) -> IngestReport:
+    """The SQL blocks over the registered batch, in one transaction. Raises _DuplicateSteps when
+    not `find_duplicates` and the batch has a step twice (rolled back)."""
     report = IngestReport(segments=len(batch))
     keep_order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
+    clean = not has_lines  # Arrow records only, none with a reason (known after check_arrow)
     con.execute("BEGIN")
     try:
         for name, sql in _BLOCKS:
             if name in _ON_DEMAND or (name == "check" and not has_lines):
                 continue
-            if name == "quarantine" and not con.execute(_BLOCK_SQL["any_bad"]).fetchall()[0][0]:
-                con.execute(_BLOCK_SQL["no_bad"]).fetchall()
-                continue
+            if name == "checked" and clean:
+                sql = _BLOCK_SQL["checked_clean"]
+            elif name == "duplicate_steps" and not find_duplicates:
+                sql = _BLOCK_SQL["no_duplicate_steps"]
+            elif name == "quarantine" and not con.execute(_BLOCK_SQL["any_bad"]).fetchall()[0][0]:
+                sql = _BLOCK_SQL["no_bad"]
             params = {"max_bytes": max_record_bytes} if "$max_bytes" in sql else None
             if name in _UNORDERED:
                 con.execute("SET preserve_insertion_order = false")
@@ -269,24 +303,22 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
             finally:
                 if name in _UNORDERED:
                     con.execute(f"SET preserve_insertion_order = {keep_order}")
-            if name == "insert_trajectories":
+            if name == "check_arrow":
+                clean = clean and rows[0][0] == 0
+            elif name == "insert_trajectories":
                 report.trajectories = rows[0][0]
             elif name == "insert_steps":
                 report.steps = rows[0][0]
             elif name == "quarantine":
-                report.quarantined = con.execute("SELECT count(*) FROM bad").fetchall()[0][0]
+                report.quarantined = rows[0][0] if rows else 0  # the insert's count; none: no_bad
         con.execute("COMMIT").fetchall()
     except duckdb.Error as err:
         con.execute("ROLLBACK").fetchall()
+        if isinstance(err, duckdb.ConstraintException) and name == "insert_steps" and not find_duplicates:
+            raise _DuplicateSteps from err
         sources = ", ".join(s.source for s in batch[:3]) + (" ..." if len(batch) > 3 else "")
         raise StoreError(f"ingest of {len(batch)} segment(s) ({sources}) failed and was rolled "
                          f"back; nothing was stored: {err}") from err
-    finally:
-        con.unregister("raw_lines")
-        for name in _ROW_TABLES.values():
-            con.unregister(name)
-        con.execute("DROP TABLE IF EXISTS raw_bad; DROP TABLE IF EXISTS raw_segs")
-    report.seconds = time.perf_counter() - start
     return report
 
 

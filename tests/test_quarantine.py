@@ -195,3 +195,31 @@ def test_each_bad_arrow_record_is_quarantined_and_neighbours_land(tmp_path):
     assert con.execute("SELECT format, n_records, n_trajectories, n_steps, n_quarantined FROM ingest_log"
                        ).fetchall() == [("arrow", len(rows), 1, 3, 11)]
     assert ingest_paths(con, [path]).skipped == 1  # exactly once
+
+
+def test_a_step_twice_in_a_clean_arrow_batch_is_quarantined_once(tmp_path):
+    # Nothing else is wrong with these records, so the batch is first tried without looking for
+    # duplicate steps; the steps' primary key refuses it, and the retry quarantines the second.
+    tid = uuid.UUID(TID)
+    start = {"type": "trajectory", "trajectory_id": tid, "agent_name": "a", "agent_version": "1",
+             "task_family": "modular", "task_id": "m/1"}
+
+    def step(index, result):
+        return {"type": "step", "trajectory_id": tid, "index": index, "result": json.dumps(result)}
+
+    first, second = tmp_path / "a.arrow", tmp_path / "b.arrow"
+    first.write_bytes(arrow_segment([start, step(0, "a"), step(1, "first")]))
+    second.write_bytes(arrow_segment([step(1, "second"), step(2, "c"),
+                                      {"type": "outcome", "trajectory_id": tid, "status": "ok", "n_steps": 3}]))
+    con = connect(tmp_path / "store.duckdb")
+    report = ingest_paths(con, [first, second])
+
+    assert (report.segments, report.trajectories, report.steps, report.quarantined) == (2, 1, 3, 1)
+    assert con.execute("SELECT idx, result FROM steps ORDER BY idx").fetchall() == [
+        (0, '"a"'), (1, '"first"'), (2, '"c"')]
+    assert con.execute("SELECT source, line_no, reason FROM quarantine").fetchall() == [
+        (str(second), 1, f"duplicate step index 1 for trajectory {TID}")]
+    assert con.execute("SELECT count(*), any_value(status), any_value(n_steps) FROM trajectories").fetchall() == [
+        (1, "ok", 3)]
+    assert con.execute("SELECT source, n_trajectories, n_steps, n_quarantined FROM ingest_log ORDER BY source"
+                       ).fetchall() == [(str(first), 1, 2, 0), (str(second), 0, 1, 1)]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
 
+from agents import spool
 from agents.sdk import TrajectoryLogger, now_iso
 from agents.spool import (
     SCHEMA,
@@ -27,6 +30,29 @@ def test_uuid7_strictly_increasing_within_a_process():
     assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
     assert {u.version for u in ids} == {7}
     assert len(set(ids)) == len(ids)
+
+
+def _ids_in_child(conn) -> None:
+    conn.send([uuid7() for _ in range(100)])
+
+
+def test_uuid7_forked_processes_never_share_ids(monkeypatch):
+    # A stopped clock puts every id in one millisecond, where ids count up from the last one: a
+    # child that kept its parent's last id would make the same ids as the parent.
+    monkeypatch.setattr(time, "time_ns", lambda: 1_800_000_000_000_000_000)
+    monkeypatch.setattr(spool, "_last_uuid7", spool._last_uuid7)  # later ids: back to the real clock
+    parent = [uuid7() for _ in range(3)]
+    ctx = multiprocessing.get_context("fork")
+    mine, theirs = ctx.Pipe()
+    child = ctx.Process(target=_ids_in_child, args=(theirs,))
+    child.start()
+    parent += [uuid7() for _ in range(100)]
+    child_ids = mine.recv()
+    child.join()
+    assert child.exitcode == 0
+    assert all(a < b for a, b in zip(parent, parent[1:], strict=False))
+    assert not set(parent) & set(child_ids)
+    assert {u.bytes[:6] for u in parent + child_ids} == {(1_800_000_000_000).to_bytes(6, "big")}
 
 
 def test_records_follow_the_wire_format(tmp_path):

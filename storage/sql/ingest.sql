@@ -211,15 +211,9 @@ SELECT seg, line_no, "type", reason FROM (
     FROM typed
 ) WHERE reason IS NOT NULL;
 
--- name: checked
--- Every record of the batch, whatever its format: the columns below, and `reason`, NULL when
--- the record is good, one view per record type. Every later block reads these, only the types
--- it needs: each Arrow table a statement names costs about a millisecond to plan, and a block's
--- planning can cost more than its work. (A record of no known type has a reason: arrow_bad.)
--- Careful: a record with a reason may hold JSON-typed text that is not JSON. Apply no JSON
--- function to it (DuckDB 2.0 treats that error as fatal to the connection); filter on
--- `reason IS NULL` first, as every block here does.
-CREATE OR REPLACE TEMP MACRO arrow_checked(records, record_type) AS TABLE
+-- name: arrow_records
+-- An Arrow record table's rows as the columns of the `checked` views (below).
+CREATE OR REPLACE TEMP MACRO arrow_records(records, record_type) AS TABLE
 SELECT seg, line_no, record_type AS rtype, trajectory_id,
     -- steps
     "index" AS idx, coalesce(kind, 'tool_call') AS kind, observation, tool_name, arguments, result,
@@ -229,9 +223,19 @@ SELECT seg, line_no, record_type AS rtype, trajectory_id,
     -- trajectory starts
     agent_name, coalesce(agent_version, '0') AS agent_version, agent_kind, agent_checkpoint AS checkpoint,
     task_id, task_family AS family, task_split AS split, task_operation AS operation,
-    task_difficulty AS difficulty, task_spec AS spec, coalesce(tags, []) AS tags,
-    b.reason
-FROM query_table(records) LEFT JOIN arrow_bad b USING (seg, line_no);
+    task_difficulty AS difficulty, task_spec AS spec, coalesce(tags, []) AS tags
+FROM query_table(records);
+
+-- name: checked
+-- Every record of the batch, whatever its format: the columns of arrow_records, and `reason`, NULL when
+-- the record is good, one view per record type. Every later block reads these, only the types
+-- it needs: each Arrow table a statement names costs about a millisecond to plan, and a block's
+-- planning can cost more than its work. (A record of no known type has a reason: arrow_bad.)
+-- Careful: a record with a reason may hold JSON-typed text that is not JSON. Apply no JSON
+-- function to it (DuckDB 2.0 treats that error as fatal to the connection); filter on
+-- `reason IS NULL` first, as every block here does.
+CREATE OR REPLACE TEMP MACRO arrow_checked(records, record_type) AS TABLE
+SELECT r.*, b.reason FROM arrow_records(records, record_type) r LEFT JOIN arrow_bad b USING (seg, line_no);
 CREATE OR REPLACE TEMP VIEW checked_starts AS
 SELECT * FROM checked_lines WHERE rtype = 'trajectory'
 UNION ALL BY NAME SELECT * FROM arrow_checked('raw_starts', 'trajectory');
@@ -242,8 +246,20 @@ CREATE OR REPLACE TEMP VIEW checked_outcomes AS
 SELECT * FROM checked_lines WHERE rtype = 'outcome'
 UNION ALL BY NAME SELECT * FROM arrow_checked('raw_outcomes', 'outcome');
 
+-- name: checked_clean
+-- `checked` for the usual batch: Arrow records only, none with a reason. The same views without
+-- the JSONL records and the join to arrow_bad, which every later block would plan and run.
+CREATE OR REPLACE TEMP VIEW checked_starts AS
+SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_starts', 'trajectory');
+CREATE OR REPLACE TEMP VIEW checked_steps AS
+SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_steps', 'step');
+CREATE OR REPLACE TEMP VIEW checked_outcomes AS
+SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_outcomes', 'outcome');
+
 -- name: duplicate_steps
 -- The same (trajectory, index) twice in the incoming data: the first one wins, the rest are bad.
+-- Looked for only after the steps' primary key refused the batch: a batch is first tried with
+-- `no_duplicate_steps`, since finding none costs a tenth of a large batch's SQL time.
 CREATE OR REPLACE TEMP TABLE dup_steps AS
 WITH keys AS (
     SELECT trajectory_id, idx FROM checked_steps WHERE reason IS NULL
@@ -256,6 +272,9 @@ FROM (
     FROM checked_steps s SEMI JOIN keys k USING (trajectory_id, idx)
     WHERE s.reason IS NULL
 ) WHERE nth > 1;
+
+-- name: no_duplicate_steps
+CREATE OR REPLACE TEMP TABLE dup_steps (seg INTEGER, line_no INTEGER, reason VARCHAR);
 
 -- name: insert_agents
 INSERT OR IGNORE INTO agents BY NAME
@@ -330,8 +349,9 @@ WHERE o.reason IS NULL AND o.stored AND t.trajectory_id = o.trajectory_id;
 
 -- name: insert_steps
 -- A step already in the store (the same record from another segment) is left as it is.
--- dup_steps left one row per key, so an anti join does what INSERT OR IGNORE would without its
--- grouping of the new rows by key (half the block's time).
+-- Without dup_steps, one row per key is left, so an anti join does what INSERT OR IGNORE would
+-- without its grouping of the new rows by key (half the block's time). When dup_steps was not
+-- looked for and a key is there twice, the primary key refuses the insert (see duplicate_steps).
 INSERT INTO steps BY NAME
 SELECT trajectory_id, idx, kind, observation, tool_name, arguments, result, reward, status, error,
        metadata, start_time, end_time
@@ -400,6 +420,7 @@ DROP VIEW IF EXISTS checked_starts;
 DROP VIEW IF EXISTS checked_steps;
 DROP VIEW IF EXISTS checked_outcomes;
 DROP MACRO TABLE IF EXISTS arrow_checked;
+DROP MACRO TABLE IF EXISTS arrow_records;
 DROP VIEW IF EXISTS raw_rows;
 DROP TABLE IF EXISTS checked_lines;
 DROP TABLE IF EXISTS arrow_bad;
