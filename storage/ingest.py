@@ -100,9 +100,9 @@ _BLOCK_SQL = dict(_BLOCKS)
 # `check_arrow`). The setting is the database's, so it is restored right after.
 _UNORDERED = {"check", "check_arrow"}
 # Blocks run only when called for, not in sequence: the JSONL check's macros; the stand-ins for
-# `checked`, `duplicate_steps` and `quarantine` in a batch that does not need them; and the test
+# `checked`, `duplicates` and `quarantine` in a batch that does not need them; and the test
 # that lets a batch with nothing to quarantine skip `quarantine` (it plans every input table).
-_ON_DEMAND = {"macros", "checked_clean", "no_duplicate_steps", "any_bad", "no_bad"}
+_ON_DEMAND = {"macros", "checked_clean", "no_duplicates", "any_bad", "no_bad"}
 _LINES_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("line", pa.large_string())])
 _ROWS_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("nbytes", pa.int64()), *SCHEMA])
 _TEXT_COLUMNS = (*JSON_COLUMNS, "error")
@@ -255,8 +255,8 @@ def _already_ingested(con: duckdb.DuckDBPyConnection, digests: list[str]) -> set
     return {r[0] for r in rows}
 
 
-class _DuplicateSteps(Exception):
-    """The steps' primary key refused a batch that was not checked for duplicate steps."""
+class _DuplicateKeys(Exception):
+    """A primary key refused a batch that was not checked for duplicate steps or starts."""
 
 
 def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_record_bytes: int
@@ -266,7 +266,7 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
     try:
         try:
             report = _run_blocks(con, batch, has_lines, max_record_bytes, find_duplicates=False)
-        except _DuplicateSteps:  # rare: rolled back, so again, now quarantining the duplicates
+        except _DuplicateKeys:  # rare: rolled back, so again, now looking for the duplicates
             report = _run_blocks(con, batch, has_lines, max_record_bytes, find_duplicates=True)
     finally:
         con.unregister("raw_lines")
@@ -279,8 +279,8 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
 
 def _run_blocks(con: duckdb.DuckDBPyConnection, batch: list[Segment], has_lines: bool,
                 max_record_bytes: int, *, find_duplicates: bool) -> IngestReport:
-    """The SQL blocks over the registered batch, in one transaction. Raises _DuplicateSteps when
-    not `find_duplicates` and the batch has a step twice (rolled back)."""
+    """The SQL blocks over the registered batch, in one transaction. Raises _DuplicateKeys when
+    not `find_duplicates` and the batch has a step or a trajectory start twice (rolled back)."""
     report = IngestReport(segments=len(batch))
     keep_order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
     clean = not has_lines  # Arrow records only, none with a reason (known after check_arrow)
@@ -291,8 +291,8 @@ def _run_blocks(con: duckdb.DuckDBPyConnection, batch: list[Segment], has_lines:
                 continue
             if name == "checked" and clean:
                 sql = _BLOCK_SQL["checked_clean"]
-            elif name == "duplicate_steps" and not find_duplicates:
-                sql = _BLOCK_SQL["no_duplicate_steps"]
+            elif name == "duplicates" and not find_duplicates:
+                sql = _BLOCK_SQL["no_duplicates"]
             elif name == "quarantine" and not con.execute(_BLOCK_SQL["any_bad"]).fetchall()[0][0]:
                 sql = _BLOCK_SQL["no_bad"]
             params = {"max_bytes": max_record_bytes} if "$max_bytes" in sql else None
@@ -314,8 +314,8 @@ def _run_blocks(con: duckdb.DuckDBPyConnection, batch: list[Segment], has_lines:
         con.execute("COMMIT").fetchall()
     except duckdb.Error as err:
         con.execute("ROLLBACK").fetchall()
-        if isinstance(err, duckdb.ConstraintException) and name == "insert_steps" and not find_duplicates:
-            raise _DuplicateSteps from err
+        if isinstance(err, duckdb.ConstraintException) and not find_duplicates:
+            raise _DuplicateKeys from err
         sources = ", ".join(s.source for s in batch[:3]) + (" ..." if len(batch) > 3 else "")
         raise StoreError(f"ingest of {len(batch)} segment(s) ({sources}) failed and was rolled "
                          f"back; nothing was stored: {err}") from err

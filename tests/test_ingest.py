@@ -282,3 +282,30 @@ def test_jsonl_times_with_an_offset_are_stored_as_utc(tmp_path):
     rows = con.execute("SELECT strftime(start_time, '%H:%M:%S.%f') FROM steps ORDER BY idx").fetchall()
     assert [r[0] for r in rows] == ["03:00:00.000000", "05:00:00.000000", "05:00:00.500000", "10:30:00.000000"]
     assert con.execute("SELECT strftime(start_time, '%H:%M') FROM trajectories").fetchall() == [("03:00",)]
+
+
+def test_the_same_records_as_arrow_and_as_jsonl_in_one_batch_land_once(tmp_path):
+    # A trajectory's records twice in one batch, in different bytes (an Arrow segment and the same
+    # records as JSON lines): the first start lands, the second copies of steps and outcome are
+    # quarantined as duplicates, and nothing is stored twice.
+    from agents.spool import write_segment
+
+    spool = tmp_path / "spool"
+    log = TrajectoryLogger("a", "1", spool=spool)
+    with log.trajectory({"family": "modular", "task_id": "m/1"}) as t:
+        for k in range(3):
+            t.step(tool_name="add", arguments={"k": k}, result=k)
+        t.finish(answer=[3], verified=True)
+    log.close()
+    (segment,) = published_segments(spool)
+    write_segment(spool, b"".join(orjson.dumps(r) + b"\n" for r in read_records(segment)), suffix=".jsonl")
+    con = connect(tmp_path / "store.duckdb")
+    report = ingest_spool(con, spool)
+
+    assert (report.segments, report.trajectories, report.steps, report.quarantined) == (2, 1, 3, 4)
+    assert con.execute("SELECT count(*), any_value(status), any_value(verified) FROM trajectories"
+                       ).fetchall() == [(1, "ok", True)]
+    assert con.execute("SELECT idx, result FROM steps ORDER BY idx").fetchall() == [(0, "0"), (1, "1"), (2, "2")]
+    reasons = sorted(r for (r,) in con.execute("SELECT reason FROM quarantine").fetchall())
+    assert reasons == [f"duplicate outcome for trajectory {t.id}"] + [
+        f"duplicate step index {k} for trajectory {t.id}" for k in range(3)]

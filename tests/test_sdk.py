@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -32,27 +33,29 @@ def test_uuid7_strictly_increasing_within_a_process():
     assert len(set(ids)) == len(ids)
 
 
-def _ids_in_child(conn) -> None:
-    conn.send([uuid7() for _ in range(100)])
-
-
 def test_uuid7_forked_processes_never_share_ids(monkeypatch):
     # A stopped clock puts every id in one millisecond, where ids count up from the last one: a
     # child that kept its parent's last id would make the same ids as the parent.
     monkeypatch.setattr(time, "time_ns", lambda: 1_800_000_000_000_000_000)
     monkeypatch.setattr(spool, "_last_uuid7", spool._last_uuid7)  # later ids: back to the real clock
     parent = [uuid7() for _ in range(3)]
-    ctx = multiprocessing.get_context("fork")
-    mine, theirs = ctx.Pipe()
-    child = ctx.Process(target=_ids_in_child, args=(theirs,))
-    child.start()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids to the pipe, and out without running the parent's exit hooks
+        try:
+            os.write(write_end, b"".join(uuid7().bytes for _ in range(100)))
+        finally:
+            os._exit(0)
+    os.close(write_end)
     parent += [uuid7() for _ in range(100)]
-    child_ids = mine.recv()
-    child.join()
-    assert child.exitcode == 0
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    child = [uuid.UUID(bytes=data[i:i + 16]) for i in range(0, len(data), 16)]
+    assert len(child) == 100
     assert all(a < b for a, b in zip(parent, parent[1:], strict=False))
-    assert not set(parent) & set(child_ids)
-    assert {u.bytes[:6] for u in parent + child_ids} == {(1_800_000_000_000).to_bytes(6, "big")}
+    assert not set(parent) & set(child)
+    assert {u.bytes[:6] for u in parent + child} == {(1_800_000_000_000).to_bytes(6, "big")}
 
 
 def test_records_follow_the_wire_format(tmp_path):

@@ -256,10 +256,11 @@ SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_steps', 'step');
 CREATE OR REPLACE TEMP VIEW checked_outcomes AS
 SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_outcomes', 'outcome');
 
--- name: duplicate_steps
--- The same (trajectory, index) twice in the incoming data: the first one wins, the rest are bad.
--- Looked for only after the steps' primary key refused the batch: a batch is first tried with
--- `no_duplicate_steps`, since finding none costs a tenth of a large batch's SQL time.
+-- name: duplicates
+-- The same key twice in the incoming data, where the first one wins: a step's (trajectory, index),
+-- the rest quarantined; a trajectory's start record (e.g. the same records under two names), the
+-- rest left out. Looked for only after a primary key refused the batch: a batch is first tried
+-- with `no_duplicates`, since finding none costs a tenth of a large batch's SQL time.
 CREATE OR REPLACE TEMP TABLE dup_steps AS
 WITH keys AS (
     SELECT trajectory_id, idx FROM checked_steps WHERE reason IS NULL
@@ -272,9 +273,18 @@ FROM (
     FROM checked_steps s SEMI JOIN keys k USING (trajectory_id, idx)
     WHERE s.reason IS NULL
 ) WHERE nth > 1;
+CREATE OR REPLACE TEMP TABLE dup_starts AS
+WITH starts AS (
+    SELECT seg, line_no, trajectory_id FROM checked_starts WHERE reason IS NULL
+)
+SELECT seg, line_no FROM starts SEMI JOIN (
+    SELECT trajectory_id FROM starts GROUP BY ALL HAVING count(*) > 1
+) USING (trajectory_id)
+QUALIFY row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) > 1;
 
--- name: no_duplicate_steps
+-- name: no_duplicates
 CREATE OR REPLACE TEMP TABLE dup_steps (seg INTEGER, line_no INTEGER, reason VARCHAR);
+CREATE OR REPLACE TEMP TABLE dup_starts (seg INTEGER, line_no INTEGER);
 
 -- name: insert_agents
 INSERT OR IGNORE INTO agents BY NAME
@@ -319,22 +329,13 @@ FROM o LEFT JOIN repeated r USING (seg, line_no);
 -- name: insert_trajectories
 -- New trajectories, complete when their outcome came in the same batch (the usual case: one
 -- insert, not an insert and then an update). A trajectory already in the store is left as it is,
--- and a start record seen twice in the batch (e.g. the same file under two names) lands once: the
--- first wins (duplicates are rare, so only the ids seen twice are ranked).
+-- and a start record seen twice in the batch lands once (dup_starts; else the primary key refuses).
 INSERT INTO trajectories BY NAME
-WITH starts AS (
-    SELECT seg, line_no, trajectory_id FROM checked_starts WHERE reason IS NULL
-), later_starts AS (
-    SELECT seg, line_no FROM starts SEMI JOIN (
-        SELECT trajectory_id FROM starts GROUP BY ALL HAVING count(*) > 1
-    ) USING (trajectory_id)
-    QUALIFY row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) > 1
-)
 SELECT c.trajectory_id, c.agent_name || '@' || c.agent_version AS agent_id, c.task_id, c.family,
        c.tags, c.metadata, c.start_time, s.source, coalesce(o.status, 'incomplete') AS status,
        o.answer, o.verified, o.reward, o.error, o.n_steps, o.end_time
 FROM checked_starts c JOIN raw_segs s USING (seg)
-ANTI JOIN later_starts USING (seg, line_no)
+ANTI JOIN dup_starts USING (seg, line_no)
 ANTI JOIN trajectories USING (trajectory_id)
 LEFT JOIN (SELECT * FROM in_outcomes WHERE reason IS NULL) o USING (trajectory_id)
 WHERE c.reason IS NULL;
@@ -350,8 +351,8 @@ WHERE o.reason IS NULL AND o.stored AND t.trajectory_id = o.trajectory_id;
 -- name: insert_steps
 -- A step already in the store (the same record from another segment) is left as it is.
 -- Without dup_steps, one row per key is left, so an anti join does what INSERT OR IGNORE would
--- without its grouping of the new rows by key (half the block's time). When dup_steps was not
--- looked for and a key is there twice, the primary key refuses the insert (see duplicate_steps).
+-- without its grouping of the new rows by key (half the block's time). When duplicates were not
+-- looked for and a key is there twice, the primary key refuses the insert (see `duplicates`).
 INSERT INTO steps BY NAME
 SELECT trajectory_id, idx, kind, observation, tool_name, arguments, result, reward, status, error,
        metadata, start_time, end_time
@@ -425,5 +426,6 @@ DROP VIEW IF EXISTS raw_rows;
 DROP TABLE IF EXISTS checked_lines;
 DROP TABLE IF EXISTS arrow_bad;
 DROP TABLE IF EXISTS dup_steps;
+DROP TABLE IF EXISTS dup_starts;
 DROP TABLE IF EXISTS in_outcomes;
 DROP TABLE IF EXISTS bad;
