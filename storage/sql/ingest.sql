@@ -287,20 +287,26 @@ CREATE OR REPLACE TEMP TABLE dup_steps (seg INTEGER, line_no INTEGER, reason VAR
 CREATE OR REPLACE TEMP TABLE dup_starts (seg INTEGER, line_no INTEGER);
 
 -- name: insert_agents
-INSERT OR IGNORE INTO agents BY NAME
-SELECT agent_name || '@' || agent_version AS agent_id, any_value(agent_name) AS name,
-       any_value(agent_version) AS version, any_value(agent_kind) AS kind,
-       any_value(checkpoint) AS checkpoint
-FROM checked_starts WHERE reason IS NULL GROUP BY agent_id;
+-- New agents and tasks, one row per key already (GROUP BY), so an anti join does what INSERT OR
+-- IGNORE would without the second grouping of the new rows that it plans (a third of the block).
+INSERT INTO agents BY NAME
+SELECT * FROM (
+    SELECT agent_name || '@' || agent_version AS agent_id, any_value(agent_name) AS name,
+           any_value(agent_version) AS version, any_value(agent_kind) AS kind,
+           any_value(checkpoint) AS checkpoint
+    FROM checked_starts WHERE reason IS NULL GROUP BY agent_id
+) ANTI JOIN agents USING (agent_id);
 
 -- name: insert_tasks
 -- A task's first description in the batch wins; one already in the store is left as it is.
-INSERT OR IGNORE INTO tasks BY NAME
-SELECT task_id, arg_min(family, pos) AS family, arg_min(split, pos) AS split,
-       arg_min(operation, pos) AS operation, arg_min(difficulty, pos) AS difficulty,
-       arg_min(spec, pos) AS spec
-FROM (SELECT *, seg::BIGINT << 32 | line_no AS pos FROM checked_starts WHERE reason IS NULL)
-GROUP BY task_id;
+INSERT INTO tasks BY NAME
+SELECT * FROM (
+    SELECT task_id, arg_min(family, pos) AS family, arg_min(split, pos) AS split,
+           arg_min(operation, pos) AS operation, arg_min(difficulty, pos) AS difficulty,
+           arg_min(spec, pos) AS spec
+    FROM (SELECT *, seg::BIGINT << 32 | line_no AS pos FROM checked_starts WHERE reason IS NULL)
+    GROUP BY task_id
+) ANTI JOIN tasks USING (task_id);
 
 -- name: outcomes
 -- Outcomes complete a trajectory started in this batch or an earlier one. One whose start record
