@@ -36,7 +36,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from storage.ingest import Segment
+from storage.ingest import Segment, content_digest
 from storage.store import StoreError
 
 ATIF_VERSION = "ATIF-v1.4"
@@ -157,10 +157,8 @@ def atif_segment(source: str, data: bytes) -> Segment:
             lines += [orjson.dumps(r) + b"\n" for r in atif_to_records(atif)]
         except (ValueError, TypeError, AttributeError) as err:
             rejected.append((number, raw, f"not ATIF: {err}"))
-    import hashlib
-
-    return Segment(source=source, data=b"".join(lines), format="atif",
-                   digest=hashlib.sha256(data).hexdigest(), rejected=rejected)
+    return Segment(source=source, data=b"".join(lines), format="atif", digest=content_digest(data),
+                   rejected=rejected)
 
 
 _EXPORT_SQL = """

@@ -1,6 +1,6 @@
 """Spool -> store, exactly once, with bad records quarantined instead of lost.
 
-A segment is known by the sha256 of its bytes: one already in `ingest_log` is skipped, so
+A segment is known by a hash of its bytes (`content_digest`): one already in `ingest_log` is skipped, so
 ingesting the same bytes twice (or a segment moved back into the spool) changes nothing.
 Segments are ingested in batches, one transaction per batch, and all per-record work happens in
 DuckDB. Two input formats: the SDK's Arrow IPC segments (`*.arrow`), which Python only opens
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import itertools
 import os
 import re
@@ -30,6 +29,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from agents.spool import (
     JSON_COLUMNS,
@@ -79,12 +79,19 @@ class Segment:
     rows: pa.Table | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
-        self.digest = self.digest or hashlib.sha256(self.data).hexdigest()
+        self.digest = self.digest or content_digest(self.data)
         if self.format == "arrow" and self.rows is None:
             try:
                 self.rows = read_segment(self.data, self.source)
             except SegmentError as err:
                 self.rejected.append((None, bytes(self.data), str(err)))
+
+
+def content_digest(data: bytes | pa.Buffer) -> str:
+    """A segment's identity: the xxh3-128 hash of its bytes, as hex. Not a cryptographic hash (the
+    spool's writers are not adversaries; an accidental collision is 1 in 2**64 at 2**32 segments),
+    and about 15 times sha256's speed, which was a tenth of a large batch's ingest."""
+    return xxhash.xxh3_128_hexdigest(data)
 
 
 def _blocks() -> list[tuple[str, str]]:
@@ -427,8 +434,8 @@ def _read_segment_file(path: Path) -> Segment | None:
 
 
 def _read_spool(paths: list[Path], chunk: int = 16) -> Iterable[Segment]:
-    """The segments in order, read and hashed a few at a time on every core (sha256 lets go of
-    the GIL): hashing is most of reading."""
+    """The segments in order, read, hashed and parsed a few at a time on every core (parsing an
+    Arrow segment lets go of the GIL)."""
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         for start in range(0, len(paths), chunk):
             yield from filter(None, pool.map(_read_segment_file, paths[start:start + chunk]))

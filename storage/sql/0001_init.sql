@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 
 CREATE TABLE IF NOT EXISTS ingest_log (
-    segment_hash  VARCHAR PRIMARY KEY,          -- sha256 of the segment's bytes: same bytes, same segment
+    segment_hash  VARCHAR PRIMARY KEY,          -- hash of the segment's bytes (storage.ingest.content_digest): same bytes, same segment
     source        VARCHAR NOT NULL,
     format        VARCHAR NOT NULL,             -- grokloop | atif
     n_records     INTEGER NOT NULL,
