@@ -289,8 +289,12 @@ def _uuids(values: Sequence) -> pa.Array:
 
 
 def _column(field: pa.Field, values: Sequence) -> pa.Array:
-    if values[0] is None and values.count(None) == len(values):  # the common all-null column
-        return pa.nulls(len(values), field.type)
+    first = values[0]
+    if values.count(first) == len(values):  # the common constant columns: all null, or one kind
+        if first is None:
+            return pa.nulls(len(values), field.type)
+        if first.__class__ is str and field.type == pa.string():
+            return _constant(first, len(values))
     if field.type == _UUID:
         return _uuids(values)
     if field.type == pa.string():

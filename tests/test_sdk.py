@@ -109,6 +109,24 @@ def test_values_of_other_types_nan_rewards_and_given_start_times(tmp_path):
     assert outcome["n_steps"] == 3
 
 
+def test_text_columns_constant_or_not_and_non_ascii(tmp_path):
+    # A column with one value throughout is encoded as a repeat (kind and status usually are).
+    log = TrajectoryLogger("agënt", "1", spool=tmp_path)
+    with log.trajectory({"family": "f", "task_id": "t"}) as t:
+        for tool in ("café", "café", "café"):
+            t.step(tool_name=tool, kind="tool_call", status="ok")
+    with log.trajectory({"family": "f", "task_id": "u"}) as t:
+        for tool in ("café", "add", None):
+            t.step(tool_name=tool, status="ok")
+    log.close()
+    (segment,) = published_segments(tmp_path)
+    records = read_records(segment)
+    steps = [r for r in records if r["type"] == "step"]
+    assert [s["tool_name"] for s in steps] == ["café"] * 4 + ["add", None]
+    assert {s["kind"] for s in steps} == {"tool_call"} and {s["status"] for s in steps} == {"ok"}
+    assert {r["agent"]["name"] for r in records if r["type"] == "trajectory"} == {"agënt"}
+
+
 def test_flushes_by_size_and_leaves_no_tmp(tmp_path):
     log = TrajectoryLogger("a", "1", spool=tmp_path, flush_bytes=500, flush_seconds=60)
     with log.trajectory({"family": "f", "task_id": "t"}) as t:
