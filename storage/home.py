@@ -9,11 +9,10 @@ DEFAULT_HOME = ".grokloop"
 
 
 def grokloop_home(home: str | os.PathLike | None = None) -> Path:
-    """The home directory: the argument, else $GROKLOOP_HOME, else ./.grokloop. Created if missing."""
-    path = Path(home or os.environ.get("GROKLOOP_HOME") or DEFAULT_HOME).expanduser().resolve()
-    for sub in ("spool", "datasets", "runs"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
-    return path
+    """The home directory: the argument, else $GROKLOOP_HOME, else ./.grokloop. Only resolved:
+    what writes there makes the folders it needs, so a command that only reads (`grokloop sql`
+    in the wrong directory) leaves no empty home behind."""
+    return Path(home or os.environ.get("GROKLOOP_HOME") or DEFAULT_HOME).expanduser().resolve()
 
 
 def store_path(home: str | os.PathLike | None = None) -> Path:

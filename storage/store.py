@@ -86,6 +86,8 @@ def connect(
     path = Path(path) if path else store_path()
     if read_only and not path.exists():
         raise StoreError(f"no store at {path}: run `grokloop ingest` or `grokloop run loop` first")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:

@@ -88,6 +88,17 @@ def test_cli_sql_formats(store, tmp_path):
     assert out.exit_code == 2 and "refused" in out.output
 
 
+def test_a_query_where_there_is_no_store_says_so_and_creates_nothing(tmp_path, monkeypatch):
+    from flows.cli_store import app
+
+    missing = tmp_path / "not-a-home"
+    monkeypatch.setenv("GROKLOOP_HOME", str(missing))
+    out = CliRunner().invoke(app, ["sql", "SELECT 1"])
+    assert out.exit_code != 0 and f"no store at {missing / 'store.duckdb'}" in out.output.replace("\n", "")
+    out = CliRunner().invoke(app, ["status"])
+    assert not missing.exists()  # reading leaves no empty home behind
+
+
 def test_views_answer_the_common_questions(home):
     from agents.sdk import TrajectoryLogger
     from storage.ingest import ingest_spool
