@@ -346,7 +346,9 @@ class Trajectory:
         r = b"" if result is None else _dumps(result, default=_fallback, option=_OPT)
         m = _dumps(metadata, default=_fallback, option=_OPT) if metadata else b""
         logger = self.logger
-        with logger._lock:
+        lock = logger._lock
+        lock.acquire()  # not `with`: that costs twice as much, a tenth of this call
+        try:
             if logger._closed:
                 raise RuntimeError("TrajectoryLogger is closed")
             buffer = logger._steps
@@ -372,6 +374,8 @@ class Trajectory:
             m_ends.append(len(m_data))
             logger._size += _ROW_BYTES + len(o) + len(a) + len(r) + len(m)
             due = logger._size >= logger.flush_bytes
+        finally:
+            lock.release()
         if due:
             logger._flush(wait=False)
         return index
