@@ -149,13 +149,12 @@ def main() -> None:
           f"({jsonl_report.segments} segments)")
     for name, value in rate.items():
         print(f"  {name:<20} {value:>12,.0f} steps/s")
-    goals = {"end to end, 1 agent": 0.25, e2e_n: 0.25, "ingest": 0.50}
-    for name, goal in goals.items():
+    for name, goal in {e2e_n: 0.25, "ingest": 0.50}.items():
         ratio = rate[name] / rate["raw arrow"]
         print(f"  {name} / raw arrow = {ratio:.2f}  (goal >= {goal:.2f}: {'met' if ratio >= goal else 'MISSED'})")
-    # Ingest writes at least the rows the raw insert writes, so this is the most one agent can reach.
-    print(f"  end to end, 1 agent, with an ingest as fast as the raw insert = {t_raw / (t_log + t_raw):.2f}"
-          f"  (the ceiling for one agent: its SDK alone is {t_log / t_raw:.1f}x the raw insert)")
+    # Ingest writes at least the rows the raw insert writes: the most one agent process can reach.
+    print(f"  end to end, 1 agent / raw arrow = {rate['end to end, 1 agent'] / rate['raw arrow']:.2f}  (for "
+          f"comparison; its ceiling, with an ingest as fast as the raw insert: {t_raw / (t_log + t_raw):.2f})")
     print(f"  ingest (jsonl) / raw arrow = {rate['ingest (jsonl)'] / rate['raw arrow']:.2f}  (for comparison)")
     print(f"  a 1,000-step batch ingests in {1000 * t_small:.0f} ms (the fixed cost of a batch, mostly)")
 

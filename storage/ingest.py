@@ -1,7 +1,7 @@
 """Spool -> store, exactly once, with bad records quarantined instead of lost.
 
-A segment is known by a hash of its bytes (`content_digest`): one already in `ingest_log` is skipped, so
-ingesting the same bytes twice (or a segment moved back into the spool) changes nothing.
+A segment is known by a hash of its bytes (`content_digest`): one already in `ingest_log` is
+skipped, so ingesting the same bytes twice (or a segment moved back into the spool) changes nothing.
 Segments are ingested in batches, one transaction per batch, and all per-record work happens in
 DuckDB. Two input formats: the SDK's Arrow IPC segments (`*.arrow`), which Python only opens
 (zero-copy) and checks against the schema, and JSON lines (`*.jsonl`, other writers, ATIF
@@ -89,8 +89,8 @@ class Segment:
 
 def content_digest(data: bytes | pa.Buffer) -> str:
     """A segment's identity: the xxh3-128 hash of its bytes, as hex. Not a cryptographic hash (the
-    spool's writers are not adversaries; an accidental collision is 1 in 2**64 at 2**32 segments),
-    and about 15 times sha256's speed, which was a tenth of a large batch's ingest."""
+    spool's writers are not adversaries; among 2**32 segments, the chance that any two collide is
+    about 2**-65), and 15 times sha256's speed: sha256 was a tenth of a large batch's ingest."""
     return xxhash.xxh3_128_hexdigest(data)
 
 

@@ -227,9 +227,9 @@ SELECT seg, line_no, record_type AS rtype, trajectory_id,
 FROM query_table(records);
 
 -- name: checked
--- Every record of the batch, whatever its format: the columns of arrow_records, and `reason`, NULL when
--- the record is good, one view per record type. Every later block reads these, only the types
--- it needs: each Arrow table a statement names costs about a millisecond to plan, and a block's
+-- Every record of the batch, whatever its format: the columns of arrow_records, and `reason`,
+-- NULL when the record is good, one view per record type. Every later block reads these, only the
+-- types it needs: each Arrow table a statement names costs about a millisecond to plan, and a block's
 -- planning can cost more than its work. (A record of no known type has a reason: arrow_bad.)
 -- Careful: a record with a reason may hold JSON-typed text that is not JSON. Apply no JSON
 -- function to it (DuckDB 2.0 treats that error as fatal to the connection); filter on
@@ -260,7 +260,7 @@ SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_outcomes', 'outcome');
 -- The same key twice in the incoming data, where the first one wins: a step's (trajectory, index),
 -- the rest quarantined; a trajectory's start record (e.g. the same records under two names), the
 -- rest left out. Looked for only after a primary key refused the batch: a batch is first tried
--- with `no_duplicates`, since finding none costs a tenth of a large batch's SQL time.
+-- with `no_duplicates`, since finding none costs about 5% of a large batch's SQL time.
 CREATE OR REPLACE TEMP TABLE dup_steps AS
 WITH keys AS (
     SELECT trajectory_id, idx FROM checked_steps WHERE reason IS NULL
