@@ -351,13 +351,15 @@ def read_segment(data: bytes | pa.Buffer, source: str = "segment") -> pa.Table:
     if version not in _READABLE_SEGMENT_VERSIONS:
         raise SegmentError(f"{source}: unsupported format version {version.decode(errors='replace')}")
     names = table.schema.names
-    problems = [f"missing columns {[n for n in SCHEMA.names if n not in names]}",
-                f"unknown columns {[n for n in names if n not in SCHEMA.names]}",
-                "duplicate column names" if len(set(names)) != len(names) else ""]
-    problems = [p for p in problems if p and not p.endswith(" []")]
-    if problems:
-        raise SegmentError(f"{source}: wrong schema: {', '.join(problems)}")
-    table = table.select(SCHEMA.names)
+    if names != SCHEMA.names:  # not the SDK's own columns in its order: look closer
+        have, want = set(names), set(SCHEMA.names)
+        problems = [f"missing columns {[n for n in SCHEMA.names if n not in have]}",
+                    f"unknown columns {[n for n in names if n not in want]}",
+                    "duplicate column names" if len(have) != len(names) else ""]
+        problems = [p for p in problems if p and not p.endswith(" []")]
+        if problems:
+            raise SegmentError(f"{source}: wrong schema: {', '.join(problems)}")
+        table = table.select(SCHEMA.names)
     if not table.schema.equals(SCHEMA):
         wrong = [f"{f.name} is {table.schema.field(f.name).type}, not {f.type}" for f in SCHEMA
                  if not _castable(table.schema.field(f.name).type, f.type)]

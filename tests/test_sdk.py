@@ -169,9 +169,19 @@ def test_a_segment_that_is_not_arrow_is_refused_by_name(tmp_path):
 
     with pytest.raises(SegmentError, match="x.arrow: not a readable Arrow IPC file"):
         read_segment(b"ARROW1 but cut short", "x.arrow")
-    wrong = pa.table({"type": ["step"]})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, wrong.schema) as writer:
-        writer.write_table(wrong)
-    with pytest.raises(SegmentError, match="y.arrow: wrong schema: missing columns"):
-        read_segment(sink.getvalue().to_pybytes(), "y.arrow")
+
+    def ipc(table: pa.Table) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
+
+    with pytest.raises(SegmentError, match=r"y.arrow: wrong schema: missing columns \['trajectory_id'"):
+        read_segment(ipc(pa.table({"type": ["step"]})), "y.arrow")
+    ours = pa.table({f.name: pa.array(["step"]) if f.name == "type" else pa.nulls(1, f.type) for f in SCHEMA})
+    reordered = read_segment(ipc(ours.select(SCHEMA.names[::-1])))  # another writer's column order
+    assert reordered.schema.equals(SCHEMA) and reordered.column("type").to_pylist() == ["step"]
+    with pytest.raises(SegmentError, match=r"wrong schema: unknown columns \['extra'\]"):
+        read_segment(ipc(ours.append_column("extra", pa.array([1]))))
+    with pytest.raises(SegmentError, match="wrong schema: duplicate column names"):
+        read_segment(ipc(ours.append_column("type", pa.array(["step"]))))
