@@ -280,9 +280,8 @@ class Trajectory:
             difficulty = int(difficulty)
             if not -(1 << 31) <= difficulty < 1 << 31:  # the column is int32: refused here, not at flush
                 raise ValueError(f"task difficulty {difficulty} does not fit in 32 bits")
-        spec = task.get("spec")
-        m = _dumps(metadata, default=_fallback, option=_OPT)
-        s = b"" if spec is None else _dumps(spec, default=_fallback, option=_OPT)
+        m, s = _json(metadata), _json(task.get("spec"))
+        name, version, kind, checkpoint = logger._agent
         # RecordBuffer appends inlined, as in step(): a call per column costs more than the rest.
         with logger._lock:
             if logger._closed:
@@ -292,10 +291,10 @@ class Trajectory:
             keys.append(key)
             tag_lists.append(tags)
             starts.append(_now_ns() // 1000)
-            names.append(logger._agent[0])
-            versions.append(logger._agent[1])
-            kinds.append(logger._agent[2])
-            checkpoints.append(logger._agent[3])
+            names.append(name)
+            versions.append(version)
+            kinds.append(kind)
+            checkpoints.append(checkpoint)
             families.append(task["family"])
             task_ids.append(task["task_id"])
             splits.append(task.get("split"))
@@ -393,7 +392,7 @@ class Trajectory:
             raise RuntimeError(f"trajectory {self.id} already finished")
         verified = None if verified is None else bool(verified)
         reward = _number(reward)
-        text = b"" if answer is None else _dumps(answer, default=_fallback, option=_OPT)
+        text = _json(answer)
         self.finished = True  # only once the outcome's values are good: a refused call can be retried
         logger = self.logger
         with logger._lock:
