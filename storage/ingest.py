@@ -425,8 +425,8 @@ def ingest_segments(
 def _read_segment_file(path: Path) -> Segment | None:
     arrow = path.name.endswith(SEGMENT_SUFFIX)
     try:
-        # An Arrow segment is hashed and read in place (mapped, zero-copy): a copy into fresh
-        # memory costs more than the hash.
+        # An Arrow segment is mapped, not copied: the hash, the parse and DuckDB's scan all read
+        # the mapped bytes (zero-copy); a copy into fresh memory would cost more than the hash.
         data = pa.memory_map(str(path)).read_buffer() if arrow else path.read_bytes()
     except FileNotFoundError:
         return None  # another ingest moved it away meanwhile
