@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from agents.tasks import get_family
@@ -20,6 +22,7 @@ from diffusion.train import (
     apply_overrides,
     has_checkpoint,
     load_config,
+    load_model,
     train,
 )
 from storage.home import store_path
@@ -240,3 +243,70 @@ def test_a_continued_run_is_drawn_from_where_its_parent_stopped():
     lineage = {"r0": (None, 300, None), "r1": ("r0", 300, 150), "r2": ("r1", 200, None),
                "loop": ("loop", 10, None)}  # a self-referencing row must not hang the plot
     assert [_steps_before(r, lineage) for r in ("r0", "r1", "r2", "loop", "unknown")] == [0, 300, 600, 0, 0]
+
+
+def test_checkpoints_follow_checkpoint_every_not_only_eval_steps(tmp_path):
+    result = train(tiny(tmp_path, "ck", max_steps=100, eval_every=20, checkpoint_every=30, keep_checkpoints=0))
+    kept = sorted(int(p.name.split("_")[1]) for p in (result.run_dir / "checkpoints").iterdir())
+    assert kept == [0, 30, 60, 90, 100]
+    con = duckdb.connect(str(store_path(tmp_path)), read_only=True)
+    recorded = [s for (s,) in con.execute("SELECT step FROM checkpoints WHERE run_id = 'ck' ORDER BY step").fetchall()]
+    evals = [s for (s,) in con.execute("SELECT DISTINCT step FROM metrics WHERE run_id = 'ck' ORDER BY step").fetchall()]
+    con.close()
+    assert recorded == kept and evals == [0, 20, 40, 60, 80, 100]
+    # Resuming from a checkpoint between evaluations gives the uninterrupted run's metrics.
+    train(tiny(tmp_path, "ck-ref", max_steps=100, eval_every=20))
+    train(tiny(tmp_path, "ck-short", max_steps=30, eval_every=20, checkpoint_every=30))
+    train(load_config("ck-short", ["max_steps=100"], home=str(tmp_path)), resume=True)
+    assert metric_rows(tmp_path, "ck-short") == metric_rows(tmp_path, "ck-ref")
+
+
+def test_the_directory_is_fsynced_after_each_atomic_rename(tmp_path, monkeypatch):
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append(("replace", os.path.dirname(os.path.abspath(dst))))
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.isdir(path):
+            events.append(("fsync", path))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    result = train(tiny(tmp_path, "sync", max_steps=0))
+    renames = [i for i, e in enumerate(events) if e[0] == "replace"]
+    assert len(renames) == 2  # the checkpoint directory, then the latest pointer
+    for i in renames:
+        assert ("fsync", events[i][1]) in events[i + 1:], events
+    assert {events[i][1] for i in renames} == {str(result.run_dir / "checkpoints"), str(result.run_dir)}
+
+
+def test_resume_with_grokfast_ma_state_is_bit_exact(tmp_path):
+    ma = {"grokfast": "ma", "grokfast_window": 7, "grokfast_lamb": 5.0, "max_steps": 60}
+    whole = train(tiny(tmp_path, "ma-whole", **ma))
+    part = train(tiny(tmp_path, "ma-part", **ma, checkpoint_every=5, keep_checkpoints=0))
+    # Rewind to step 25 (between evaluations, the MA window half full), as if killed there.
+    for ckpt in (part.run_dir / "checkpoints").glob("step_*"):
+        if int(ckpt.name.split("_")[1]) > 25:
+            shutil.rmtree(ckpt)
+    (part.run_dir / "latest").write_text("step_25")
+    state = torch.load(part.run_dir / "checkpoints" / "step_25" / "state.pt", weights_only=False)
+    assert len(state["grokfast"]) > 0 and state["step"] == 25
+    again = train(load_config("ma-part", home=str(tmp_path)), resume=True)
+    assert again.final_step == 60
+    assert metric_rows(tmp_path, "ma-part") == metric_rows(tmp_path, "ma-whole")
+    a = load_model(whole.checkpoint_dir).state_dict()
+    b = load_model(again.checkpoint_dir).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa = torch.load(whole.checkpoint_dir / "state.pt", weights_only=False)["grokfast"]
+    sb = torch.load(again.checkpoint_dir / "state.pt", weights_only=False)["grokfast"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(x, y) for k in sa for x, y in zip(sa[k], sb[k], strict=True))
+
+
+def test_masked_diffusion_defaults_to_the_count_estimator():
+    assert TrainConfig().mdm_estimator == "count"
