@@ -70,6 +70,8 @@ def sql(
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
     output: Path = typer.Option(None, "--output", "-o", help="write here instead of the terminal"),
     timeout: float = typer.Option(30.0, help="seconds to wait for a writer's lock"),
+    max_seconds: float = typer.Option(300.0, help="stop the query after this many seconds"),
+    memory_limit: str = typer.Option("2GB", help="the query's memory limit (DuckDB syntax: 500MB, 4GB)"),
 ) -> None:
     """Run a read-only SQL query on the store (views: success_rate, step_counts, recent_trajectories,
     ingest_summary, quarantine_summary)."""
@@ -79,7 +81,7 @@ def sql(
     if format is OutputFormat.parquet and output is None:
         _fail(ValueError("--format parquet needs --output FILE"))
     try:
-        table = run_sql(query, timeout=timeout)
+        table = run_sql(query, timeout=timeout, max_seconds=max_seconds, memory_limit=memory_limit)
     except StoreError as err:
         _fail(err)
     _write_table(table, format, output)
@@ -137,7 +139,7 @@ def export(
     try:
         with open_store(read_only=True) as con:
             n = (export_atif if format is ExportFormat.atif else export_jsonl)(con, output, where)
-    except StoreError as err:
+    except (StoreError, ValueError) as err:
         _fail(err)
     console.print(f"wrote {n} trajectories to {output} ({format.value})")
 
@@ -147,16 +149,18 @@ def status() -> None:
     """Where the store is, its schema version, rows per table and the spool backlog."""
     from rich.table import Table
 
-    from agents.spool import TMP_SUFFIX, published_segments
+    from agents.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
     from storage.home import spool_dir, store_path
     from storage.store import StoreError, open_store, schema_version
 
     path, spool = store_path(), spool_dir()
     backlog = published_segments(spool)
+    stale = remove_stale_tmp(spool)  # left by writers that died mid-write
     writing = [p for p in spool.iterdir() if p.name.endswith(TMP_SUFFIX)] if spool.exists() else []
     console.print(f"store   {path}" + ("" if path.exists() else "  (not created yet)"))
     console.print(f"spool   {spool}: {len(backlog)} segment(s) waiting, "
-                  f"{sum(p.stat().st_size for p in backlog) / 1e6:.1f} MB; {len(writing)} being written")
+                  f"{sum(p.stat().st_size for p in backlog) / 1e6:.1f} MB; {len(writing)} being written"
+                  + (f"; removed {len(stale)} stale temp file(s) of writers that died" if stale else ""))
     if not path.exists():
         return
     try:

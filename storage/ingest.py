@@ -450,11 +450,13 @@ def ingest_spool(
     on_batch: Callable[[list[Segment], IngestReport], None] | None = None,
 ) -> IngestReport:
     """Ingest every published spool segment not yet in the store, then move them to
-    `spool/ingested/`. Half-written `.tmp` files (writers at work, or killed) are left alone."""
-    from agents.spool import published_segments
+    `spool/ingested/`. Half-written `.tmp` files are left alone while their writer may be at work;
+    stale ones (old, writer gone: `agents.spool.remove_stale_tmp`) are removed."""
+    from agents.spool import published_segments, remove_stale_tmp
     from storage.home import spool_dir
 
     spool = Path(spool) if spool else spool_dir()
+    remove_stale_tmp(spool)
     done = spool / INGESTED_DIR
     done.mkdir(parents=True, exist_ok=True)
     by_name = {p.name: p for p in published_segments(spool)}
