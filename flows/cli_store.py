@@ -32,28 +32,38 @@ def ingest(
     paths: list[Path] = typer.Argument(None, help="files or folders (grokloop Arrow or JSONL segments, or ATIF); none = the spool"),
     format: str = typer.Option("auto", "--format", help="auto | grokloop | atif"),
     max_record_bytes: int = typer.Option(1 << 20, help="a larger record is quarantined as oversized"),
+    timeout: float = typer.Option(600.0, help="seconds to wait for the store when another process holds it"),
 ) -> None:
-    """Ingest the spool (or the given files) into the store, exactly once."""
+    """Ingest the spool (or the given files) into the store, exactly once. The store is opened
+    once per batch; a batch that meets another process's lock waits up to --timeout and retries."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from agents.spool import published_segments
     from storage.home import spool_dir
     from storage.ingest import ingest_paths, ingest_spool
-    from storage.store import StoreError, open_store
+    from storage.runs import flush_pending
+    from storage.store import StoreError, StoreLocked, open_store
+
+    def writer():
+        return open_store(timeout=timeout)
 
     total = len(paths) if paths else len(published_segments(spool_dir()))
     try:
-        with open_store() as con, Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
-                                           console=console, transient=True) as bar:
+        with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
+                      console=console, transient=True) as bar:
             task = bar.add_task("ingest", total=total or None)
 
             def advance(segments, _report) -> None:
                 bar.advance(task, len(segments) if not paths else 0)
 
             if paths:
-                report = ingest_paths(con, paths, format, max_record_bytes=max_record_bytes, on_batch=advance)
+                report = ingest_paths(writer, paths, format, max_record_bytes=max_record_bytes, on_batch=advance)
             else:
-                report = ingest_spool(con, max_record_bytes=max_record_bytes, on_batch=advance)
+                report = ingest_spool(writer, max_record_bytes=max_record_bytes, on_batch=advance)
+        with writer() as con:  # training records that waited for a busy store (storage/runs.py)
+            flush_pending(con)
+    except StoreLocked as err:
+        _fail(StoreLocked(f"{err} (what was not ingested stays in the spool for the next ingest)"))
     except (StoreError, ValueError) as err:
         _fail(err)
     style = "yellow" if report.quarantined else "green"

@@ -52,6 +52,13 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def sql_blocks(filename: str) -> dict[str, str]:
+    """The blocks of a .sql file in storage/sql, by the name on each block's `-- name: x` line."""
+    text = resources.files("storage.sql").joinpath(filename).read_text()
+    parts = re.split(r"^-- name: (\w+)\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
 def views_sql() -> str:
     return resources.files("storage.sql").joinpath("views.sql").read_text()
 

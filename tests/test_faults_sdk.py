@@ -14,7 +14,13 @@ import time
 
 import pytest
 
-from agents.spool import TMP_SUFFIX, published_segments, read_records, remove_stale_tmp, write_segment
+from agents.spool import (
+    TMP_SUFFIX,
+    published_segments,
+    read_records,
+    remove_stale_tmp,
+    write_segment,
+)
 from storage.ingest import ingest_spool
 from storage.store import connect
 
