@@ -24,7 +24,8 @@ Field by field, ATIF -> our records (agents/sdk.py wire format):
   outcome         <- extra.outcome {status, answer, verified, reward, error}; without it a
                      trajectory is "ok" with no answer (ATIF files are finished runs)
 
-`export_atif` writes the inverse, one ATIF trajectory per line, in one DuckDB COPY.
+`export_atif` writes the inverse, one ATIF trajectory per line, built in SQL and written by Python
+(the export runs on a read-only sandbox with no file access: `storage.store.reader_config`).
 """
 
 from __future__ import annotations
