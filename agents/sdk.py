@@ -303,9 +303,7 @@ def _close_all() -> None:
             logger.close()
         except Exception as err:  # noqa: BLE001  (any failure to publish is reported the same way)
             failed = True
-            what = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.strerror else err
-            print(f"grokloop: could not publish the last records of agent {logger.agent['name']!r} "
-                  f"to {logger.spool} ({what}); they are lost", file=sys.stderr, flush=True)
+            _report_lost(logger, err)
             _LIVE.discard(logger)
     if failed:
         sys.stdout.flush()
@@ -314,7 +312,7 @@ def _close_all() -> None:
 
 def _on_signal(signum: int, frame: Any) -> None:
     if signum not in _passing:
-        busy = [logger for logger in list(_LIVE) if not logger._flush_if_free()]
+        busy = [logger for logger in list(_LIVE) if not _flush_reporting(logger, now=True)]
         if busy:  # interrupted mid-record: flush once this thread has let go, then signal again
             threading.Thread(target=_flush_then_signal, args=(busy, signum), daemon=True).start()
             return
@@ -329,13 +327,27 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 def _flush_then_signal(loggers: list[TrajectoryLogger], signum: int) -> None:
     for logger in loggers:
-        try:
-            logger.flush()
-        except Exception as err:  # noqa: BLE001
-            print(f"grokloop: could not publish the last records to {logger.spool}: {err}",
-                  file=sys.stderr, flush=True)
+        _flush_reporting(logger, now=False)
     _passing.add(signum)
     os.kill(os.getpid(), signum)
+
+
+def _flush_reporting(logger: TrajectoryLogger, *, now: bool) -> bool:
+    """Flush for a signal (`now`: only if the interrupted code holds none of its locks). A
+    failure is one line, never an exception: the signal must still do what it would have."""
+    try:
+        if now:
+            return logger._flush_if_free()
+        logger.flush()
+    except Exception as err:  # noqa: BLE001  (any failure to publish is reported the same way)
+        _report_lost(logger, err)
+    return True
+
+
+def _report_lost(logger: TrajectoryLogger, err: Exception) -> None:
+    what = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.strerror else err
+    print(f"grokloop: could not publish the last records of agent {logger.agent['name']!r} "
+          f"to {logger.spool} ({what}); they are lost", file=sys.stderr, flush=True)
 
 
 def _flush_periodically(ref: weakref.ref, stop: threading.Event) -> None:
