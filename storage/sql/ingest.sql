@@ -354,33 +354,41 @@ SELECT * FROM (
 CREATE OR REPLACE TEMP TABLE in_outcomes AS
 WITH o AS MATERIALIZED (
     SELECT c.seg, c.line_no, c.trajectory_id, c.status, c.answer, c.verified, c.reward, c.error,
-           c.n_steps, c.end_time,
-           row(c.status, c.answer::VARCHAR, c.verified, c.reward, c.error, c.n_steps, c.end_time) AS content,
-           t.trajectory_id IS NOT NULL AS stored,
+           c.n_steps, c.end_time, t.status IS NOT NULL AS stored,
            coalesce(t.status <> 'incomplete', false) AS stored_outcome,
-           row(t.status, t.answer::VARCHAR, t.verified, t.reward, t.error, t.n_steps, t.end_time) AS stored_content,
-           printf('status %s, verified %s, reward %s', t.status, coalesce(t.verified::VARCHAR, 'null'),
-                  coalesce(t.reward::VARCHAR, 'null')) AS stored_summary,
            c.trajectory_id IN (SELECT trajectory_id FROM checked_starts WHERE reason IS NULL) AS started
-    FROM checked_outcomes c LEFT JOIN trajectories t USING (trajectory_id)
+    FROM checked_outcomes c LEFT JOIN (SELECT trajectory_id, status FROM trajectories) t USING (trajectory_id)
     WHERE c.reason IS NULL
-), ranked AS (
-    SELECT *, row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) AS nth FROM o
+), repeated AS (  -- only ids seen twice are ranked
+    SELECT *, row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) AS nth
+    FROM o SEMI JOIN (
+        SELECT trajectory_id FROM o WHERE stored OR started GROUP BY ALL HAVING count(*) > 1
+    ) k USING (trajectory_id)
     WHERE stored OR started
-), firsts AS (
-    SELECT r.trajectory_id, r.content, r.line_no, s.source FROM ranked r JOIN raw_segs s USING (seg)
-    WHERE r.nth = 1
+), later AS (  -- the second and later outcomes in the batch; a reason when one differs from the first
+    SELECT d.seg, d.line_no, CASE
+        WHEN row(d.status, d.answer::VARCHAR, d.verified, d.reward, d.error, d.n_steps, d.end_time)
+             IS DISTINCT FROM row(f.status, f.answer::VARCHAR, f.verified, f.reward, f.error, f.n_steps, f.end_time)
+        THEN printf('duplicate outcome for trajectory %s conflicts with the one in %s line %d',
+                    d.trajectory_id, s.source, f.line_no) END AS reason
+    FROM repeated d JOIN repeated f ON f.trajectory_id = d.trajectory_id AND f.nth = 1
+    JOIN raw_segs s ON s.seg = f.seg
+    WHERE d.nth > 1
+), against_stored AS (  -- outcomes for trajectories stored with one; a reason when one differs
+    SELECT o.seg, o.line_no, CASE
+        WHEN row(o.status, o.answer::VARCHAR, o.verified, o.reward, o.error, o.n_steps, o.end_time)
+             IS DISTINCT FROM row(t.status, t.answer::VARCHAR, t.verified, t.reward, t.error, t.n_steps, t.end_time)
+        THEN printf('outcome for trajectory %s conflicts with the stored outcome (status %s, verified %s, reward %s)',
+                    o.trajectory_id, t.status, coalesce(t.verified::VARCHAR, 'null'), coalesce(t.reward::VARCHAR, 'null'))
+        END AS reason
+    FROM o JOIN trajectories t USING (trajectory_id)
+    WHERE o.stored_outcome
 )
-SELECT o.* EXCLUDE (content, stored_content, stored_summary), CASE
-    WHEN NOT (o.stored OR o.started) THEN 'outcome for unknown trajectory ' || o.trajectory_id
-        || ' (its start record was never ingested)'
-    WHEN o.stored_outcome AND o.content IS DISTINCT FROM o.stored_content THEN
-        printf('outcome for trajectory %s conflicts with the stored outcome (%s)', o.trajectory_id, o.stored_summary)
-    WHEN r.nth > 1 AND o.content IS DISTINCT FROM f.content THEN
-        printf('duplicate outcome for trajectory %s conflicts with the one in %s line %d', o.trajectory_id, f.source, f.line_no)
-    END AS reason,
-    coalesce(r.nth = 1 AND NOT o.stored_outcome, false) AS applies
-FROM o LEFT JOIN ranked r USING (seg, line_no) LEFT JOIN firsts f ON f.trajectory_id = o.trajectory_id;
+SELECT o.*, CASE WHEN NOT (o.stored OR o.started) THEN 'outcome for unknown trajectory ' || o.trajectory_id
+                     || ' (its start record was never ingested)'
+                 ELSE coalesce(a.reason, l.reason) END AS reason,
+       (o.stored OR o.started) AND NOT o.stored_outcome AND l.seg IS NULL AS applies
+FROM o LEFT JOIN against_stored a USING (seg, line_no) LEFT JOIN later l USING (seg, line_no);
 
 -- name: insert_trajectories
 -- New trajectories, complete when their outcome came in the same batch (the usual case: one
