@@ -23,10 +23,12 @@ from rich.console import Console
 
 from flows import steps
 from flows.config import LoopConfig
+from flows.runners import Runner, fan_out
 from storage.home import grokloop_home, store_path
 from storage.store import open_store
 
 console = Console()
+LOCAL = Runner()  # runs in turn, in this process: as before there were runners
 
 
 @dataclasses.dataclass
@@ -79,34 +81,40 @@ GROKFAST_OBJECTIVES: dict[str, dict[str, Any]] = {
 GROKFAST_DEFAULT_OBJECTIVES = ("mdm", "mdm-count", "ar")
 
 
+def train_runs(cfgs: list, runner: Runner = LOCAL) -> list[dict[str, Any]]:
+    """Train (or resume) every run of a sweep: in turn here, or side by side on a cluster's workers
+    (`runner`, flows/runners.py). Results in `cfgs`' order, as `steps.train` returns them."""
+    from flows.flows import train_task
+
+    return fan_out(runner, train_task, [(cfg,) for cfg in cfgs], name="sweep")
+
+
 def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_OBJECTIVES,
                   setups=tuple(GROKFAST_SETUPS), init: str = GROKFAST_BASE["init"],
-                  progress: bool = False) -> list[dict[str, Any]]:
+                  progress: bool = False, runner: Runner = LOCAL) -> list[dict[str, Any]]:
     """Train every (objective, setup, seed); one row per run with T_mem / T_grok as the store has them.
     Each seed is a different train/test split and initialisation; a run stops soon after it groks."""
-    from diffusion.train import TrainConfig, train
+    from diffusion.train import TrainConfig
 
     for given, known in ((setups, GROKFAST_SETUPS), (objectives, GROKFAST_OBJECTIVES)):
         if unknown := [x for x in given if x not in known]:
             raise ValueError(f"unknown {unknown}; known: {', '.join(known)}")
+    keys = [(o, s, seed) for o in objectives for s in setups for seed in range(size.seeds)]
+    cfgs = [TrainConfig(
+        family="modular", family_params={**size.params, "seed": seed},
+        max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
+        patience=1, sampler_steps=1, keep_checkpoints=1, progress=progress,
+        run_name=f"grokfast-{objective}-{setup}-{init}-s{seed}-p{size.params['p']}-{size.max_steps}",
+        **{**GROKFAST_BASE, **size.train, "init": init}, **GROKFAST_OBJECTIVES[objective],
+        **GROKFAST_SETUPS[setup],
+    ) for objective, setup, seed in keys]
     rows = []
-    for objective in objectives:
-        for setup in setups:
-            for seed in range(size.seeds):
-                cfg = TrainConfig(
-                    family="modular", family_params={**size.params, "seed": seed},
-                    max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
-                    patience=1, sampler_steps=1, keep_checkpoints=1, progress=progress,
-                    run_name=f"grokfast-{objective}-{setup}-{init}-s{seed}-p{size.params['p']}-{size.max_steps}",
-                    **{**GROKFAST_BASE, **size.train, "init": init}, **GROKFAST_OBJECTIVES[objective],
-                    **GROKFAST_SETUPS[setup],
-                )
-                result = train(cfg, resume=_has_run(cfg))
-                rows.append({"objective": objective, "setup": setup, "seed": seed, "run_id": result.run_id,
-                             "t_mem": result.t_mem, "t_grok": result.t_grok, "cap": size.max_steps,
-                             "final_test_acc": result.metrics.get("test_id/acc")})
-                console.print(f"[grokfast] {objective}/{setup} seed {seed}: T_grok={result.t_grok} "
-                              f"T_mem={result.t_mem}")
+    for (objective, setup, seed), result in zip(keys, train_runs(cfgs, runner), strict=True):
+        rows.append({"objective": objective, "setup": setup, "seed": seed, "run_id": result["run_id"],
+                     "t_mem": result["t_mem"], "t_grok": result["t_grok"], "cap": size.max_steps,
+                     "final_test_acc": result["metrics"].get("test_id/acc")})
+        console.print(f"[grokfast] {objective}/{setup} seed {seed}: T_grok={result['t_grok']} "
+                      f"T_mem={result['t_mem']}")
     return rows
 
 
@@ -138,9 +146,9 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def grokfast(size: Size, home: str | None, setups=tuple(GROKFAST_SETUPS),
-             objectives=GROKFAST_DEFAULT_OBJECTIVES, init: str = GROKFAST_BASE["init"]
-             ) -> tuple[list[dict], list[str], str]:
-    rows = grokfast_runs(size, home=home, setups=setups, objectives=objectives, init=init)
+             objectives=GROKFAST_DEFAULT_OBJECTIVES, init: str = GROKFAST_BASE["init"],
+             runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
+    rows = grokfast_runs(size, home=home, setups=setups, objectives=objectives, init=init, runner=runner)
     table = speedups(rows)
     lines = _markdown_table(table, ["objective", "setup", "reached", "steps_mean", "steps_std", "speedup"])
     notes = (f"`a*b mod {size.params['p']}`, train fraction {size.params['train_fraction']}, init `{init}`, "
@@ -166,30 +174,30 @@ COMPOSITION_SIZES = {
 }
 
 
-def composition(size: Size, home: str | None) -> tuple[list[dict], list[str], str]:
-    from diffusion.train import TrainConfig, train
+def composition(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
+    from diffusion.train import TrainConfig
 
+    keys = [(family, objective, seed) for family in size.params for objective in ("mdm", "ar")
+            for seed in range(size.seeds)]
+    settings = {"weight_decay": 0.1, "grokfast": "none", "batch_size": 256, **size.train}
+    cfgs = [TrainConfig(objective=objective, family=family, family_params={**size.params[family], "seed": 0},
+                        max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
+                        run_name=f"composition-{family}-{objective}-s{seed}-{size.max_steps}",
+                        progress=False, **settings) for family, objective, seed in keys]
     table = []
-    for family, params in size.params.items():
-        for objective in ("mdm", "ar"):
-            for seed in range(size.seeds):
-                settings = {"weight_decay": 0.1, "grokfast": "none", "batch_size": 256, **size.train}
-                cfg = TrainConfig(objective=objective, family=family, family_params={**params, "seed": 0},
-                                  max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
-                                  run_name=f"composition-{family}-{objective}-s{seed}-{size.max_steps}",
-                                  progress=False, **settings)
-                result = train(cfg, resume=_has_run(cfg))
-                best = _best_metrics(result.run_id, home)
-                table.append({"family": family, "objective": objective,
-                              "estimator": cfg.mdm_estimator if objective == "mdm" else "—",
-                              "seed": seed, "run_id": result.run_id,
-                              "train_acc": result.metrics.get("train/acc"),
-                              "test_id_acc": result.metrics.get("test_id/acc"),
-                              "test_ood_acc": result.metrics.get("test_ood/acc"),
-                              "best_ood_acc": best.get("test_ood/acc"),
-                              "t_mem": result.t_mem, "t_grok": result.t_grok})
-                console.print(f"[composition] {family}/{objective} seed {seed}: "
-                              f"ID {table[-1]['test_id_acc']} OOD {table[-1]['test_ood_acc']}")
+    for (family, objective, seed), cfg, result in zip(keys, cfgs, train_runs(cfgs, runner), strict=True):
+        best = _best_metrics(result["run_id"], home)
+        metrics = result["metrics"]
+        table.append({"family": family, "objective": objective,
+                      "estimator": cfg.mdm_estimator if objective == "mdm" else "—",
+                      "seed": seed, "run_id": result["run_id"],
+                      "train_acc": metrics.get("train/acc"),
+                      "test_id_acc": metrics.get("test_id/acc"),
+                      "test_ood_acc": metrics.get("test_ood/acc"),
+                      "best_ood_acc": best.get("test_ood/acc"),
+                      "t_mem": result["t_mem"], "t_grok": result["t_grok"]})
+        console.print(f"[composition] {family}/{objective} seed {seed}: "
+                      f"ID {table[-1]['test_id_acc']} OOD {table[-1]['test_ood_acc']}")
     lines = _markdown_table(table, ["family", "objective", "estimator", "seed", "train_acc", "test_id_acc",
                                     "test_ood_acc", "best_ood_acc", "t_mem", "t_grok"])
     notes = (f"Equal parameters, data and steps ({size.max_steps}) for the masked-diffusion and AR readings "
@@ -211,8 +219,8 @@ CLUSTER_SIZES = {
 HELD_OUT = "x*y"
 
 
-def clusters(size: Size, home: str | None) -> tuple[list[dict], list[str], str]:
-    cfg = LoopConfig(home=home, families=["modular"], family_params={"modular": size.params},
+def clusters(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
+    cfg = LoopConfig(home=home, runner=runner.kind, dask_address=runner.address, dask_workers=runner.n_workers, families=["modular"], family_params={"modular": size.params},
                      n_agents=2, episodes=_episodes_to_cover(size.params), policy="solver",
                      cluster_method="column", cluster_column="operation",
                      train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
@@ -220,28 +228,29 @@ def clusters(size: Size, home: str | None) -> tuple[list[dict], list[str], str]:
     steps.collect(cfg, "modular")
     steps.ingest(cfg)
     variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in (1, 4, 16)]
-    table, runs = [], []
+    table, runs, keys, train_cfgs = [], [], [], []
     for label, keep_k in variants:
         holdout = [] if keep_k is None else [HELD_OUT]
         snap = steps.curate(cfg, "modular", holdout=holdout, keep_k=keep_k or 0,
                             name=f"clusters-{label.replace(' ', '-').replace('=', '')}")
         for seed in range(size.seeds):
-            train_cfg = steps.train_config(cfg, "modular", snap["path"], seed=seed,
-                                           run_name=f"clusters-{label.replace(' ', '').replace('=', '')}"
-                                                    f"-s{seed}-{snap['dataset_id'][:8]}")
-            run = steps.train(train_cfg)
-            evaluation = steps.evaluate(cfg, run["checkpoint_dir"])
-            # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed
-            # with its (memorised) train rows.
-            groks_at = _first_step_at(run["run_id"], f"test_id/cluster:{HELD_OUT}/acc", 0.95, home)
-            table.append({"variant": label, "seed": seed, "run_id": run["run_id"],
-                          "test_id_acc": evaluation.get("test_id"),
-                          f"{HELD_OUT}_acc": evaluation.get(f"test_id/cluster:{HELD_OUT}"),
-                          f"{HELD_OUT}_groks_at": groks_at, "t_grok": run.get("t_grok")})
-            if seed == 0:
-                runs.append(run["run_id"])
-            console.print(f"[clusters] {label} seed {seed}: held-out cluster acc "
-                          f"{table[-1][f'{HELD_OUT}_acc']}, overall {table[-1]['test_id_acc']}")
+            keys.append((label, seed))
+            train_cfgs.append(steps.train_config(cfg, "modular", snap["path"], seed=seed,
+                                                 run_name=f"clusters-{label.replace(' ', '').replace('=', '')}"
+                                                          f"-s{seed}-{snap['dataset_id'][:8]}"))
+    for (label, seed), run in zip(keys, train_runs(train_cfgs, runner), strict=True):
+        evaluation = steps.evaluate(cfg, run["checkpoint_dir"])
+        # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed
+        # with its (memorised) train rows.
+        groks_at = _first_step_at(run["run_id"], f"test_id/cluster:{HELD_OUT}/acc", 0.95, home)
+        table.append({"variant": label, "seed": seed, "run_id": run["run_id"],
+                      "test_id_acc": evaluation.get("test_id"),
+                      f"{HELD_OUT}_acc": evaluation.get(f"test_id/cluster:{HELD_OUT}"),
+                      f"{HELD_OUT}_groks_at": groks_at, "t_grok": run.get("t_grok")})
+        if seed == 0:
+            runs.append(run["run_id"])
+        console.print(f"[clusters] {label} seed {seed}: held-out cluster acc "
+                      f"{table[-1][f'{HELD_OUT}_acc']}, overall {table[-1]['test_id_acc']}")
     lines = _markdown_table(table, ["variant", "seed", "test_id_acc", f"{HELD_OUT}_acc",
                                     f"{HELD_OUT}_groks_at", "t_grok"])
     notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, clustered by "
@@ -265,12 +274,12 @@ SELF_IMPROVE_SIZES = {
 }
 
 
-def self_improve(size: Size, home: str | None) -> tuple[list[dict], list[str], str]:
+def self_improve(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
     from flows.flows import self_improve_flow
 
     p = dict(size.params)
     rounds, episodes, proposals = p.pop("rounds"), p.pop("episodes"), p.pop("proposals")
-    cfg = LoopConfig(home=home, families=["modular"], family_params={"modular": p}, n_agents=2,
+    cfg = LoopConfig(home=home, runner=runner.kind, dask_address=runner.address, dask_workers=runner.n_workers, families=["modular"], family_params={"modular": p}, n_agents=2,
                      episodes=episodes, policy="solver",
                      train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
                                       "progress": False, **size.train})
@@ -307,7 +316,7 @@ EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size]]] = {
 
 
 def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None, max_steps: int | None = None,
-                   out_dir: str | Path = "docs/results", home: str | None = None,
+                   out_dir: str | Path = "docs/results", home: str | None = None, runner: Runner = LOCAL,
                    **options: Any) -> dict[str, Any]:
     """Run experiment `name` at its quick or full size (`seeds` / `max_steps` override that size's;
     `options` go to the experiment, e.g. grokfast's `setups` / `objectives` subsets);
@@ -321,7 +330,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None, 
     if max_steps:
         size.max_steps = max_steps
     home = str(grokloop_home(home))
-    table, runs, body = fn(size, home, **options)
+    table, runs, body = fn(size, home, runner=runner, **options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from diffusion.plot import plot_runs
@@ -363,12 +372,6 @@ def _markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return lines
-
-
-def _has_run(cfg) -> bool:
-    from diffusion.train import has_checkpoint
-
-    return has_checkpoint(cfg)
 
 
 def _query(sql: str, params: list, home: str | None) -> list[tuple]:

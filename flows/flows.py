@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow, task
@@ -18,6 +19,7 @@ from prefect.tasks import exponential_backoff
 
 from flows import steps
 from flows.config import LoopConfig
+from flows.runners import fan_out
 
 # Every step reads or writes the store, whose contents change between calls with equal arguments,
 # so Prefect's input cache would return stale results: caching is off and idempotence lives in the
@@ -33,6 +35,9 @@ curate_task = task(steps.curate, name="curate", cache_policy=NONE, retries=2,
 train_task = task(steps.train, name="train", cache_policy=NONE, retries=2, retry_delay_seconds=1)
 evaluate_task = task(steps.evaluate, name="evaluate", cache_policy=NONE, retries=2,
                      retry_delay_seconds=exponential_backoff(1))
+# One agent process's share of a collect, for a cluster worker (flows/runners.py). No retry: a
+# rerun logs new trajectories (new ids) beside what the first attempt flushed.
+collect_shard_task = task(steps.collect_shard, name="collect-shard", cache_policy=NONE)
 propose_task = task(steps.propose, name="propose", cache_policy=NONE, retries=1, retry_delay_seconds=1)
 
 
@@ -42,9 +47,20 @@ def _config(cfg: LoopConfig | None) -> LoopConfig:
 
 @flow(name="collect")
 def collect_flow(cfg: LoopConfig | None = None) -> dict[str, Any]:
-    """Run agents on every family's training tasks, then ingest the spool."""
+    """Run agents on every family's training tasks, then ingest the spool. On a cluster
+    (`cfg.runner`), one task per agent process; ingest runs here, next to the store."""
     c = _config(cfg)
-    collected = {family: collect_task(c, family) for family in c.families}
+    runner = c.runner_settings()
+    if runner.kind == "local":
+        collected = {family: collect_task(c, family) for family in c.families}
+    else:
+        calls = [(c, family, i) for family in c.families for i in range(c.n_agents)]
+        start = time.perf_counter()
+        shards = fan_out(runner, collect_shard_task, calls, name="collect-shards")
+        seconds = time.perf_counter() - start
+        collected = {family: steps.collect_report(c, family, [s for s, call in zip(shards, calls, strict=True)
+                                                              if call[1] == family], seconds)
+                     for family in c.families}
     return {"collected": collected, "ingested": ingest_task(c)}
 
 
@@ -72,10 +88,13 @@ def loop_flow(cfg: LoopConfig | None = None, run_prefix: str = "loop") -> dict[s
     """The main job: collect -> curate -> train -> evaluate, every family."""
     c = _config(cfg)
     collect_flow(cfg=c)
+    snaps = {family: curate_task(c, family) for family in c.families}
+    # One training run per family, side by side on a cluster (`cfg.runner`), in turn locally.
+    runs = fan_out(c.runner_settings(), train_task, [
+        (steps.train_config(c, family, snap["path"], run_name=f"{run_prefix}-{family}-{snap['dataset_id'][:8]}"),)
+        for family, snap in snaps.items()], name="train-runs")
     summary: dict[str, Any] = {}
-    for family in c.families:
-        snap = curate_task(c, family)
-        run = train_task(steps.train_config(c, family, snap["path"], run_name=f"{run_prefix}-{family}-{snap['dataset_id'][:8]}"))
+    for (family, snap), run in zip(snaps.items(), runs, strict=True):
         evaluation = evaluate_task(c, run["checkpoint_dir"])
         summary[family] = {"dataset": snap, "run": run, "evaluation": evaluation}
     return summary
@@ -94,8 +113,9 @@ def self_improve_flow(cfg: LoopConfig | None = None, family: str = "modular", ro
         proposed = propose_task(c, family, checkpoint, episodes=episodes) if checkpoint else None
         ingest_task(c)
         snap = curate_task(c, family)
-        run = train_task(steps.train_config(c, family, snap["path"], run_name=f"{loop_id}-r{r}",
-                                            init_from=checkpoint))
+        # Each round trains on from the last: one run at a time, on a worker when `cfg.runner` says.
+        run, = fan_out(c.runner_settings(), train_task, [(steps.train_config(
+            c, family, snap["path"], run_name=f"{loop_id}-r{r}", init_from=checkpoint),)], name="train-round")
         evaluation = evaluate_task(c, run["checkpoint_dir"])
         checkpoint = run["checkpoint_dir"]
         history.append(steps.record_round(c, loop_id, r, run, snap, proposed, evaluation))
