@@ -4,7 +4,9 @@ Each flush writes one new segment file: the bytes go to `<name>.arrow.tmp`, are 
 renamed to `<name>.arrow` (atomic on POSIX). Ingest only ever reads published names (`*.arrow`,
 and `*.jsonl` from other writers), so it never sees a half-written segment, and a process killed
 with SIGKILL loses at most the buffer it had not flushed yet. Names start with a UUIDv7, so
-sorting names sorts segments by creation time (per process, strictly).
+sorting names sorts segments by creation time (per process, strictly). A spool may also be a URL
+(`s3://bucket/prefix/spool`, any fsspec filesystem): there a segment is one object, uploaded whole
+under its final name (`_publish_object`), and ingest lists and reads the objects.
 
 A segment the SDK writes is an Arrow IPC file (`SCHEMA`): one table for the three record types,
 with a `type` column and the union of their columns, one record batch per type (trajectory
