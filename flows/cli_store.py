@@ -161,6 +161,7 @@ def status() -> None:
 
     from agents.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
     from storage.home import spool_dir, store_path
+    from storage.runs import pending_records
     from storage.store import StoreError, open_store, schema_version
 
     path, spool = store_path(), spool_dir()
@@ -171,6 +172,9 @@ def status() -> None:
     console.print(f"spool   {spool}: {len(backlog)} segment(s) waiting, "
                   f"{sum(p.stat().st_size for p in backlog) / 1e6:.1f} MB; {len(writing)} being written"
                   + (f"; removed {len(stale)} stale temp file(s) of writers that died" if stale else ""))
+    if waiting := pending_records():
+        console.print(f"runs    {waiting} training record(s) wait in runs/*/pending for a busy store; "
+                      f"`grokloop ingest` writes them")
     if not path.exists():
         return
     try:
