@@ -140,14 +140,16 @@ def export(
     format: ExportFormat = typer.Option(..., "--format", "-f", help="atif | jsonl"),
     output: Path = typer.Option(..., "--output", "-o"),
     where: str = typer.Option(None, help="SQL condition on the trajectories table, e.g. \"family = 'modular'\""),
+    max_seconds: float = typer.Option(300.0, help="stop the export's query after this many seconds"),
+    memory_limit: str = typer.Option("2GB", help="the export query's memory limit (DuckDB syntax)"),
 ) -> None:
     """Write trajectories out as ATIF (for other frameworks) or grokloop JSONL."""
     from storage.atif import export_atif
     from storage.export import export_jsonl
-    from storage.store import StoreError, open_store
+    from storage.store import StoreError, open_store, time_limit
 
     try:
-        with open_store(read_only=True) as con:
+        with open_store(read_only=True, memory_limit=memory_limit) as con, time_limit(con, max_seconds):
             n = (export_atif if format is ExportFormat.atif else export_jsonl)(con, output, where)
     except (StoreError, ValueError) as err:
         _fail(err)
