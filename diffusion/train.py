@@ -538,8 +538,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                 step += 1
                 accum["loss"] += float(loss.detach())
                 accum["n"] += 1
-                accum["time"] += time.perf_counter() - t0
                 progress.update(bar, completed=step)
+                accum["time"] += time.perf_counter() - t0  # the whole step, bookkeeping included
     except BaseException:
         record_run(home, run_row("failed"), [], [])
         raise

@@ -317,3 +317,19 @@ def test_resume_with_grokfast_ma_state_is_bit_exact(tmp_path):
 
 def test_masked_diffusion_defaults_to_the_count_estimator():
     assert TrainConfig().mdm_estimator == "count"
+
+
+def test_metrics_are_mirrored_to_tensorboard_event_files(reference):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    home, result = reference
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    stored = {}
+    for step, name, value in metric_rows(home, "ref", drop=()):
+        stored.setdefault(name, []).append((step, value))
+    assert set(events.Tags()["scalars"]) == set(stored)
+    for name, points in stored.items():
+        board = [(e.step, e.value) for e in events.Scalars(name)]
+        assert [s for s, _ in board] == [s for s, _ in points]
+        assert [v for _, v in board] == pytest.approx([v for _, v in points], rel=1e-6)
