@@ -222,6 +222,43 @@ def has_checkpoint(cfg: TrainConfig) -> bool:
     return bool(run_id) and (runs_dir(cfg.home) / run_id / "latest").is_file()
 
 
+def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser:
+    """The run's starting weights: seeded by cfg.seed, or its init_from checkpoint."""
+    torch.manual_seed(cfg.seed)
+    if cfg.init_from:
+        model = load_model(cfg.init_from)
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"init_from {cfg.init_from} has vocab {model.config.vocab_size}, "
+                             f"the data's tokenizer {tokenizer.vocab_size}")
+        return model
+    return Denoiser(vocab_size=tokenizer.vocab_size, max_seq_len=tokenizer.seq_len,
+                    hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                    mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=tokenizer.mask_id, init=cfg.init)
+
+
+def run_record(cfg: TrainConfig, status: str, step: int, t_mem: int | None, t_grok: int | None,
+               dataset_id: str | None) -> dict:
+    """The run's row in the store's `runs` table."""
+    ratio = t_grok / t_mem if t_grok is not None and t_mem else None
+    delay = t_grok - t_mem if t_grok is not None and t_mem is not None else None
+    parent = Path(cfg.init_from).parent.parent.name if cfg.init_from else None
+    return {"run_id": cfg.run_id, "name": cfg.run_name, "objective": cfg.objective,
+            "dataset_id": dataset_id, "config": config_to_json(cfg), "status": status,
+            "parent_run_id": parent, "t_mem": t_mem, "t_grok": t_grok, "grok_ratio": ratio,
+            "grok_delay": delay, "final_step": step}
+
+
+def checkpoint_meta(cfg: TrainConfig, step: int) -> dict:
+    """What a checkpoint is (grokloop.json); a snapshot names its family: checkpoints rebuild that tokenizer."""
+    family, family_params, dataset_id = cfg.family, cfg.family_params, None
+    if cfg.dataset:
+        snap = read_snapshot_meta(cfg.dataset)
+        dataset_id, family, family_params = snap["dataset_id"], snap["family"], snap["family_params"]
+    return {"run_id": cfg.run_id, "step": step, "objective": cfg.objective, "family": family,
+            "family_params": family_params, "dataset": cfg.dataset, "dataset_id": dataset_id,
+            "sampler_steps": cfg.sampler_steps, "sampler_threshold": cfg.sampler_threshold}
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -390,20 +427,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     tokenizer, splits = load_splits(cfg)
     task_family = load_family(cfg)
     mask_id = tokenizer.mask_id
-    dataset_id, family, family_params = None, cfg.family, cfg.family_params
-    if cfg.dataset:  # the snapshot names its family: checkpoints must rebuild that tokenizer
-        snap = read_snapshot_meta(cfg.dataset)
-        dataset_id, family, family_params = snap["dataset_id"], snap["family"], snap["family_params"]
-    torch.manual_seed(cfg.seed)
-    if cfg.init_from:
-        model = load_model(cfg.init_from)
-        if model.config.vocab_size != tokenizer.vocab_size:
-            raise ValueError(f"init_from {cfg.init_from} has vocab {model.config.vocab_size}, "
-                             f"the data's tokenizer {tokenizer.vocab_size}")
-    else:
-        model = Denoiser(vocab_size=tokenizer.vocab_size, max_seq_len=tokenizer.seq_len,
-                         hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-                         mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=mask_id, init=cfg.init)
+    dataset_id = read_snapshot_meta(cfg.dataset)["dataset_id"] if cfg.dataset else None
+    model = initial_model(cfg, tokenizer)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config_to_json(cfg))
     eval_splits = {name: splits[name].subset(idx) for name, idx in run_eval_rows(run_dir, cfg, splits).items()}
@@ -427,25 +452,16 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
         evaluated, accum, saved = st["evaluated"], st["accum"], st["step"]
         pending_rows = st.get("pending_rows", [])
         console.print(f"resuming {cfg.run_id} from {resume_from.name}")
-    parent = Path(cfg.init_from).parent.parent.name if cfg.init_from else None
 
     def run_row(status: str) -> dict:
-        ratio = t_grok / t_mem if t_grok is not None and t_mem else None
-        delay = t_grok - t_mem if t_grok is not None and t_mem is not None else None
-        return {"run_id": cfg.run_id, "name": cfg.run_name, "objective": cfg.objective,
-                "dataset_id": dataset_id, "config": config_to_json(cfg), "status": status,
-                "parent_run_id": parent, "t_mem": t_mem, "t_grok": t_grok, "grok_ratio": ratio,
-                "grok_delay": delay, "final_step": step}
+        return run_record(cfg, status, step, t_mem, t_grok, dataset_id)
 
     def checkpoint(pending: list | None = None) -> Path:
         state = {"pending_rows": pending or [], "step": step, "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
                  "noise": noise.get_state(), "rng": rng_state(), "grokfast": filter_state,
                  "t_mem": t_mem, "t_grok": t_grok, "evaluated": evaluated, "accum": dict(accum),
                  "config": dataclasses.asdict(cfg)}
-        meta = {"run_id": cfg.run_id, "step": step, "objective": cfg.objective, "family": family,
-                "family_params": family_params, "dataset": cfg.dataset, "dataset_id": dataset_id,
-                "sampler_steps": cfg.sampler_steps, "sampler_threshold": cfg.sampler_threshold}
-        return save_checkpoint(run_dir, step, model, state, meta, cfg.keep_checkpoints)
+        return save_checkpoint(run_dir, step, model, state, checkpoint_meta(cfg, step), cfg.keep_checkpoints)
 
     # SIGTERM: finish the current step, checkpoint, then exit the process (143, as SIGTERM would):
     # a caller looping over runs (an experiment, a flow) must stop too, not start the next run.
