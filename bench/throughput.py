@@ -12,7 +12,10 @@ a*b mod 97, 2 layers, width 128, 4 heads, batch 512. Prints:
              window starts full (100 gradients) in all three, as it is for all but a run's first 100 steps.
   eval       our evaluation of the full test split (loss, verified accuracy, exact match, clusters)
              vs one plain forward pass over the same rows (goal <= 1.5)
-  FLOP/s     achieved by our step, next to a plain 1024^2 fp32 matmul's
+  seeds      N seeds as one batched model (diffusion/batched.py) vs one run alone: throughput of N
+             runs against N sequential runs (goal >= 3x)
+  compile    (--compile) the bare step under torch.compile vs eager
+  FLOP/s     achieved by our step and by the batched seeds, next to a plain 1024^2 fp32 matmul's
 """
 
 from __future__ import annotations
@@ -135,8 +138,9 @@ def full_ma_state(model: nn.Module) -> dict:
     return state
 
 
-def bare_loop(cfg, steps: int) -> float:
-    """nanoGPT-minimal: sample a batch, loss, backward, Grokfast, step. Returns seconds per step."""
+def bare_loop(cfg, steps: int, compiled: bool = False, warmup: int = 0) -> float:
+    """nanoGPT-minimal: sample a batch, loss, backward, Grokfast, step. Returns seconds per step
+    (after `warmup` untimed steps; `compiled`: the model through torch.compile)."""
     from diffusion.data import BatchSampler, load_splits
     from diffusion.grokfast import gradfilter_ema, gradfilter_ma
     from diffusion.model import Denoiser
@@ -149,10 +153,12 @@ def bare_loop(cfg, steps: int) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sampler, noise = BatchSampler(len(splits["train"]), cfg.batch_size, cfg.seed), torch.Generator()
     state = full_ma_state(model) if cfg.grokfast == "ma" else None
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    forward = torch.compile(model) if compiled else model
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
         idx = sampler.next()
-        loss = objective_loss(cfg.objective, model, splits["train"].ids[idx], splits["train"].answer_mask[idx],
+        loss = objective_loss(cfg.objective, forward, splits["train"].ids[idx], splits["train"].answer_mask[idx],
                               tok.mask_id, generator=noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,6 +185,14 @@ def our_loop(cfg, steps: int) -> float:
     return result.metrics["step_time"]
 
 
+def batched_loop(cfg, n: int, steps: int) -> float:
+    """Seconds per step of `train_batched` over n seeds (every run advances one step)."""
+    from diffusion.batched import train_batched
+
+    cfgs = [dataclasses.replace(cfg, seed=s, run_name=f"{cfg.run_name}-s{s}", max_steps=steps) for s in range(n)]
+    return train_batched(cfgs)[0].metrics["step_time"]
+
+
 def evaluation(cfg, repeat: int) -> tuple[float, float]:
     """(our evaluation, one plain forward pass) of the full test split, seconds, best of `repeat`."""
     from diffusion.data import load_family, load_splits
@@ -201,6 +215,17 @@ def evaluation(cfg, repeat: int) -> tuple[float, float]:
     return ours, plain
 
 
+def flops_per_step(batch_size: int) -> float:
+    """Training FLOPs of one step of the default model on a*b mod 97 (Denoiser.flops_per_token)."""
+    from diffusion.data import load_splits
+    from diffusion.model import Denoiser
+    from diffusion.train import TrainConfig
+
+    tok, _ = load_splits(TrainConfig())
+    model = Denoiser(vocab_size=tok.vocab_size, max_seq_len=tok.seq_len)
+    return model.flops_per_token() * tok.seq_len * batch_size
+
+
 def matmul_flops(n: int = 1024, reps: int = 20) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
@@ -216,12 +241,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="alternated rounds; each figure is the best")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--filters", default="ema,ma")
+    parser.add_argument("--seeds", type=int, default=8, help="batched seeds against as many sequential runs")
+    parser.add_argument("--batched-steps", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time the step under torch.compile")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from diffusion.model import Denoiser
-    from diffusion.train import TrainConfig
+    from diffusion.train import TrainConfig, train
 
     home = tempfile.mkdtemp(prefix="grokloop-bench-")
     figures: dict[str, float] = {}
@@ -249,22 +276,50 @@ def main() -> None:
               f"mdm {figures[f'{grokfast}/ours_vs_reference']:.3f} (5 tokens a row against its 4), "
               f"ar {figures[f'{grokfast}/ours_ar_vs_reference']:.3f} (4 tokens, as the reference)")
 
+    if args.seeds > 1:
+        best = {"single": float("inf"), "batched": float("inf")}
+        for r in range(args.repeat):
+            cfg = TrainConfig(batch_size=args.batch_size, home=home, progress=False, eval_every=10 ** 9,
+                              max_steps=args.batched_steps, run_name=f"seeds-{r}")
+            for name in (["single", "batched"] if r % 2 == 0 else ["batched", "single"]):
+                if name == "single":
+                    best[name] = min(best[name], train(dataclasses.replace(
+                        cfg, run_name=f"{cfg.run_name}-single")).metrics["step_time"])
+                else:
+                    best[name] = min(best[name], batched_loop(cfg, args.seeds, args.batched_steps))
+        speedup = args.seeds * best["single"] / best["batched"]
+        figures.update(single_steps_per_s=1 / best["single"], batched_run_steps_per_s=1 / best["batched"],
+                       batched_speedup=speedup)
+        print(f"{args.seeds} seeds batched: {1 / best['batched']:.2f} steps/s per run "
+              f"({args.seeds / best['batched']:.2f} run-steps/s), one run alone {1 / best['single']:.2f} steps/s: "
+              f"{speedup:.2f}x the throughput of {args.seeds} sequential runs (goal >= 3x)")
+        figures["batched_flops"] = flops_per_step(args.batch_size) * args.seeds / best["batched"]
+
+    if args.compile:
+        cfg = TrainConfig(batch_size=args.batch_size, grokfast="ema", home=home)
+        best = {"eager": float("inf"), "compiled": float("inf")}
+        for r in range(args.repeat):
+            for name in (["eager", "compiled"] if r % 2 == 0 else ["compiled", "eager"]):
+                best[name] = min(best[name], bare_loop(cfg, args.steps, compiled=name == "compiled", warmup=3))
+        figures.update(eager_steps_per_s=1 / best["eager"], compiled_steps_per_s=1 / best["compiled"])
+        print(f"torch.compile: eager {1 / best['eager']:.2f} steps/s, compiled {1 / best['compiled']:.2f} steps/s, "
+              f"ratio {best['eager'] / best['compiled']:.3f} (3 warm-up steps untimed)")
+
     cfg = TrainConfig(eval_max_rows=0, home=home)
     ours_eval, plain = evaluation(cfg, args.repeat)
     figures.update(eval_s=ours_eval, forward_s=plain, eval_vs_forward=ours_eval / plain)
     print(f"evaluation of the full test split: {ours_eval:.3f} s, one forward pass {plain:.3f} s, "
           f"ratio {ours_eval / plain:.2f} (goal <= 1.5)")
 
-    from diffusion.data import load_splits
-
-    tok, _ = load_splits(cfg)
-    flops_tok = Denoiser(vocab_size=tok.vocab_size, max_seq_len=tok.seq_len).flops_per_token()
     step_s = 1 / max(v for k, v in figures.items() if k.endswith("ours_steps_per_s"))
-    achieved = flops_tok * tok.seq_len * args.batch_size / step_s
+    achieved = flops_per_step(args.batch_size) / step_s
     mm = matmul_flops()
     figures.update(model_flops=achieved, matmul_flops=mm)
-    print(f"FLOP/s: our step {achieved / 1e9:.2f} GFLOP/s ({flops_tok / 1e6:.2f} MFLOP/token), "
-          f"plain 1024^2 matmul {mm / 1e9:.2f} GFLOP/s, ratio {achieved / mm:.3f}")
+    print(f"FLOP/s: our step {achieved / 1e9:.2f} GFLOP/s, plain 1024^2 matmul {mm / 1e9:.2f} GFLOP/s, "
+          f"ratio {achieved / mm:.3f}")
+    if "batched_flops" in figures:
+        print(f"FLOP/s: {args.seeds} batched seeds {figures['batched_flops'] / 1e9:.2f} GFLOP/s, "
+              f"ratio to matmul {figures['batched_flops'] / mm:.3f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=2)

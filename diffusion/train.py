@@ -104,6 +104,7 @@ class TrainConfig:
     run_id: str | None = None              # set on creation; resume uses it
     home: str | None = None                # grokloop home; None = $GROKLOOP_HOME or ./.grokloop
     progress: bool = True                  # rich progress bar
+    compile: bool = False                  # torch.compile the training forward (see bench/throughput.py --compile)
 
 
 @dataclass
@@ -429,6 +430,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     mask_id = tokenizer.mask_id
     dataset_id = read_snapshot_meta(cfg.dataset)["dataset_id"] if cfg.dataset else None
     model = initial_model(cfg, tokenizer)
+    forward = torch.compile(model) if cfg.compile else model  # same parameters; eval and saving use `model`
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config_to_json(cfg))
     eval_splits = {name: splits[name].subset(idx) for name, idx in run_eval_rows(run_dir, cfg, splits).items()}
@@ -539,7 +541,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                         group["lr"] = lr
                 idx = sampler.next()
                 ids, answer_mask = splits["train"].ids[idx], splits["train"].answer_mask[idx]
-                loss = objective_loss(cfg.objective, model, ids, answer_mask, mask_id,
+                loss = objective_loss(cfg.objective, forward, ids, answer_mask, mask_id,
                                       full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator, generator=noise)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
