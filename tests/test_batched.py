@@ -43,3 +43,17 @@ def test_runs_that_differ_in_architecture_or_need_per_run_clipping_are_refused(t
     assert not (tmp_path / "runs" / "a").exists()  # refused before anything is written
     with pytest.raises(ValueError, match="distinct run names"):
         train_batched([a, dataclasses.replace(a, seed=1)])
+
+
+def test_an_experiments_seeds_train_as_one_batch_when_they_can(tmp_path):
+    from flows.experiments import train_seeds
+
+    cfgs = [tiny(tmp_path, f"e{s}", seed=s, max_steps=20) for s in (0, 1, 2)]
+    results = train_seeds(cfgs)
+    assert [r.final_step for r in results] == [20, 20, 20]
+    # one batched step advances every run: the three share one step time (one by one they would not)
+    assert len({r.metrics["step_time"] for r in results}) == 1
+    # started runs are not batched again: each resumes on its own
+    more = train_seeds([dataclasses.replace(c, max_steps=40) for c in cfgs])
+    assert [r.final_step for r in more] == [40, 40, 40]
+    assert len({r.metrics["step_time"] for r in more}) == 3
