@@ -40,6 +40,7 @@ from diffusion.train import (
     initial_model,
     latest_checkpoint,
     memorized_metric,
+    metrics_board,
     rng_state,
     run_eval_rows,
     run_id_of,
@@ -94,6 +95,7 @@ class Run:
         rows = run_eval_rows(self.dir, self.cfg, self.splits)
         self.eval_splits = {name: self.splits[name].subset(idx) for name, idx in rows.items()}
         record_run(self.home, self.row("running"), [], [])
+        self.board = metrics_board(self.dir)
 
     def row(self, status: str) -> dict:
         return run_record(self.cfg, status, self.step, self.t_mem, self.t_grok, self.dataset_id)
@@ -124,7 +126,22 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
             return ar_loss(model, ids, answer_mask, mask_id)
         return mdm_loss_given(model, ids, maskable, t, masked, mask_id)
 
-    batched_loss = vmap(loss_of)
+    try:
+        _loop(runs, cfg, params, names, optimizer, vmap(loss_of), mask_id)
+    except BaseException:
+        for run in runs:
+            if not run.done:
+                record_run(run.home, run.row("failed"), [], [])
+                run.board.close()
+        raise
+    return [RunResult(run_id=r.cfg.run_id, run_dir=r.dir, checkpoint_dir=latest_checkpoint(r.dir),
+                      status="finished", final_step=r.step, t_mem=r.t_mem, t_grok=r.t_grok,
+                      grok_ratio=r.t_grok / r.t_mem if r.t_grok is not None and r.t_mem else None,
+                      metrics=r.metrics) for r in runs]
+
+
+def _loop(runs: list[Run], cfg: TrainConfig, params: dict, names: list[str], optimizer, batched_loss,
+          mask_id: int) -> None:
     filter_state, step = None, 0
     ckpt_every = cfg.checkpoint_every or cfg.eval_every
     while True:
@@ -161,10 +178,6 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
             run.accum["loss"] += loss
             run.accum["n"] += 1
             run.accum["time"] += elapsed  # the batched step's time: every run's step, not a share of it
-    return [RunResult(run_id=r.cfg.run_id, run_dir=r.dir, checkpoint_dir=latest_checkpoint(r.dir),
-                      status="finished", final_step=r.step, t_mem=r.t_mem, t_grok=r.t_grok,
-                      grok_ratio=r.t_grok / r.t_mem if r.t_grok is not None and r.t_mem else None,
-                      metrics=r.metrics) for r in runs]
 
 
 def _run_slice(run: Run, params: dict, optimizer, filter_state) -> tuple[dict, object]:
@@ -216,6 +229,9 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
             run.t_grok = step
         rows = [(step, k, float(v)) for k, v in sorted(m.items())]
         run.metrics, run.evaluated = m, step
+        for name, value in sorted(m.items()):
+            run.board.add_scalar(name, value, step)
+        run.board.flush()
         if cfg.progress:
             print(_eval_line(step, m, run.t_mem, run.t_grok), flush=True)
         done = done or _patience_over(cfg, step, run.t_grok)
@@ -229,3 +245,5 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
                                         cfg.keep_checkpoints))]
     record_run(run.home, run.row("finished" if done else "running"), rows, ckpts, final=done)
     run.done = done
+    if done:
+        run.board.close()

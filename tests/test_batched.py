@@ -24,6 +24,7 @@ def test_batched_seeds_match_the_same_seeds_trained_one_by_one(tmp_path, grokfas
         close_rows(metric_rows(tmp_path, b.run_id), metric_rows(tmp_path, a.run_id))
         assert (b.t_mem, b.t_grok, b.final_step) == (a.t_mem, a.t_grok, a.final_step)
         assert run_row(tmp_path, b.run_id)["status"] == "finished"
+        assert list((b.run_dir / "tensorboard").iterdir())  # mirrored to TensorBoard like any run
         assert sorted(p.name for p in (b.run_dir / "checkpoints").iterdir()) == \
             sorted(p.name for p in (a.run_dir / "checkpoints").iterdir())
     # each batched run resumes on its own, with `train`, as if it had been trained alone
