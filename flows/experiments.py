@@ -81,6 +81,15 @@ GROKFAST_OBJECTIVES: dict[str, dict[str, Any]] = {
 GROKFAST_DEFAULT_OBJECTIVES = ("mdm", "mdm-count", "ar")
 
 
+def train_sweep(groups: list[list], runner: Runner = LOCAL) -> list[list]:
+    """Every setting's seeds (`train_seeds`: one batched model when they can be): in turn here,
+    or one task per setting, side by side on a cluster's workers (`runner`, flows/runners.py).
+    Results per group, in order."""
+    from flows.flows import train_seeds_task
+
+    return fan_out(runner, train_seeds_task, [(cfgs,) for cfgs in groups], name="sweep")
+
+
 def train_runs(cfgs: list, runner: Runner = LOCAL) -> list[dict[str, Any]]:
     """Train (or resume) every run of a sweep: in turn here, or side by side on a cluster's workers
     (`runner`, flows/runners.py). Results in `cfgs`' order, as `steps.train` returns them."""
@@ -99,22 +108,23 @@ def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_O
     for given, known in ((setups, GROKFAST_SETUPS), (objectives, GROKFAST_OBJECTIVES)):
         if unknown := [x for x in given if x not in known]:
             raise ValueError(f"unknown {unknown}; known: {', '.join(known)}")
-    keys = [(o, s, seed) for o in objectives for s in setups for seed in range(size.seeds)]
-    cfgs = [TrainConfig(
+    settings = [(objective, setup) for objective in objectives for setup in setups]
+    groups = [[TrainConfig(
         family="modular", family_params={**size.params, "seed": seed},
         max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
         patience=1, sampler_steps=1, keep_checkpoints=1, progress=progress,
         run_name=f"grokfast-{objective}-{setup}-{init}-s{seed}-p{size.params['p']}-{size.max_steps}",
         **{**GROKFAST_BASE, **size.train, "init": init}, **GROKFAST_OBJECTIVES[objective],
         **GROKFAST_SETUPS[setup],
-    ) for objective, setup, seed in keys]
+    ) for seed in range(size.seeds)] for objective, setup in settings]
     rows = []
-    for (objective, setup, seed), result in zip(keys, train_runs(cfgs, runner), strict=True):
-        rows.append({"objective": objective, "setup": setup, "seed": seed, "run_id": result["run_id"],
-                     "t_mem": result["t_mem"], "t_grok": result["t_grok"], "cap": size.max_steps,
-                     "final_test_acc": result["metrics"].get("test_id/acc")})
-        console.print(f"[grokfast] {objective}/{setup} seed {seed}: T_grok={result['t_grok']} "
-                      f"T_mem={result['t_mem']}")
+    for (objective, setup), results in zip(settings, train_sweep(groups, runner), strict=True):
+        for seed, result in enumerate(results):
+            rows.append({"objective": objective, "setup": setup, "seed": seed, "run_id": result.run_id,
+                         "t_mem": result.t_mem, "t_grok": result.t_grok, "cap": size.max_steps,
+                         "final_test_acc": result.metrics.get("test_id/acc")})
+            console.print(f"[grokfast] {objective}/{setup} seed {seed}: T_grok={result.t_grok} "
+                          f"T_mem={result.t_mem}")
     return rows
 
 
@@ -177,27 +187,26 @@ COMPOSITION_SIZES = {
 def composition(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
     from diffusion.train import TrainConfig
 
-    keys = [(family, objective, seed) for family in size.params for objective in ("mdm", "ar")
-            for seed in range(size.seeds)]
     settings = {"weight_decay": 0.1, "grokfast": "none", "batch_size": 256, **size.train}
-    cfgs = [TrainConfig(objective=objective, family=family, family_params={**size.params[family], "seed": 0},
-                        max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
-                        run_name=f"composition-{family}-{objective}-s{seed}-{size.max_steps}",
-                        progress=False, **settings) for family, objective, seed in keys]
+    kinds = [(family, objective) for family in size.params for objective in ("mdm", "ar")]
+    groups = [[TrainConfig(objective=objective, family=family, family_params={**size.params[family], "seed": 0},
+                           max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
+                           run_name=f"composition-{family}-{objective}-s{seed}-{size.max_steps}",
+                           progress=False, **settings) for seed in range(size.seeds)] for family, objective in kinds]
     table = []
-    for (family, objective, seed), cfg, result in zip(keys, cfgs, train_runs(cfgs, runner), strict=True):
-        best = _best_metrics(result["run_id"], home)
-        metrics = result["metrics"]
-        table.append({"family": family, "objective": objective,
-                      "estimator": cfg.mdm_estimator if objective == "mdm" else "—",
-                      "seed": seed, "run_id": result["run_id"],
-                      "train_acc": metrics.get("train/acc"),
-                      "test_id_acc": metrics.get("test_id/acc"),
-                      "test_ood_acc": metrics.get("test_ood/acc"),
-                      "best_ood_acc": best.get("test_ood/acc"),
-                      "t_mem": result["t_mem"], "t_grok": result["t_grok"]})
-        console.print(f"[composition] {family}/{objective} seed {seed}: "
-                      f"ID {table[-1]['test_id_acc']} OOD {table[-1]['test_ood_acc']}")
+    for (family, objective), cfgs, results in zip(kinds, groups, train_sweep(groups, runner), strict=True):
+        for seed, (cfg, result) in enumerate(zip(cfgs, results, strict=True)):
+            best = _best_metrics(result.run_id, home)
+            table.append({"family": family, "objective": objective,
+                          "estimator": cfg.mdm_estimator if objective == "mdm" else "—",
+                          "seed": seed, "run_id": result.run_id,
+                          "train_acc": result.metrics.get("train/acc"),
+                          "test_id_acc": result.metrics.get("test_id/acc"),
+                          "test_ood_acc": result.metrics.get("test_ood/acc"),
+                          "best_ood_acc": best.get("test_ood/acc"),
+                          "t_mem": result.t_mem, "t_grok": result.t_grok})
+            console.print(f"[composition] {family}/{objective} seed {seed}: "
+                          f"ID {table[-1]['test_id_acc']} OOD {table[-1]['test_ood_acc']}")
     lines = _markdown_table(table, ["family", "objective", "estimator", "seed", "train_acc", "test_id_acc",
                                     "test_ood_acc", "best_ood_acc", "t_mem", "t_grok"])
     notes = (f"Equal parameters, data and steps ({size.max_steps}) for the masked-diffusion and AR readings "
@@ -372,6 +381,23 @@ def _markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return lines
+
+
+def train_seeds(cfgs: list) -> list:
+    """The seeds of one setting: as one batched model (diffusion/batched.py) when they share an
+    architecture and none has been started yet, else one by one (resuming any that exist)."""
+    from diffusion.batched import batchable, train_batched
+    from diffusion.train import train
+
+    if len(cfgs) > 1 and batchable(cfgs) is None and not any(_has_run(c) for c in cfgs):
+        return train_batched(cfgs)
+    return [train(cfg, resume=_has_run(cfg)) for cfg in cfgs]
+
+
+def _has_run(cfg) -> bool:
+    from diffusion.train import has_checkpoint
+
+    return has_checkpoint(cfg)
 
 
 def _query(sql: str, params: list, home: str | None) -> list[tuple]:
