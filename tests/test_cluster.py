@@ -4,6 +4,7 @@ for this module: a few seconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from agents.spool import published_segments, read_records
 from diffusion.train import TrainConfig
 from flows import steps
 from flows.config import LoopConfig
-from flows.experiments import train_runs
+from flows.experiments import train_runs, train_sweep
 from flows.flows import collect_flow
 from flows.runners import Runner
 from storage.home import store_path
@@ -141,10 +142,10 @@ def one_thread():
 
 
 def test_a_four_run_sweep_across_the_workers_records_the_runs_the_local_sweep_does(cluster, tmp_path, one_thread):
-    def sweep(home, runner):
-        cfgs = [tiny(home, f"sweep-s{seed}-{opt}", seed=seed, grokfast=opt) for seed in (0, 1)
-                for opt in ("ema", "none")]
-        return train_runs(cfgs, runner)
+    def sweep(home, runner):  # as an experiment runs it: one task per setting, its 2 seeds batched
+        groups = [[tiny(home, f"sweep-s{seed}-{opt}", seed=seed, grokfast=opt) for seed in (0, 1)]
+                  for opt in ("ema", "none")]
+        return [dataclasses.asdict(r) for results in train_sweep(groups, runner) for r in results]
 
     on_cluster = sweep(tmp_path / "dask", _runner(cluster))
     here = sweep(tmp_path / "local", Runner())
