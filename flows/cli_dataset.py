@@ -13,18 +13,12 @@ from flows.cli_common import user_errors as _user_errors
 app = typer.Typer(no_args_is_help=True, help="Cluster-balanced dataset snapshots of the store.")
 
 
-def _params(items: list[str] | None) -> dict:
-    """`key=value` family parameters; values parsed as JSON when they parse (p=23, operations='["x+y"]')."""
-    out = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"family parameter {item!r} is not key=value")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
+def _params(family: str, items: list[str] | None) -> dict:
+    """`key=value` family parameters, typed by the family's constructor (p=23, operations='["x+y"]')."""
+    from diffusion.config import parse_settings
+    from flows.config import family_class
+
+    return parse_settings(family_class(family), items or [], what=f"{family} family")
 
 
 @app.command()
@@ -60,7 +54,7 @@ def build(
 
     with _user_errors():
         spec = SnapshotSpec(
-            family=family, family_params={**_params(param), "seed": family_seed},
+            family=family, family_params={**_params(family, param), "seed": family_seed},
             verified_only=not include_unverified, outcomes=outcome or None, agents=agent or None,
             since=since, until=until, where=where, where_params=list(where_param or []),
             cluster_method=method, cluster_column=column, n_clusters=k, n_subclusters=k_sub, dedup=dedup,

@@ -19,12 +19,11 @@ SETTINGS = typer.Argument(None, help="LoopConfig overrides as key=value (JSON va
 
 
 def _cfg(settings: list[str] | None):
+    """Every setting typed and checked here, before a flow (or any agent) starts: one line, exit 2."""
     from flows.config import LoopConfig
 
-    try:
+    with user_errors():
         return LoopConfig.from_overrides(settings or [])
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
 
 
 @run_app.command("loop")
