@@ -12,22 +12,30 @@ every `every` seconds instead: `train: 300/600 (50%), 12 s, ~12 s left, test 0.9
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import Progress
 
 LOG_EVERY = 10.0   # seconds between progress lines in a log
 LOG_WIDTH = 100_000  # a log line is as long as its content: rich pads nothing it does not have to
 
 
+class OutputConsole(Console):
+    """A rich Console that, whenever its stream is not a terminal, never wraps a line or cuts a cell.
+
+    rich otherwise takes the width of whatever terminal stdin or stderr is attached to (or 80), so
+    output piped to a file was wrapped mid-field and tables cut run ids and paths to "…"."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(LOG_WIDTH, size.height)
+
+
 def output_console(*, stderr: bool = False, quiet: bool = False) -> Console:
-    """A rich Console that, when its stream is not a terminal, never wraps a line or cuts a cell."""
-    stream = sys.stderr if stderr else sys.stdout
-    wide = not stream.isatty()
-    return Console(stderr=stderr, quiet=quiet, soft_wrap=wide, width=LOG_WIDTH if wide else None)
+    return OutputConsole(stderr=stderr, quiet=quiet)
 
 
 class LogProgress:
