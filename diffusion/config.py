@@ -110,15 +110,18 @@ def coerce(name: str, type_: Any, value: Any, shown: str | None = None) -> Any:
         if isinstance(value, dict):
             return value
         raise bad()
-    if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length: (lo, hi), betas
-        if isinstance(value, (list, tuple)) and len(value) == len(args):
-            return tuple(coerce(name, a, v, shown) for a, v in zip(args, value, strict=True))
-        raise bad()
-    if origin in (list, tuple, collections.abc.Sequence) or type_ in (list, tuple):
-        if isinstance(value, (list, tuple)):
-            items = [coerce(name, args[0], v, shown) for v in value] if args else list(value)
-            return tuple(items) if tuple in (origin, type_) else items
-        raise bad()
+    try:  # an item of the wrong type: the message names the whole setting's type
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length: (lo, hi), betas
+            if isinstance(value, (list, tuple)) and len(value) == len(args):
+                return tuple(coerce(name, a, v) for a, v in zip(args, value, strict=True))
+            raise bad()
+        if origin in (list, tuple, collections.abc.Sequence) or type_ in (list, tuple):
+            if isinstance(value, (list, tuple)):
+                items = [coerce(name, args[0], v) for v in value] if args else list(value)
+                return tuple(items) if tuple in (origin, type_) else items
+            raise bad()
+    except ValueError:
+        raise bad() from None
     raise ValueError(f"{name}: cannot read {shown} as {type_}")
 
 

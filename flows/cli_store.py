@@ -107,16 +107,17 @@ def _write_table(table, format: OutputFormat, output: Path | None) -> None:
         shown = min(table.num_rows, SHOWN_ROWS)
         caption = f"{table.num_rows} row(s)" + (f", the first {shown} shown" if shown < table.num_rows else "")
         # Text, not markup: a value like "[x]" is data. Headers never wrap or shrink.
-        view = Table(*(Column(Text(n), min_width=len(n)) for n in table.column_names), caption=caption)
+        view = Table(*(Column(Text(n), min_width=len(n)) for n in table.column_names))
         for row in table.slice(0, shown).to_pylist():
             view.add_row(*(Text("" if v is None else str(v)) for v in row.values()))
         if output:  # a file: as wide as the table
             with output.open("w") as fh:
-                Console(file=fh, width=LOG_WIDTH).print(view)
+                Console(file=fh, width=LOG_WIDTH).print(view, caption)
             console.print(f"wrote {table.num_rows} row(s) to {output}")
             return
-        if Measurement.get(console, console.options, view).maximum <= console.width:
-            console.print(view)
+        natural = Measurement.get(console, console.options.update_width(LOG_WIDTH), view).maximum
+        if natural <= console.width:
+            console.print(view, caption)  # the count on its own line: a caption wraps to the table's width
             return
         # Wider than the terminal: a table would cut headers and values, so the rows go out whole as CSV.
         err_console.print(f"{table.num_columns} columns do not fit in {console.width} characters: CSV follows "

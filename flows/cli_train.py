@@ -52,22 +52,20 @@ def evaluate(
 
     with _user_errors():
         results = evaluate_checkpoint(run, splits=split or SPLITS, n_steps=n_steps or None, home=home)
-    table = Table("split", "cluster", "accuracy", title=f"evaluation of {run}")
-    for split_name, cluster, acc in sorted(_by_split(results), key=lambda r: r[1] != ""):
-        table.add_row(split_name, cluster, f"{100 * acc:.2f}%")
+    table = Table("split", "rows", "accuracy", title=f"evaluation of {run}")
+    for split_name, rows, acc in sorted(_by_split(results), key=lambda r: r[1] != "all"):
+        table.add_row(split_name, rows, f"{100 * acc:.2f}%")
     console.print(table)
 
 
 def _by_split(results: dict[str, float]) -> list[tuple[str, str, float]]:
-    """(split, cluster, accuracy) from metric names: "test_id", "test_id/cluster:x*y", or an older
-    "cluster:x*y" pooled over the evaluated splits."""
-    rows = []
+    """(split, which rows, accuracy) from metric names: "test_id" (all its rows), "test_id/cluster:x*y",
+    or an older "cluster:x*y" pooled over the evaluated splits. Cluster names may hold a "/" (x/y)."""
+    out = []
     for name, acc in results.items():
-        split_name, _, cluster = name.rpartition("/") if "/" in name else ("", "", name)
-        if not split_name and not cluster.startswith("cluster:"):
-            split_name, cluster = cluster, ""
-        rows.append((split_name or "all evaluated", cluster.removeprefix("cluster:"), acc))
-    return rows
+        split_name, _, rows = ("all evaluated", "", name) if name.startswith("cluster:") else name.partition("/")
+        out.append((split_name, rows.replace("cluster:", "cluster ", 1) or "all", acc))
+    return out
 
 
 @app.command()
