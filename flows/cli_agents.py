@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli_common import console, fail, user_errors
+from flows.cli_common import console, err_console, fail, user_errors
+from flows.cli_output import print_table
 
 app = typer.Typer(help="Agents that attempt tasks and log verified (and failed) trajectories.",
                   no_args_is_help=True)
@@ -50,7 +51,7 @@ def run(
     table.add_row(str(report.trajectories), str(report.verified),
                   ", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items())),
                   str(report.segments), f"{report.seconds:.2f}", f"{report.rate:.0f}")
-    console.print(table)
+    print_table(table, console, err_console)
     if ingest:
         from storage.ingest import ingest_spool
 
@@ -90,4 +91,4 @@ def families(
         tok = fam.tokenizer()
         table.add_row(name, str(sizes["train"]), str(sizes["test_id"]), str(sizes["test_ood"]),
                       str(tok.vocab_size), f"{tok.prompt_len}+{tok.answer_len}", fam.config_tag)
-    console.print(table)
+    print_table(table, console, err_console)

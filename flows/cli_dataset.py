@@ -7,8 +7,9 @@ import json
 import typer
 from rich.table import Column, Table
 
-from flows.cli_common import HOME, console
+from flows.cli_common import HOME, console, err_console
 from flows.cli_common import user_errors as _user_errors
+from flows.cli_output import print_table
 
 app = typer.Typer(no_args_is_help=True, help="Cluster-balanced dataset snapshots of the store.")
 
@@ -83,7 +84,7 @@ def list_(home: str = HOME) -> None:
     for s in snaps:
         table.add_row(s["dataset_id"], s["name"] or "", s["family"], str(s["n_train"]), str(s["n_test_id"]),
                       str(s["n_test_ood"]), str(s["created_at"])[:19])
-    console.print(table)
+    print_table(table, console, err_console)
 
 
 @app.command()
@@ -108,7 +109,7 @@ def show(
     table = Table("split", "cluster", "before", "after")
     for row in meta["cluster_sizes"]:
         table.add_row(row["split"], str(row["cluster"]), str(row["rows_before"]), str(row["rows_after"]))
-    console.print(table)
+    print_table(table, console, err_console)
 
 
 @app.command()
@@ -134,4 +135,4 @@ def _cluster_table(clusters: dict[str, dict[str, int]]) -> None:
     table = Table("cluster", *splits)
     for c in names:
         table.add_row(c, *(str(clusters.get(s, {}).get(c, 0)) for s in splits))
-    console.print(table)
+    print_table(table, console, err_console)

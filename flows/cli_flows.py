@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli_common import console, user_errors
+from flows.cli_common import console, err_console, user_errors
+from flows.cli_output import print_table
 
 app = typer.Typer()
 run_app = typer.Typer(help="Run a flow once, now (Prefect's local ephemeral server unless PREFECT_API_URL is set).",
@@ -87,7 +88,7 @@ def run_self_improve(
     for row in history:
         table.add_row(str(row["round"]), str(row["n_proposed"]), str(row["n_verified"]),
                       _pct(row["test_id_acc"]), _pct(row["test_ood_acc"]), row["run_id"])
-    console.print(table)
+    print_table(table, console, err_console)
 
 
 @app.command()

@@ -13,6 +13,7 @@ from rich.console import Console
 from agents.progress import LOG_WIDTH
 from flows.cli_common import console, err_console
 from flows.cli_common import fail as _fail
+from flows.cli_output import fits, print_table
 
 SHOWN_ROWS = 1000  # --format table shows at most this many rows; csv, json and parquet write them all
 
@@ -100,7 +101,6 @@ def _write_table(table, format: OutputFormat, output: Path | None) -> None:
     import pyarrow as pa
 
     if format is OutputFormat.table:
-        from rich.measure import Measurement
         from rich.table import Column, Table
         from rich.text import Text
 
@@ -115,8 +115,7 @@ def _write_table(table, format: OutputFormat, output: Path | None) -> None:
                 Console(file=fh, width=LOG_WIDTH).print(view, caption)
             console.print(f"wrote {table.num_rows} row(s) to {output}")
             return
-        natural = Measurement.get(console, console.options.update_width(LOG_WIDTH), view).maximum
-        if natural <= console.width:
+        if fits(view, console):
             console.print(view, caption)  # the count on its own line: a caption wraps to the table's width
             return
         # Wider than the terminal: a table would cut headers and values, so the rows go out whole as CSV.
@@ -198,4 +197,4 @@ def status() -> None:
                 counts.add_row(name, f"{con.execute(f'SELECT count(*) FROM {name}').fetchall()[0][0]:,}")
     except StoreError as err:
         _fail(err)
-    console.print(counts)
+    print_table(counts, console, err_console)

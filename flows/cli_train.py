@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli_common import HOME, console
+from flows.cli_common import HOME, console, err_console
 from flows.cli_common import user_errors as _user_errors
+from flows.cli_output import print_table
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -55,7 +56,7 @@ def evaluate(
     table = Table("split", "rows", "accuracy", title=f"evaluation of {run}")
     for split_name, rows, acc in sorted(_by_split(results), key=lambda r: r[1] != "all"):
         table.add_row(split_name, rows, f"{100 * acc:.2f}%")
-    console.print(table)
+    print_table(table, console, err_console)
 
 
 def _by_split(results: dict[str, float]) -> list[tuple[str, str, float]]:
@@ -116,4 +117,4 @@ def sample(
     for task, answers in zip(tasks, samples, strict=True):
         shown = [" ".join(a) + (" ✓" if fam.verify(task, a) else " ✗") for a in answers]
         table.add_row(" ".join(task.prompt), " ".join(task.answer), " | ".join(shown))
-    console.print(table)
+    print_table(table, console, err_console)

@@ -174,3 +174,21 @@ def test_from_pretrained_is_quiet(tmp_path, capfd):
     Denoiser.from_pretrained(tmp_path)
     captured = capfd.readouterr()
     assert "accelerate" not in captured.out + captured.err
+
+
+def test_a_table_too_wide_for_the_terminal_is_printed_whole_as_csv(monkeypatch):
+    import flows.cli_agents as cli_agents
+    from agents.tasks import get_family
+    from flows.config import LoopConfig
+
+    terminal, errors = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(cli_agents, "console", Console(file=terminal, force_terminal=True, width=50,
+                                                       color_system=None))
+    monkeypatch.setattr(cli_agents, "err_console", Console(file=errors, width=50))
+    assert CliRunner().invoke(app, ["agents", "families"]).exit_code == 0
+    assert "7 columns do not fit in 50 characters: CSV follows" in errors.getvalue()
+    lines = terminal.getvalue().splitlines()
+    assert lines[1] == "family,train,test_id,test_ood,vocab,prompt+answer,parameters"
+    tag = get_family("two_hop", **LoopConfig().family_params["two_hop"]).config_tag
+    assert any(line.startswith("two_hop,") and line.endswith("," + tag) for line in lines)
+    assert "…" not in terminal.getvalue()
