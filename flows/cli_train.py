@@ -53,19 +53,22 @@ def evaluate(
 
     with _user_errors():
         results = evaluate_checkpoint(run, splits=split or SPLITS, n_steps=n_steps or None, home=home)
-    table = Table("split", "rows", "accuracy", title=f"evaluation of {run}")
-    for split_name, rows, acc in sorted(_by_split(results), key=lambda r: r[1] != "all"):
-        table.add_row(split_name, rows, f"{100 * acc:.2f}%")
+    table = Table("split", "rows", "metric", "accuracy", title=f"evaluation of {run}")
+    for split_name, rows, metric, acc in sorted(_by_split(results), key=lambda r: r[1] != "all"):
+        table.add_row(split_name, rows, metric, f"{100 * acc:.2f}%")
     print_table(table, console, err_console)
 
 
-def _by_split(results: dict[str, float]) -> list[tuple[str, str, float]]:
-    """(split, which rows, accuracy) from metric names: "test_id" (all its rows), "test_id/cluster:x*y",
-    or an older "cluster:x*y" pooled over the evaluated splits. Cluster names may hold a "/" (x/y)."""
+def _by_split(results: dict[str, float]) -> list[tuple[str, str, str, float]]:
+    """(split, which rows, metric, accuracy) from the names diffusion/evaluate.py gives: "test_id",
+    "test_id/exact", "test_id/cluster:x*y" (or an older "cluster:x*y" pooled over the evaluated
+    splits). A cluster's name may hold a "/" (x/y)."""
     out = []
     for name, acc in results.items():
-        split_name, _, rows = ("all evaluated", "", name) if name.startswith("cluster:") else name.partition("/")
-        out.append((split_name, rows.replace("cluster:", "cluster ", 1) or "all", acc))
+        split_name, _, group = ("all evaluated", "", name) if name.startswith("cluster:") else name.partition("/")
+        metric = "exact match" if group == "exact" else "verified"
+        rows = group.replace("cluster:", "cluster ", 1) if group.startswith("cluster:") else "all"
+        out.append((split_name, rows, metric, acc))
     return out
 
 

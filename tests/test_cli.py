@@ -162,8 +162,9 @@ def test_log_progress_prints_a_line_per_interval_and_the_last_one():
 def test_evaluate_table_names_each_clusters_split():
     from flows.cli_train import _by_split
 
-    assert _by_split({"test_id": 0.5, "test_id/cluster:x/y": 0.25, "cluster:x*y": 1.0}) == [
-        ("test_id", "all", 0.5), ("test_id", "cluster x/y", 0.25), ("all evaluated", "cluster x*y", 1.0)]
+    assert _by_split({"test_id": 0.5, "test_id/exact": 0.4, "test_id/cluster:x/y": 0.25, "cluster:x*y": 1.0}) == [
+        ("test_id", "all", "verified", 0.5), ("test_id", "all", "exact match", 0.4),
+        ("test_id", "cluster x/y", "verified", 0.25), ("all evaluated", "cluster x*y", "verified", 1.0)]
 
 
 def test_from_pretrained_is_quiet(tmp_path, capfd):
