@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import statistics
 import tempfile
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -47,12 +48,13 @@ from flows.experiments import (
 )
 
 PUBLISHED = {"baseline": 39890, "ema": 910, "ma": 790}
+COMMUTED_GROUPS = ("(y,x) in train", "(y,x) in test", "(y,x) not in data", "x = y")
 ARCHS = {"grokfast_ref": "reference decoder", "denoiser": "ours (RoPE, pre-LN)"}
 
 
 def commuted_accuracy(checkpoint_dir, family_params: dict, objective: str) -> dict[str, tuple[float, int]]:
-    """Verifier accuracy on test items whose commuted pair (y, x) is in train, is not (in test, or
-    y = 0 left out), and x = y."""
+    """Verifier accuracy on test items by where their commuted pair (y, x) is: in train, in test, in
+    neither (x = 0 when y = 0 is left out), and on x = y (no pair)."""
     import torch
 
     from agents.tasks import get_family
@@ -62,17 +64,18 @@ def commuted_accuracy(checkpoint_dir, family_params: dict, objective: str) -> di
     params = dict(family_params)
     family = get_family("modular", seed=int(params.pop("seed")), **params)
     tokenizer, splits = family.tokenizer(), family.splits()
-    in_train = {(t.spec["x"], t.spec["y"]) for t in splits["train"]}
     test = splits["test_id"]
+    where = {(t.spec["x"], t.spec["y"]): split for split in ("train", "test") for t in
+             splits["train" if split == "train" else "test_id"]}
     rows = [tokenizer.encode_pair(t.prompt, t.answer) for t in test]
     ids = torch.tensor([r[0] for r in rows])
     mask = torch.tensor([r[1] for r in rows], dtype=torch.bool)
     pred = predict(objective, load_model(checkpoint_dir), ids, mask, mask_id=tokenizer.mask_id)
     cols = answer_columns(mask)
-    groups: dict[str, list[bool]] = {"(y,x) in train": [], "(y,x) not in train": [], "x = y": []}
+    groups: dict[str, list[bool]] = {g: [] for g in COMMUTED_GROUPS}
     for task, row in zip(test, pred[:, cols].tolist(), strict=True):
         x, y = task.spec["x"], task.spec["y"]
-        group = "x = y" if x == y else "(y,x) in train" if (y, x) in in_train else "(y,x) not in train"
+        group = "x = y" if x == y else f"(y,x) in {where[y, x]}" if (y, x) in where else "(y,x) not in data"
         groups[group].append(family.verify(task, tokenizer.decode(row)))
     return {g: (sum(oks) / len(oks) if oks else float("nan"), len(oks)) for g, oks in groups.items()}
 
@@ -94,43 +97,70 @@ def reference(args) -> None:
                                   objectives=objectives, setups=[setup], arch=arch)
 
     p = size.params["p"]
-    n_eq = p * (p - 1)
-    table = Table(title=f"published setup: steps to 95% val accuracy, a*b mod {p} without y = 0 ({n_eq} "
-                        f"equations, half for training), eval every {size.eval_every} steps on the whole val "
-                        f"half, cap {size.max_steps} (baseline, wd: {slow_size.max_steps}), seeds 0..{size.seeds - 1}")
-    for col in ("architecture", "objective", "setup", "reached", "steps mean ± std", "n", "speed-up",
-                "published"):
-        table.add_column(col)
+    title = (f"Published setup: steps to 95% val accuracy, a*b mod {p} without y = 0 ({p * (p - 1)} equations, "
+             f"half for training), AR on the answer token, eval every {size.eval_every} steps on the whole val "
+             f"half, cap {size.max_steps} (baseline, wd: {slow_size.max_steps}), seeds 0..{size.seeds - 1}")
+    steps_rows = []
     for arch, label in ARCHS.items():
         for r in speedups([r for r in rows if r["arch"] == arch]):
-            steps = f"{'≥ ' if r['capped'] else ''}{r['steps_mean']:.0f} ± {r['steps_std']:.0f}"
-            n = int(r["reached"].split("/")[1])
-            table.add_row(label, r["objective"], r["setup"], r["reached"], steps, str(n),
-                          r.get("speedup", "-"), f"{PUBLISHED[r['setup']]:,}" if r["setup"] in PUBLISHED else "-")
-    console.print(table)
-    print("A capped run counts at the cap (mean marked ≥, a lower bound). Published (ironjr/grokfast README, "
-          "one run): EMA 910, MA 790, baseline 39,890 iterations.")
+            steps_rows.append({
+                "architecture": label, "objective": r["objective"], "setup": r["setup"], "reached": r["reached"],
+                "steps mean ± std": f"{'≥ ' if r['capped'] else ''}{r['steps_mean']:.0f} ± {r['steps_std']:.0f}",
+                "n": r["reached"].split("/")[1], "speed-up": r.get("speedup", "-"),
+                "published": f"{PUBLISHED[r['setup']]:,}" if r["setup"] in PUBLISHED else "-"})
+    steps_note = ("A run that never reached 95% counts at its cap, so a mean marked ≥ is a lower bound. "
+                  "Published (ironjr/grokfast README, one run each): EMA 910, MA 790, baseline 39,890 iterations.")
 
-    table = Table(title="final-checkpoint test accuracy by whether the commuted pair (y, x) was trained on "
-                        "(mean over seeds; n items per seed)")
-    for col in ("architecture", "objective", "setup", "final step", "test acc", "(y,x) in train",
-                "(y,x) not in train", "x = y"):
-        table.add_column(col)
+    commuted_title = ("Test accuracy of each run's final checkpoint, split by whether the commuted pair (y, x) "
+                      "of the test item is in the training half (mean ± std over seeds; n = items per seed)")
+    commuted_rows = []
     for arch, label in ARCHS.items():
         for objective in objectives:
             for setup in setups:
                 group = [r for r in rows if (r["arch"], r["objective"], r["setup"]) == (arch, objective, setup)]
                 accs = [commuted_accuracy(r["checkpoint_dir"], {**size.params, "seed": r["seed"]},
                                           GROKFAST_OBJECTIVES[objective]["objective"]) for r in group]
-                cells = []
-                for g in ("(y,x) in train", "(y,x) not in train", "x = y"):
+                row = {"architecture": label, "objective": objective, "setup": setup,
+                       "final steps": ",".join(r["checkpoint_dir"].name.split("_")[1] for r in group),
+                       "test acc": f"{statistics.mean(r['final_test_acc'] for r in group):.3f}"}
+                for g in COMMUTED_GROUPS:
                     vals = [a[g][0] for a in accs]
-                    cells.append(f"{statistics.mean(vals):.3f} ± {statistics.pstdev(vals):.3f} (n {accs[0][g][1]})")
-                finals = sorted({r["checkpoint_dir"].name.split("_")[1] for r in group}, key=int)
-                test_acc = statistics.mean(r["final_test_acc"] for r in group)
-                table.add_row(label, objective, setup, ",".join(finals), f"{test_acc:.3f}", *cells)
-    console.print(table)
+                    n = statistics.mean(a[g][1] for a in accs)
+                    row[g] = f"{statistics.mean(vals):.3f} ± {statistics.pstdev(vals):.3f} (n {n:.0f})"
+                commuted_rows.append(row)
+
+    for heading, table_rows in ((title, steps_rows), (commuted_title, commuted_rows)):
+        table = Table(title=heading)
+        for col in table_rows[0]:
+            table.add_column(col)
+        for r in table_rows:
+            table.add_row(*r.values())
+        console.print(table)
+    print(steps_note)
     print(f"runs recorded in {home}; plot with: GROKLOOP_HOME={home} grokloop plot RUN...")
+    if args.output:
+        write_summary(Path(args.output), home, rows, title, steps_rows, steps_note, commuted_title, commuted_rows)
+
+
+def write_summary(out: Path, home: str, rows: list[dict], title: str, steps_rows: list[dict], steps_note: str,
+                  commuted_title: str, commuted_rows: list[dict]) -> None:
+    """OUT.md with both tables and the command, OUT.png with the seed-0 curves."""
+    import sys
+
+    from diffusion.plot import plot_runs
+
+    def markdown(table_rows: list[dict]) -> str:
+        lines = ["| " + " | ".join(table_rows[0]) + " |", "|" + "---|" * len(table_rows[0])]
+        return "\n".join(lines + ["| " + " | ".join(r.values()) + " |" for r in table_rows])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs = [r["run_id"] for r in rows if r["seed"] == 0]
+    plot = plot_runs(runs, out.with_suffix(".png"), home=home)
+    command = "python bench/grokking.py " + " ".join(a for a in sys.argv[1:])
+    out.with_suffix(".md").write_text(
+        f"# The published Grokfast setup on our trainer\n\nReproduce: `{command}` (CPU, one thread per run). "
+        f"Seed-0 runs: {', '.join(f'`{r}`' for r in runs)}.\n\n{title}.\n\n{markdown(steps_rows)}\n\n"
+        f"{steps_note}\n\n{commuted_title}.\n\n{markdown(commuted_rows)}\n\n![grokfast_ref]({plot.name})\n")
 
 
 def main() -> None:
@@ -145,6 +175,8 @@ def main() -> None:
     parser.add_argument("--home", default=None, help="grokloop home for the runs (default: a temp dir)")
     parser.add_argument("--baseline-steps", type=int, default=None,
                         help="--ref: step cap of the unfiltered setups (baseline, wd); default --max-steps")
+    parser.add_argument("--output", default=None,
+                        help="--ref: also write OUTPUT.md (both tables) and OUTPUT.png (seed-0 curves)")
     parser.add_argument("--ref", action="store_true", help="the published setup (reference decoder), then ours")
     parser.add_argument("--quick", action="store_true", help="p=23, 1 seed, a few hundred steps: a smoke run")
     args = parser.parse_args()

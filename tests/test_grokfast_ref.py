@@ -158,3 +158,21 @@ def test_a_stopped_reference_run_extends_to_the_uninterrupted_one(tmp_path):
     part = train(load_config("part", ["max_steps=40"], home=str(tmp_path)), resume=True)
     assert part.final_step == whole.final_step == 40
     assert metrics(tmp_path, "part") == metrics(tmp_path, "whole")
+
+
+def test_commuted_pair_breakdown_partitions_the_test_split(tmp_path):
+    from bench.grokking import COMMUTED_GROUPS, commuted_accuracy
+
+    tokenizer = get_family("modular", **P7).tokenizer()
+    GrokfastRefDecoder(vocab_size=tokenizer.vocab_size, max_seq_len=5, hidden_size=16, num_heads=2
+                       ).save_pretrained(tmp_path)
+    acc = commuted_accuracy(tmp_path, P7, "ar")
+    splits = get_family("modular", **P7).splits()
+    train = {(t.spec["x"], t.spec["y"]) for t in splits["train"]}
+    test = [(t.spec["x"], t.spec["y"]) for t in splits["test_id"]]
+    assert set(acc) == set(COMMUTED_GROUPS)
+    assert sum(n for _, n in acc.values()) == len(test) == 21
+    assert acc["x = y"][1] == sum(x == y for x, y in test)
+    assert acc["(y,x) in train"][1] == sum(x != y and (y, x) in train for x, y in test)
+    assert acc["(y,x) not in data"][1] == sum(x == 0 for x, _ in test)  # (y, 0) is left out
+    assert all(0.0 <= a <= 1.0 for a, n in acc.values() if n)
