@@ -1,30 +1,32 @@
-"""The published Grokfast setup (Lee et al. 2024) on our trainer: steps to 95% test accuracy.
+"""Grokfast (Lee et al. 2024) on our trainer: steps to 95% test accuracy.
+
+    python bench/grokking.py --ref --seeds 3 --max-steps 2000 --baseline-steps 1000 --eval-every 50
+
+`--ref` is the published setup itself (ironjr/grokfast, commit 93b2248, main.py): the reference
+code's decoder (`arch=grokfast_ref`: learned absolute positions, the stream re-normalised in every
+block, biases, PyTorch's init), its data (a*b mod 97 with y = 0 left out: 9,312 equations, half for
+training), its loop (`reference_loop`: the last partial batch of each epoch is a step, warmup from
+lr 0), Adam lr 1e-3, betas (0.9, 0.98), batch 512, AR on the answer token, validation accuracy on the
+whole held-out half; then our architecture (`arch=denoiser`: RoPE, pre-LN, no biases) on the same
+data, loop and settings. Steps to 95% beside the published figures (EMA 910, MA 790, baseline
+39,890), mean +- std over seeds; a capped run counts at its cap, so its mean is a lower bound. Then,
+for the final checkpoint of every run, test accuracy by where the test item's commuted pair (y, x)
+is: a model that has memorised the training half and knows x*y = y*x scores on the items whose pair
+it trained on, and only there.
 
     python bench/grokking.py --setups baseline,ema --objectives mdm --seeds 1 --max-steps 3000
 
-a*b mod 97, train fraction 0.5, 2-layer width-128 4-head transformer, Adam lr 1e-3,
-betas (0.9, 0.98), batch 512, PyTorch's default init as in the Grokfast reference code
-(`--init small`, GPT-2's N(0, 0.02), removes the grokking delay altogether). Setups (flows/experiments.py, GROKFAST_SETUPS):
+Without `--ref`: the `grokfast` experiment's grid (`grokloop experiment grokfast`) printed as a
+table: our architecture on our split (y = 0 included, 9,409 equations), the published
+hyperparameters, PyTorch's default init (`--init small`, GPT-2's N(0, 0.02), removes the grokking
+delay altogether). Setups (flows/experiments.py, GROKFAST_SETUPS):
     baseline (a)  Adam, no weight decay, no filter (the published baseline)
     wd       (a') Adam, L2 weight decay 0.005, no filter (the filter's own effect)
     ema      (b)  Grokfast-EMA alpha 0.98, lamb 2.0, L2 weight decay 0.005
     ma       (c)  Grokfast-MA window 100, lamb 5.0, L2 weight decay 0.01
 each as masked diffusion (mdm: 1/t estimator; mdm-count: t integrated out) and as AR.
 A run that never reaches 95% counts as the step cap; a ratio against a capped baseline is a
-lower bound ("≥"). Published (AR decoder): baseline 39,890 iterations, EMA 910 (43.8x), MA 790 (50.5x).
-This is the `grokfast` experiment's grid (`grokloop experiment grokfast`), printed as a table.
-
-    python bench/grokking.py --ref [--seeds 3 --max-steps 2000 --setups ema,ma,baseline]
-
-`--ref` is the published setup itself: the reference code's decoder (`arch=grokfast_ref`: learned
-positions, the stream re-normalised in every block, biases), its data (y = 0 left out: 9,312
-equations, half for training), its loop (the last partial batch of each epoch is a step, warmup
-from lr 0), AR on the answer token, validation accuracy on the whole held-out half; then our
-architecture (`arch=denoiser`: RoPE, pre-LN, no biases) at the same settings. Steps to 95% beside the
-published figures, mean +- std over seeds; a capped run counts at the cap, so its mean is a lower
-bound. Then, for the final checkpoint of every run, test accuracy split by whether the test item's
-commuted pair (y, x) is in the training half: a model that has memorised the training half and
-knows x*y = y*x scores on those items, not on the others.
+lower bound ("≥").
 """
 
 from __future__ import annotations
