@@ -92,11 +92,16 @@ def reference(args) -> None:
     console = Console(width=200)  # a log file gets the whole table, not 80 columns
     # The unfiltered setups (published baseline: 39,890 steps) may get a lower cap than the filters.
     slow_size = dataclasses.replace(size, max_steps=args.baseline_steps or size.max_steps)
+    archs = args.archs.split(",") if args.archs else list(ARCHS)
+    if unknown := [a for a in archs if a not in ARCHS]:
+        raise SystemExit(f"unknown architecture(s) {unknown}; known: {', '.join(ARCHS)}")
     rows = []
     for setup in setups:  # the filters of both architectures first: the capped setups last
-        for arch in ARCHS:
+        for arch in archs:
             rows += grokfast_runs(slow_size if setup in ("baseline", "wd") else size, home=home,
-                                  objectives=objectives, setups=[setup], arch=arch)
+                                  objectives=objectives, setups=[setup], arch=arch, finished_only=args.existing)
+    if not rows:
+        raise SystemExit(f"no finished runs of this grid in {home}")
 
     p = size.params["p"]
     title = (f"Published setup: steps to 95% val accuracy, a*b mod {p} without y = 0 ({p * (p - 1)} equations, "
@@ -104,7 +109,7 @@ def reference(args) -> None:
              f"half, cap {size.max_steps} (baseline, wd: {slow_size.max_steps}), seeds 0..{size.seeds - 1}")
     steps_rows = []
     for arch, label in ARCHS.items():
-        for r in speedups([r for r in rows if r["arch"] == arch]):
+        for r in speedups([r for r in rows if r["arch"] == arch]) if arch in archs else []:
             steps_rows.append({
                 "architecture": label, "objective": r["objective"], "setup": r["setup"], "reached": r["reached"],
                 "steps mean ± std": f"{'≥ ' if r['capped'] else ''}{r['steps_mean']:.0f} ± {r['steps_std']:.0f}",
@@ -120,6 +125,8 @@ def reference(args) -> None:
         for objective in objectives:
             for setup in setups:
                 group = [r for r in rows if (r["arch"], r["objective"], r["setup"]) == (arch, objective, setup)]
+                if not group:
+                    continue
                 accs = [commuted_accuracy(r["checkpoint_dir"], {**size.params, "seed": r["seed"]},
                                           GROKFAST_OBJECTIVES[objective]["objective"]) for r in group]
                 row = {"architecture": label, "objective": objective, "setup": setup,
@@ -158,7 +165,15 @@ def write_summary(out: Path, home: str, rows: list[dict], title: str, steps_rows
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = [r["run_id"] for r in rows if r["seed"] == 0]
     plot = plot_runs(runs, out.with_suffix(".png"), home=home)
-    command = "python bench/grokking.py " + " ".join(a for a in sys.argv[1:])
+    # the command that trains these runs: without where they were kept and reported
+    argv, shown = sys.argv[1:], []
+    while argv:
+        arg = argv.pop(0)
+        if arg in ("--home", "--output", "--archs"):
+            argv.pop(0)
+        elif arg != "--existing":
+            shown.append(arg)
+    command = "python bench/grokking.py " + " ".join(shown)
     out.with_suffix(".md").write_text(
         f"# The published Grokfast setup on our trainer\n\nReproduce: `{command}` (CPU, one thread per run). "
         f"Seed-0 runs: {', '.join(f'`{r}`' for r in runs)}.\n\n{title}.\n\n{markdown(steps_rows)}\n\n"
@@ -179,6 +194,9 @@ def main() -> None:
                         help="--ref: step cap of the unfiltered setups (baseline, wd); default --max-steps")
     parser.add_argument("--output", default=None,
                         help="--ref: also write OUTPUT.md (both tables) and OUTPUT.png (seed-0 curves)")
+    parser.add_argument("--archs", default=None, help=f"--ref: subset of {','.join(ARCHS)} (default both)")
+    parser.add_argument("--existing", action="store_true",
+                        help="--ref: train nothing, report the finished runs in --home")
     parser.add_argument("--ref", action="store_true", help="the published setup (reference decoder), then ours")
     parser.add_argument("--quick", action="store_true", help="p=23, 1 seed, a few hundred steps: a smoke run")
     args = parser.parse_args()

@@ -94,10 +94,12 @@ GROKFAST_DEFAULT_OBJECTIVES = ("mdm", "mdm-count", "ar")
 
 def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_OBJECTIVES,
                   setups=tuple(GROKFAST_SETUPS), init: str = GROKFAST_BASE["init"],
-                  arch: str = "denoiser", progress: bool = False) -> list[dict[str, Any]]:
+                  arch: str = "denoiser", finished_only: bool = False, progress: bool = False
+                  ) -> list[dict[str, Any]]:
     """Train every (objective, setup, seed); one row per run with T_mem / T_grok as the store has them.
     Each seed is a different train/test split and initialisation; a run stops soon after it groks.
-    `arch="grokfast_ref"`: the reference code's decoder (pair it with GROKFAST_REF_SIZES)."""
+    `arch="grokfast_ref"`: the reference code's decoder (pair it with GROKFAST_REF_SIZES).
+    `finished_only`: train nothing; report the runs of this grid that the store has as finished."""
     from diffusion.train import TrainConfig, train
 
     for given, known in ((setups, GROKFAST_SETUPS), (objectives, GROKFAST_OBJECTIVES)):
@@ -118,6 +120,8 @@ def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_O
                     **{**GROKFAST_BASE, **size.train, "init": init, "arch": arch}, **GROKFAST_OBJECTIVES[objective],
                     **GROKFAST_SETUPS[setup],
                 )
+                if finished_only and _run_status(cfg.run_name, home) != "finished":
+                    continue
                 result = train(cfg, resume=_has_run(cfg))
                 rows.append({"arch": arch, "objective": objective, "setup": setup, "seed": seed,
                              "run_id": result.run_id, "checkpoint_dir": result.checkpoint_dir,
@@ -384,6 +388,13 @@ def _has_run(cfg) -> bool:
     from diffusion.train import has_checkpoint
 
     return has_checkpoint(cfg)
+
+
+def _run_status(run_id: str, home: str | None) -> str | None:
+    if not store_path(home).is_file():
+        return None
+    rows = _query("SELECT status FROM runs WHERE run_id = ?", [run_id], home)
+    return rows[0][0] if rows else None
 
 
 def _query(sql: str, params: list, home: str | None) -> list[tuple]:
