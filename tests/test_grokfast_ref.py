@@ -176,3 +176,19 @@ def test_commuted_pair_breakdown_partitions_the_test_split(tmp_path):
     assert acc["(y,x) in train"][1] == sum(x != y and (y, x) in train for x, y in test)
     assert acc["(y,x) not in data"][1] == sum(x == 0 for x, _ in test)  # (y, 0) is left out
     assert all(0.0 <= a <= 1.0 for a, n in acc.values() if n)
+
+
+def test_the_reference_grid_runs_and_reports_only_finished_runs(tmp_path):
+    from flows.experiments import GROKFAST_REF_SIZES, grokfast_runs
+
+    size = GROKFAST_REF_SIZES["quick"]
+    home = str(tmp_path / "home")
+    assert grokfast_runs(size, home=home, objectives=["ar"], setups=["ema"], arch="grokfast_ref",
+                         finished_only=True) == []
+    [trained] = grokfast_runs(size, home=home, objectives=["ar"], setups=["ema"], arch="grokfast_ref")
+    assert trained["arch"] == "grokfast_ref" and "grokfast_ref-ref" in trained["run_id"]
+    assert type(load_model(trained["checkpoint_dir"])) is GrokfastRefDecoder
+    reported = grokfast_runs(size, home=home, objectives=["ar"], setups=["ema", "ma"], arch="grokfast_ref",
+                             finished_only=True)
+    assert [r["run_id"] for r in reported] == [trained["run_id"]]  # the MA run was not trained
+    assert not any("-ma-" in p.name for p in (tmp_path / "home" / "runs").iterdir())
