@@ -57,28 +57,22 @@ ARCHS = {"grokfast_ref": "reference decoder", "denoiser": "ours (RoPE, pre-LN)"}
 def commuted_accuracy(checkpoint_dir, family_params: dict, objective: str) -> dict[str, tuple[float, int]]:
     """Verifier accuracy on test items by where their commuted pair (y, x) is: in train, in test, in
     neither (x = 0 when y = 0 is left out), and on x = y (no pair)."""
-    import torch
-
-    from agents.tasks import get_family
-    from diffusion.sample import answer_columns, predict
+    from diffusion.data import family_from_params, splits_from_family
+    from diffusion.evaluate import answers_correct
+    from diffusion.sample import predict
     from diffusion.train import load_model
 
-    params = dict(family_params)
-    family = get_family("modular", seed=int(params.pop("seed")), **params)
-    tokenizer, splits = family.tokenizer(), family.splits()
+    family = family_from_params("modular", family_params)
+    tokenizer, splits = splits_from_family("modular", family_params)
     test = splits["test_id"]
     where = {(t.spec["x"], t.spec["y"]): split for split in ("train", "test") for t in
-             splits["train" if split == "train" else "test_id"]}
-    rows = [tokenizer.encode_pair(t.prompt, t.answer) for t in test]
-    ids = torch.tensor([r[0] for r in rows])
-    mask = torch.tensor([r[1] for r in rows], dtype=torch.bool)
-    pred = predict(objective, load_model(checkpoint_dir), ids, mask, mask_id=tokenizer.mask_id)
-    cols = answer_columns(mask)
+             splits["train" if split == "train" else "test_id"].tasks}
+    pred = predict(objective, load_model(checkpoint_dir), test.ids, test.answer_mask, mask_id=tokenizer.mask_id)
     groups: dict[str, list[bool]] = {g: [] for g in COMMUTED_GROUPS}
-    for task, row in zip(test, pred[:, cols].tolist(), strict=True):
+    for task, ok in zip(test.tasks, answers_correct(family, tokenizer, test, pred).tolist(), strict=True):
         x, y = task.spec["x"], task.spec["y"]
         group = "x = y" if x == y else f"(y,x) in {where[y, x]}" if (y, x) in where else "(y,x) not in data"
-        groups[group].append(family.verify(task, tokenizer.decode(row)))
+        groups[group].append(ok)
     return {g: (sum(oks) / len(oks) if oks else float("nan"), len(oks)) for g, oks in groups.items()}
 
 
