@@ -100,7 +100,7 @@ def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_O
     Each seed is a different train/test split and initialisation; a run stops soon after it groks.
     `arch="grokfast_ref"`: the reference code's decoder (pair it with GROKFAST_REF_SIZES).
     `finished_only`: train nothing; report the runs of this grid that the store has as finished."""
-    from diffusion.train import TrainConfig, train
+    from diffusion.train import TrainConfig
 
     for given, known in ((setups, GROKFAST_SETUPS), (objectives, GROKFAST_OBJECTIVES)):
         if unknown := [x for x in given if x not in known]:
@@ -110,24 +110,23 @@ def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_O
     variant = ("" if arch == "denoiser" else f"-{arch}") + ("-ref" if size.train.get("reference_loop") else "")
     for objective in objectives:
         for setup in setups:
-            for seed in range(size.seeds):
-                cfg = TrainConfig(
-                    family="modular", family_params={**size.params, "seed": seed},
-                    max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
-                    patience=1, sampler_steps=1, keep_checkpoints=1, progress=progress,
-                    run_name=f"grokfast-{objective}-{setup}-{init}{variant}-s{seed}-p{size.params['p']}-"
-                             f"{size.max_steps}",
-                    **{**GROKFAST_BASE, **size.train, "init": init, "arch": arch}, **GROKFAST_OBJECTIVES[objective],
-                    **GROKFAST_SETUPS[setup],
-                )
-                if finished_only and _run_status(cfg.run_name, home) != "finished":
-                    continue
-                result = train(cfg, resume=_has_run(cfg))
-                rows.append({"arch": arch, "objective": objective, "setup": setup, "seed": seed,
+            cfgs = [TrainConfig(
+                family="modular", family_params={**size.params, "seed": seed},
+                max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
+                patience=1, sampler_steps=1, keep_checkpoints=1, progress=progress,
+                run_name=f"grokfast-{objective}-{setup}-{init}{variant}-s{seed}-p{size.params['p']}-"
+                         f"{size.max_steps}",
+                **{**GROKFAST_BASE, **size.train, "init": init, "arch": arch}, **GROKFAST_OBJECTIVES[objective],
+                **GROKFAST_SETUPS[setup],
+            ) for seed in range(size.seeds)]
+            if finished_only:
+                cfgs = [c for c in cfgs if _run_status(c.run_name, home) == "finished"]
+            for cfg, result in zip(cfgs, train_seeds(cfgs), strict=True):
+                rows.append({"arch": arch, "objective": objective, "setup": setup, "seed": cfg.seed,
                              "run_id": result.run_id, "checkpoint_dir": result.checkpoint_dir,
                              "t_mem": result.t_mem, "t_grok": result.t_grok, "cap": size.max_steps,
                              "final_test_acc": result.metrics.get("test_id/acc")})
-                console.print(f"[grokfast] {arch} {objective}/{setup} seed {seed}: T_grok={result.t_grok} "
+                console.print(f"[grokfast] {arch} {objective}/{setup} seed {cfg.seed}: T_grok={result.t_grok} "
                               f"T_mem={result.t_mem}")
     return rows
 
@@ -192,18 +191,17 @@ COMPOSITION_SIZES = {
 
 
 def composition(size: Size, home: str | None) -> tuple[list[dict], list[str], str]:
-    from diffusion.train import TrainConfig, train
+    from diffusion.train import TrainConfig
 
     table = []
     for family, params in size.params.items():
         for objective in ("mdm", "ar"):
-            for seed in range(size.seeds):
-                settings = {"weight_decay": 0.1, "grokfast": "none", "batch_size": 256, **size.train}
-                cfg = TrainConfig(objective=objective, family=family, family_params={**params, "seed": 0},
-                                  max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
-                                  run_name=f"composition-{family}-{objective}-s{seed}-{size.max_steps}",
-                                  progress=False, **settings)
-                result = train(cfg, resume=_has_run(cfg))
+            settings = {"weight_decay": 0.1, "grokfast": "none", "batch_size": 256, **size.train}
+            cfgs = [TrainConfig(objective=objective, family=family, family_params={**params, "seed": 0},
+                                max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
+                                run_name=f"composition-{family}-{objective}-s{seed}-{size.max_steps}",
+                                progress=False, **settings) for seed in range(size.seeds)]
+            for seed, (cfg, result) in enumerate(zip(cfgs, train_seeds(cfgs), strict=True)):
                 best = _best_metrics(result.run_id, home)
                 table.append({"family": family, "objective": objective,
                               "estimator": cfg.mdm_estimator if objective == "mdm" else "—",
@@ -388,6 +386,17 @@ def _markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return lines
+
+
+def train_seeds(cfgs: list) -> list:
+    """The seeds of one setting: as one batched model (diffusion/batched.py) when they share an
+    architecture and none has been started yet, else one by one (resuming any that exist)."""
+    from diffusion.batched import batchable, train_batched
+    from diffusion.train import train
+
+    if len(cfgs) > 1 and batchable(cfgs) is None and not any(_has_run(c) for c in cfgs):
+        return train_batched(cfgs)
+    return [train(cfg, resume=_has_run(cfg)) for cfg in cfgs]
 
 
 def _has_run(cfg) -> bool:
