@@ -82,6 +82,7 @@ class TrainConfig:
     grokfast_filter: str = "mean"          # ma: mean | sum
     # evaluation and stopping
     eval_every: int = 100                  # steps between metrics (and checkpoints by default)
+    eval_schedule: str = "linear"          # linear: every eval_every | log: also ~10 per decade below it (log-axis plots)
     checkpoint_every: int = 0              # 0 = every eval
     keep_checkpoints: int = 3              # older ones are deleted (the latest always kept)
     eval_max_rows: int = 4096              # rows per split used for metrics; 0 = all
@@ -169,7 +170,8 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 def check_config(cfg: TrainConfig) -> TrainConfig:
     choices = {"objective": ("mdm", "ar"), "grokfast": ("none", "ema", "ma"),
                "optimizer": ("adamw", "adam"), "grokfast_filter": ("mean", "sum"),
-               "mdm_estimator": ("t", "count"), "init": ("small", "torch")}
+               "mdm_estimator": ("t", "count"), "init": ("small", "torch"),
+               "eval_schedule": ("linear", "log")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
@@ -452,7 +454,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
             while True:
                 # evaluate, log and maybe stop (each step once, even across restarts)
                 done = step >= cfg.max_steps or _patience_over(cfg, step, t_grok)
-                if (step % cfg.eval_every == 0 or done) and evaluated < step:
+                if (is_eval_step(cfg, step) or done) and evaluated < step:
                     metrics = estimate(cfg, model, splits, mask_id, step)
                     metrics["lr"] = optimizer.param_groups[0]["lr"]
                     if accum["n"]:
@@ -496,7 +498,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                                       full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator, generator=noise)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                measure = (step + 1) % cfg.eval_every == 0 or step + 1 >= cfg.max_steps
+                measure = is_eval_step(cfg, step + 1) or step + 1 >= cfg.max_steps
                 raw = [p.grad.detach().clone() for p in model.parameters()] if measure else None
                 if cfg.grokfast == "ema":
                     filter_state = gradfilter_ema(model, filter_state, cfg.grokfast_alpha, cfg.grokfast_lamb)
@@ -529,6 +531,22 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     return RunResult(run_id=cfg.run_id, run_dir=run_dir, checkpoint_dir=latest_checkpoint(run_dir),
                      status=status, final_step=step, t_mem=t_mem, t_grok=t_grok, grok_ratio=ratio,
                      metrics=metrics)
+
+
+def is_eval_step(cfg: TrainConfig, step: int) -> bool:
+    """Every `eval_every` steps; with the log schedule also at 1, 2, 3, 4, 5, 6, 7, 9, 12, 15, ... (ratio
+    1.25, ten per decade) below `eval_every`, so a log-step axis has points where it is widest."""
+    if step % cfg.eval_every == 0:
+        return True
+    return cfg.eval_schedule == "log" and step < cfg.eval_every and step in _log_steps(cfg.eval_every)
+
+
+def _log_steps(below: int) -> set[int]:
+    steps, x = set(), 1.0
+    while x < below:
+        steps.add(round(x))
+        x *= 1.25
+    return steps
 
 
 def _patience_over(cfg: TrainConfig, step: int, t_grok: int | None) -> bool:

@@ -126,10 +126,32 @@ def test_self_improve_two_rounds_records_both(tmp_path):
         model_rows = con.execute("SELECT count(*) FROM trajectories t JOIN agents a USING (agent_id) "
                                  "WHERE a.kind = 'model'").fetchone()[0]
         assert model_rows == 60
+        # Each round draws fresh tasks for the model: the rounds' task lists differ.
+        drawn = con.execute("SELECT a.version, list(t.task_id ORDER BY t.trajectory_id) FROM trajectories t "
+                            "JOIN agents a USING (agent_id) WHERE a.kind = 'model' GROUP BY a.version").fetchall()
+        assert len(drawn) == 2 and drawn[0][1] != drawn[1][1]
         # Round r continues from round r-1's checkpoint.
         parents = con.execute("SELECT run_id, config->>'init_from' FROM runs WHERE run_id IN "
                               "(SELECT run_id FROM self_improve_rounds) ORDER BY created_at").fetchall()
         assert parents[0][1] is None and all(p[1] for p in parents[1:])
+
+
+def test_scheduled_collect_draws_new_tasks_each_run_and_a_plain_collect_repeats(tmp_path):
+    from flows.flows import collect_flow
+
+    cfg = tiny_config(tmp_path, family_params={"modular": {"p": 23, "operations": ["x+y"], "train_fraction": 0.6}},
+                      policy="solver")
+    plain = [collect_flow(cfg=cfg) for _ in range(2)]
+    scheduled = [collect_flow(cfg=cfg, fresh_seed=True) for _ in range(2)]
+    assert plain[0]["seed"] == plain[1]["seed"] == cfg.seed
+    assert len({cfg.seed, scheduled[0]["seed"], scheduled[1]["seed"]}) == 3
+    with open_store(tmp_path / "store.duckdb", read_only=True) as con:
+        ids = [r[0] for r in con.execute("SELECT task_id FROM trajectories ORDER BY trajectory_id").fetchall()]
+        splits = {r[0] for r in con.execute("SELECT DISTINCT split FROM tasks").fetchall()}
+    runs = [sorted(ids[i:i + 40]) for i in range(0, 160, 40)]  # one agent, 40 episodes per collect
+    assert len(ids) == 160 and runs[0] == runs[1]  # the same seed draws the same tasks again
+    assert runs[2] != runs[0] and runs[3] != runs[0] and runs[3] != runs[2]
+    assert splits == {"train"}  # new draws from the same world's training tasks
 
 
 def test_serve_builds_cron_scheduled_deployments_with_the_loop_settings():
@@ -141,6 +163,16 @@ def test_serve_builds_cron_scheduled_deployments_with_the_loop_settings():
     crons = {d.name: [s.schedule.cron for s in d.schedules] for d in built}
     assert crons == {"collect-hourly": ["0 * * * *"], "curate-nightly": ["0 2 * * *"],
                      "loop-nightly": ["0 2 * * *"]}
+    fresh = {d.name: d.parameters.get("fresh_seed", False) for d in built}
+    assert fresh == {"collect-hourly": True, "curate-nightly": False, "loop-nightly": True}
     for d in built:
         assert d.parameters["cfg"]["home"] == "/tmp/somewhere"
         assert d.parameters["cfg"]["episodes"] == cfg.episodes
+
+
+def test_prefect_yaml_schedules_collect_and_loop_with_fresh_draws():
+    import yaml
+
+    declared = yaml.safe_load(open("prefect.yaml"))["deployments"]
+    fresh = {d["name"]: d.get("parameters", {}).get("fresh_seed", False) for d in declared}
+    assert fresh["collect-hourly"] is True and fresh["loop-nightly"] is True
