@@ -176,3 +176,35 @@ def test_prefect_yaml_schedules_collect_and_loop_with_fresh_draws():
     declared = yaml.safe_load(open("prefect.yaml"))["deployments"]
     fresh = {d["name"]: d.get("parameters", {}).get("fresh_seed", False) for d in declared}
     assert fresh["collect-hourly"] is True and fresh["loop-nightly"] is True
+
+
+def test_run_loop_says_what_to_expect_and_reads_its_table(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    params = json.dumps({"modular": {"p": 7, "operations": ["x+y"], "train_fraction": 0.6}})
+    overrides = json.dumps({"max_steps": 20, "eval_every": 10, "batch_size": 64, "hidden_size": 32,
+                            "num_heads": 2, "progress": False, "eval_schedule": "log"})
+    res = CliRunner().invoke(app, ["run", "loop", f"home={tmp_path}", 'families=["modular"]',
+                                   f"family_params={params}", "n_agents=1", "episodes=40",
+                                   f"train_overrides={overrides}"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "grokloop loop: modular 20 steps. Expected time: about" in out
+    assert "T_mem: first evaluation with train accuracy >= 99% (memorised)" in out
+    assert "modular: " in out and ("grokked" in out or "not grokked" in out or "neither memorised" in out)
+    assert (tmp_path / "runs" / "loop.png").is_file()
+
+
+def test_family_line_says_whether_the_run_grokked():
+    from flows.flows import family_line
+
+    part = {"run": {"final_step": 2000, "t_mem": 200, "t_grok": 900},
+            "evaluation": {"train": 1.0, "test_id": 0.981, "test_ood": None}, "seconds": 95.2}
+    assert family_line(0, 2, "modular", part) == (
+        "[1/2] modular: 2,000 steps in 95 s, train 100.0%, ID 98.1%, OOD -, T_mem 200, T_grok 900 (grokked)")
+    part["run"]["t_grok"] = None
+    assert family_line(1, 2, "two_hop", part).endswith("T_grok - (did not reach 95% ID)")
