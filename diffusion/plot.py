@@ -93,19 +93,19 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
                 if at is not None:
                     x = run.offset + max(at, 1 if log_axis else 0)
                     ax.axvline(x, color=color, linestyle=line, alpha=0.6, linewidth=1.2)
-                    ax.annotate(f"{label} {at}", (x, 0.5 if label == "T_mem" else 0.6), xytext=(3, 0),
-                                textcoords="offset points", rotation=90, fontsize=8, color=color,
-                                va="center")
+                    # above the frame, where no curve can hide it
+                    ax.annotate(f"{label} {at}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2),
+                                textcoords="offset points", ha="center", va="bottom", fontsize=8, color=color)
         if log_axis:
             ax.set_xscale("log")
-        ax.set_title(family)
+        ax.set_title(family, pad=16)
         ax.set_xlabel("optimization step" + (" (log)" if log_axis else ""))
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("; ".join(f"{n.removesuffix('/acc')} {STYLE_NAMES.get(s, s)}" for n, s in curves.items())
-                 + "; vertical lines: T_mem (dotted), T_grok (solid)", fontsize=9)
+    fig.suptitle(", ".join(f"{n.removesuffix('/acc')} {STYLE_NAMES.get(s, s)}" for n, s in curves.items())
+                 + "\nvertical lines: T_mem dotted, T_grok solid", fontsize=9)
     return fig
 
 
