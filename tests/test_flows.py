@@ -184,7 +184,7 @@ def test_serve_builds_cron_scheduled_deployments_with_the_loop_settings():
 def test_prefect_yaml_schedules_collect_and_loop_with_fresh_draws():
     import yaml
 
-    declared = yaml.safe_load(Path("prefect.yaml").read_text())["deployments"]
+    declared = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())["deployments"]
     fresh = {d["name"]: d.get("parameters", {}).get("fresh_seed", False) for d in declared}
     assert fresh["collect-hourly"] is True and fresh["loop-nightly"] is True
 
