@@ -54,10 +54,11 @@ def run_loop(settings: list[str] | None = SETTINGS) -> None:
     console.print(f"{'plot:':<21} {plot}", soft_wrap=True)
 
 
-# Measured with the default settings on 2 shared CPU cores (README, "What the main job does"):
-# seconds per 1,000 training steps (evaluations included) at each family's default size, and the
-# rest of the loop (Prefect start, collect, curate, final evaluation, plot).
-SECONDS_PER_1000_STEPS = {"modular": 100.0, "two_hop": 60.0, "programs": 180.0}
+# CPU seconds per 1,000 training steps (evaluations included) at each family's default size, and for
+# the rest of the loop (Prefect start, collect, curate, final evaluation, plot). modular: measured,
+# the default run (README, "What the main job does": 245 s of CPU for 1,500 steps). two_hop and
+# programs: rough, from issue 20's run of all three (programs ~3x the others).
+SECONDS_PER_1000_STEPS = {"modular": 135.0, "two_hop": 135.0, "programs": 400.0}
 SECONDS_OUTSIDE_TRAINING = 40.0
 
 
@@ -68,8 +69,8 @@ def _expected_time(cfg) -> str:
     seconds = SECONDS_OUTSIDE_TRAINING + sum(
         n / 1000 * SECONDS_PER_1000_STEPS.get(f, max(SECONDS_PER_1000_STEPS.values())) for f, n in steps.items())
     plan = ", ".join(f"{f} {n:,} steps" for f, n in steps.items())
-    return (f"grokloop loop: {plan}. Expected time: about {seconds / 60:.0f} min on 2 CPU cores "
-            "(more while other work shares them).")
+    return (f"grokloop loop: {plan}. Expected time: about {seconds / 60:.0f} min of CPU "
+            "(the wall time on 2 free cores; longer while other work shares them).")
 
 
 def _reading(summary: dict, plot: Path) -> str:

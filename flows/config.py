@@ -45,7 +45,7 @@ class LoopConfig:
     # Grokfast paper's weight-decay setting), the low-variance `count` estimator. Stops `patience`
     # steps after T_grok, so the plot shows test accuracy staying up; a short run: linear step axis.
     train_overrides: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 1500, "eval_every": 50, "eval_schedule": "linear", "patience": 200, "batch_size": 512,
+        "max_steps": 1500, "eval_every": 50, "eval_schedule": "linear", "patience": 300, "batch_size": 512,
         "eval_max_rows": 1024, "init": "torch", "optimizer": "adam", "weight_decay": 0.005, "grokfast": "none",
         "mdm_estimator": "count"})
     # evaluate / self-improve

@@ -327,6 +327,7 @@ def _control_rounds(cfg: LoopConfig, history: list[dict], solver_ids: list[str],
     rows, checkpoint = [history[0]], _checkpoint_of(history[0]["run_id"], cfg.home)
     for model_row in history[1:]:
         r, n = model_row["round"], model_row["n_verified"]
+        # +500: a draw seed of the control's own, used by neither round 0's agents nor any model round
         steps.collect(dataclasses.replace(cfg, n_agents=1), "modular", seed=steps.round_seed(cfg.seed, r) + 500,
                       episodes=n)
         steps.ingest(cfg)
