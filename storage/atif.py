@@ -24,7 +24,8 @@ Field by field, ATIF -> our records (agents/sdk.py wire format):
   outcome         <- extra.outcome {status, answer, verified, reward, error}; without it a
                      trajectory is "ok" with no answer (ATIF files are finished runs)
 
-`export_atif` writes the inverse, one ATIF trajectory per line, in one DuckDB COPY.
+`export_atif` writes the inverse, one ATIF trajectory per line, built in SQL and written by Python
+(the export runs on a read-only sandbox with no file access: `storage.store.reader_config`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import duckdb
 import orjson
 
 from storage.ingest import Segment, content_digest
-from storage.store import StoreError
+from storage.store import StoreError, one_expression
 
 ATIF_VERSION = "ATIF-v1.4"
 _NAMESPACE = uuid.UUID("6f1c1a52-3c1e-4f5e-9a57-2f6b1f7d0c11")  # grokloop's uuid5 namespace
@@ -162,7 +163,7 @@ def atif_segment(source: str, data: bytes) -> Segment:
 
 
 _EXPORT_SQL = """
-COPY (
+SELECT to_json(r)::VARCHAR FROM (
     WITH t AS (SELECT * FROM trajectories {where}),
     s AS (
         SELECT s.trajectory_id, list({{
@@ -202,17 +203,18 @@ COPY (
     LEFT JOIN tasks k USING (task_id)
     LEFT JOIN s USING (trajectory_id)
     ORDER BY t.trajectory_id
-) TO ? (FORMAT json)
+) r
 """
 
 
 def export_atif(con: duckdb.DuckDBPyConnection, out: Path, where: str | None = None) -> int:
     """Write trajectories (all, or those matching the SQL condition `where` over the trajectories
-    table) to `out` as ATIF JSONL, one trajectory per line. Returns how many."""
-    clause = f"WHERE {where}" if where else ""
+    table) to `out` as ATIF JSONL, one trajectory per line. Returns how many. `con` may be a
+    read-only sandbox (no file access): the lines are built in SQL and written here."""
+    clause = f"WHERE {one_expression(where)}" if where else ""
     try:
-        n = con.sql(f"SELECT count(*) FROM trajectories {clause}").fetchall()[0][0]
-        con.execute(_EXPORT_SQL.format(where=clause, version=ATIF_VERSION), [str(out)])
+        lines = con.execute(_EXPORT_SQL.format(where=clause, version=ATIF_VERSION)).fetchall()
     except duckdb.Error as err:
         raise StoreError(f"ATIF export failed (check --where {where!r}): {err}") from err
-    return n
+    Path(out).write_text("".join(f"{line}\n" for (line,) in lines))
+    return len(lines)
