@@ -76,7 +76,7 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
 
     curves = curves or CURVES
     families = list(dict.fromkeys(r.family for r in runs))
-    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.2), squeeze=False,
+    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families) + 3, 4.2), squeeze=False,
                              layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, family in zip(axes[0], families, strict=True):
@@ -94,6 +94,8 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
                 if at is not None:
                     x = run.offset + max(at, 1 if log_axis else 0)
                     ax.axvline(x, color=color, linestyle=line, alpha=0.6, linewidth=1.2)
+                    if len(panel) > 2:  # many runs: their labels would overlap; the lines stay
+                        continue
                     # above the frame, where no curve can hide it
                     ax.annotate(f"{label} {at}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2),
                                 textcoords="offset points", ha="center", va="bottom", fontsize=8, color=color)
@@ -104,8 +106,9 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
         ax.set_ylabel("accuracy (task verifier)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(", ".join(f"{n.removesuffix('/acc')} {STYLE_NAMES.get(s, s)}" for n, s in curves.items())
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    drawn = [n for n in curves if any(n in r.series for r in runs)]
+    fig.suptitle(", ".join(f"{n.removesuffix('/acc')} {STYLE_NAMES.get(curves[n], curves[n])}" for n in drawn)
                  + "\nvertical lines: T_mem dotted, T_grok solid", fontsize=9)
     return fig
 
