@@ -47,7 +47,7 @@ from diffusion.data import (
 )
 from diffusion.evaluate import loss_and_prediction, split_accuracy
 from diffusion.grokfast import gradfilter_ema, gradfilter_ma, slow_part
-from diffusion.model import Denoiser
+from diffusion.model import Denoiser, GrokfastRefDecoder, load_pretrained
 from diffusion.objective import objective_loss
 from storage.home import grokloop_home, runs_dir
 from storage.runs import record_run, stored_metrics
@@ -67,6 +67,8 @@ class TrainConfig:
     full_sequence: bool = False            # mdm: also noise the prompt (unconditional) instead of answer only
     mdm_estimator: str = "count"           # count: t integrated out (less variance) | t: 1/t-weighted Bernoulli(t) masks
     # model (2-layer width-128 groks a*b mod 97 in ~2.5k steps with Grokfast-EMA)
+    arch: str = "denoiser"                 # denoiser (ours: RoPE, pre-LN) | grokfast_ref (the Grokfast
+                                           # reference code's decoder; PyTorch's init whatever `init` says)
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
@@ -80,6 +82,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 1.0              # strong decay is what makes grokking happen at all
     warmup_steps: int = 10                 # linear LR warmup, as in the Grokfast code
+    reference_loop: bool = False           # the Grokfast code's loop: each epoch's last, partial batch is a
+                                           # step; warmup gives the first update lr 0
     grad_clip: float = 0.0                 # 0 = no clipping (grokking papers do not clip)
     batch_size: int = 512
     max_steps: int = 5000
@@ -133,7 +137,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     choices = {"objective": ("mdm", "ar"), "grokfast": ("none", "ema", "ma"),
                "optimizer": ("adamw", "adam"), "grokfast_filter": ("mean", "sum"),
                "mdm_estimator": ("t", "count"), "init": ("small", "torch"),
-               "eval_schedule": ("linear", "log")}
+               "eval_schedule": ("linear", "log"), "arch": ("denoiser", "grokfast_ref")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
@@ -178,7 +182,7 @@ def has_checkpoint(cfg: TrainConfig) -> bool:
     return bool(run_id) and (runs_dir(cfg.home) / run_id / "latest").is_file()
 
 
-def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser:
+def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser | GrokfastRefDecoder:
     """The run's starting weights: seeded by cfg.seed, or its init_from checkpoint."""
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
@@ -187,6 +191,10 @@ def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser:
             raise ValueError(f"init_from {cfg.init_from} has vocab {model.config.vocab_size}, "
                              f"the data's tokenizer {tokenizer.vocab_size}")
         return model
+    if cfg.arch == "grokfast_ref":
+        return GrokfastRefDecoder(vocab_size=tokenizer.vocab_size, max_seq_len=tokenizer.seq_len,
+                                  hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                                  mlp_ratio=cfg.mlp_ratio, mask_token_id=tokenizer.mask_id)
     return Denoiser(vocab_size=tokenizer.vocab_size, max_seq_len=tokenizer.seq_len,
                     hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                     mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=tokenizer.mask_id, init=cfg.init)
@@ -297,9 +305,8 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
 
 
-def load_model(checkpoint_dir: str | Path) -> Denoiser:
-    # No accelerate here: load plainly (and quietly) on CPU.
-    return Denoiser.from_pretrained(str(checkpoint_dir), low_cpu_mem_usage=False)
+def load_model(checkpoint_dir: str | Path) -> Denoiser | GrokfastRefDecoder:
+    return load_pretrained(checkpoint_dir)
 
 
 # --- evaluation during training ------------------------------------------------------------------
@@ -386,7 +393,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     eval_splits = {name: splits[name].subset(idx) for name, idx in run_eval_rows(run_dir, cfg, splits).items()}
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sampler = BatchSampler(len(splits["train"]), cfg.batch_size, seed=cfg.seed)
+    sampler = BatchSampler(len(splits["train"]), cfg.batch_size, seed=cfg.seed, keep_last=cfg.reference_loop)
     noise = torch.Generator().manual_seed(cfg.seed + 1)  # masking noise, separate from data order
 
     # loop state: everything that must survive a restart
@@ -485,7 +492,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
 
                 # one optimization step
                 t0 = time.perf_counter()
-                lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+                # The reference's LambdaLR gives update u the factor u / warmup, so its first update has
+                # lr 0 (it only primes Adam's moments and the filter); ours starts at 1 / warmup.
+                warm = step if cfg.reference_loop else step + 1
+                lr = cfg.lr * min(1.0, warm / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
                 if optimizer.param_groups[0]["lr"] != lr:  # warmup, or a resumed run given a new lr
                     for group in optimizer.param_groups:
                         group["lr"] = lr
