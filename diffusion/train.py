@@ -95,6 +95,7 @@ class TrainConfig:
     grokfast_filter: str = "mean"          # ma: mean | sum
     # evaluation and stopping
     eval_every: int = 100                  # steps between metrics (and checkpoints by default)
+    eval_schedule: str = "linear"          # linear: every eval_every | log: also ~10 per decade below it (log-axis plots)
     checkpoint_every: int = 0              # 0 = every eval
     keep_checkpoints: int = 3              # older ones are deleted (the latest always kept)
     eval_max_rows: int = 4096              # rows per split used for metrics (a seeded sample); 0 = all
@@ -136,7 +137,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     choices = {"objective": ("mdm", "ar"), "grokfast": ("none", "ema", "ma"),
                "optimizer": ("adamw", "adam"), "grokfast_filter": ("mean", "sum"),
                "mdm_estimator": ("t", "count"), "init": ("small", "torch"),
-               "arch": ("denoiser", "grokfast_ref")}
+               "eval_schedule": ("linear", "log"), "arch": ("denoiser", "grokfast_ref")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
@@ -445,7 +446,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                 # evaluate, log and maybe stop (each step once, even across restarts)
                 done = step >= cfg.max_steps or _patience_over(cfg, step, t_grok)
                 rows = []
-                evaluate_now = (step % cfg.eval_every == 0 or done) and evaluated < step
+                evaluate_now = (is_eval_step(cfg, step) or done) and evaluated < step
                 if evaluate_now:
                     metrics = estimate(cfg, model, eval_splits, task_family, tokenizer, step)
                     metrics["lr"] = optimizer.param_groups[0]["lr"]
@@ -531,6 +532,22 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     return RunResult(run_id=cfg.run_id, run_dir=run_dir, checkpoint_dir=latest_checkpoint(run_dir),
                      status=status, final_step=step, t_mem=t_mem, t_grok=t_grok, grok_ratio=ratio,
                      metrics=metrics)
+
+
+def is_eval_step(cfg: TrainConfig, step: int) -> bool:
+    """Every `eval_every` steps; with the log schedule also at 1, 2, 3, 4, 5, 6, 7, 9, 12, 15, ... (ratio
+    1.25, ten per decade) below `eval_every`, so a log-step axis has points where it is widest."""
+    if step % cfg.eval_every == 0:
+        return True
+    return cfg.eval_schedule == "log" and step < cfg.eval_every and step in _log_steps(cfg.eval_every)
+
+
+def _log_steps(below: int) -> set[int]:
+    steps, x = set(), 1.0
+    while x < below:
+        steps.add(round(x))
+        x *= 1.25
+    return steps
 
 
 class Pace:

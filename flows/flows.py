@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
 
@@ -48,23 +48,38 @@ def _config(cfg: LoopConfig | None) -> LoopConfig:
     return cfg if cfg is not None else LoopConfig()
 
 
+def run_seed() -> int:
+    """A draw seed of this flow run's own: from its Prefect id (so a retry of the run draws the same
+    tasks again), or random outside a flow run. Recorded in the flow's result."""
+    import secrets
+    import uuid
+
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return uuid.UUID(run_id).int % 2**31 if run_id else secrets.randbelow(2**31)
+
+
 @flow(name="collect")
-def collect_flow(cfg: LoopConfig | None = None) -> dict[str, Any]:
-    """Run agents on every family's training tasks, then ingest the spool. On a cluster
-    (`cfg.runner`), one task per agent process; ingest runs here, next to the store."""
+def collect_flow(cfg: LoopConfig | None = None, fresh_seed: bool = False) -> dict[str, Any]:
+    """Run agents on every family's training tasks, then ingest the spool. With `fresh_seed` (what the
+    scheduled deployments pass) the agents draw their tasks with a seed of this run's own, so each
+    scheduled run adds new trajectories; without it, `cfg.seed` (the same store gets the same data).
+    On a cluster (`cfg.runner`), one task per agent process; ingest runs here, next to the store."""
     c = _config(cfg)
+    seed = run_seed() if fresh_seed else c.seed
     runner = c.runner_settings()
     if runner.kind == "local":
-        collected = {family: collect_task(c, family) for family in c.families}
+        collected = {family: collect_task(c, family, seed=seed) for family in c.families}
     else:
         calls = [(c, family, i) for family in c.families for i in range(c.n_agents)]
         start = time.perf_counter()
-        shards = fan_out(runner, collect_shard_task, calls, name="collect-shards")
+        shards = fan_out(runner, collect_shard_task, [(*call, seed) for call in calls], name="collect-shards")
         seconds = time.perf_counter() - start
-        collected = {family: steps.collect_report(c, family, [s for s, call in zip(shards, calls, strict=True)
-                                                              if call[1] == family], seconds)
+        collected = {family: {**steps.collect_report(c, family, [s for s, call in zip(shards, calls, strict=True)
+                                                                 if call[1] == family], seconds), "seed": seed}
                      for family in c.families}
-    return {"collected": collected, "ingested": ingest_task(c)}
+    return {"seed": seed, "collected": collected, "ingested": ingest_task(c)}
 
 
 @flow(name="curate")
@@ -87,33 +102,53 @@ def evaluate_flow(checkpoint_dir: str, cfg: LoopConfig | None = None) -> dict[st
 
 
 @flow(name="loop")
-def loop_flow(cfg: LoopConfig | None = None, run_prefix: str = "loop") -> dict[str, Any]:
-    """The main job: collect -> curate -> train -> evaluate, every family."""
+def loop_flow(cfg: LoopConfig | None = None, run_prefix: str = "loop", fresh_seed: bool = False
+              ) -> dict[str, Any]:
+    """The main job: collect -> curate -> train -> evaluate, every family (`fresh_seed`: as in collect).
+    Logs one line as each family starts and one as it ends."""
     c = _config(cfg)
-    collect_flow(cfg=c)
-    snaps = {family: curate_task(c, family) for family in c.families}
-    # One training run per family, side by side on a cluster (`cfg.runner`), in turn locally.
-    runs = fan_out(c.runner_settings(), train_task, [
-        (steps.train_config(c, family, snap["path"], run_name=f"{run_prefix}-{family}-{snap['dataset_id'][:8]}"),)
-        for family, snap in snaps.items()], name="train-runs")
+    log = get_run_logger()
+    collect_flow(cfg=c, fresh_seed=fresh_seed)
     summary: dict[str, Any] = {}
-    for (family, snap), run in zip(snaps.items(), runs, strict=True):
+    for i, family in enumerate(c.families):
+        started = time.perf_counter()
+        log.info(f"[{i + 1}/{len(c.families)}] {family}: curate -> train "
+                 f"{steps.train_config(c, family, None, run_name='-').max_steps:,} steps -> evaluate")
+        snap = curate_task(c, family)
+        # The run is one task: on a cluster worker when `cfg.runner` says, here otherwise.
+        run, = fan_out(c.runner_settings(), train_task, [(steps.train_config(
+            c, family, snap["path"], run_name=f"{run_prefix}-{family}-{snap['dataset_id'][:8]}"),)], name="train-run")
         evaluation = evaluate_task(c, run["checkpoint_dir"])
-        summary[family] = {"dataset": snap, "run": run, "evaluation": evaluation}
+        summary[family] = {"dataset": snap, "run": run, "evaluation": evaluation,
+                           "seconds": time.perf_counter() - started}
+        log.info(family_line(i, len(c.families), family, summary[family]))
     return summary
+
+
+def family_line(i: int, n: int, family: str, part: dict[str, Any]) -> str:
+    """`[1/3] modular: 1,400 steps in 95 s, train 100.0%, ID 98.7%, OOD -, T_mem 600, T_grok 1100 (grokked)`."""
+    run, ev = part["run"], part["evaluation"]
+    pct = {k: "-" if ev.get(k) is None else f"{100 * ev[k]:.1f}%" for k in ("train", "test_id", "test_ood")}
+    verdict = "grokked" if run["t_grok"] is not None else "did not reach 95% ID"
+    return (f"[{i + 1}/{n}] {family}: {run['final_step']:,} steps in {part['seconds']:.0f} s, "
+            f"train {pct['train']}, ID {pct['test_id']}, OOD {pct['test_ood']}, "
+            f"T_mem {run['t_mem'] if run['t_mem'] is not None else '-'}, "
+            f"T_grok {run['t_grok'] if run['t_grok'] is not None else '-'} ({verdict})")
 
 
 @flow(name="self-improve")
 def self_improve_flow(cfg: LoopConfig | None = None, family: str = "modular", rounds: int = 2,
                       episodes: int = 200, loop_id: str = "self-improve") -> list[dict[str, Any]]:
-    """Round r: the model of round r-1 proposes answers to training tasks, the verifier keeps the right
-    ones, they are ingested and curated with everything else, and training continues from the last
-    checkpoint. Round 0 trains on the agents' data alone. Every round is recorded in the store."""
+    """Round r: the model of round r-1 proposes answers to `episodes` training tasks drawn afresh for the
+    round (`steps.round_seed`), the verifier keeps the right ones, they are ingested and curated with
+    everything else, and training continues from the last checkpoint. Round 0 trains on the agents'
+    data alone. Every round is recorded in the store."""
     c = _config(cfg)
     history: list[dict[str, Any]] = []
     checkpoint: str | None = None
     for r in range(rounds + 1):
-        proposed = propose_task(c, family, checkpoint, episodes=episodes) if checkpoint else None
+        proposed = (propose_task(c, family, checkpoint, episodes=episodes, seed=steps.round_seed(c.seed, r))
+                    if checkpoint else None)
         ingest_task(c)
         snap = curate_task(c, family)
         # Each round trains on from the last: one run at a time, on a worker when `cfg.runner` says.
