@@ -64,8 +64,11 @@ def ingest(cfg: LoopConfig) -> dict[str, Any]:
     """Spool -> store, exactly once per segment. Runs where the store is, whatever the spool."""
     from storage.ingest import ingest_spool
 
-    with open_store(store_path(cfg.home)) as con:
-        return _as_dict(ingest_spool(con, spool_location(cfg.spool, cfg.home)))
+    # The store is opened once per batch, so a researcher's query waits for one batch, not the
+    # whole ingest, and a batch that meets a reader's lock waits for it (storage/ingest.py).
+    path = store_path(cfg.home)
+    return _as_dict(ingest_spool(lambda: open_store(path, timeout=600.0),
+                                 spool_location(cfg.spool, cfg.home)))
 
 
 def snapshot_spec(cfg: LoopConfig, family: str, *, holdout: list[str] | None = None, keep_k: int = 0,
