@@ -73,10 +73,12 @@ def run_agents(
 
     The task world is `get_family(family, seed=seed, **family_params)` (a "seed" in
     `family_params` wins); agent randomness derives from `seed` and the process index."""
-    from storage.home import spool_dir
+    from storage.home import is_url, spool_dir
 
     params = _checked_params(family, policy, split, n_agents, episodes, seed, family_params)
     spool = spool or spool_dir()
+    if not is_url(spool):  # an unwritable home fails here, once, not in every agent process
+        Path(spool).mkdir(parents=True, exist_ok=True)
 
     ctx = mp.get_context("spawn")
     start = time.perf_counter()

@@ -25,6 +25,7 @@ def grokloop(home, *args):
     ["ingest"],
     ["train", "family=modular", "max_steps=2", "eval_every=1"],
     ["dataset", "build", "--family", "modular"],
+    ["agents", "run", "--family", "modular", "--agents", "2", "--episodes", "5"],
 ])
 def test_a_home_under_a_regular_file_is_one_line(tmp_path, args):
     (tmp_path / "file").write_text("not a folder")
