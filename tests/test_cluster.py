@@ -65,10 +65,15 @@ def cluster(s3):
     """A Dask scheduler and 2 worker processes, one thread each; yields the client."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as lc, \
-            Client(lc) as client:
-        client.wait_for_workers(2)
-        yield client
+    environ = dict(os.environ)  # distributed sets OMP_NUM_THREADS=1 in this process's environment
+    try:
+        with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as lc, \
+                Client(lc) as client:
+            client.wait_for_workers(2)
+            yield client
+    finally:  # ...which later tests' subprocesses would inherit (a trainer on fewer threads)
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def _runner(client) -> Runner:

@@ -126,7 +126,10 @@ def test_metrics_and_checkpoints_are_recorded(reference):
 def _spawn(cfg):
     code = ("import json, sys; from diffusion.train import config_from_dict, train;"
             " train(config_from_dict(json.loads(sys.argv[1])))")
-    return subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(cfg))],
+    # The same number of threads as the reference trained with in this process: bit-exact
+    # comparisons need the same float reduction order.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(cfg))], env=env,
                             cwd=os.getcwd(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
