@@ -32,7 +32,10 @@ import pyarrow as pa
 
 SEGMENT_SUFFIX = ".arrow"    # what the SDK writes
 JSONL_SUFFIX = ".jsonl"      # one JSON record per line: other writers, files from other tools
-SEGMENT_SUFFIXES = (SEGMENT_SUFFIX, JSONL_SUFFIX)
+# Input that arrived but did not decode (the collector's): the reason on the first line, then the
+# bytes as received; ingest quarantines it whole, with that reason.
+REJECTED_SUFFIX = ".rejected"
+SEGMENT_SUFFIXES = (SEGMENT_SUFFIX, JSONL_SUFFIX, REJECTED_SUFFIX)
 TMP_SUFFIX = ".tmp"          # a segment still being written (or whose writer died)
 
 FORMAT_VERSION = 1           # the records (`agents/sdk.py`), in either format

@@ -286,8 +286,7 @@ def _step_rows(tid: str, position: int, step: Any, first_idx: int) -> list[dict]
     source = step.get("source") if isinstance(step.get("source"), str) else "agent"
     kind = _str(extra.get("kind")) or ("tool_call" if calls else "message")
     message = step.get("message")
-    observation = extra["observation"] if "observation" in extra else (
-        message if source in ("user", "system") else None)
+    observation = extra.get("observation", message if source in ("user", "system") else None)
     fields = {}
     if source != ("user" if kind == "message" else "agent"):
         fields["source"] = source
