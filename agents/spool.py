@@ -96,13 +96,14 @@ COLUMNS = {
                     "task_difficulty", "model"),
                    ("metadata", "task_spec")),
     "step": (("trajectory_id", "index", "kind", "tool_name", "reward", "status", "error", "start_time",
-              "end_time", "model", "input_tokens", "output_tokens", "cost_usd", "call_id", "turn"),
+              "end_time"),
              ("observation", "arguments", "result", "metadata")),
     "outcome": (("trajectory_id", "status", "verified", "reward", "error", "n_steps", "end_time"),
                 ("answer",)),
 }
 JSON_COLUMNS = ("observation", "arguments", "result", "metadata", "answer", "task_spec")
-# Columns added after segment version 2: a segment without them is read with them null.
+# Columns added after segment version 2: a segment without them is read with them null. A step
+# buffers them as one tuple in this order (`RecordBuffer.usage`).
 USAGE_COLUMNS = ("model", "input_tokens", "output_tokens", "cost_usd", "call_id", "turn")
 
 
@@ -115,15 +116,18 @@ class RecordBuffer:
     an empty text is a null. The SDK appends to these in place: nothing per record outlives the
     call but the values themselves (a tuple per record keeps the garbage collector busy, and a
     JSON text kept as its own bytes object costs several times the append: orjson's output is a
-    large allocation, and thousands of them alive defeat the allocator's reuse)."""
+    large allocation, and thousands of them alive defeat the allocator's reuse).
+    A step's usage fields (`USAGE_COLUMNS`) are one entry per record in `usage`: a tuple of them,
+    or None when it has none (most steps)."""
 
-    __slots__ = ("columns", "json", "ends")
+    __slots__ = ("columns", "json", "ends", "usage")
 
     def __init__(self, rtype: str):
         typed, json = COLUMNS[rtype]
         self.columns = tuple([] for _ in typed)
         self.json = tuple(bytearray() for _ in json)
         self.ends = tuple(array("q") for _ in json)
+        self.usage = []
 
     def __len__(self) -> int:
         return len(self.columns[0])
@@ -336,6 +340,10 @@ def segment_bytes(buffers: Mapping[str, RecordBuffer]) -> pa.Buffer:
             arrays: dict[str, Any] = dict(zip(typed, buffer.columns, strict=True))
             for name, data, ends in zip(json, buffer.json, buffer.ends, strict=True):
                 arrays[name] = _json_texts(data, ends, name)
+            if any(u is not None for u in buffer.usage):
+                empty = (None,) * len(USAGE_COLUMNS)
+                rows = [empty if u is None else u for u in buffer.usage]
+                arrays.update(zip(USAGE_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
             if any(len(values) != n for values in arrays.values()):
                 raise ValueError(f"{rtype} records: columns of different lengths")
             columns = [_constant(rtype, n)]
