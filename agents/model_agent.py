@@ -55,7 +55,9 @@ def load_proposer(
         mask = torch.tensor([m for _, m in rows], dtype=torch.bool)
         filled = predict(meta["objective"], model, ids, mask, mask_id=tokenizer.mask_id, n_steps=steps,
                          temperature=temperature, generator=generator, batch_size=batch_size)
-        answers = [tokenizer.decode(row) for row in filled[:, answer_columns(mask)].tolist()]
+        # Decoded as every accuracy in grokloop decodes answers (trailing padding off); the family's
+        # verifier then judges them in `log_episode`.
+        answers = [tokenizer.decode_answer(row) for row in filled[:, answer_columns(mask)].tolist()]
         return [answers[i * n_samples:(i + 1) * n_samples] for i in range(len(tasks))]
 
     return propose

@@ -11,14 +11,16 @@ Snapshot directory (written by curation):
 
 from __future__ import annotations
 
+import functools
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from agents.tasks import SPLITS, Tokenizer, get_family
+from agents.tasks import SPLITS, Task, TaskFamily, Tokenizer, get_family
 
 SNAPSHOT_COLUMNS = ("task_id", "family", "split", "cluster", "prompt", "answer")
 
@@ -29,18 +31,39 @@ class EncodedSplit:
     answer_mask: torch.Tensor     # (N, T) bool: True at answer positions
     task_ids: list[str]
     clusters: list[str | None]
+    tasks: list[Task] | None = None  # what the family's verifier checks each row's answer against
 
     def __len__(self) -> int:
         return self.ids.shape[0]
 
-    def take(self, n: int) -> EncodedSplit:
-        """The first n rows (evaluation on a fixed subset)."""
-        return EncodedSplit(self.ids[:n], self.answer_mask[:n], self.task_ids[:n], self.clusters[:n])
+    def subset(self, rows: Sequence[int]) -> EncodedSplit:
+        """These rows, in this order."""
+        rows = list(rows)
+        index = torch.tensor(rows, dtype=torch.long)
+        return EncodedSplit(self.ids[index], self.answer_mask[index], [self.task_ids[i] for i in rows],
+                            [self.clusters[i] for i in rows],
+                            [self.tasks[i] for i in rows] if self.tasks is not None else None)
+
+
+def eval_rows(splits: dict[str, EncodedSplit], max_rows: int, seed: int) -> dict[str, list[int]]:
+    """Rows each split is evaluated on: a seeded uniform sample of `max_rows` (sorted), or the whole
+    split when it is no larger (or max_rows is 0). Not the first rows: a split's order is its
+    generator's (two_hop lists every atomic fact before the inferred ones)."""
+    out = {}
+    for name, split in splits.items():
+        n = len(split)
+        if not max_rows or n <= max_rows:
+            out[name] = list(range(n))
+        else:  # one generator per split, seeded by its name: one split's sample never moves another's
+            g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            out[name] = sorted(torch.randperm(n, generator=g)[:max_rows].tolist())
+    return out
 
 
 def encode_rows(
     tokenizer: Tokenizer, prompts: Sequence[Sequence[str]], answers: Sequence[Sequence[str]],
     task_ids: Sequence[str], clusters: Sequence[str | None] | None = None,
+    tasks: Sequence[Task] | None = None,
 ) -> EncodedSplit:
     if not (len(prompts) == len(answers) == len(task_ids)):
         raise ValueError(
@@ -62,17 +85,28 @@ def encode_rows(
         answer_mask=torch.tensor(masks, dtype=torch.bool).view(-1, T),
         task_ids=list(task_ids),
         clusters=list(clusters) if clusters is not None else [None] * len(task_ids),
+        tasks=list(tasks) if tasks is not None else None,
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _family(name: str, params_json: str) -> TaskFamily:
+    params = json.loads(params_json)
+    return get_family(name, seed=int(params.pop("seed", 0)), **params)
+
+
+def family_from_params(name: str, params: dict) -> TaskFamily:
+    """The task family (a deterministic world, built once per process: two_hop's graph, programs' list)."""
+    return _family(name, json.dumps(params, sort_keys=True))
+
+
 def splits_from_family(name: str, params: dict) -> tuple[Tokenizer, dict[str, EncodedSplit]]:
-    params = dict(params)
-    family = get_family(name, seed=int(params.pop("seed", 0)), **params)
+    family = family_from_params(name, params)
     tokenizer = family.tokenizer()
     out = {}
     for split, tasks in family.splits().items():
         out[split] = encode_rows(tokenizer, [t.prompt for t in tasks], [t.answer for t in tasks],
-                                 [t.task_id for t in tasks])
+                                 [t.task_id for t in tasks], tasks=tasks)
     return tokenizer, out
 
 
@@ -93,8 +127,7 @@ def splits_from_snapshot(directory: str | Path) -> tuple[Tokenizer, dict[str, En
 
     directory = Path(directory)
     meta = read_snapshot_meta(directory)
-    params = dict(meta["family_params"])
-    family = get_family(meta["family"], seed=int(params.pop("seed", 0)), **params)
+    family = family_from_params(meta["family"], meta["family_params"])
     tokenizer = family.tokenizer()
     out = {}
     for split in SPLITS:
@@ -106,8 +139,23 @@ def splits_from_snapshot(directory: str | Path) -> tuple[Tokenizer, dict[str, En
         if missing:
             raise ValueError(f"{path} lacks column(s) {', '.join(missing)}")
         cols = table.select(list(SNAPSHOT_COLUMNS)).to_pydict()
-        out[split] = encode_rows(tokenizer, cols["prompt"], cols["answer"], cols["task_id"], cols["cluster"])
+        tasks = []
+        for task_id, prompt, answer in zip(cols["task_id"], cols["prompt"], cols["answer"], strict=True):
+            try:
+                tasks.append(family.task_from_prompt(prompt, answer, task_id=task_id, split=split))
+            except ValueError as err:
+                raise ValueError(f"{path}: row {task_id!r}: {err}") from err
+        out[split] = encode_rows(tokenizer, cols["prompt"], cols["answer"], cols["task_id"], cols["cluster"],
+                                 tasks=tasks)
     return tokenizer, out, meta
+
+
+def load_family(cfg) -> TaskFamily:
+    """The family a TrainConfig's rows come from (the snapshot's, if `cfg.dataset`): its verifier scores them."""
+    if cfg.dataset:
+        meta = read_snapshot_meta(cfg.dataset)
+        return family_from_params(meta["family"], meta["family_params"])
+    return family_from_params(cfg.family, cfg.family_params)
 
 
 def load_splits(cfg) -> tuple[Tokenizer, dict[str, EncodedSplit]]:

@@ -1,4 +1,13 @@
-"""Exact-match accuracy of a checkpoint per split (and per cluster), recorded in `evaluations`."""
+"""Accuracy: the task family's verifier on the decoded answer. One definition, used by training
+metrics (`diffusion.train.estimate`), checkpoint evaluation and the experiments' tables.
+
+Per split it reports (names as in the store's `evaluations.split` / `metrics.name` without "/acc"):
+    <split>                  verified accuracy over the split's rows
+    <split>/exact            exact match to the one canonical answer (a second, stricter measure)
+    <split>_<kind>           per kind of row where a split mixes kinds (two_hop: train_atomic, train_inferred)
+    <split>/cluster:<name>   per curation cluster, from this split's rows only (a held-out claim
+                             reads test_id/cluster:..., never a mix with memorised train rows)
+"""
 
 from __future__ import annotations
 
@@ -9,9 +18,14 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from agents.tasks import SPLITS
-from diffusion.data import EncodedSplit, splits_from_family, splits_from_snapshot
-from diffusion.sample import exact_match, predict, sampler_info
+from agents.tasks import SPLITS, TaskFamily, Tokenizer
+from diffusion.data import (
+    EncodedSplit,
+    family_from_params,
+    splits_from_family,
+    splits_from_snapshot,
+)
+from diffusion.sample import answer_columns, exact_match, predict, sampler_info
 from storage.home import runs_dir, store_path
 from storage.store import open_store
 
@@ -48,24 +62,52 @@ def checkpoint_splits(meta: dict):
     return splits_from_family(meta["family"], meta["family_params"])
 
 
+def answers_correct(family: TaskFamily, tokenizer: Tokenizer, split: EncodedSplit,
+                    pred: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the family's verifier accepts row i's decoded answer (`pred`: filled rows (N, T)).
+    A correct answer that is not the canonical one counts (programs: another program with the same
+    behaviour on the examples)."""
+    if split.tasks is None:
+        raise ValueError("rows without tasks cannot be verified; build them with splits_from_family / "
+                         "splits_from_snapshot")
+    answers = pred[:, answer_columns(split.answer_mask)].tolist() if len(split) else []
+    return torch.tensor([family.verify(task, tokenizer.decode_answer(ids))
+                         for task, ids in zip(split.tasks, answers, strict=True)], dtype=torch.bool)
+
+
+def split_accuracy(family: TaskFamily, tokenizer: Tokenizer, name: str, split: EncodedSplit,
+                   pred: torch.Tensor) -> dict[str, tuple[int, float]]:
+    """{group: (n, accuracy)} of one split's filled rows: the split, its exact match, its kinds (where
+    it mixes several) and its clusters; every group from this split's rows only."""
+    correct = answers_correct(family, tokenizer, split, pred)
+    exact = exact_match(pred, split.ids, split.answer_mask)
+    out = {name: (len(split), float(correct.float().mean())),
+           f"{name}/exact": (len(split), float(exact.float().mean()))}
+    groups: dict[str, list[bool]] = {}
+    kinds = [family.kind_of(t) for t in split.tasks]
+    if len(set(kinds)) > 1:
+        for kind, ok in zip(kinds, correct.tolist(), strict=True):
+            groups.setdefault(f"{name}_{kind}", []).append(ok)
+    for cluster, ok in zip(split.clusters, correct.tolist(), strict=True):
+        if cluster is not None:
+            groups.setdefault(f"{name}/cluster:{cluster}", []).append(ok)
+    for group, oks in sorted(groups.items()):
+        out[group] = (len(oks), sum(oks) / len(oks))
+    return out
+
+
 def accuracy_by_split(
-    objective: str, model, splits: dict[str, EncodedSplit], mask_id: int, *, n_steps: int,
-    threshold: float = 0.95,
+    objective: str, model, splits: dict[str, EncodedSplit], family: TaskFamily, tokenizer: Tokenizer, *,
+    n_steps: int, threshold: float = 0.95,
 ) -> dict[str, tuple[int, float]]:
-    """{split or "cluster:<name>": (n, accuracy)} over every row."""
-    out, by_cluster = {}, {}
+    """`split_accuracy` of every non-empty split, answers filled by the model (greedy)."""
+    out = {}
     for name, split in splits.items():
         if len(split) == 0:
             continue
-        pred = predict(objective, model, split.ids, split.answer_mask, mask_id=mask_id, n_steps=n_steps,
-                       threshold=threshold)
-        correct = exact_match(pred, split.ids, split.answer_mask)
-        out[name] = (len(split), float(correct.float().mean()))
-        for cluster, ok in zip(split.clusters, correct.tolist(), strict=True):
-            if cluster is not None:
-                by_cluster.setdefault(cluster, []).append(ok)
-    for cluster, oks in sorted(by_cluster.items()):
-        out[f"cluster:{cluster}"] = (len(oks), sum(oks) / len(oks))
+        pred = predict(objective, model, split.ids, split.answer_mask, mask_id=tokenizer.mask_id,
+                       n_steps=n_steps, threshold=threshold)
+        out.update(split_accuracy(family, tokenizer, name, split, pred))
     return out
 
 
@@ -74,7 +116,8 @@ def evaluate_checkpoint(
     checkpoint_dir: str | Path, *, splits: Sequence[str] = SPLITS, n_steps: int | None = None,
     home: str | Path | None = None,
 ) -> dict[str, float]:
-    """{split: accuracy} for the checkpoint, written to `evaluations` (one row per split)."""
+    """{group: accuracy} for the checkpoint over every row of each split (see the module docstring for
+    the groups), written to `evaluations` (one row per group)."""
     from diffusion.train import load_model
 
     checkpoint_dir = resolve_checkpoint(checkpoint_dir, home)
@@ -85,9 +128,10 @@ def evaluate_checkpoint(
     n_steps = n_steps or meta.get("sampler_steps", 8)
     threshold = meta.get("sampler_threshold", 0.95)
     tokenizer, data = checkpoint_splits(meta)
+    family = family_from_params(meta["family"], meta["family_params"])
     model = load_model(checkpoint_dir)
-    results = accuracy_by_split(meta["objective"], model, {s: data[s] for s in splits},
-                                tokenizer.mask_id, n_steps=n_steps, threshold=threshold)
+    results = accuracy_by_split(meta["objective"], model, {s: data[s] for s in splits}, family, tokenizer,
+                                n_steps=n_steps, threshold=threshold)
     sampler = json.dumps(sampler_info(meta["objective"], n_steps, threshold=threshold))
     names = list(results)
     rows = pa.table({  # noqa: F841  (DuckDB reads it by name below)

@@ -37,13 +37,14 @@ def mask_count(
     """The same ELBO with t integrated out: mask k ~ U{1..L} positions chosen uniformly, weight L/k.
     (Summing the Beta(k, L-k+1) weights of the 1/t form over t gives exactly this.) No row is
     ever left unmasked and no weight exceeds L, so the variance is far lower for short answers
-    (L = 1: plain cross-entropy). Returns (masked (B, T), k/L (B,)) — k/L plays the role of t."""
+    (L = 1: plain cross-entropy). Returns (masked (B, T), k/L (B,)) — k/L plays the role of t.
+    A row with no maskable position (L = 0) masks nothing and gets t = 1, not 0/0."""
     L = maskable.sum(dim=1)  # (B,)
     u = sample_t(maskable.shape[0], eps=0.0, generator=generator)  # stratified in [0, 1)
-    k = (u * L).floor().long().clamp(max=L - 1) + 1  # (B,) in 1..L
+    k = (u * L).floor().long().clamp(max=L - 1) + 1  # (B,) in 1..L (0 where L = 0)
     scores = torch.rand(maskable.shape, generator=generator).masked_fill(~maskable.bool(), 2.0)
     rank = scores.argsort(dim=1).argsort(dim=1)  # random order of the maskable positions first
-    return rank < k[:, None], k / L.clamp(min=1)
+    return rank < k[:, None], k.clamp(min=1) / L.clamp(min=1)
 
 
 def never_predict_mask(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -57,17 +58,19 @@ def mdm_loss_given(
     model, ids: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor, masked: torch.Tensor,
     mask_id: int,
 ) -> torch.Tensor:
-    """The NELBO estimate for given noise levels `t` (B,) and mask pattern `masked` (B, T)."""
+    """The NELBO estimate for given noise levels `t` (B,) and mask pattern `masked` (B, T), averaged
+    over the rows that have something to mask (a row with none has no ELBO term)."""
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
     logits = never_predict_mask(model(noisy), mask_id)  # (B, T, V)
     nll = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # (B, T)
     per_row = (nll * masked).sum(dim=1) / t  # (B,): 1/t weighting
-    return (per_row / maskable.sum(dim=1).clamp(min=1)).mean()
+    L = maskable.sum(dim=1)  # (B,)
+    return (per_row / L.clamp(min=1)).sum() / (L > 0).sum().clamp(min=1)
 
 
 def mdm_loss(
     model, ids: torch.Tensor, answer_mask: torch.Tensor, mask_id: int, *,
-    full_sequence: bool = False, estimator: str = "t", generator: torch.Generator | None = None,
+    full_sequence: bool = False, estimator: str = "count", generator: torch.Generator | None = None,
     eps: float = 1e-3,
 ) -> torch.Tensor:
     """Masked-diffusion loss. Prompt-conditional by default: the prompt is always visible and only
@@ -85,9 +88,10 @@ def mdm_loss(
     return mdm_loss_given(model, ids, maskable, t, masked, mask_id)
 
 
-def ar_loss(model, ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
-    """Autoregressive baseline: the causal model predicts each answer token from everything before it."""
-    logits = model(ids[:, :-1], causal=True)  # (B, T-1, V): position j predicts token j+1
+def ar_loss(model, ids: torch.Tensor, answer_mask: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Autoregressive baseline: the causal model predicts each answer token from everything before it.
+    [MASK] is out of its support too (the AR sampler never emits it), so the two losses compare."""
+    logits = never_predict_mask(model(ids[:, :-1], causal=True), mask_id)  # (B, T-1, V): j predicts j+1
     targets = ids[:, 1:]
     weight = answer_mask[:, 1:].float()  # (B, T-1): only answer tokens count
     nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
@@ -96,11 +100,11 @@ def ar_loss(model, ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor
 
 def objective_loss(
     objective: str, model, ids: torch.Tensor, answer_mask: torch.Tensor, mask_id: int, *,
-    full_sequence: bool = False, estimator: str = "t", generator: torch.Generator | None = None,
+    full_sequence: bool = False, estimator: str = "count", generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     if objective == "mdm":
         return mdm_loss(model, ids, answer_mask, mask_id, full_sequence=full_sequence,
                         estimator=estimator, generator=generator)
     if objective == "ar":
-        return ar_loss(model, ids, answer_mask)
+        return ar_loss(model, ids, answer_mask, mask_id)
     raise ValueError(f"unknown objective {objective!r}; expected 'mdm' or 'ar'")

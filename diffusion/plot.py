@@ -57,7 +57,7 @@ def plot_runs(run_ids: Sequence[str], out: str | Path, home: str | Path | None =
             ax.axvline(max(offset[run_id] + marks[run_id], 1), color=color, alpha=0.3, linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("optimization step")
-    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylabel("accuracy (task verifier)")
     ax.set_ylim(-0.02, 1.02)
     styles = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
     ax.set_title("; ".join(f"{n.removesuffix('/acc')} ({styles.get(st, st)})" for n, st in curves.items())

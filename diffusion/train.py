@@ -11,6 +11,7 @@ included) resumes to exactly the numbers it would have produced uninterrupted (o
 
 Layout under <home>/runs/<run_id>/:
     config.json                       the resolved TrainConfig
+    eval_rows.json                    the rows each split is evaluated on, fixed for the run's life
     checkpoints/step_<N>/             save_pretrained (config.json + safetensors),
                                       state.pt (optimizer, Grokfast state, data position, RNGs),
                                       grokloop.json (what the checkpoint is: family, objective, step)
@@ -35,11 +36,20 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from diffusion.data import BatchSampler, EncodedSplit, load_splits, read_snapshot_meta
+from agents.tasks import TaskFamily, Tokenizer
+from diffusion.data import (
+    BatchSampler,
+    EncodedSplit,
+    eval_rows,
+    load_family,
+    load_splits,
+    read_snapshot_meta,
+)
+from diffusion.evaluate import split_accuracy
 from diffusion.grokfast import gradfilter_ema, gradfilter_ma
 from diffusion.model import Denoiser
 from diffusion.objective import objective_loss
-from diffusion.sample import exact_match, predict
+from diffusion.sample import predict
 from storage.home import grokloop_home, runs_dir, store_path
 from storage.store import open_store
 
@@ -56,7 +66,7 @@ class TrainConfig:
     family_params: dict = field(default_factory=_modular_default)  # incl. "seed" of the task world
     dataset: str | None = None             # snapshot directory; None trains from the family's generator
     full_sequence: bool = False            # mdm: also noise the prompt (unconditional) instead of answer only
-    mdm_estimator: str = "t"               # t: 1/t-weighted Bernoulli(t) masks | count: t integrated out (less variance)
+    mdm_estimator: str = "count"           # count: t integrated out (less variance) | t: 1/t-weighted Bernoulli(t) masks
     # model (2-layer width-128 groks a*b mod 97 in ~2.5k steps with Grokfast-EMA)
     hidden_size: int = 128
     num_layers: int = 2
@@ -84,10 +94,10 @@ class TrainConfig:
     eval_every: int = 100                  # steps between metrics (and checkpoints by default)
     checkpoint_every: int = 0              # 0 = every eval
     keep_checkpoints: int = 3              # older ones are deleted (the latest always kept)
-    eval_max_rows: int = 4096              # rows per split used for metrics; 0 = all
+    eval_max_rows: int = 4096              # rows per split used for metrics (a seeded sample); 0 = all
     sampler_steps: int = 8                 # denoising steps when sampling answers (capped at answer length)
     sampler_threshold: float = 0.95        # commit anything this confident early
-    mem_threshold: float = 0.99            # T_mem: first eval with train acc >= this
+    mem_threshold: float = 0.99            # T_mem: first eval with train acc >= this (two_hop: inferred facts)
     grok_threshold: float = 0.95           # T_grok: first eval with test_id acc >= this
     patience: int = 0                      # stop this many steps after T_grok; 0 = run to max_steps
     # bookkeeping
@@ -238,9 +248,14 @@ def save_checkpoint(run_dir: Path, step: int, model: Denoiser, state: dict, meta
         (tmp / "grokloop.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         _fsync_dir_files(tmp)
         os.replace(tmp, final)
+        _fsync_dir(root)  # the rename itself survives a power cut only once its directory is synced
     pointer_tmp = run_dir / f".latest.{os.getpid()}"
-    pointer_tmp.write_text(final.name)
+    with open(pointer_tmp, "w") as fh:
+        fh.write(final.name)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(pointer_tmp, run_dir / "latest")
+    _fsync_dir(run_dir)
     steps = sorted(int(p.name.split("_")[1]) for p in root.glob("step_*"))
     for old in steps[:-keep] if keep > 0 else []:
         if old != step:
@@ -252,6 +267,33 @@ def _fsync_dir_files(directory: Path) -> None:
     for path in directory.iterdir():
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def run_eval_rows(run_dir: Path, cfg: TrainConfig, splits: dict[str, EncodedSplit]) -> dict[str, list[int]]:
+    """The run's evaluation rows: drawn once (seeded) and kept in the run directory, so a resumed or
+    extended run is measured on the same rows whatever eval_max_rows says now."""
+    path = run_dir / "eval_rows.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        for name, entry in stored.items():
+            if name not in splits or len(splits[name]) != entry["n_rows"]:
+                have = len(splits[name]) if name in splits else "no"
+                raise ValueError(f"{path}: split {name!r} had {entry['n_rows']} rows, the data now has {have}; "
+                                 "the run's evaluation rows no longer fit its data")
+        return {name: entry["rows"] for name, entry in stored.items()}
+    rows = eval_rows(splits, cfg.eval_max_rows, cfg.seed)
+    tmp = run_dir / f".eval_rows.{os.getpid()}"
+    tmp.write_text(json.dumps({name: {"n_rows": len(splits[name]), "rows": idx} for name, idx in rows.items()}))
+    os.replace(tmp, path)
+    return rows
 
 
 def rng_state() -> dict:
@@ -312,35 +354,35 @@ def stored_metrics(home, run_id: str, step: int) -> dict[str, float]:
 # --- evaluation during training ------------------------------------------------------------------
 
 @torch.no_grad()
-def estimate(cfg: TrainConfig, model: Denoiser, splits: dict[str, EncodedSplit], mask_id: int,
-             step: int) -> dict[str, float]:
-    """Loss and exact-match accuracy per split (and per cluster), on fixed rows with fixed noise."""
+def estimate(cfg: TrainConfig, model: Denoiser, splits: dict[str, EncodedSplit], family: TaskFamily,
+             tokenizer: Tokenizer, step: int) -> dict[str, float]:
+    """Loss and verified accuracy (plus exact match, kinds, clusters: `split_accuracy`) of each split's
+    evaluation rows (`splits` holds only those), with fixed noise per step."""
     model.eval()
     out: dict[str, float] = {}
-    by_cluster: dict[str, list[bool]] = {}
-    for name, split in splits.items():
-        if len(split) == 0:
+    for name, rows in splits.items():
+        if len(rows) == 0:
             continue
-        rows = split.take(cfg.eval_max_rows) if cfg.eval_max_rows else split
         noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # same step, same noise
         losses = []
         for start in range(0, len(rows), 4096):
             ids, mask = rows.ids[start:start + 4096], rows.answer_mask[start:start + 4096]
-            losses.append(objective_loss(cfg.objective, model, ids, mask, mask_id,
+            losses.append(objective_loss(cfg.objective, model, ids, mask, tokenizer.mask_id,
                                          full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator, generator=noise) * len(ids))
         out[f"{name}/loss"] = float(sum(losses) / len(rows))
-        pred = predict(cfg.objective, model, rows.ids, rows.answer_mask, mask_id=mask_id,
+        pred = predict(cfg.objective, model, rows.ids, rows.answer_mask, mask_id=tokenizer.mask_id,
                        n_steps=cfg.sampler_steps, threshold=cfg.sampler_threshold)
-        correct = exact_match(pred, rows.ids, rows.answer_mask)
-        out[f"{name}/acc"] = float(correct.float().mean())
-        for cluster, ok in zip(rows.clusters, correct.tolist(), strict=True):
-            if cluster is not None:
-                by_cluster.setdefault(cluster, []).append(ok)
-    for cluster, oks in sorted(by_cluster.items()):
-        out[f"cluster/{cluster}/acc"] = sum(oks) / len(oks)
+        for group, (_, acc) in split_accuracy(family, tokenizer, name, rows, pred).items():
+            out[group if group.endswith("/exact") else f"{group}/acc"] = acc
     out["weight_norm"] = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters())))
     model.train()
     return out
+
+
+def memorized_metric(family: TaskFamily, metrics: dict[str, float]) -> str:
+    """What T_mem is measured on: the rows that must be memorised (two_hop: inferred train facts)."""
+    kind = f"train_{family.memorized_kind}/acc"
+    return kind if kind in metrics else "train/acc"
 
 
 def grad_norm(grads: list[torch.Tensor]) -> float:
@@ -374,6 +416,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
 
     # data and model (bad data fails here, before anything is written)
     tokenizer, splits = load_splits(cfg)
+    task_family = load_family(cfg)
     mask_id = tokenizer.mask_id
     dataset_id, family, family_params = None, cfg.family, cfg.family_params
     if cfg.dataset:  # the snapshot names its family: checkpoints must rebuild that tokenizer
@@ -391,13 +434,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                          mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=mask_id, init=cfg.init)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config_to_json(cfg))
+    eval_splits = {name: splits[name].subset(idx) for name, idx in run_eval_rows(run_dir, cfg, splits).items()}
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sampler = BatchSampler(len(splits["train"]), cfg.batch_size, seed=cfg.seed)
     noise = torch.Generator().manual_seed(cfg.seed + 1)  # masking noise, separate from data order
 
     # loop state: everything that must survive a restart
-    step, filter_state, t_mem, t_grok, evaluated, pending_rows = 0, None, None, None, -1, []
+    step, filter_state, t_mem, t_grok, evaluated, saved, pending_rows = 0, None, None, None, -1, -1, []
     accum = {"loss": 0.0, "n": 0, "time": 0.0}
     last = {}  # grad_norm, grokfast/filter_ratio of the update before the eval
     if resume_from is not None:
@@ -408,7 +452,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
         noise.set_state(st["noise"])
         set_rng_state(st["rng"])
         step, filter_state, t_mem, t_grok = st["step"], st["grokfast"], st["t_mem"], st["t_grok"]
-        evaluated, accum, last = st["evaluated"], st["accum"], st["last"]
+        evaluated, accum, last, saved = st["evaluated"], st["accum"], st["last"], st["step"]
         pending_rows = st.get("pending_rows", [])
         console.print(f"resuming {cfg.run_id} from {resume_from.name}")
     parent = Path(cfg.init_from).parent.parent.name if cfg.init_from else None
@@ -452,15 +496,17 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
             while True:
                 # evaluate, log and maybe stop (each step once, even across restarts)
                 done = step >= cfg.max_steps or _patience_over(cfg, step, t_grok)
-                if (step % cfg.eval_every == 0 or done) and evaluated < step:
-                    metrics = estimate(cfg, model, splits, mask_id, step)
+                rows = []
+                evaluate_now = (step % cfg.eval_every == 0 or done) and evaluated < step
+                if evaluate_now:
+                    metrics = estimate(cfg, model, eval_splits, task_family, tokenizer, step)
                     metrics["lr"] = optimizer.param_groups[0]["lr"]
                     if accum["n"]:
                         metrics["train/batch_loss"] = accum["loss"] / accum["n"]
                         metrics["step_time"] = accum["time"] / accum["n"]
                     metrics.update(last)
                     accum, evaluated = {"loss": 0.0, "n": 0, "time": 0.0}, step
-                    if t_mem is None and metrics.get("train/acc", 0.0) >= cfg.mem_threshold:
+                    if t_mem is None and metrics.get(memorized_metric(task_family, metrics), 0.0) >= cfg.mem_threshold:
                         t_mem = step
                     if t_grok is None and metrics.get("test_id/acc", 0.0) >= cfg.grok_threshold:
                         t_grok = step
@@ -469,13 +515,16 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                     progress.update(bar, info=f"train {metrics.get('train/acc', 0):.3f} "
                                               f"test {metrics.get('test_id/acc', 0):.3f}")
                     done = done or _patience_over(cfg, step, t_grok)
-                    # The checkpoint carries this eval's rows: a kill before the store write below
-                    # is repaired on resume (the write is idempotent), never a gap in the metrics.
-                    ckpts = [(step, checkpoint(rows))] if step % ckpt_every == 0 or done else []
+                # Checkpoint on its own schedule (and at the end), once per step even across restarts.
+                # It carries this eval's rows: a kill before the store write below is repaired on
+                # resume (the write is idempotent), never a gap in the metrics.
+                ckpts = []
+                if (step % ckpt_every == 0 or done) and saved < step:
+                    ckpts, saved = [(step, checkpoint(rows))], step
+                if evaluate_now or ckpts:
                     record_run(home, run_row("finished" if done else "running"), rows, ckpts)
-                elif done:  # already evaluated (e.g. resuming a complete run): settle its status
-                    final = latest_checkpoint(run_dir) == run_dir / "checkpoints" / f"step_{step}"
-                    record_run(home, run_row("finished"), [], [] if final else [(step, checkpoint())])
+                elif done:  # already evaluated and saved (resuming a complete run): settle its status
+                    record_run(home, run_row("finished"), [], [])
                     metrics = metrics or stored_metrics(home, cfg.run_id, step)
                 if done:
                     break

@@ -73,28 +73,34 @@ def test_curate_twice_builds_once(tmp_path):
 
 
 def test_train_task_killed_mid_run_is_retried_and_resumes(tmp_path, monkeypatch):
-    """The first attempt dies at step 15 after a checkpoint at step 10; Prefect's retry resumes from it,
-    and the metrics equal those of an uninterrupted run."""
+    """The first attempt dies in training step 15, after the mid-run checkpoint at step 10; Prefect's
+    retry resumes from that checkpoint (not from step 0), and the metrics equal an uninterrupted run's.
+    Evaluations at 0 and 20 only: the step-10 checkpoint is not an evaluation step."""
     import diffusion.train as train_module
     from flows.flows import collect_flow, curate_flow, train_flow
 
     cfg = tiny_config(tmp_path)
+    cfg.train_overrides = {**cfg.train_overrides, "eval_every": 20, "checkpoint_every": 10}
     collect_flow(cfg=cfg)
     snap = curate_flow(cfg=cfg)["modular"]
 
-    real_step = train_module.Denoiser.forward
-    calls = {"n": 0, "starts": []}
+    real_forward = train_module.Denoiser.forward
+    calls = {"train_forwards": 0, "starts": [], "resumed_from": []}
     original_train = train_module.train
 
     def spying_train(train_cfg, *, resume=False):
         calls["starts"].append(resume)
+        if resume:
+            calls["resumed_from"].append(train_module.latest_checkpoint(
+                tmp_path / "runs" / train_cfg.run_name).name)
         return original_train(train_cfg, resume=resume)
 
     def dying_forward(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 15 + 1 and len(calls["starts"]) == 1:  # +1: the step-0 evaluation's forward
-            raise RuntimeError("simulated crash mid-run")
-        return real_step(self, *args, **kwargs)
+        if self.training:  # training steps only; evaluation runs in eval mode
+            calls["train_forwards"] += 1
+            if calls["train_forwards"] == 15 and len(calls["starts"]) == 1:  # step 14 of the first try
+                raise RuntimeError("simulated crash mid-run")
+        return real_forward(self, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "train", spying_train)
     monkeypatch.setattr(train_module.Denoiser, "forward", dying_forward)
@@ -102,12 +108,15 @@ def test_train_task_killed_mid_run_is_retried_and_resumes(tmp_path, monkeypatch)
     monkeypatch.undo()
 
     assert calls["starts"] == [False, True]  # the retry resumed instead of restarting
+    assert calls["resumed_from"] == ["step_10"]
+    assert calls["train_forwards"] == 15 + 10  # steps 10..19 again, not 0..19
     clean = train_flow(cfg=cfg, family="modular", dataset_dir=snap["path"], run_name="clean")
     with open_store(tmp_path / "store.duckdb", read_only=True) as con:
         def series(run_id):
             return con.execute("SELECT step, name, value FROM metrics WHERE run_id = ? AND name NOT IN "
                                "('step_time') ORDER BY step, name", [run_id]).fetchall()
         assert series(crashed["run_id"]) == series(clean["run_id"])
+        assert series(crashed["run_id"])
 
 
 def test_self_improve_two_rounds_records_both(tmp_path):

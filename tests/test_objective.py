@@ -40,13 +40,14 @@ def test_loss_matches_a_per_example_reference_for_given_noise():
     assert abs(float(got) - total / 3) < 1e-5
 
 
+@pytest.mark.parametrize("full_sequence", [False, True])
 @pytest.mark.parametrize("estimator", ["t", "count"])
-def test_loss_is_an_unbiased_estimate_of_the_exact_elbo(estimator):
+def test_loss_is_an_unbiased_estimate_of_the_exact_elbo(estimator, full_sequence):
     """With t ~ U(0,1) and masks ~ Bernoulli(t), E[loss] = sum over mask sets S of
     Beta(|S|, L-|S|+1) * sum_{j in S} -log p(x_j | x with S masked), computed by enumeration."""
     model = tiny_model()
     x = torch.tensor([3, 4, 5, 6, 7])
-    answer_pos = [2, 3, 4]
+    answer_pos = [0, 1, 2, 3, 4] if full_sequence else [2, 3, 4]  # full_sequence: the prompt too
     L = len(answer_pos)
     exact = 0.0
     with torch.no_grad():
@@ -61,9 +62,9 @@ def test_loss_is_an_unbiased_estimate_of_the_exact_elbo(estimator):
         n = 20000
         ids = x.repeat(n, 1)
         answer = torch.zeros(n, 5, dtype=torch.bool)
-        answer[:, answer_pos] = True
+        answer[:, [2, 3, 4]] = True
         estimate = float(mdm_loss(model, ids, answer, MASK, estimator=estimator, eps=1e-6,
-                                  generator=torch.Generator().manual_seed(0)))
+                                  full_sequence=full_sequence, generator=torch.Generator().manual_seed(0)))
     assert abs(estimate - exact) / exact < 0.03, (estimate, exact)
 
 
@@ -85,15 +86,69 @@ def test_prompt_is_never_masked_unless_full_sequence():
     assert masked_full[:, :2].any()
 
 
-def test_the_mask_token_gets_no_probability():
+def mask_loving_model():
+    """A model whose largest logit is [MASK] by a wide margin at every position. (Setting only the head
+    row is not enough: the final LayerNorm's output sums to ~0, so that logit would stay ~0.)"""
     model = tiny_model()
     with torch.no_grad():
-        model.head.weight[MASK] = 100.0  # a model that loves [MASK]
-        ids = torch.tensor([[3, 4, 5, 6, 7]])
-        answer = torch.tensor([[0, 0, 1, 1, 1]], dtype=torch.bool)
+        model.norm.bias.fill_(1.0)
+        model.head.weight[MASK] = 1.0  # logit ~ hidden_size (16) for [MASK], ~0 for the rest
+    return model
+
+
+def test_a_model_that_prefers_mask_still_never_predicts_it():
+    from diffusion.sample import sample_ar, sample_mdm
+
+    model = mask_loving_model()
+    ids = torch.tensor([[3, 4, 5, 6, 7], [8, 3, 3, 4, 2]])
+    answer = torch.tensor([[0, 0, 1, 1, 1]] * 2, dtype=torch.bool)
+    with torch.no_grad():
+        raw = model(ids)
+        top2 = raw.topk(2, dim=-1).values
+        assert (raw.argmax(-1) == MASK).all() and ((top2[..., 0] - top2[..., 1]) > 5).all()
+        # Losses: [MASK] is out of the support, so they equal the references that exclude it.
         masked = answer.clone()
-        loss = mdm_loss_given(model, ids, answer, torch.tensor([1.0]), masked, MASK)
-    assert torch.isfinite(loss)
+        got = float(mdm_loss_given(model, ids, answer, torch.tensor([1.0, 1.0]), masked, MASK))
+        ref = []
+        for b in range(2):
+            noisy = torch.where(masked[b], torch.tensor(MASK), ids[b])
+            lp = log_probs(model, noisy)
+            ref.append(sum(-float(lp[j, ids[b, j]]) for j in range(2, 5)) / 3)
+        assert abs(got - sum(ref) / 2) < 1e-4
+        ar_ref = []
+        for b in range(2):
+            for j in range(2, 5):
+                logits = model(ids[b:b + 1, :j], causal=True)[0, -1].clone()
+                logits[MASK] = -math.inf
+                ar_ref.append(-float(F.log_softmax(logits, -1)[ids[b, j]]))
+        assert abs(float(ar_loss(model, ids, answer, MASK)) - sum(ar_ref) / len(ar_ref)) < 1e-4
+        # Samplers: every answer position gets a real token.
+        for out in (sample_mdm(model, ids, answer, n_steps=2, mask_id=MASK, temperature=1.0,
+                               generator=torch.Generator().manual_seed(0)),
+                    sample_ar(model, ids, answer, mask_id=MASK)):
+            assert not (out[:, 2:] == MASK).any()
+
+
+def test_rows_with_no_maskable_token_give_no_nan_and_do_not_count():
+    from diffusion.objective import mask_count
+
+    model = tiny_model()
+    ids = torch.tensor([[3, 4, 5, 6, 7], [8, 3, 3, 4, 2]])
+    maskable = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    masked, frac = mask_count(maskable, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(frac).all() and not masked[1].any() and masked[0].any()
+    with torch.no_grad():
+        for estimator in ("t", "count"):
+            loss = mdm_loss(model, ids, maskable, MASK, estimator=estimator,
+                            generator=torch.Generator().manual_seed(0))
+            assert torch.isfinite(loss)
+        # The empty row adds nothing: the loss is the other row's.
+        t, pattern = torch.tensor([0.5, 0.5]), torch.tensor([[0, 0, 1, 0, 1], [0] * 5], dtype=torch.bool)
+        both = mdm_loss_given(model, ids, maskable, t, pattern, MASK)
+        alone = mdm_loss_given(model, ids[:1], maskable[:1], t[:1], pattern[:1], MASK)
+        assert torch.allclose(both, alone)
+        nothing = mdm_loss(model, ids[1:], maskable[1:], MASK, estimator="count")
+        assert float(nothing) == 0.0
 
 
 def test_ar_loss_matches_left_to_right_reference():
@@ -101,11 +156,12 @@ def test_ar_loss_matches_left_to_right_reference():
     ids = torch.tensor([[3, 4, 5, 6, 7], [8, 3, 3, 4, 0]])
     answer = torch.tensor([[0, 0, 1, 1, 1]] * 2, dtype=torch.bool)
     with torch.no_grad():
-        got = float(ar_loss(model, ids, answer))
+        got = float(ar_loss(model, ids, answer, MASK))
         nlls = []
         for b in range(2):
             for j in range(2, 5):
-                logits = model(ids[b:b + 1, :j], causal=True)[0, -1]
+                logits = model(ids[b:b + 1, :j], causal=True)[0, -1].clone()
+                logits[MASK] = -math.inf  # [MASK] is never a target
                 nlls.append(-float(F.log_softmax(logits, -1)[ids[b, j]]))
     assert abs(got - sum(nlls) / len(nlls)) < 1e-5
 

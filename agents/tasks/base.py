@@ -65,6 +65,14 @@ class Tokenizer:
             ids += [self.pad_id] * (length - len(ids))
         return ids
 
+    def decode_answer(self, ids: Iterable[int]) -> list[str]:
+        """An answer's symbols: trailing padding dropped, padding inside kept as [PAD] (so the verifier
+        rejects "[PAD] sort", which is not an answer the row layout allows)."""
+        symbols = [self.vocab[i] if 0 <= i < len(self.vocab) else UNK for i in ids]
+        while symbols and symbols[-1] == PAD:
+            symbols.pop()
+        return symbols
+
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Symbols for ids, padding dropped (mask and unknown kept, so a bad sample stays visible)."""
         return [self.vocab[i] if 0 <= i < len(self.vocab) else UNK for i in ids if i != self.pad_id]
@@ -80,6 +88,9 @@ class TaskFamily:
     """Subclasses generate all tasks from `seed` and their size parameters in `__init__`."""
 
     name: str = ""
+    # The kind of train row that must be memorised before it can be generalised (T_mem is measured on
+    # it when a split mixes kinds, e.g. two_hop's inferred facts beside its atomic ones).
+    memorized_kind: str | None = None
 
     def splits(self) -> dict[str, list[Task]]:
         """{"train": [...], "test_id": [...], "test_ood": [...]} — disjoint, deterministic per seed.
@@ -93,6 +104,16 @@ class TaskFamily:
         """Reality test: is `answer` a correct solution of `task`? (Not just equal to the canonical one
         where several answers are correct, e.g. two programs with the same behaviour.)"""
         raise NotImplementedError
+
+    def task_from_prompt(self, prompt: Sequence[str], answer: Sequence[str] = (), *, task_id: str = "",
+                         split: str = "train") -> Task:
+        """The task a rendered prompt states, enough for `verify` (a dataset row carries only its prompt
+        and answer symbols). A prompt the family cannot have rendered -> ValueError naming the family."""
+        raise NotImplementedError
+
+    def kind_of(self, task: Task) -> str | None:
+        """A sub-population of rows reported separately (two_hop: atomic | inferred); None if none."""
+        return None
 
     def tools(self, task: Task) -> dict[str, Callable[..., Any]]:
         """The environment an agent acts in: tool name -> callable returning the observation."""

@@ -95,6 +95,18 @@ class ModularFamily(TaskFamily):
             self._splits = out
         return self._splits
 
+    def task_from_prompt(self, prompt: Sequence[str], answer: Sequence[str] = (), *, task_id: str = "",
+                         split: str = "train") -> Task:
+        by_symbol = {OPERATIONS[op][0]: op for op in self.operations}
+        prompt = tuple(prompt)
+        if (len(prompt) != 4 or prompt[1] not in by_symbol or prompt[3] != "="
+                or not all(s.isdigit() and int(s) < self.p for s in (prompt[0], prompt[2]))):
+            raise ValueError(f"modular: {list(prompt)} is not 'x op y =' with x, y < {self.p} and op one of "
+                             f"{', '.join(by_symbol)}")
+        op, x, y = by_symbol[prompt[1]], int(prompt[0]), int(prompt[2])
+        return Task(family=self.name, task_id=task_id, split=split, prompt=prompt, answer=tuple(answer),
+                    operation=op, difficulty=1, spec={"p": self.p, "op": op, "x": x, "y": y})
+
     def tokenizer(self) -> Tokenizer:
         symbols = [str(i) for i in range(self.p)] + [OPERATIONS[op][0] for op in self.operations] + ["="]
         return Tokenizer(symbols, prompt_len=4, answer_len=1)

@@ -151,6 +151,30 @@ class ProgramsFamily(TaskFamily):
                     prompt=tuple(prompt), answer=program, operation=op, difficulty=len(program),
                     spec={"inputs": inputs, "outputs": outputs})
 
+    def task_from_prompt(self, prompt: Sequence[str], answer: Sequence[str] = (), *, task_id: str = "",
+                         split: str = "train") -> Task:
+        """Parse "xs -> ys ; xs -> ys ; ..." back into the examples the verifier checks."""
+        inputs: list[list[int]] = []
+        outputs: list[list[int]] = []
+        current: list[int] = []
+        for symbol in prompt:
+            if symbol == ARROW and len(inputs) == len(outputs):
+                inputs.append(current)
+                current = []
+            elif symbol == SEP and len(inputs) == len(outputs) + 1:
+                outputs.append(current)
+                current = []
+            elif symbol.isdigit():
+                current.append(int(symbol))
+            else:
+                break
+        else:
+            if inputs and not current and len(inputs) == len(outputs):
+                return Task(family=self.name, task_id=task_id, split=split, prompt=tuple(prompt),
+                            answer=tuple(answer), operation="|".join(answer), difficulty=len(answer),
+                            spec={"inputs": inputs, "outputs": outputs})
+        raise ValueError(f"programs: {list(prompt)} is not 'xs -> ys ;' examples")
+
     def tokenizer(self) -> Tokenizer:
         top = self.max_value
         for _ in range(self.max_len):

@@ -33,6 +33,7 @@ from agents.tasks.base import Task, TaskFamily, Tokenizer
 
 class TwoHopFamily(TaskFamily):
     name = "two_hop"
+    memorized_kind = "inferred"  # atomic facts are recall; the inferred ones are what grokking is about
 
     def __init__(self, seed: int = 0, n_entities: int = 200, n_relations: int = 20,
                  relations_per_entity: int = 12, ood_fraction: float = 0.05, phi: float = 7.2,
@@ -140,6 +141,19 @@ class TwoHopFamily(TaskFamily):
             entity = self.lookup(entity, r) if entity else None
         return entity
 
+    def task_from_prompt(self, prompt: Sequence[str], answer: Sequence[str] = (), *, task_id: str = "",
+                         split: str = "train") -> Task:
+        prompt = tuple(prompt)
+        if (len(prompt) not in (2, 3) or not _is(prompt[0], "e", self.n_entities)
+                or not all(_is(r, "r", self.n_relations) for r in prompt[1:])):
+            raise ValueError(f"two_hop: {list(prompt)} is not (entity, relation[, relation]) of this graph")
+        kind = "atomic" if len(prompt) == 2 else "inferred"
+        return Task(family=self.name, task_id=task_id, split=split, prompt=prompt, answer=tuple(answer),
+                    operation=">".join(prompt[1:]), difficulty=len(prompt) - 1, spec={"kind": kind})
+
+    def kind_of(self, task: Task) -> str | None:
+        return "atomic" if task.difficulty == 1 else "inferred"
+
     def verify(self, task: Task, answer: Sequence[str]) -> bool:
         if answer is None or isinstance(answer, str):
             return False
@@ -149,6 +163,13 @@ class TwoHopFamily(TaskFamily):
     def tools(self, task: Task) -> dict[str, Callable]:
         """`lookup(h, r) -> t | None`: query one atomic fact of the knowledge graph."""
         return {"lookup": self.lookup}
+
+
+def _is(symbol: str, prefix: str, n: int) -> bool:
+    try:
+        return 0 <= _index(symbol, prefix) < n
+    except ValueError:
+        return False
 
 
 def _index(symbol: str, prefix: str) -> int:
