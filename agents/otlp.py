@@ -3,12 +3,16 @@
 An OTLP trace request (`ExportTraceServiceRequest`, decoded by `opentelemetry-proto`) maps by the
 GenAI semantic conventions (https://opentelemetry.io/docs/specs/semconv/gen-ai/):
 
-  trajectory   <- gen_ai.conversation.id when a span of the trace carries it (uuid5 of it), else
-                  the trace id (as a UUID); agent <- gen_ai.agent.name / gen_ai.agent.version of
-                  the trace's spans, else the resource's service.name / service.version; kind
+  trajectory   <- gen_ai.conversation.id when a span of the trace in the same request carries it
+                  (uuid5 of it), else the trace id (as a UUID): a span that comes alone in a
+                  request needs the attribute itself to join its conversation. Its record comes with the trace's top span (the
+                  outermost `invoke_agent` span, else the root span), which a tracer exports last,
+                  when the run ends: agent <- that span's gen_ai.agent.name / gen_ai.agent.version
+                  (else another span's, else the resource's service.name / service.version), kind
                   "external"; task: family "external", task_id the conversation or trace id;
-                  model <- the agent span's gen_ai.request.model; metadata <- the resource's
-                  attributes.
+                  model <- its gen_ai.request.model; start_time <- its start; metadata <- the
+                  resource's attributes. Steps of a trace whose top span never arrives (the agent
+                  died) are stored without a trajectory row (their metadata holds the trace id).
   step         <- every span: `chat` / `text_completion` / `generate_content` -> kind "llm" with
                   model (gen_ai.response.model, else gen_ai.request.model), input_tokens,
                   output_tokens (gen_ai.usage.*), cost_usd (gen_ai.usage.cost, when an
@@ -18,14 +22,15 @@ GenAI semantic conventions (https://opentelemetry.io/docs/specs/semconv/gen-ai/)
                   any other span -> kind "span". Span status ERROR -> status "error" and its
                   message as error. Times are the span's. Every attribute not mapped to a column,
                   the span's name, ids, kind, events and scope are kept in the step's metadata.
-  outcome      <- the top `invoke_agent` span (or, without one, the trace's root span) when it
-                  ends: status and error from its span status.
+  outcome      <- the top span: status and error from its span status, end_time its end. A
+                  conversation (many traces) has none: it stays "incomplete", and its start
+                  record holds nothing that differs between its traces (no start_time, no trace
+                  id), so each trace's copy is the same record again.
 
-Spans of one trace may come in any order and in many requests, so a step's index cannot be a
-counter: it is the span id's first 31 bits (order a trajectory's OTLP steps by start_time; two
-spans of one trace with the same 31 bits, about 1 in 4 billion per pair, make the later one a
-duplicate that ingest quarantines, not loses). A start record goes with every request that has
-spans of a trajectory; the first one ingested wins.
+Spans of one trace may come in any order and in many requests (a batch processor exports spans
+as they end), so a step's index cannot be a counter: it is the span id's first 31 bits (order a
+trajectory's OTLP steps by start_time; two spans of one trace with the same 31 bits, about 1 in 4
+billion per pair, make the later one a conflicting step that ingest quarantines, not loses).
 """
 
 from __future__ import annotations
@@ -126,26 +131,31 @@ def _trace_records(trace_id: bytes, spans: list[tuple[Any, Span, dict]], resourc
     top = next((s for s, _ in agents if s.parent_span_id not in agent_ids), None)
     if top is None:  # no agent span: the trace's root span ends the trajectory
         top = next((s for _, s, _ in spans if not s.parent_span_id), None)
-    agent_attrs = next((a for s, a in agents if s is top), {})
-    records = [{
+    steps = [_step(tid, scope, span, attrs) for scope, span, attrs in spans]
+    if top is None:  # the trace's top span comes in a later request, and with it the trajectory
+        return steps
+    top_attrs = next(a for _, s, a in spans if s is top)
+    name = _str(top_attrs.get("gen_ai.agent.name")) or first("gen_ai.agent.name")
+    version = _str(top_attrs.get("gen_ai.agent.version")) or first("gen_ai.agent.version")
+    start = {
         "v": 1, "type": "trajectory", "trajectory_id": tid,
-        "agent": {"name": first("gen_ai.agent.name") or str(resource.get("service.name") or "otel"),
-                  "version": str(first("gen_ai.agent.version") or resource.get("service.version") or "0"),
+        "agent": {"name": name or str(resource.get("service.name") or "otel"),
+                  "version": str(version or resource.get("service.version") or "0"),
                   "kind": "external", "checkpoint": None},
         "task": {"family": "external", "task_id": conversation or trace_id.hex()},
-        "tags": ["otlp"], "metadata": {"resource": resource, "trace_id": trace_id.hex()},
-        "start_time": _time(min(s.start_time_unix_nano for _, s, _ in spans)),
-        "model": agent_attrs.get("gen_ai.request.model") if isinstance(agent_attrs.get("gen_ai.request.model"), str)
-        else None,
-    }]
-    for scope, span, attrs in spans:
-        records.append(_step(tid, scope, span, attrs))
-    if top is not None:
-        error = top.status.code == Status.STATUS_CODE_ERROR
-        records.append({"v": 1, "type": "outcome", "trajectory_id": tid, "status": "error" if error else "ok",
-                        "error": (top.status.message or "error") if error else None, "answer": None,
-                        "verified": None, "reward": None, "n_steps": None, "end_time": _time(top.end_time_unix_nano)})
-    return records
+        "tags": ["otlp"],
+        # A conversation's traces each bring this record: it holds nothing that differs between them.
+        "metadata": {"resource": resource} if conversation else {"resource": resource, "trace_id": trace_id.hex()},
+        "start_time": None if conversation else _time(top.start_time_unix_nano),
+        "model": _str(top_attrs.get("gen_ai.request.model")),
+    }
+    if conversation:  # a conversation goes on: no outcome (it stays "incomplete")
+        return [start, *steps]
+    error = top.status.code == Status.STATUS_CODE_ERROR
+    outcome = {"v": 1, "type": "outcome", "trajectory_id": tid, "status": "error" if error else "ok",
+               "error": (top.status.message or "error") if error else None, "answer": None,
+               "verified": None, "reward": None, "n_steps": None, "end_time": _time(top.end_time_unix_nano)}
+    return [start, *steps, outcome]
 
 
 def _step(tid: str, scope: Any, span: Span, attrs: dict) -> dict:

@@ -6,7 +6,15 @@
     with log.trajectory(task={"family": "modular", "task_id": "modular/mul/3/5", "spec": {...}}) as t:
         t.step(tool_name="lookup", arguments={"h": "e1", "r": "r3"}, result="e7")
         t.finish(answer=["e7"], verified=True, reward=1.0)
-    log.close()   # also runs at interpreter exit
+    log.close()   # also runs at interpreter exit, and on SIGTERM / SIGINT
+
+Exit. Every open logger is flushed at interpreter exit and when the process gets SIGTERM or
+SIGINT; the signal then goes on to the handler that was there before (the default: the process
+ends as it would have, exit status 143 / 130; a program's own handler, installed before the first
+logger, is called). A program that installs its own SIGTERM handler after creating a logger
+replaces ours: it should call `log.close()` in it. A final flush that fails (a full disk, a spool
+that is not writable) prints one line saying what was lost and exits 1, not 0. Only SIGKILL
+loses the unflushed buffer.
 
 An exception inside the `with` block records the trajectory with status "error"
 and the exception text, then propagates. A block left without `finish()` is
@@ -64,6 +72,9 @@ the same records twice is a no-op.
 from __future__ import annotations
 
 import atexit
+import os
+import signal
+import sys
 import threading
 import time
 import uuid
@@ -197,7 +208,7 @@ class TrajectoryLogger:
         self._timer = threading.Thread(target=_flush_periodically, args=(weakref.ref(self), self._stop),
                                        daemon=True)
         self._timer.start()
-        atexit.register(self.close)
+        _watch(self)
 
     def trajectory(
         self,
@@ -272,13 +283,100 @@ class TrajectoryLogger:
         with self._lock:
             self._closed = True
         self._stop.set()
-        atexit.unregister(self.close)
+        _LIVE.discard(self)
+
+    def _flush_if_free(self) -> bool:
+        """Flush now, from a signal handler, unless the code it interrupted holds this logger's
+        locks (it was appending a record or publishing a segment): False then, and nothing done."""
+        for lock in (self._io_lock, self._lock):
+            if not lock.acquire(blocking=False):
+                return False
+            lock.release()
+        self.flush()  # the locks may be taken meanwhile, but only by another thread: it finishes
+        return True
 
     def __enter__(self) -> TrajectoryLogger:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --- exit and signals -------------------------------------------------------------------------
+
+_LIVE: set[TrajectoryLogger] = set()  # loggers not closed yet (strong refs: a buffer is never dropped)
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_previous: dict[int, Any] = {}        # the handler each signal had before ours
+_passing: set[int] = set()            # signals to hand straight on (already flushed)
+_exit_hook = None
+
+
+def _watch(logger: TrajectoryLogger) -> None:
+    """Flush `logger` at exit and on SIGTERM / SIGINT: the hooks go in with the first logger
+    (the signal handlers with the first one made in the main thread: signal.signal's rule)."""
+    global _exit_hook
+    if not _exit_hook:
+        _exit_hook = atexit.register(_close_all)
+    if not _previous and threading.current_thread() is threading.main_thread():
+        for signum in _SIGNALS:
+            _previous[signum] = signal.signal(signum, _on_signal)
+    _LIVE.add(logger)
+
+
+def _close_all() -> None:
+    """At exit: close every logger. One that cannot publish its buffer says so in one line and
+    the process exits 1 (an exception in an atexit callback would be printed and then ignored)."""
+    failed = False
+    for logger in list(_LIVE):
+        try:
+            logger.close()
+        except Exception as err:  # noqa: BLE001  (any failure to publish is reported the same way)
+            failed = True
+            _report_lost(logger, err)
+            _LIVE.discard(logger)
+    if failed:
+        sys.stdout.flush()
+        os._exit(1)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if signum not in _passing:
+        busy = [logger for logger in list(_LIVE) if not _flush_reporting(logger, now=True)]
+        if busy:  # interrupted mid-record: flush once this thread has let go, then signal again
+            threading.Thread(target=_flush_then_signal, args=(busy, signum), daemon=True).start()
+            return
+    _passing.discard(signum)
+    previous = _previous.get(signum)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:  # the default (or a handler not set from Python): die of it
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _flush_then_signal(loggers: list[TrajectoryLogger], signum: int) -> None:
+    for logger in loggers:
+        _flush_reporting(logger, now=False)
+    _passing.add(signum)
+    os.kill(os.getpid(), signum)
+
+
+def _flush_reporting(logger: TrajectoryLogger, *, now: bool) -> bool:
+    """Flush for a signal (`now`: only if the interrupted code holds none of its locks). A
+    failure is one line, never an exception: the signal must still do what it would have."""
+    try:
+        if now:
+            return logger._flush_if_free()
+        logger.flush()
+    except Exception as err:  # noqa: BLE001  (any failure to publish is reported the same way)
+        _report_lost(logger, err)
+    return True
+
+
+def _report_lost(logger: TrajectoryLogger, err: Exception) -> None:
+    what = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.strerror else err
+    print(f"grokloop: could not publish the last records of agent {logger.agent['name']!r} "
+          f"to {logger.spool} ({what}); they are lost", file=sys.stderr, flush=True)
 
 
 def _flush_periodically(ref: weakref.ref, stop: threading.Event) -> None:

@@ -16,6 +16,7 @@ text, typed as Arrow's JSON extension (`arrow.json`). `agents/sdk.py` documents 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import threading
 import time
@@ -37,6 +38,7 @@ JSONL_SUFFIX = ".jsonl"      # one JSON record per line: other writers, files fr
 REJECTED_SUFFIX = ".rejected"
 SEGMENT_SUFFIXES = (SEGMENT_SUFFIX, JSONL_SUFFIX, REJECTED_SUFFIX)
 TMP_SUFFIX = ".tmp"          # a segment still being written (or whose writer died)
+STALE_SECONDS = 3600.0       # a .tmp this old, whose writer is gone, is litter (remove_stale_tmp)
 
 FORMAT_VERSION = 1           # the records (`agents/sdk.py`), in either format
 # The Arrow segment layout, in the file's metadata. 2: free-form values are Arrow's canonical JSON
@@ -461,19 +463,51 @@ def write_segment(spool: Path, data: bytes | pa.Buffer, *, suffix: str = SEGMENT
     final = spool / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, final)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+    except BaseException:  # a full disk, an interrupt: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(spool, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
     return final
+
+
+def remove_stale_tmp(spool: Path, max_age: float = STALE_SECONDS) -> list[Path]:
+    """Remove `.tmp` files left by writers that died (SIGKILL, a crash) mid-write: older than
+    `max_age` seconds and no live process with the writer's pid (in the name). Returns them."""
+    if not spool.exists():
+        return []
+    removed, now = [], time.time()
+    for path in spool.glob(f"*{TMP_SUFFIX}"):
+        match = re.search(r"-(\d+)\.\w+\.tmp$", path.name)
+        try:
+            old = now - path.stat().st_mtime > max_age
+        except FileNotFoundError:  # published (or removed) meanwhile
+            continue
+        if old and not (match and _alive(int(match[1]))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
 
 
 def published_segments(spool: Path) -> list[Path]:

@@ -15,7 +15,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import pyarrow as pa
 import torch
 
 from agents.tasks import SPLITS, TaskFamily, Tokenizer
@@ -26,8 +25,8 @@ from diffusion.data import (
     splits_from_snapshot,
 )
 from diffusion.sample import answer_columns, exact_match, predict, sampler_info
-from storage.home import runs_dir, store_path
-from storage.store import open_store
+from storage.home import runs_dir
+from storage.runs import record_evaluation
 
 
 def resolve_checkpoint(ref: str | Path, home: str | Path | None = None) -> Path:
@@ -134,12 +133,7 @@ def evaluate_checkpoint(
                                 n_steps=n_steps, threshold=threshold)
     sampler = json.dumps(sampler_info(meta["objective"], n_steps, threshold=threshold))
     names = list(results)
-    rows = pa.table({  # noqa: F841  (DuckDB reads it by name below)
-        "run_id": [meta["run_id"]] * len(names), "step": pa.array([meta["step"]] * len(names), pa.int32()),
-        "family": [meta["family"]] * len(names), "split": names,
-        "n": pa.array([results[s][0] for s in names], pa.int32()),
-        "accuracy": [results[s][1] for s in names], "sampler": [sampler] * len(names),
-    })
-    with open_store(store_path(home)) as con:
-        con.execute("INSERT OR REPLACE INTO evaluations BY NAME SELECT * FROM rows")
+    rows = [{"run_id": meta["run_id"], "step": meta["step"], "family": meta["family"], "split": s,
+             "n": results[s][0], "accuracy": results[s][1], "sampler": sampler} for s in names]
+    record_evaluation(home, meta["run_id"], rows)  # a busy store: they wait in the run directory
     return {s: acc for s, (_, acc) in results.items()}

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from agents.tasks import TaskFamily, Tokenizer
@@ -50,8 +49,8 @@ from diffusion.grokfast import gradfilter_ema, gradfilter_ma
 from diffusion.model import Denoiser
 from diffusion.objective import objective_loss
 from diffusion.sample import predict
-from storage.home import grokloop_home, runs_dir, store_path
-from storage.store import open_store
+from storage.home import grokloop_home, runs_dir
+from storage.runs import record_run, stored_metrics
 
 
 def _modular_default() -> dict[str, Any]:
@@ -311,46 +310,6 @@ def load_model(checkpoint_dir: str | Path) -> Denoiser:
     return Denoiser.from_pretrained(str(checkpoint_dir), low_cpu_mem_usage=False)
 
 
-# --- the store -----------------------------------------------------------------------------------
-
-def record_run(home, row: dict, metrics: list[tuple[int, str, float]], checkpoints: list[tuple]) -> None:
-    """One short write: upsert the run row, metrics and checkpoints in bulk (Arrow), then let go."""
-    with open_store(store_path(home)) as con:
-        con.execute(
-            "INSERT INTO runs (run_id, name, objective, dataset_id, config, status, parent_run_id,"
-            " t_mem, t_grok, grok_ratio, grok_delay, final_step)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (run_id) DO UPDATE SET config = excluded.config, status = excluded.status,"
-            " t_mem = excluded.t_mem, t_grok = excluded.t_grok, grok_ratio = excluded.grok_ratio,"
-            " grok_delay = excluded.grok_delay, final_step = excluded.final_step, updated_at = now()",
-            [row["run_id"], row["name"], row["objective"], row["dataset_id"], row["config"],
-             row["status"], row["parent_run_id"], row["t_mem"], row["t_grok"], row["grok_ratio"],
-             row["grok_delay"], row["final_step"]],
-        )
-        if metrics:
-            steps, names, values = zip(*metrics, strict=True)
-            metric_rows = pa.table({  # noqa: F841  (DuckDB reads it by name in the SQL below)
-                "run_id": pa.array([row["run_id"]] * len(metrics), pa.string()),
-                "step": pa.array(steps, pa.int32()), "name": pa.array(names, pa.string()),
-                "value": pa.array(values, pa.float64()),
-            })
-            con.execute("INSERT OR REPLACE INTO metrics BY NAME SELECT * FROM metric_rows")
-        if checkpoints:
-            ckpt = pa.table({  # noqa: F841
-                "run_id": pa.array([row["run_id"]] * len(checkpoints), pa.string()),
-                "step": pa.array([s for s, _ in checkpoints], pa.int32()),
-                "path": pa.array([str(p) for _, p in checkpoints], pa.string()),
-            })
-            con.execute("INSERT OR REPLACE INTO checkpoints BY NAME SELECT * FROM ckpt")
-
-
-def stored_metrics(home, run_id: str, step: int) -> dict[str, float]:
-    """The evaluation recorded at `step`: what a resumed, already complete run reports."""
-    with open_store(store_path(home), read_only=True) as con:
-        rows = con.execute("SELECT name, value FROM metrics WHERE run_id = ? AND step = ?", [run_id, step])
-        return dict(rows.fetchall())
-
-
 # --- evaluation during training ------------------------------------------------------------------
 
 @torch.no_grad()
@@ -521,10 +480,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                 ckpts = []
                 if (step % ckpt_every == 0 or done) and saved < step:
                     ckpts, saved = [(step, checkpoint(rows))], step
+                # A busy store never fails the run: the rows wait in the run directory
+                # (storage/runs.py); the last write waits longer so the final status lands.
                 if evaluate_now or ckpts:
-                    record_run(home, run_row("finished" if done else "running"), rows, ckpts)
+                    if not record_run(home, run_row("finished" if done else "running"), rows, ckpts, final=done):
+                        progress.console.print(_pending_line(cfg.run_id, run_dir, done))
                 elif done:  # already evaluated and saved (resuming a complete run): settle its status
-                    record_run(home, run_row("finished"), [], [])
+                    record_run(home, run_row("finished"), [], [], final=True)
                     metrics = metrics or stored_metrics(home, cfg.run_id, step)
                 if done:
                     break
@@ -578,6 +540,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     return RunResult(run_id=cfg.run_id, run_dir=run_dir, checkpoint_dir=latest_checkpoint(run_dir),
                      status=status, final_step=step, t_mem=t_mem, t_grok=t_grok, grok_ratio=ratio,
                      metrics=metrics)
+
+
+def _pending_line(run_id: str, run_dir: Path, done: bool) -> str:
+    if not done:
+        return "store busy: this evaluation waits in the run directory and is written at the next one"
+    return (f"store busy: run {run_id}'s last records wait in {run_dir / 'pending'}; "
+            f"`grokloop ingest` writes them when the store is free")
 
 
 def _patience_over(cfg: TrainConfig, step: int, t_grok: int | None) -> bool:

@@ -4,14 +4,38 @@ from __future__ import annotations
 
 import typer
 
-from flows import cli_agents, cli_collector, cli_dataset, cli_flows, cli_store, cli_train
+from flows import (
+    cli_agents,
+    cli_collector,
+    cli_common,
+    cli_dataset,
+    cli_flows,
+    cli_store,
+    cli_train,
+)
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """The app, with errors a person can fix as one line (flows/cli_common.py) wherever raised."""
+
+    def __call__(self, *args, **kwargs):
+        with cli_common.one_line_errors():
+            return super().__call__(*args, **kwargs)
+
+
+app = _App(
     name="grokloop",
     help="Agent experience -> DuckDB store -> balanced datasets -> masked-diffusion grokking runs.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="show the traceback of any error")) -> None:
+    cli_common.DEBUG = debug
+
+
 app.add_typer(cli_store.app)                     # ingest, sql, export, status
 app.add_typer(cli_agents.app, name="agents")     # agents run, agents families
 app.add_typer(cli_dataset.app, name="dataset")   # dataset build/list/show/export

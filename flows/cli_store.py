@@ -32,28 +32,38 @@ def ingest(
     paths: list[Path] = typer.Argument(None, help="files or folders (grokloop Arrow or JSONL segments, or ATIF); none = the spool"),
     format: str = typer.Option("auto", "--format", help="auto | grokloop | atif"),
     max_record_bytes: int = typer.Option(1 << 20, help="a larger record is quarantined as oversized"),
+    timeout: float = typer.Option(600.0, help="seconds to wait for the store when another process holds it"),
 ) -> None:
-    """Ingest the spool (or the given files) into the store, exactly once."""
+    """Ingest the spool (or the given files) into the store, exactly once. The store is opened
+    once per batch; a batch that meets another process's lock waits up to --timeout and retries."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from agents.spool import published_segments
     from storage.home import spool_dir
     from storage.ingest import ingest_paths, ingest_spool
-    from storage.store import StoreError, open_store
+    from storage.runs import flush_pending
+    from storage.store import StoreError, StoreLocked, open_store
+
+    def writer():
+        return open_store(timeout=timeout)
 
     total = len(paths) if paths else len(published_segments(spool_dir()))
     try:
-        with open_store() as con, Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
-                                           console=console, transient=True) as bar:
+        with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
+                      console=console, transient=True) as bar:
             task = bar.add_task("ingest", total=total or None)
 
             def advance(segments, _report) -> None:
                 bar.advance(task, len(segments) if not paths else 0)
 
             if paths:
-                report = ingest_paths(con, paths, format, max_record_bytes=max_record_bytes, on_batch=advance)
+                report = ingest_paths(writer, paths, format, max_record_bytes=max_record_bytes, on_batch=advance)
             else:
-                report = ingest_spool(con, max_record_bytes=max_record_bytes, on_batch=advance)
+                report = ingest_spool(writer, max_record_bytes=max_record_bytes, on_batch=advance)
+        with writer() as con:  # training records that waited for a busy store (storage/runs.py)
+            flush_pending(con)
+    except StoreLocked as err:
+        _fail(StoreLocked(f"{err} (what was not ingested stays in the spool for the next ingest)"))
     except (StoreError, ValueError) as err:
         _fail(err)
     style = "yellow" if report.quarantined else "green"
@@ -70,6 +80,8 @@ def sql(
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
     output: Path = typer.Option(None, "--output", "-o", help="write here instead of the terminal"),
     timeout: float = typer.Option(30.0, help="seconds to wait for a writer's lock"),
+    max_seconds: float = typer.Option(300.0, help="stop the query after this many seconds"),
+    memory_limit: str = typer.Option("2GB", help="the query's memory limit (DuckDB syntax: 500MB, 4GB)"),
 ) -> None:
     """Run a read-only SQL query on the store (views: success_rate, step_counts, recent_trajectories,
     ingest_summary, quarantine_summary)."""
@@ -79,7 +91,7 @@ def sql(
     if format is OutputFormat.parquet and output is None:
         _fail(ValueError("--format parquet needs --output FILE"))
     try:
-        table = run_sql(query, timeout=timeout)
+        table = run_sql(query, timeout=timeout, max_seconds=max_seconds, memory_limit=memory_limit)
     except StoreError as err:
         _fail(err)
     _write_table(table, format, output)
@@ -137,7 +149,7 @@ def export(
     try:
         with open_store(read_only=True) as con:
             n = (export_atif if format is ExportFormat.atif else export_jsonl)(con, output, where)
-    except StoreError as err:
+    except (StoreError, ValueError) as err:
         _fail(err)
     console.print(f"wrote {n} trajectories to {output} ({format.value})")
 
@@ -147,16 +159,18 @@ def status() -> None:
     """Where the store is, its schema version, rows per table and the spool backlog."""
     from rich.table import Table
 
-    from agents.spool import TMP_SUFFIX, published_segments
+    from agents.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
     from storage.home import spool_dir, store_path
     from storage.store import StoreError, open_store, schema_version
 
     path, spool = store_path(), spool_dir()
     backlog = published_segments(spool)
+    stale = remove_stale_tmp(spool)  # left by writers that died mid-write
     writing = [p for p in spool.iterdir() if p.name.endswith(TMP_SUFFIX)] if spool.exists() else []
     console.print(f"store   {path}" + ("" if path.exists() else "  (not created yet)"))
     console.print(f"spool   {spool}: {len(backlog)} segment(s) waiting, "
-                  f"{sum(p.stat().st_size for p in backlog) / 1e6:.1f} MB; {len(writing)} being written")
+                  f"{sum(p.stat().st_size for p in backlog) / 1e6:.1f} MB; {len(writing)} being written"
+                  + (f"; removed {len(stale)} stale temp file(s) of writers that died" if stale else ""))
     if not path.exists():
         return
     try:

@@ -30,7 +30,8 @@ not give back (a notes string, final_metrics, cached tokens, logprobs, tool_defi
 `extra`, a timestamp's own spelling...) is kept as a patch (`atif_patch` in the trajectory's and
 in the turn's first step's metadata) that export applies. So ingest -> export gives back the
 file's JSON exactly (keys and values; not its whitespace or key order), and a trajectory
-grokloop exported itself carries no patch.
+grokloop exported itself carries no patch. Export reads rows in SQL and writes the lines from
+Python (the export runs on a read-only sandbox with no file access: `storage.store.reader_config`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import orjson
 
 from agents.spool import utc_micros
 from storage.ingest import Segment, content_digest
-from storage.store import StoreError
+from storage.store import StoreError, one_expression
 
 ATIF_VERSION = "ATIF-v1.6"
 PATCH_KEY = "atif_patch"  # in metadata: what export applies to get the ingested file back
@@ -487,8 +488,9 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> Iterable[dict]:
 
 def export_atif(con: duckdb.DuckDBPyConnection, out: Path, where: str | None = None) -> int:
     """Write trajectories (all, or those matching the SQL condition `where` over the trajectories
-    table) to `out` as ATIF JSONL, one trajectory per line. Returns how many."""
-    clause = f"WHERE {where}" if where else ""
+    table) to `out` as ATIF JSONL, one trajectory per line. Returns how many. `con` may be a
+    read-only sandbox (no file access): the rows are read in SQL and the lines written here."""
+    clause = f"WHERE {one_expression(where)}" if where else ""
     try:
         steps = _rows(con.cursor(), _STEPS_SQL.format(where=clause))
         pending = next(steps, None)

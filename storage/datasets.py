@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 
 from storage import curate
 from storage.home import datasets_dir
-from storage.store import StoreError
+from storage.store import READ_SECONDS, StoreError, one_expression, sandbox, time_limit
 
 # Bumped when curation changes what the same spec and rows produce, so old fingerprints don't collide.
 CURATION_VERSION = 1
@@ -154,15 +154,20 @@ def select_trajectories(con: duckdb.DuckDBPyConnection, spec: SnapshotSpec) -> p
     except duckdb.Error as err:
         raise StoreError(f"selecting {spec.family} trajectories failed: {err}") from err
     if spec.where:
-        con.register("_grokloop_selected", table)
+        # A user's condition: one expression, run on a sandbox that holds only the selected rows
+        # (never on `con`, the writer, which could run a second statement or write files).
+        where = one_expression(spec.where)
+        sandbox_con = sandbox()
         try:
-            table = _arrow(con, f"SELECT * FROM _grokloop_selected WHERE {spec.where} ORDER BY trajectory_id",
-                           list(spec.where_params))
+            sandbox_con.register("selected", table)
+            with time_limit(sandbox_con, READ_SECONDS):
+                table = _arrow(sandbox_con, f"SELECT * FROM selected WHERE {where} ORDER BY trajectory_id",
+                               list(spec.where_params))
         except duckdb.Error as err:
             raise ValueError(f"bad where condition {spec.where!r} (columns: "
                              f"{', '.join(table.column_names)}): {err}") from err
         finally:
-            con.unregister("_grokloop_selected")
+            sandbox_con.close()
     return table
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from storage.store import StoreError
+from storage.store import StoreError, one_expression
 
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -50,7 +50,7 @@ ORDER BY trajectory_id, part, idx
 def export_jsonl(con: duckdb.DuckDBPyConnection, out: Path, where: str | None = None) -> int:
     """Write trajectories (all, or those matching the SQL condition `where` over the trajectories
     table) to `out` as grokloop JSONL records. Returns how many trajectories."""
-    clause = f"WHERE {where}" if where else ""
+    clause = f"WHERE {one_expression(where)}" if where else ""
     try:
         n = con.sql(f"SELECT count(*) FROM trajectories {clause}").fetchall()[0][0]
         records = con.sql(_RECORDS_SQL.format(where=clause, time=_TIME)).to_arrow_table().column("rec")

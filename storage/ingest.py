@@ -9,13 +9,18 @@ converted), which Python only splits into lines (numpy finds the newlines; the l
 zero-copy Arrow string column over the segment's bytes) and checks for UTF-8 in one call per
 segment. A file that is not a readable Arrow segment is quarantined whole, with its bytes.
 Parsing, validation, the quarantine reasons and the inserts are the SQL blocks in
-`storage/sql/ingest.sql`. How records map to tables is in `agents/sdk.py`'s docstring and
+`storage/sql/ingest.sql`. Stored data is never changed by a later record: a start, step or
+outcome that conflicts with a stored one (or with an earlier one in the same batch) goes to
+quarantine with a reason naming what it conflicts with; an identical copy changes nothing.
+`ingest_segments` can open the store once per batch (`Writer`), so readers wait for one batch at
+most, not a whole ingest. How records map to tables is in `agents/sdk.py`'s docstring and
 there.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -23,6 +28,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from importlib import resources
 from pathlib import Path
 
@@ -369,8 +375,18 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, batch: list[Segment]) -> bo
     return bool(lines)
 
 
+# Where ingest writes: a connection, or a function that opens one (e.g. `lambda:
+# open_store(timeout=60)`), called once per batch so the store's write lock is held one batch at
+# a time and readers get in between (storage/store.py says why).
+Writer = duckdb.DuckDBPyConnection | Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
+
+
+def _writing(con: Writer) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+    return contextlib.nullcontext(con) if isinstance(con, duckdb.DuckDBPyConnection) else con()
+
+
 def ingest_segments(
-    con: duckdb.DuckDBPyConnection,
+    con: Writer,
     segments: Iterable[Segment],
     *,
     max_record_bytes: int = MAX_RECORD_BYTES,
@@ -392,14 +408,15 @@ def ingest_segments(
         nonlocal batch
         if not batch:
             return
-        known = _already_ingested(con, [s.digest for s in batch])
-        fresh = [s for s in batch if s.digest not in known]
+        with _writing(con) as writer:
+            known = _already_ingested(writer, [s.digest for s in batch])
+            fresh = [s for s in batch if s.digest not in known]
+            report = _ingest_batch(writer, fresh, max_record_bytes) if fresh else None
         skipped = [s for s in batch if s.digest in known]
         total.skipped += len(skipped)
         if skipped and on_batch:
             on_batch(skipped, IngestReport(skipped=len(skipped)))
         if fresh:
-            report = _ingest_batch(con, fresh, max_record_bytes)
             total.__iadd__(dataclasses.replace(report, seconds=0.0))
             if on_batch:
                 on_batch(fresh, report)
@@ -454,7 +471,7 @@ def _read_spool(paths: list[Path], chunk: int = 16) -> Iterable[Segment]:
 
 
 def ingest_spool(
-    con: duckdb.DuckDBPyConnection,
+    con: Writer,
     spool: Path | None = None,
     *,
     max_record_bytes: int = MAX_RECORD_BYTES,
@@ -462,11 +479,13 @@ def ingest_spool(
     on_batch: Callable[[list[Segment], IngestReport], None] | None = None,
 ) -> IngestReport:
     """Ingest every published spool segment not yet in the store, then move them to
-    `spool/ingested/`. Half-written `.tmp` files (writers at work, or killed) are left alone."""
-    from agents.spool import published_segments
+    `spool/ingested/`. Half-written `.tmp` files are left alone while their writer may be at work;
+    stale ones (old, writer gone: `agents.spool.remove_stale_tmp`) are removed."""
+    from agents.spool import published_segments, remove_stale_tmp
     from storage.home import spool_dir
 
     spool = Path(spool) if spool else spool_dir()
+    remove_stale_tmp(spool)
     done = spool / INGESTED_DIR
     done.mkdir(parents=True, exist_ok=True)
     by_name = {p.name: p for p in published_segments(spool)}
@@ -516,7 +535,7 @@ def _input_files(paths: list[Path]) -> list[Path]:
 
 
 def ingest_paths(
-    con: duckdb.DuckDBPyConnection,
+    con: Writer,
     paths: list[Path],
     format: str = "auto",
     *,

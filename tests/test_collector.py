@@ -125,6 +125,31 @@ def test_spans_from_the_otel_sdk_land_as_trajectory_steps_tokens_and_model(colle
                        "WHERE model = 'gpt-4.1-2025-04-14'").fetchall() == [(1280, 0.0031, 1, 0)]
 
 
+def test_a_trace_in_many_requests_and_a_conversation_of_many_traces(collector, tmp_path):
+    url, _ = collector
+    provider = TracerProvider(resource=RESOURCE)  # one request per span, as each span ends
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=url, headers=AUTH)))
+    tracer = provider.get_tracer("test-agent")
+    _agent_run(tracer)
+    for turn in range(2):  # two traces of one conversation
+        agent = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "chat-bot",
+                 "gen_ai.conversation.id": "conv-1"}
+        chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m", "gen_ai.usage.input_tokens": turn,
+                "gen_ai.conversation.id": "conv-1"}  # alone in its request: it needs the id itself
+        with tracer.start_as_current_span("invoke_agent chat-bot", attributes=agent), \
+                tracer.start_as_current_span("chat m", attributes=chat):
+            pass
+    provider.shutdown()
+    assert len(list((tmp_path / "spool").glob("*.jsonl"))) == 4 + 4
+    con = connect(tmp_path / "store.duckdb")
+    report = ingest_spool(con, tmp_path / "spool")
+    assert (report.trajectories, report.steps, report.quarantined) == (2, 8, 0)
+    rows = con.execute("SELECT agent_id, task_id, status, (SELECT count(*) FROM steps s WHERE "
+                       "s.trajectory_id = t.trajectory_id) FROM trajectories t ORDER BY agent_id").fetchall()
+    assert rows[0] == ("chat-bot@2.1", "conv-1", "incomplete", 4)
+    assert rows[1][0] == "coder@2.1" and rows[1][2:] == ("ok", 4)
+
+
 def test_without_the_token_401_and_nothing_stored(collector, tmp_path):
     url, _ = collector
     spans = _spans()

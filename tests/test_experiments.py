@@ -30,3 +30,10 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
         for row in result["table"]:
             if "run_id" in row and "t_grok" in row:
                 assert row["t_grok"] == stored[row["run_id"]]
+        if name == "clusters":  # the held-out cluster's accuracy is its test_id rows' (never train rows')
+            for row in result["table"]:
+                (acc,) = con.execute("SELECT accuracy FROM evaluations WHERE run_id = ? AND split = ?",
+                                     [row["run_id"], "test_id/cluster:x*y"]).fetchone()
+                assert row["x*y_acc"] == acc
+        if name == "composition":  # a diffusion-vs-AR comparison names its estimator
+            assert {row["estimator"] for row in result["table"] if row["objective"] == "mdm"} == {"count"}

@@ -170,7 +170,7 @@ def test_each_bad_arrow_record_is_quarantined_and_neighbours_land(tmp_path):
     assert [(n, reason) for n, _, reason in quarantined] == [
         (3, "NaN or infinite reward: nan"),
         (4, "wrong type: index must be a non-negative integer"),
-        (6, f"duplicate step index 0 for trajectory {TID}"),
+        (6, f"duplicate step index 0 for trajectory {TID} conflicts with the one in {path} line 2"),
         (7, "oversized record: 3003 bytes > limit of 2048"),  # its JSON and error text
         (8, "invalid JSON in arguments"),
         (9, "missing field: index"),
@@ -218,7 +218,7 @@ def test_a_step_twice_in_a_clean_arrow_batch_is_quarantined_once(tmp_path):
     assert con.execute("SELECT idx, result FROM steps ORDER BY idx").fetchall() == [
         (0, '"a"'), (1, '"first"'), (2, '"c"')]
     assert con.execute("SELECT source, line_no, reason FROM quarantine").fetchall() == [
-        (str(second), 1, f"duplicate step index 1 for trajectory {TID}")]
+        (str(second), 1, f"duplicate step index 1 for trajectory {TID} conflicts with the one in {first} line 3")]
     assert con.execute("SELECT count(*), any_value(status), any_value(n_steps) FROM trajectories").fetchall() == [
         (1, "ok", 3)]
     assert con.execute("SELECT source, n_trajectories, n_steps, n_quarantined FROM ingest_log ORDER BY source"

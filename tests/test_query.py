@@ -62,7 +62,7 @@ def test_reader_waits_for_a_writer_then_names_the_lock(store):
     writer = subprocess.Popen([sys.executable, "-c", HOLD, str(store), "2.5"], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "LOCKED"
-        with pytest.raises(StoreError, match="locked by another process"):
+        with pytest.raises(StoreError, match=rf"locked by PID {writer.pid} \(-c .*connect\(sys.argv\[1\]\).*writing to it"):
             run_sql("SELECT 1", timeout=0.3)
         start = time.monotonic()
         assert run_sql("SELECT count(*) AS n FROM agents", timeout=30).to_pylist() == [{"n": 1}]

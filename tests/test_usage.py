@@ -155,3 +155,23 @@ def test_bad_usage_values_are_refused_at_the_call_and_quarantined_at_ingest(tmp_
     assert [r[0] for r in con.execute("SELECT reason FROM quarantine ORDER BY line_no").fetchall()] == [
         reason for _, reason in bad_steps]
     assert con.execute("SELECT idx, input_tokens, turn FROM steps").fetchall() == [(9, 4, 0)]
+
+
+def test_a_stored_step_is_not_changed_by_a_later_one_with_other_usage(tmp_path):
+    from storage.export import export_jsonl
+
+    log = TrajectoryLogger("coder", "1", spool=tmp_path / "spool")
+    _usage_trajectory(log)
+    log.close()
+    con = connect(tmp_path / "store.duckdb")
+    ingest_spool(con, tmp_path / "spool")
+    export_jsonl(con, tmp_path / "out.jsonl")
+    lines = (tmp_path / "out.jsonl").read_bytes().splitlines()
+    step = orjson.loads(lines[1])
+    assert step["type"] == "step" and step["input_tokens"] == 1200
+    (tmp_path / "same.jsonl").write_bytes(lines[1] + b"\n")
+    (tmp_path / "other.jsonl").write_bytes(orjson.dumps({**step, "input_tokens": 999999}) + b"\n")
+    assert ingest_paths(con, [tmp_path / "same.jsonl"]).quarantined == 0  # the same record again: nothing
+    assert ingest_paths(con, [tmp_path / "other.jsonl"]).quarantined == 1
+    assert con.execute("SELECT input_tokens FROM steps WHERE idx = 0").fetchall() == [(1200,)]
+    assert "conflicts with the stored step" in con.execute("SELECT reason FROM quarantine").fetchall()[0][0]

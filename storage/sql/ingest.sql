@@ -283,34 +283,75 @@ CREATE OR REPLACE TEMP VIEW checked_outcomes AS
 SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_outcomes', 'outcome');
 
 -- name: duplicates
--- The same key twice in the incoming data, where the first one wins: a step's (trajectory, index),
--- the rest quarantined; a trajectory's start record (e.g. the same records under two names), the
--- rest left out. Looked for only after a primary key refused the batch: a batch is first tried
--- with `no_duplicates`, since finding none costs about 5% of a large batch's SQL time.
+-- The same key twice in the incoming data: a step's (trajectory, index), a trajectory's start
+-- record, the first one wins (by segment, then line). A later copy identical to the first is
+-- left out; one that differs is quarantined, naming the record it conflicts with (the rule for a
+-- record that conflicts with what is stored, `stored_conflicts`, applied inside the batch).
+-- Looked for only after a primary key refused the batch: a batch is first tried with
+-- `no_duplicates`, since finding none costs about 5% of a large batch's SQL time.
 CREATE OR REPLACE TEMP TABLE dup_steps AS
-WITH keys AS (
-    SELECT trajectory_id, idx FROM checked_steps WHERE reason IS NULL
-    GROUP BY ALL HAVING count(*) > 1
-)
-SELECT seg, line_no, printf('duplicate step index %d for trajectory %s', idx, trajectory_id) AS reason
-FROM (
-    SELECT s.seg, s.line_no, s.idx, s.trajectory_id,
+WITH ranked AS (
+    SELECT s.seg, s.line_no, s.trajectory_id, s.idx,
+           row(s.kind, s.observation::VARCHAR, s.tool_name, s.arguments::VARCHAR, s.result::VARCHAR,
+               s.reward, s.status, s.error, s.metadata::VARCHAR, s.start_time, s.end_time,
+               s.model, s.input_tokens, s.output_tokens, s.cost_usd, s.call_id, s.turn) AS content,
            row_number() OVER (PARTITION BY s.trajectory_id, s.idx ORDER BY s.seg, s.line_no) AS nth
-    FROM checked_steps s SEMI JOIN keys k USING (trajectory_id, idx)
+    FROM checked_steps s SEMI JOIN (
+        SELECT trajectory_id, idx FROM checked_steps WHERE reason IS NULL GROUP BY ALL HAVING count(*) > 1
+    ) k USING (trajectory_id, idx)
     WHERE s.reason IS NULL
-) WHERE nth > 1;
-CREATE OR REPLACE TEMP TABLE dup_starts AS
-WITH starts AS (
-    SELECT seg, line_no, trajectory_id FROM checked_starts WHERE reason IS NULL
 )
-SELECT seg, line_no FROM starts SEMI JOIN (
-    SELECT trajectory_id FROM starts GROUP BY ALL HAVING count(*) > 1
-) USING (trajectory_id)
-QUALIFY row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) > 1;
+SELECT d.seg, d.line_no, CASE WHEN d.content IS DISTINCT FROM f.content THEN
+    printf('duplicate step index %d for trajectory %s conflicts with the one in %s line %d',
+           d.idx, d.trajectory_id, s.source, f.line_no) END AS reason
+FROM ranked d JOIN ranked f ON f.trajectory_id = d.trajectory_id AND f.idx = d.idx AND f.nth = 1
+JOIN raw_segs s ON s.seg = f.seg
+WHERE d.nth > 1;
+CREATE OR REPLACE TEMP TABLE dup_starts AS
+WITH ranked AS (
+    SELECT seg, line_no, trajectory_id,
+           row(agent_name, agent_version, task_id, family, tags, metadata::VARCHAR, start_time, model) AS content,
+           row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) AS nth
+    FROM checked_starts SEMI JOIN (
+        SELECT trajectory_id FROM checked_starts WHERE reason IS NULL GROUP BY ALL HAVING count(*) > 1
+    ) k USING (trajectory_id)
+    WHERE reason IS NULL
+)
+SELECT d.seg, d.line_no, CASE WHEN d.content IS DISTINCT FROM f.content THEN
+    printf('duplicate trajectory start %s conflicts with the one in %s line %d', d.trajectory_id, s.source, f.line_no)
+    END AS reason
+FROM ranked d JOIN ranked f ON f.trajectory_id = d.trajectory_id AND f.nth = 1
+JOIN raw_segs s ON s.seg = f.seg
+WHERE d.nth > 1;
 
 -- name: no_duplicates
 CREATE OR REPLACE TEMP TABLE dup_steps (seg INTEGER, line_no INTEGER, reason VARCHAR);
-CREATE OR REPLACE TEMP TABLE dup_starts (seg INTEGER, line_no INTEGER);
+CREATE OR REPLACE TEMP TABLE dup_starts (seg INTEGER, line_no INTEGER, reason VARCHAR);
+
+-- name: stored_conflicts
+-- Stored data is never changed by a later record. A start or a step whose key is already in the
+-- store is left out when it is the same record again (ingesting anything twice changes nothing)
+-- and quarantined, naming the stored record, when it differs. (Outcomes: `outcomes`.)
+CREATE OR REPLACE TEMP TABLE stored_conflicts AS
+SELECT c.seg, c.line_no, 'trajectory' AS rtype,
+       printf('trajectory start %s conflicts with the stored trajectory (agent %s, task %s)',
+              c.trajectory_id, t.agent_id, t.task_id) AS reason
+FROM checked_starts c JOIN trajectories t USING (trajectory_id)
+WHERE c.reason IS NULL
+  AND row(c.agent_name || '@' || c.agent_version, c.task_id, c.family, c.tags, c.metadata::VARCHAR, c.start_time,
+          c.model)
+      IS DISTINCT FROM row(t.agent_id, t.task_id, t.family, t.tags, t.metadata::VARCHAR, t.start_time, t.model)
+UNION ALL
+SELECT c.seg, c.line_no, 'step',
+       printf('step index %d for trajectory %s conflicts with the stored step', c.idx, c.trajectory_id)
+FROM checked_steps c JOIN steps s USING (trajectory_id, idx)
+WHERE c.reason IS NULL
+  AND row(c.kind, c.observation::VARCHAR, c.tool_name, c.arguments::VARCHAR, c.result::VARCHAR, c.reward,
+          c.status, c.error, c.metadata::VARCHAR, c.start_time, c.end_time,
+          c.model, c.input_tokens, c.output_tokens, c.cost_usd, c.call_id, c.turn)
+      IS DISTINCT FROM row(s.kind, s.observation::VARCHAR, s.tool_name, s.arguments::VARCHAR, s.result::VARCHAR,
+          s.reward, s.status, s.error, s.metadata::VARCHAR, s.start_time, s.end_time,
+          s.model, s.input_tokens, s.output_tokens, s.cost_usd, s.call_id, s.turn);
 
 -- name: insert_agents
 -- New agents and tasks, one row per key already (GROUP BY), so an anti join does what INSERT OR
@@ -335,28 +376,49 @@ SELECT * FROM (
 ) ANTI JOIN tasks USING (task_id);
 
 -- name: outcomes
--- Outcomes complete a trajectory started in this batch or an earlier one. One whose start record
--- was never ingested (or was quarantined) gets a reason rather than an invented trajectory, and so
--- does a second outcome for the same trajectory (the first wins; only repeated ids are ranked).
+-- Outcomes complete a trajectory started in this batch or an earlier one (stored 'incomplete').
+-- One whose start record was never ingested (or was quarantined) gets a reason rather than an
+-- invented trajectory. A trajectory's outcome is never replaced: a second outcome, in this batch
+-- or for a trajectory stored with one, is left out when it is the same and quarantined, naming
+-- what it conflicts with, when it differs. `applies`: the one outcome that completes a trajectory.
 CREATE OR REPLACE TEMP TABLE in_outcomes AS
 WITH o AS MATERIALIZED (
-    SELECT seg, line_no, trajectory_id, status, answer, verified, reward, error, n_steps, end_time,
-           trajectory_id IN (SELECT trajectory_id FROM trajectories) AS stored,
-           trajectory_id IN (SELECT trajectory_id FROM checked_starts WHERE reason IS NULL) AS started
-    FROM checked_outcomes WHERE reason IS NULL
-), repeated AS (
-    SELECT seg, line_no FROM o SEMI JOIN (
+    SELECT c.seg, c.line_no, c.trajectory_id, c.status, c.answer, c.verified, c.reward, c.error,
+           c.n_steps, c.end_time, t.status IS NOT NULL AS stored,
+           coalesce(t.status <> 'incomplete', false) AS stored_outcome,
+           c.trajectory_id IN (SELECT trajectory_id FROM checked_starts WHERE reason IS NULL) AS started
+    FROM checked_outcomes c LEFT JOIN (SELECT trajectory_id, status FROM trajectories) t USING (trajectory_id)
+    WHERE c.reason IS NULL
+), repeated AS (  -- only ids seen twice are ranked
+    SELECT *, row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) AS nth
+    FROM o SEMI JOIN (
         SELECT trajectory_id FROM o WHERE stored OR started GROUP BY ALL HAVING count(*) > 1
-    ) USING (trajectory_id)
+    ) k USING (trajectory_id)
     WHERE stored OR started
-    QUALIFY row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) > 1
+), later AS (  -- the second and later outcomes in the batch; a reason when one differs from the first
+    SELECT d.seg, d.line_no, CASE
+        WHEN row(d.status, d.answer::VARCHAR, d.verified, d.reward, d.error, d.n_steps, d.end_time)
+             IS DISTINCT FROM row(f.status, f.answer::VARCHAR, f.verified, f.reward, f.error, f.n_steps, f.end_time)
+        THEN printf('duplicate outcome for trajectory %s conflicts with the one in %s line %d',
+                    d.trajectory_id, s.source, f.line_no) END AS reason
+    FROM repeated d JOIN repeated f ON f.trajectory_id = d.trajectory_id AND f.nth = 1
+    JOIN raw_segs s ON s.seg = f.seg
+    WHERE d.nth > 1
+), against_stored AS (  -- outcomes for trajectories stored with one; a reason when one differs
+    SELECT o.seg, o.line_no, CASE
+        WHEN row(o.status, o.answer::VARCHAR, o.verified, o.reward, o.error, o.n_steps, o.end_time)
+             IS DISTINCT FROM row(t.status, t.answer::VARCHAR, t.verified, t.reward, t.error, t.n_steps, t.end_time)
+        THEN printf('outcome for trajectory %s conflicts with the stored outcome (status %s, verified %s, reward %s)',
+                    o.trajectory_id, t.status, coalesce(t.verified::VARCHAR, 'null'), coalesce(t.reward::VARCHAR, 'null'))
+        END AS reason
+    FROM o JOIN trajectories t USING (trajectory_id)
+    WHERE o.stored_outcome
 )
-SELECT o.*, CASE
-    WHEN NOT (stored OR started) THEN 'outcome for unknown trajectory ' || trajectory_id
-        || ' (its start record was never ingested)'
-    WHEN r.seg IS NOT NULL THEN 'duplicate outcome for trajectory ' || trajectory_id
-    END AS reason
-FROM o LEFT JOIN repeated r USING (seg, line_no);
+SELECT o.*, CASE WHEN NOT (o.stored OR o.started) THEN 'outcome for unknown trajectory ' || o.trajectory_id
+                     || ' (its start record was never ingested)'
+                 ELSE coalesce(a.reason, l.reason) END AS reason,
+       (o.stored OR o.started) AND NOT o.stored_outcome AND l.seg IS NULL AS applies
+FROM o LEFT JOIN against_stored a USING (seg, line_no) LEFT JOIN later l USING (seg, line_no);
 
 -- name: insert_trajectories
 -- New trajectories, complete when their outcome came in the same batch (the usual case: one
@@ -369,16 +431,17 @@ SELECT c.trajectory_id, c.agent_name || '@' || c.agent_version AS agent_id, c.ta
 FROM checked_starts c JOIN raw_segs s USING (seg)
 ANTI JOIN dup_starts USING (seg, line_no)
 ANTI JOIN trajectories USING (trajectory_id)
-LEFT JOIN (SELECT * FROM in_outcomes WHERE reason IS NULL) o USING (trajectory_id)
+LEFT JOIN (SELECT * FROM in_outcomes WHERE applies AND reason IS NULL) o USING (trajectory_id)
 WHERE c.reason IS NULL;
 
 -- name: update_trajectories
--- Outcomes for trajectories an earlier batch stored.
+-- Outcomes for trajectories an earlier batch stored without one ('incomplete').
 UPDATE trajectories AS t
 SET status = o.status, answer = o.answer, verified = o.verified, reward = o.reward,
     error = o.error, n_steps = o.n_steps, end_time = o.end_time
 FROM in_outcomes o
-WHERE o.reason IS NULL AND o.stored AND t.trajectory_id = o.trajectory_id;
+WHERE o.applies AND o.reason IS NULL AND o.stored AND t.trajectory_id = o.trajectory_id
+  AND t.status = 'incomplete';
 
 -- name: insert_steps
 -- A step already in the store (the same record from another segment) is left as it is.
@@ -395,7 +458,8 @@ WHERE c.reason IS NULL;
 -- Whether anything in the batch goes to quarantine. When nothing does, `quarantine` is skipped
 -- and `no_bad` makes its (empty) table instead: planning it costs a few ms a batch.
 SELECT EXISTS (FROM checked_lines WHERE reason IS NOT NULL) OR EXISTS (FROM arrow_bad)
-    OR EXISTS (FROM dup_steps) OR EXISTS (FROM in_outcomes WHERE reason IS NOT NULL) OR EXISTS (FROM raw_bad);
+    OR EXISTS (FROM dup_steps WHERE reason IS NOT NULL) OR EXISTS (FROM dup_starts WHERE reason IS NOT NULL)
+    OR EXISTS (FROM stored_conflicts) OR EXISTS (FROM in_outcomes WHERE reason IS NOT NULL) OR EXISTS (FROM raw_bad);
 
 -- name: no_bad
 CREATE OR REPLACE TEMP TABLE bad (seg INTEGER, line_no INTEGER, raw BLOB, reason VARCHAR);
@@ -405,7 +469,9 @@ CREATE OR REPLACE TEMP TABLE bad AS
 WITH reasons AS (
     SELECT seg, line_no, reason FROM checked_lines WHERE reason IS NOT NULL
     UNION ALL SELECT seg, line_no, reason FROM arrow_bad
-    UNION ALL SELECT seg, line_no, reason FROM dup_steps
+    UNION ALL SELECT seg, line_no, reason FROM dup_steps WHERE reason IS NOT NULL
+    UNION ALL SELECT seg, line_no, reason FROM dup_starts WHERE reason IS NOT NULL
+    UNION ALL SELECT seg, line_no, reason FROM stored_conflicts
     UNION ALL SELECT seg, line_no, reason FROM in_outcomes WHERE reason IS NOT NULL
 )
 SELECT seg, line_no, encode(rtrim(l.line, chr(10))) AS raw, reason
@@ -435,6 +501,8 @@ WITH good AS (
     UNION ALL SELECT seg, 'step', arrow_steps FROM raw_segs
     UNION ALL SELECT seg, "type", -count(*) FROM arrow_bad GROUP BY ALL
     UNION ALL SELECT seg, 'step', -count(*) FROM dup_steps GROUP BY ALL
+    UNION ALL SELECT seg, 'trajectory', -count(*) FROM dup_starts WHERE reason IS NOT NULL GROUP BY ALL
+    UNION ALL SELECT seg, rtype, -count(*) FROM stored_conflicts GROUP BY ALL
 ), per_seg AS (
     SELECT seg, sum(n) FILTER (WHERE rtype = 'trajectory') AS n_trajectories,
            sum(n) FILTER (WHERE rtype = 'step') AS n_steps
@@ -459,5 +527,6 @@ DROP TABLE IF EXISTS checked_lines;
 DROP TABLE IF EXISTS arrow_bad;
 DROP TABLE IF EXISTS dup_steps;
 DROP TABLE IF EXISTS dup_starts;
+DROP TABLE IF EXISTS stored_conflicts;
 DROP TABLE IF EXISTS in_outcomes;
 DROP TABLE IF EXISTS bad;

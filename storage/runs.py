@@ -1,0 +1,159 @@
+"""A training run's records in the store: the run row, its metrics, checkpoints and evaluations.
+
+Training never fails because the store is busy (`storage/store.py` says how readers and writers
+share it). Each write is one short transaction. When the store stays locked for `timeout` s (a
+researcher's long query, an ingest), the records are written to the run's directory instead, as a
+pending file (`runs/<run_id>/pending/<time>.json`: write, then rename), and reach the store with
+the run's next write that gets through, at the end of the run (which waits `FINAL_TIMEOUT`), or at
+the next `grokloop ingest` (`flush_pending`). A run row carries the time it was made
+(`updated_at`), so a pending record that reaches the store late never replaces a newer status.
+The SQL is in `storage/sql/runs.sql`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from storage.home import runs_dir, store_path
+from storage.store import StoreLocked, connect, open_store, sql_blocks
+
+WRITE_TIMEOUT = 5.0     # a run's write waits this long for the store, then waits as a file instead
+FINAL_TIMEOUT = 600.0   # the last write of a run waits longer, so its final status lands
+PENDING_DIR = "pending"
+
+_SQL = sql_blocks("runs.sql")
+
+
+def record_run(home, row: dict, metrics: Sequence[tuple[int, str, float]] = (),
+               checkpoints: Sequence[tuple[int, Any]] = (), *, final: bool = False) -> bool:
+    """Upsert the run row, add metrics (step, name, value) and checkpoints (step, path). True if
+    it reached the store, False if it waits in the run directory (the store was busy). A `final`
+    write (the run is over) waits FINAL_TIMEOUT for the store instead of WRITE_TIMEOUT."""
+    record = {"run": {**row, "updated_at": datetime.now(UTC).replace(tzinfo=None).isoformat()},
+              "metrics": [list(m) for m in metrics],
+              "checkpoints": [[step, str(path)] for step, path in checkpoints]}
+    return _write(home, row["run_id"], record, FINAL_TIMEOUT if final else WRITE_TIMEOUT)
+
+
+def record_evaluation(home, run_id: str, rows: list[dict]) -> bool:
+    """Add evaluation rows (run_id, step, family, split, n, accuracy, sampler), as a final
+    record_run: True if they reached the store, False if they wait in the run directory."""
+    return _write(home, run_id, {"evaluations": rows}, FINAL_TIMEOUT)
+
+
+def stored_metrics(home, run_id: str, step: int) -> dict[str, float]:
+    """The evaluation recorded at `step` (in the store, or still pending in the run directory):
+    what a resumed, already complete run reports."""
+    found = {}
+    try:
+        with open_store(store_path(home), read_only=True, timeout=WRITE_TIMEOUT) as con:
+            found = dict(con.execute(_SQL["select_metrics"], [run_id, step]).fetchall())
+    except StoreLocked:
+        pass
+    for path in _pending(runs_dir(home) / run_id):
+        found |= {name: value for s, name, value in _load(path).get("metrics", []) if s == step}
+    return found
+
+
+def flush_pending(con: duckdb.DuckDBPyConnection, home=None) -> int:
+    """Write every run's pending records to the store (one transaction), then remove their files.
+    Returns how many files."""
+    paths = sorted((p for run in _run_dirs(home) for p in _pending(run)), key=lambda p: p.name)
+    if paths:
+        _apply_all(con, [_load(p) for p in paths])
+        for path in paths:
+            path.unlink(missing_ok=True)
+    return len(paths)
+
+
+def _write(home, run_id: str, record: dict, timeout: float) -> bool:
+    run_dir = runs_dir(home) / run_id
+    try:
+        con = connect(store_path(home), timeout=timeout)
+    except StoreLocked:
+        _save_pending(run_dir, record)
+        return False
+    try:
+        pending = _pending(run_dir)  # earlier records first, so the newest run row wins
+        _apply_all(con, [*map(_load, pending), record])
+    finally:
+        con.close()
+    for path in pending:
+        path.unlink(missing_ok=True)
+    return True
+
+
+def _apply_all(con: duckdb.DuckDBPyConnection, records: list[dict]) -> None:
+    con.execute("BEGIN")
+    try:
+        for record in records:
+            _apply(con, record)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _apply(con: duckdb.DuckDBPyConnection, record: dict) -> None:
+    if run := record.get("run"):
+        con.execute(_SQL["upsert_run"], [
+            run["run_id"], run["name"], run["objective"], run["dataset_id"], run["config"], run["status"],
+            run["parent_run_id"], run["t_mem"], run["t_grok"], run["grok_ratio"], run["grok_delay"],
+            run["final_step"], run["updated_at"]])
+        run_id = run["run_id"]
+        if metrics := record.get("metrics"):
+            steps, names, values = zip(*metrics, strict=True)
+            _insert(con, "metric_rows", pa.table({
+                "run_id": pa.array([run_id] * len(metrics), pa.string()), "step": pa.array(steps, pa.int32()),
+                "name": pa.array(names, pa.string()), "value": pa.array(values, pa.float64())}))
+        if checkpoints := record.get("checkpoints"):
+            _insert(con, "checkpoint_rows", pa.table({
+                "run_id": pa.array([run_id] * len(checkpoints), pa.string()),
+                "step": pa.array([s for s, _ in checkpoints], pa.int32()),
+                "path": pa.array([p for _, p in checkpoints], pa.string())}))
+    if rows := record.get("evaluations"):
+        _insert(con, "evaluation_rows", pa.Table.from_pylist(rows, schema=pa.schema([
+            ("run_id", pa.string()), ("step", pa.int32()), ("family", pa.string()), ("split", pa.string()),
+            ("n", pa.int32()), ("accuracy", pa.float64()), ("sampler", pa.string())])))
+
+
+def _insert(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    con.register(name, table)
+    try:
+        con.execute(_SQL[{"metric_rows": "insert_metrics", "checkpoint_rows": "insert_checkpoints",
+                          "evaluation_rows": "insert_evaluations"}[name]])
+    finally:
+        con.unregister(name)
+
+
+def _save_pending(run_dir: Path, record: dict) -> Path:
+    folder = run_dir / PENDING_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.time_ns():020d}-{os.getpid()}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)  # a reader of the folder never sees half a record
+    return path
+
+
+def _pending(run_dir: Path) -> list[Path]:
+    folder = run_dir / PENDING_DIR
+    return sorted(folder.glob("*.json")) if folder.exists() else []
+
+
+def _run_dirs(home) -> list[Path]:
+    root = runs_dir(home)
+    return [p for p in root.iterdir() if p.is_dir()] if root.exists() else []
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
