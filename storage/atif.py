@@ -454,8 +454,7 @@ _TRAJECTORIES_SQL = """
 SELECT t.trajectory_id::VARCHAR AS trajectory_id, a.name AS agent_name, a.version AS agent_version,
        a.kind AS agent_kind, a.checkpoint, t.model, t.family, t.task_id, k.split, k.operation, k.difficulty,
        k.spec, t.tags, t.metadata, t.start_time, t.status, t.answer, t.verified, t.reward, t.error, t.end_time
-FROM trajectories t JOIN agents a USING (agent_id) LEFT JOIN tasks k USING (task_id)
-{where}
+FROM (SELECT * FROM trajectories {where}) t JOIN agents a USING (agent_id) LEFT JOIN tasks k USING (task_id)
 ORDER BY 1
 """
 _STEPS_SQL = """

@@ -84,7 +84,7 @@ def test_export_then_ingest_round_trips(tmp_path):
         assert ingest_paths(other, [out]).quarantined == 0
         after = {k: other.execute(q).fetchall() for k, q in tables.items()}
         assert after == before, name
-    assert export_atif(con, tmp_path / "some.jsonl", where="verified") == 2
+    assert export_atif(con, tmp_path / "some.jsonl", where="family = 'modular' AND verified") == 2
     assert len((tmp_path / "some.jsonl").read_bytes().splitlines()) == 2
 
 
