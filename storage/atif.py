@@ -269,9 +269,12 @@ def _with_patch(original: dict, metadata: Any, build) -> Any:
     it becomes one (and the patch restores what it was)."""
     if make_patch(original, build(metadata)) is None:
         return metadata
+    # The patch is made against what export will build from the metadata that holds it: the
+    # same keys, the patch's own not applied yet (and never shown: build() leaves it out).
     base = dict(metadata) if isinstance(metadata, dict) else {}
-    base.pop(PATCH_KEY, None)  # build() never sees one: it is applied, not shown
-    return {**base, PATCH_KEY: make_patch(original, build(base))}
+    base[PATCH_KEY] = None
+    base[PATCH_KEY] = make_patch(original, build(base))
+    return base
 
 
 def _step_rows(tid: str, position: int, step: Any, first_idx: int) -> list[dict]:
