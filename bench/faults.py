@@ -84,6 +84,8 @@ def main() -> None:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         agents[proc.pid] = proc
 
+    first = cli("ingest", env=env)  # creates the store, so the reader's first query has one
+    assert first.returncode == 0, first.stderr
     for _ in range(args.agents):
         spawn()
     stop = threading.Event()

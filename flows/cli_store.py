@@ -140,14 +140,16 @@ def export(
     format: ExportFormat = typer.Option(..., "--format", "-f", help="atif | jsonl"),
     output: Path = typer.Option(..., "--output", "-o"),
     where: str = typer.Option(None, help="SQL condition on the trajectories table, e.g. \"family = 'modular'\""),
+    max_seconds: float = typer.Option(300.0, help="stop the export's query after this many seconds"),
+    memory_limit: str = typer.Option("2GB", help="the export query's memory limit (DuckDB syntax)"),
 ) -> None:
     """Write trajectories out as ATIF (for other frameworks) or grokloop JSONL."""
     from storage.atif import export_atif
     from storage.export import export_jsonl
-    from storage.store import StoreError, open_store
+    from storage.store import StoreError, open_store, time_limit
 
     try:
-        with open_store(read_only=True) as con:
+        with open_store(read_only=True, memory_limit=memory_limit) as con, time_limit(con, max_seconds):
             n = (export_atif if format is ExportFormat.atif else export_jsonl)(con, output, where)
     except (StoreError, ValueError) as err:
         _fail(err)
@@ -161,6 +163,7 @@ def status() -> None:
 
     from agents.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
     from storage.home import spool_dir, store_path
+    from storage.runs import pending_records
     from storage.store import StoreError, open_store, schema_version
 
     path, spool = store_path(), spool_dir()
@@ -171,6 +174,9 @@ def status() -> None:
     console.print(f"spool   {spool}: {len(backlog)} segment(s) waiting, "
                   f"{sum(p.stat().st_size for p in backlog) / 1e6:.1f} MB; {len(writing)} being written"
                   + (f"; removed {len(stale)} stale temp file(s) of writers that died" if stale else ""))
+    if waiting := pending_records():
+        console.print(f"runs    {waiting} training record(s) wait in runs/*/pending for a busy store; "
+                      f"`grokloop ingest` writes them")
     if not path.exists():
         return
     try:

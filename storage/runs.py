@@ -75,6 +75,11 @@ def flush_pending(con: duckdb.DuckDBPyConnection, home=None) -> int:
     return len(paths)
 
 
+def pending_records(home=None) -> int:
+    """How many records wait in run directories for the store."""
+    return sum(len(_pending(run)) for run in _run_dirs(home))
+
+
 def _write(home, run_id: str, record: dict, timeout: float) -> bool:
     run_dir = runs_dir(home) / run_id
     try:

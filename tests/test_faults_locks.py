@@ -90,6 +90,9 @@ def test_records_that_waited_reach_the_store_at_ingest_and_never_replace_newer_o
     assert record_run(home, row, [(10, "train/acc", 0.5)]) is False  # the store is busy
     release.touch()
     reader.wait(timeout=60)
+    status = subprocess.run([sys.executable, "-m", "flows.cli", "status"], capture_output=True, text=True,
+                            timeout=120)
+    assert "1 training record(s) wait" in status.stdout.replace("\n", " ")
     result = subprocess.run([sys.executable, "-m", "flows.cli", "ingest"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
