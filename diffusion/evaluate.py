@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from agents.tasks import SPLITS, TaskFamily, Tokenizer
 from diffusion.data import (
@@ -24,6 +25,7 @@ from diffusion.data import (
     splits_from_family,
     splits_from_snapshot,
 )
+from diffusion.objective import never_predict_mask, objective_loss
 from diffusion.sample import answer_columns, exact_match, predict, sampler_info
 from storage.home import runs_dir
 from storage.runs import record_evaluation
@@ -93,6 +95,50 @@ def split_accuracy(family: TaskFamily, tokenizer: Tokenizer, name: str, split: E
     for group, oks in sorted(groups.items()):
         out[group] = (len(oks), sum(oks) / len(oks))
     return out
+
+
+def loss_and_prediction(
+    objective: str, model, ids: torch.Tensor, answer_mask: torch.Tensor, mask_id: int, *,
+    full_sequence: bool = False, estimator: str = "count", generator: torch.Generator | None = None,
+    n_steps: int = 1, threshold: float = 0.95, batch_size: int = 8192,
+) -> tuple[float, torch.Tensor]:
+    """(mean loss, filled rows) of a set of evaluation rows, at the cost of one forward pass per batch
+    where the answer is one token: masked diffusion's count-estimator loss on a one-token answer masks
+    exactly that token, which is also the sampler's only input (its greedy answer is the argmax), and
+    the AR loss's teacher-forced logits already predict a last-column answer. Longer answers (or the
+    1/t estimator, or full-sequence noise) go through the objective and the sampler as usual."""
+    cols = answer_columns(answer_mask)
+    last = ids.shape[1] - 1
+    one_pass = len(cols) == 1 and (
+        (objective == "mdm" and estimator == "count" and not full_sequence)
+        or (objective == "ar" and int(cols[0]) == last))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if not one_pass:
+                total = 0.0
+                for start in range(0, len(ids), batch_size):
+                    chunk, mask = ids[start:start + batch_size], answer_mask[start:start + batch_size]
+                    total += float(objective_loss(objective, model, chunk, mask, mask_id, full_sequence=full_sequence,
+                                                  estimator=estimator, generator=generator)) * len(chunk)
+                pred = predict(objective, model, ids, answer_mask, mask_id=mask_id, n_steps=n_steps,
+                               threshold=threshold, batch_size=batch_size)
+                return total / max(len(ids), 1), pred
+            col, pred, total = int(cols[0]), ids.clone(), 0.0
+            for start in range(0, len(ids), batch_size):
+                chunk = ids[start:start + batch_size]
+                if objective == "mdm":
+                    noisy = chunk.clone()
+                    noisy[:, col] = mask_id
+                    logits = never_predict_mask(model(noisy)[:, col], mask_id)  # (B, V)
+                else:  # position col - 1 predicts col
+                    logits = never_predict_mask(model(chunk[:, :-1], causal=True)[:, col - 1], mask_id)
+                total += float(F.cross_entropy(logits, chunk[:, col], reduction="sum"))
+                pred[start:start + batch_size, col] = logits.argmax(-1)
+            return total / max(len(ids), 1), pred
+    finally:
+        model.train(was_training)
 
 
 def accuracy_by_split(

@@ -77,6 +77,17 @@ def mdm_loss(
     answer positions are noised (p(answer | prompt)); `full_sequence` noises every position.
     `estimator` "t": stratified t, Bernoulli(t) masks, 1/t weights (MDLM / LLaDA);
     "count": the same expectation with t integrated out (see `mask_count`)."""
+    maskable, t, masked = mdm_noise(ids, answer_mask, mask_id, full_sequence=full_sequence, estimator=estimator,
+                                    generator=generator, eps=eps)
+    return mdm_loss_given(model, ids, maskable, t, masked, mask_id)
+
+
+def mdm_noise(
+    ids: torch.Tensor, answer_mask: torch.Tensor, mask_id: int, *, full_sequence: bool = False,
+    estimator: str = "count", generator: torch.Generator | None = None, eps: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(maskable, t, masked) for a batch: the forward process's draw, apart from the model (batched
+    seeds draw each run's noise from its own generator, then run every model at once)."""
     maskable = torch.ones_like(answer_mask, dtype=torch.bool) if full_sequence else answer_mask.bool()
     if estimator == "t":
         t = sample_t(ids.shape[0], eps=eps, generator=generator)
@@ -85,7 +96,7 @@ def mdm_loss(
         masked, t = mask_count(maskable, generator=generator)
     else:
         raise ValueError(f"unknown estimator {estimator!r}; expected 't' or 'count'")
-    return mdm_loss_given(model, ids, maskable, t, masked, mask_id)
+    return maskable, t, masked
 
 
 def ar_loss(model, ids: torch.Tensor, answer_mask: torch.Tensor, mask_id: int) -> torch.Tensor:

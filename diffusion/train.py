@@ -44,11 +44,10 @@ from diffusion.data import (
     load_splits,
     read_snapshot_meta,
 )
-from diffusion.evaluate import split_accuracy
-from diffusion.grokfast import gradfilter_ema, gradfilter_ma
+from diffusion.evaluate import loss_and_prediction, split_accuracy
+from diffusion.grokfast import gradfilter_ema, gradfilter_ma, slow_part
 from diffusion.model import Denoiser
 from diffusion.objective import objective_loss
-from diffusion.sample import predict
 from storage.home import grokloop_home, runs_dir
 from storage.runs import record_run, stored_metrics
 
@@ -105,6 +104,7 @@ class TrainConfig:
     run_id: str | None = None              # set on creation; resume uses it
     home: str | None = None                # grokloop home; None = $GROKLOOP_HOME or ./.grokloop
     progress: bool = True                  # rich progress bar
+    compile: bool = False                  # torch.compile the training forward (see bench/throughput.py --compile)
 
 
 @dataclass
@@ -223,6 +223,43 @@ def has_checkpoint(cfg: TrainConfig) -> bool:
     return bool(run_id) and (runs_dir(cfg.home) / run_id / "latest").is_file()
 
 
+def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser:
+    """The run's starting weights: seeded by cfg.seed, or its init_from checkpoint."""
+    torch.manual_seed(cfg.seed)
+    if cfg.init_from:
+        model = load_model(cfg.init_from)
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"init_from {cfg.init_from} has vocab {model.config.vocab_size}, "
+                             f"the data's tokenizer {tokenizer.vocab_size}")
+        return model
+    return Denoiser(vocab_size=tokenizer.vocab_size, max_seq_len=tokenizer.seq_len,
+                    hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                    mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=tokenizer.mask_id, init=cfg.init)
+
+
+def run_record(cfg: TrainConfig, status: str, step: int, t_mem: int | None, t_grok: int | None,
+               dataset_id: str | None) -> dict:
+    """The run's row in the store's `runs` table."""
+    ratio = t_grok / t_mem if t_grok is not None and t_mem else None
+    delay = t_grok - t_mem if t_grok is not None and t_mem is not None else None
+    parent = Path(cfg.init_from).parent.parent.name if cfg.init_from else None
+    return {"run_id": cfg.run_id, "name": cfg.run_name, "objective": cfg.objective,
+            "dataset_id": dataset_id, "config": config_to_json(cfg), "status": status,
+            "parent_run_id": parent, "t_mem": t_mem, "t_grok": t_grok, "grok_ratio": ratio,
+            "grok_delay": delay, "final_step": step}
+
+
+def checkpoint_meta(cfg: TrainConfig, step: int) -> dict:
+    """What a checkpoint is (grokloop.json); a snapshot names its family: checkpoints rebuild that tokenizer."""
+    family, family_params, dataset_id = cfg.family, cfg.family_params, None
+    if cfg.dataset:
+        snap = read_snapshot_meta(cfg.dataset)
+        dataset_id, family, family_params = snap["dataset_id"], snap["family"], snap["family_params"]
+    return {"run_id": cfg.run_id, "step": step, "objective": cfg.objective, "family": family,
+            "family_params": family_params, "dataset": cfg.dataset, "dataset_id": dataset_id,
+            "sampler_steps": cfg.sampler_steps, "sampler_threshold": cfg.sampler_threshold}
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -312,29 +349,43 @@ def load_model(checkpoint_dir: str | Path) -> Denoiser:
 
 # --- evaluation during training ------------------------------------------------------------------
 
-@torch.no_grad()
 def estimate(cfg: TrainConfig, model: Denoiser, splits: dict[str, EncodedSplit], family: TaskFamily,
              tokenizer: Tokenizer, step: int) -> dict[str, float]:
     """Loss and verified accuracy (plus exact match, kinds, clusters: `split_accuracy`) of each split's
-    evaluation rows (`splits` holds only those), with fixed noise per step."""
-    model.eval()
+    evaluation rows (`splits` holds only those), with fixed noise per step; one forward pass per
+    split where the answer is one token (`loss_and_prediction`)."""
     out: dict[str, float] = {}
     for name, rows in splits.items():
         if len(rows) == 0:
             continue
         noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # same step, same noise
-        losses = []
-        for start in range(0, len(rows), 4096):
-            ids, mask = rows.ids[start:start + 4096], rows.answer_mask[start:start + 4096]
-            losses.append(objective_loss(cfg.objective, model, ids, mask, tokenizer.mask_id,
-                                         full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator, generator=noise) * len(ids))
-        out[f"{name}/loss"] = float(sum(losses) / len(rows))
-        pred = predict(cfg.objective, model, rows.ids, rows.answer_mask, mask_id=tokenizer.mask_id,
-                       n_steps=cfg.sampler_steps, threshold=cfg.sampler_threshold)
+        out[f"{name}/loss"], pred = loss_and_prediction(
+            cfg.objective, model, rows.ids, rows.answer_mask, tokenizer.mask_id, full_sequence=cfg.full_sequence,
+            estimator=cfg.mdm_estimator, generator=noise, n_steps=cfg.sampler_steps,
+            threshold=cfg.sampler_threshold)
         for group, (_, acc) in split_accuracy(family, tokenizer, name, rows, pred).items():
             out[group if group.endswith("/exact") else f"{group}/acc"] = acc
-    out["weight_norm"] = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters())))
-    model.train()
+    with torch.no_grad():
+        out["weight_norm"] = grad_norm([p.detach() for p in model.parameters()])
+    return out
+
+
+def update_diagnostics(cfg: TrainConfig, model: Denoiser, filter_state, clip_total: float | None) -> dict:
+    """grad_norm (the raw gradient) and grokfast/filter_ratio (|added| / |raw|) of the last update, read
+    at eval time off the gradients it left and the filter's state, so the step itself does no extra work."""
+    params = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
+    if not params:
+        return {}
+    # p.grad is the filtered gradient, scaled by clipping when it clipped
+    scale = min(1.0, cfg.grad_clip / (clip_total + 1e-6)) if cfg.grad_clip and clip_total is not None else 1.0
+    added = slow_part(filter_state, cfg.grokfast, cfg.grokfast_lamb, cfg.grokfast_filter,
+                      window_size=cfg.grokfast_window) if cfg.grokfast != "none" else {}
+    with torch.no_grad():
+        raw = [p.grad / scale - added[n] if n in added else p.grad / scale for n, p in params]
+        raw_norm = grad_norm(raw)
+        out = {"grad_norm": raw_norm}
+        if added:
+            out["grokfast/filter_ratio"] = grad_norm(list(added.values())) / max(raw_norm, 1e-12)
     return out
 
 
@@ -345,7 +396,7 @@ def memorized_metric(family: TaskFamily, metrics: dict[str, float]) -> str:
 
 
 def grad_norm(grads: list[torch.Tensor]) -> float:
-    return float(torch.sqrt(sum((g ** 2).sum() for g in grads))) if grads else 0.0
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) if grads else 0.0
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -377,20 +428,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     tokenizer, splits = load_splits(cfg)
     task_family = load_family(cfg)
     mask_id = tokenizer.mask_id
-    dataset_id, family, family_params = None, cfg.family, cfg.family_params
-    if cfg.dataset:  # the snapshot names its family: checkpoints must rebuild that tokenizer
-        snap = read_snapshot_meta(cfg.dataset)
-        dataset_id, family, family_params = snap["dataset_id"], snap["family"], snap["family_params"]
-    torch.manual_seed(cfg.seed)
-    if cfg.init_from:
-        model = load_model(cfg.init_from)
-        if model.config.vocab_size != tokenizer.vocab_size:
-            raise ValueError(f"init_from {cfg.init_from} has vocab {model.config.vocab_size}, "
-                             f"the data's tokenizer {tokenizer.vocab_size}")
-    else:
-        model = Denoiser(vocab_size=tokenizer.vocab_size, max_seq_len=tokenizer.seq_len,
-                         hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-                         mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=mask_id, init=cfg.init)
+    dataset_id = read_snapshot_meta(cfg.dataset)["dataset_id"] if cfg.dataset else None
+    model = initial_model(cfg, tokenizer)
+    forward = torch.compile(model) if cfg.compile else model  # same parameters; eval and saving use `model`
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config_to_json(cfg))
     eval_splits = {name: splits[name].subset(idx) for name, idx in run_eval_rows(run_dir, cfg, splits).items()}
@@ -402,7 +442,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     # loop state: everything that must survive a restart
     step, filter_state, t_mem, t_grok, evaluated, saved, pending_rows = 0, None, None, None, -1, -1, []
     accum = {"loss": 0.0, "n": 0, "time": 0.0}
-    last = {}  # grad_norm, grokfast/filter_ratio of the update before the eval
+    clip_total = None  # the last update's gradient norm before clipping (grad_clip only)
     if resume_from is not None:
         model.load_state_dict(load_model(resume_from).state_dict())
         st = torch.load(resume_from / "state.pt", weights_only=False)
@@ -411,28 +451,19 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
         noise.set_state(st["noise"])
         set_rng_state(st["rng"])
         step, filter_state, t_mem, t_grok = st["step"], st["grokfast"], st["t_mem"], st["t_grok"]
-        evaluated, accum, last, saved = st["evaluated"], st["accum"], st["last"], st["step"]
+        evaluated, accum, saved = st["evaluated"], st["accum"], st["step"]
         pending_rows = st.get("pending_rows", [])
         console.print(f"resuming {cfg.run_id} from {resume_from.name}")
-    parent = Path(cfg.init_from).parent.parent.name if cfg.init_from else None
 
     def run_row(status: str) -> dict:
-        ratio = t_grok / t_mem if t_grok is not None and t_mem else None
-        delay = t_grok - t_mem if t_grok is not None and t_mem is not None else None
-        return {"run_id": cfg.run_id, "name": cfg.run_name, "objective": cfg.objective,
-                "dataset_id": dataset_id, "config": config_to_json(cfg), "status": status,
-                "parent_run_id": parent, "t_mem": t_mem, "t_grok": t_grok, "grok_ratio": ratio,
-                "grok_delay": delay, "final_step": step}
+        return run_record(cfg, status, step, t_mem, t_grok, dataset_id)
 
     def checkpoint(pending: list | None = None) -> Path:
         state = {"pending_rows": pending or [], "step": step, "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
                  "noise": noise.get_state(), "rng": rng_state(), "grokfast": filter_state,
                  "t_mem": t_mem, "t_grok": t_grok, "evaluated": evaluated, "accum": dict(accum),
-                 "last": dict(last), "config": dataclasses.asdict(cfg)}
-        meta = {"run_id": cfg.run_id, "step": step, "objective": cfg.objective, "family": family,
-                "family_params": family_params, "dataset": cfg.dataset, "dataset_id": dataset_id,
-                "sampler_steps": cfg.sampler_steps, "sampler_threshold": cfg.sampler_threshold}
-        return save_checkpoint(run_dir, step, model, state, meta, cfg.keep_checkpoints)
+                 "config": dataclasses.asdict(cfg)}
+        return save_checkpoint(run_dir, step, model, state, checkpoint_meta(cfg, step), cfg.keep_checkpoints)
 
     # SIGTERM: finish the current step, checkpoint, then exit the process (143, as SIGTERM would):
     # a caller looping over runs (an experiment, a flow) must stop too, not start the next run.
@@ -447,8 +478,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     status = "finished"
     model.train()
     progress = Progress(TextColumn(f"[bold]{cfg.run_id}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                        _steps_per_second_column(), TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
                         console=console, disable=not cfg.progress)
+    board = metrics_board(run_dir, purge_step=step if resume_from is not None else None)
+    pace = Pace(step, cfg.max_steps)
     try:
         with progress:
             bar = progress.add_task("train", total=cfg.max_steps, completed=step, info="")
@@ -463,14 +496,18 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                     if accum["n"]:
                         metrics["train/batch_loss"] = accum["loss"] / accum["n"]
                         metrics["step_time"] = accum["time"] / accum["n"]
-                    metrics.update(last)
+                    metrics.update(update_diagnostics(cfg, model, filter_state,
+                                                      None if clip_total is None else float(clip_total)))
                     accum, evaluated = {"loss": 0.0, "n": 0, "time": 0.0}, step
                     if t_mem is None and metrics.get(memorized_metric(task_family, metrics), 0.0) >= cfg.mem_threshold:
                         t_mem = step
                     if t_grok is None and metrics.get("test_id/acc", 0.0) >= cfg.grok_threshold:
                         t_grok = step
                     rows = [(step, k, float(v)) for k, v in sorted(metrics.items())]
-                    progress.console.print(_eval_line(step, metrics, t_mem, t_grok))
+                    for name, value in sorted(metrics.items()):
+                        board.add_scalar(name, value, step)
+                    board.flush()
+                    progress.console.print(_eval_line(step, metrics, t_mem, t_grok) + pace.line(step))
                     progress.update(bar, info=f"train {metrics.get('train/acc', 0):.3f} "
                                               f"test {metrics.get('test_id/acc', 0):.3f}")
                     done = done or _patience_over(cfg, step, t_grok)
@@ -499,38 +536,33 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                 # one optimization step
                 t0 = time.perf_counter()
                 lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                if optimizer.param_groups[0]["lr"] != lr:  # warmup, or a resumed run given a new lr
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
                 idx = sampler.next()
                 ids, answer_mask = splits["train"].ids[idx], splits["train"].answer_mask[idx]
-                loss = objective_loss(cfg.objective, model, ids, answer_mask, mask_id,
+                loss = objective_loss(cfg.objective, forward, ids, answer_mask, mask_id,
                                       full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator, generator=noise)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                measure = (step + 1) % cfg.eval_every == 0 or step + 1 >= cfg.max_steps
-                raw = [p.grad.detach().clone() for p in model.parameters()] if measure else None
                 if cfg.grokfast == "ema":
                     filter_state = gradfilter_ema(model, filter_state, cfg.grokfast_alpha, cfg.grokfast_lamb)
                 elif cfg.grokfast == "ma":
                     filter_state = gradfilter_ma(model, filter_state, cfg.grokfast_window,
                                                  cfg.grokfast_lamb, cfg.grokfast_filter)
-                if measure:
-                    raw_norm = grad_norm(raw)
-                    added = [p.grad - r for p, r in zip(model.parameters(), raw, strict=True)]
-                    last = {"grad_norm": raw_norm,
-                            "grokfast/filter_ratio": grad_norm(added) / max(raw_norm, 1e-12)}
                 if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    clip_total = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 step += 1
                 accum["loss"] += float(loss.detach())
                 accum["n"] += 1
-                accum["time"] += time.perf_counter() - t0
                 progress.update(bar, completed=step)
+                accum["time"] += time.perf_counter() - t0  # the whole step, bookkeeping included
     except BaseException:
         record_run(home, run_row("failed"), [], [])
         raise
     finally:
+        board.close()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
     if status == "stopped":
@@ -540,6 +572,40 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     return RunResult(run_id=cfg.run_id, run_dir=run_dir, checkpoint_dir=latest_checkpoint(run_dir),
                      status=status, final_step=step, t_mem=t_mem, t_grok=t_grok, grok_ratio=ratio,
                      metrics=metrics)
+
+
+class Pace:
+    """Steps/s and ETA since this process started, for the log lines (the bar has its own)."""
+
+    def __init__(self, step: int, max_steps: int):
+        self.start_step, self.start, self.max_steps = step, time.perf_counter(), max_steps
+
+    def line(self, step: int) -> str:
+        done = step - self.start_step
+        if done <= 0:
+            return ""
+        rate = done / (time.perf_counter() - self.start)
+        eta = (self.max_steps - step) / rate
+        return f" | {rate:.1f} steps/s ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+
+
+def metrics_board(run_dir: Path, purge_step: int | None = None):
+    """Metrics mirrored to TensorBoard event files under <run>/tensorboard (`tensorboard --logdir
+    <home>/runs` shows every run). A resumed run purges what a killed process wrote after the checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
+
+
+def _steps_per_second_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class StepsPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.1f} steps/s" if task.speed else "- steps/s")
+
+    return StepsPerSecond()
 
 
 def _pending_line(run_id: str, run_dir: Path, done: bool) -> str:

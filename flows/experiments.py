@@ -84,7 +84,7 @@ def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_O
                   progress: bool = False) -> list[dict[str, Any]]:
     """Train every (objective, setup, seed); one row per run with T_mem / T_grok as the store has them.
     Each seed is a different train/test split and initialisation; a run stops soon after it groks."""
-    from diffusion.train import TrainConfig, train
+    from diffusion.train import TrainConfig
 
     for given, known in ((setups, GROKFAST_SETUPS), (objectives, GROKFAST_OBJECTIVES)):
         if unknown := [x for x in given if x not in known]:
@@ -92,16 +92,15 @@ def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_O
     rows = []
     for objective in objectives:
         for setup in setups:
-            for seed in range(size.seeds):
-                cfg = TrainConfig(
-                    family="modular", family_params={**size.params, "seed": seed},
-                    max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
-                    patience=1, sampler_steps=1, keep_checkpoints=1, progress=progress,
-                    run_name=f"grokfast-{objective}-{setup}-{init}-s{seed}-p{size.params['p']}-{size.max_steps}",
-                    **{**GROKFAST_BASE, **size.train, "init": init}, **GROKFAST_OBJECTIVES[objective],
-                    **GROKFAST_SETUPS[setup],
-                )
-                result = train(cfg, resume=_has_run(cfg))
+            cfgs = [TrainConfig(
+                family="modular", family_params={**size.params, "seed": seed},
+                max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
+                patience=1, sampler_steps=1, keep_checkpoints=1, progress=progress,
+                run_name=f"grokfast-{objective}-{setup}-{init}-s{seed}-p{size.params['p']}-{size.max_steps}",
+                **{**GROKFAST_BASE, **size.train, "init": init}, **GROKFAST_OBJECTIVES[objective],
+                **GROKFAST_SETUPS[setup],
+            ) for seed in range(size.seeds)]
+            for seed, result in enumerate(train_seeds(cfgs)):
                 rows.append({"objective": objective, "setup": setup, "seed": seed, "run_id": result.run_id,
                              "t_mem": result.t_mem, "t_grok": result.t_grok, "cap": size.max_steps,
                              "final_test_acc": result.metrics.get("test_id/acc")})
@@ -167,18 +166,17 @@ COMPOSITION_SIZES = {
 
 
 def composition(size: Size, home: str | None) -> tuple[list[dict], list[str], str]:
-    from diffusion.train import TrainConfig, train
+    from diffusion.train import TrainConfig
 
     table = []
     for family, params in size.params.items():
         for objective in ("mdm", "ar"):
-            for seed in range(size.seeds):
-                settings = {"weight_decay": 0.1, "grokfast": "none", "batch_size": 256, **size.train}
-                cfg = TrainConfig(objective=objective, family=family, family_params={**params, "seed": 0},
-                                  max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
-                                  run_name=f"composition-{family}-{objective}-s{seed}-{size.max_steps}",
-                                  progress=False, **settings)
-                result = train(cfg, resume=_has_run(cfg))
+            settings = {"weight_decay": 0.1, "grokfast": "none", "batch_size": 256, **size.train}
+            cfgs = [TrainConfig(objective=objective, family=family, family_params={**params, "seed": 0},
+                                max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
+                                run_name=f"composition-{family}-{objective}-s{seed}-{size.max_steps}",
+                                progress=False, **settings) for seed in range(size.seeds)]
+            for seed, (cfg, result) in enumerate(zip(cfgs, train_seeds(cfgs), strict=True)):
                 best = _best_metrics(result.run_id, home)
                 table.append({"family": family, "objective": objective,
                               "estimator": cfg.mdm_estimator if objective == "mdm" else "—",
@@ -363,6 +361,17 @@ def _markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return lines
+
+
+def train_seeds(cfgs: list) -> list:
+    """The seeds of one setting: as one batched model (diffusion/batched.py) when they share an
+    architecture and none has been started yet, else one by one (resuming any that exist)."""
+    from diffusion.batched import batchable, train_batched
+    from diffusion.train import train
+
+    if len(cfgs) > 1 and batchable(cfgs) is None and not any(_has_run(c) for c in cfgs):
+        return train_batched(cfgs)
+    return [train(cfg, resume=_has_run(cfg)) for cfg in cfgs]
 
 
 def _has_run(cfg) -> bool:

@@ -81,3 +81,31 @@ def test_predict_refuses_bad_arguments():
     ragged[0, 3] = False
     with pytest.raises(ValueError, match="answer positions"):
         sample_mdm(Oracle(ids), ids, ragged, n_steps=2, mask_id=MASK)
+
+
+@pytest.mark.parametrize("objective", ["mdm", "ar"])
+def test_one_pass_evaluation_matches_the_objective_and_the_sampler(objective):
+    # A one-token answer: the fast path's loss and answers equal the objective's and the sampler's.
+    from diffusion.evaluate import loss_and_prediction
+    from diffusion.objective import objective_loss
+
+    torch.manual_seed(0)
+    model = Denoiser(vocab_size=V, max_seq_len=4, hidden_size=32, num_layers=1, num_heads=2,
+                     mask_token_id=MASK, init="torch").eval()
+    ids, answer = rows(n=64, prompt_len=3, answer_len=1)
+    loss, pred = loss_and_prediction(objective, model, ids, answer, MASK, n_steps=1, batch_size=20)
+    with torch.no_grad():
+        expected = float(objective_loss(objective, model, ids, answer, MASK,
+                                        generator=torch.Generator().manual_seed(0)))
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert torch.equal(pred, predict(objective, model, ids, answer, mask_id=MASK, n_steps=1))
+    assert torch.equal(pred[:, :3], ids[:, :3])  # the prompt is kept
+
+
+def test_multi_token_answers_still_go_through_the_sampler():
+    from diffusion.evaluate import loss_and_prediction
+
+    ids, answer = rows(n=6, answer_len=4)
+    loss, pred = loss_and_prediction("mdm", Oracle(ids), ids, answer, MASK, n_steps=4,
+                                     generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pred, ids) and loss < 0.01

@@ -1,0 +1,249 @@
+"""Many seeds as one batched model: N runs of one architecture trained in one process.
+
+    from diffusion.batched import train_batched
+    results = train_batched([dataclasses.replace(cfg, seed=s, run_name=f"x-s{s}") for s in range(8)])
+
+The N models' weights are stacked (torch.func.stack_module_state) and one vmapped forward/backward
+computes every run's loss at once. Everything else stays per run: its data (the family's split for
+its family seed), data order, masking noise (drawn from its own generators, as `train` draws them),
+metrics, checkpoints and store rows. AdamW and the Grokfast filters are elementwise, so one optimizer
+and one filter over the stacked tensors are exactly N independent ones. Each run is written as
+`train` writes it (same checkpoint format), so any one of them resumes alone with
+`train(cfg, resume=True)`; a run that stops early (patience) is recorded at its own step, and
+its slice of the stack is simply no longer read.
+
+Not batched (use `train`): gradient clipping (a per-run norm), dropout (one global RNG),
+init_from, resuming.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from diffusion.data import BatchSampler, load_family, load_splits, read_snapshot_meta
+from diffusion.grokfast import ema_filter_, ma_filter_
+from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
+from diffusion.train import (
+    RunResult,
+    TrainConfig,
+    _eval_line,
+    _patience_over,
+    check_config,
+    checkpoint_meta,
+    config_to_json,
+    estimate,
+    initial_model,
+    latest_checkpoint,
+    memorized_metric,
+    metrics_board,
+    rng_state,
+    run_eval_rows,
+    run_id_of,
+    run_record,
+    save_checkpoint,
+    update_diagnostics,
+)
+from storage.home import grokloop_home, runs_dir
+from storage.runs import record_run
+
+# What may differ between batched runs: everything else is one architecture and one schedule.
+PER_RUN = {"seed", "run_name", "run_id", "family_params", "dataset", "progress"}
+
+
+def batchable(cfgs: list[TrainConfig]) -> str | None:
+    """None when these runs can train as one batched model, else why not."""
+    first = dataclasses.asdict(cfgs[0])
+    for cfg in cfgs:
+        if cfg.grad_clip or cfg.dropout or cfg.init_from:
+            return "grad_clip, dropout and init_from are per-run state the batched step does not have"
+        diff = {k for k, v in dataclasses.asdict(cfg).items() if k not in PER_RUN and v != first[k]}
+        if diff:
+            return f"runs differ in {', '.join(sorted(diff))}"
+    return None
+
+
+class Run:
+    """One run's own state inside the batch: data, generators, bookkeeping."""
+
+    def __init__(self, cfg: TrainConfig, index: int):
+        self.cfg, self.index = cfg, index
+        self.home = grokloop_home(cfg.home)
+        cfg.home = str(self.home)
+        cfg.run_id = run_id_of(cfg) or f"{cfg.objective}-{cfg.family}-{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}"
+        self.dir = runs_dir(self.home) / cfg.run_id
+        if (self.dir / "config.json").exists():
+            raise FileExistsError(f"run {cfg.run_id!r} already exists at {self.dir}; resume it with "
+                                  f"grokloop train --resume {cfg.run_id}, or pick another run_name")
+        self.tokenizer, self.splits = load_splits(cfg)
+        self.family = load_family(cfg)
+        self.dataset_id = read_snapshot_meta(cfg.dataset)["dataset_id"] if cfg.dataset else None
+        self.model = initial_model(cfg, self.tokenizer)  # seeded as `train` seeds it
+        self.sampler = BatchSampler(len(self.splits["train"]), cfg.batch_size, seed=cfg.seed)
+        self.noise = torch.Generator().manual_seed(cfg.seed + 1)
+        self.t_mem = self.t_grok = None
+        self.done, self.step, self.evaluated, self.metrics = False, 0, -1, {}
+        self.accum = {"loss": 0.0, "n": 0, "time": 0.0}
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.json").write_text(config_to_json(self.cfg))
+        rows = run_eval_rows(self.dir, self.cfg, self.splits)
+        self.eval_splits = {name: self.splits[name].subset(idx) for name, idx in rows.items()}
+        record_run(self.home, self.row("running"), [], [])
+        self.board = metrics_board(self.dir)
+
+    def row(self, status: str) -> dict:
+        return run_record(self.cfg, status, self.step, self.t_mem, self.t_grok, self.dataset_id)
+
+
+def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
+    """Train these runs (one architecture) as one stacked model; one RunResult each, as `train` returns."""
+    cfgs = [check_config(dataclasses.replace(c)) for c in cfgs]
+    if why := batchable(cfgs):
+        raise ValueError(f"these runs cannot train as one batched model: {why}")
+    cfg = cfgs[0]
+    runs = [Run(c, i) for i, c in enumerate(cfgs)]
+    if len({r.cfg.run_id for r in runs}) < len(runs):
+        raise ValueError("batched runs need distinct run names")
+    for run in runs:
+        run.start()
+    params, _ = stack_module_state([r.model for r in runs])  # {name: (N, ...)} leaf tensors
+    base = copy.deepcopy(runs[0].model).to("meta")  # the architecture, without weights
+    names = list(params)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls([params[n] for n in names], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    mask_id = runs[0].tokenizer.mask_id
+
+    def loss_of(p, ids, answer_mask, maskable, t, masked):
+        def model(x, **kw):
+            return functional_call(base, p, (x,), kw)
+        if cfg.objective == "ar":
+            return ar_loss(model, ids, answer_mask, mask_id)
+        return mdm_loss_given(model, ids, maskable, t, masked, mask_id)
+
+    try:
+        _loop(runs, cfg, params, names, optimizer, vmap(loss_of), mask_id)
+    except BaseException:
+        for run in runs:
+            if not run.done:
+                record_run(run.home, run.row("failed"), [], [])
+                run.board.close()
+        raise
+    return [RunResult(run_id=r.cfg.run_id, run_dir=r.dir, checkpoint_dir=latest_checkpoint(r.dir),
+                      status="finished", final_step=r.step, t_mem=r.t_mem, t_grok=r.t_grok,
+                      grok_ratio=r.t_grok / r.t_mem if r.t_grok is not None and r.t_mem else None,
+                      metrics=r.metrics) for r in runs]
+
+
+def _loop(runs: list[Run], cfg: TrainConfig, params: dict, names: list[str], optimizer, batched_loss,
+          mask_id: int) -> None:
+    filter_state, step = None, 0
+    ckpt_every = cfg.checkpoint_every or cfg.eval_every
+    while True:
+        for run in runs:
+            if not run.done:
+                run.step = step
+                _evaluate_and_record(run, step, params, optimizer, filter_state, ckpt_every)
+        if all(r.done for r in runs):
+            break
+        # one step of every run
+        t0 = time.perf_counter()
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = []
+        for run in runs:  # each run's rows and noise from its own generators, in `train`'s order
+            idx = run.sampler.next()
+            ids, answer_mask = run.splits["train"].ids[idx], run.splits["train"].answer_mask[idx]
+            noise = (mdm_noise(ids, answer_mask, mask_id, full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator,
+                               generator=run.noise) if cfg.objective == "mdm" else (answer_mask, answer_mask[:, 0], answer_mask))
+            batch.append((ids, answer_mask, *noise))
+        losses = batched_loss(params, *(torch.stack(x) for x in zip(*batch, strict=True)))  # (N,)
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # the runs share no weights: each slice gets its own run's gradient
+        grads = {n: params[n].grad for n in names}
+        if cfg.grokfast == "ema":
+            filter_state = ema_filter_(grads, filter_state, cfg.grokfast_alpha, cfg.grokfast_lamb)
+        elif cfg.grokfast == "ma":
+            filter_state = ma_filter_(grads, filter_state, cfg.grokfast_window, cfg.grokfast_lamb, cfg.grokfast_filter)
+        optimizer.step()
+        step += 1
+        elapsed = time.perf_counter() - t0
+        for run, loss in zip(runs, losses.tolist(), strict=True):
+            run.accum["loss"] += loss
+            run.accum["n"] += 1
+            run.accum["time"] += elapsed  # the batched step's time: every run's step, not a share of it
+
+
+def _run_slice(run: Run, params: dict, optimizer, filter_state) -> tuple[dict, object]:
+    """Copy run's slice of the stack into its own Denoiser (weights and last gradients); its filter
+    state as `train` keeps it."""
+    i, cfg = run.index, run.cfg
+    with torch.no_grad():
+        for n, p in run.model.named_parameters():
+            p.copy_(params[n][i])
+            p.grad = None if params[n].grad is None else params[n].grad[i].clone()
+    if filter_state is None:
+        return None
+    if cfg.grokfast == "ema":
+        return {n: e[i].clone() for n, e in filter_state.items()}
+    return {"window": {n: w[:, i].clone() for n, w in filter_state["window"].items()},
+            "sum": {n: s[i].clone() for n, s in filter_state["sum"].items()},
+            "count": filter_state["count"], "next": filter_state["next"]}
+
+
+def _optimizer_slice(optimizer, i: int) -> dict:
+    """Run i's optimizer state in the layout of `train`'s optimizer (one tensor per parameter)."""
+    full = optimizer.state_dict()
+    state = {k: {name: (v[i].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for name, v in st.items()}
+             for k, st in full["state"].items()}
+    return {"state": state, "param_groups": full["param_groups"]}
+
+
+def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_state, ckpt_every: int) -> None:
+    """`train`'s loop top for one run: evaluate, T_mem / T_grok, checkpoint, store, stop."""
+    cfg = run.cfg
+    done = step >= cfg.max_steps or _patience_over(cfg, step, run.t_grok)
+    evaluate_now = step % cfg.eval_every == 0 or done
+    checkpoint_now = step % ckpt_every == 0 or done
+    if not (evaluate_now or checkpoint_now):
+        return
+    grokfast_state = _run_slice(run, params, optimizer, filter_state)
+    rows = []
+    if evaluate_now:
+        m = estimate(cfg, run.model, run.eval_splits, run.family, run.tokenizer, step)
+        m["lr"] = optimizer.param_groups[0]["lr"]
+        if run.accum["n"]:
+            m["train/batch_loss"] = run.accum["loss"] / run.accum["n"]
+            m["step_time"] = run.accum["time"] / run.accum["n"]
+        m.update(update_diagnostics(cfg, run.model, grokfast_state, None))
+        run.accum = {"loss": 0.0, "n": 0, "time": 0.0}
+        if run.t_mem is None and m.get(memorized_metric(run.family, m), 0.0) >= cfg.mem_threshold:
+            run.t_mem = step
+        if run.t_grok is None and m.get("test_id/acc", 0.0) >= cfg.grok_threshold:
+            run.t_grok = step
+        rows = [(step, k, float(v)) for k, v in sorted(m.items())]
+        run.metrics, run.evaluated = m, step
+        for name, value in sorted(m.items()):
+            run.board.add_scalar(name, value, step)
+        run.board.flush()
+        if cfg.progress:
+            print(_eval_line(step, m, run.t_mem, run.t_grok), flush=True)
+        done = done or _patience_over(cfg, step, run.t_grok)
+    ckpts = []
+    if checkpoint_now or done:
+        state = {"pending_rows": rows, "step": step, "optimizer": _optimizer_slice(optimizer, run.index),
+                 "sampler": run.sampler.state_dict(), "noise": run.noise.get_state(), "rng": rng_state(),
+                 "grokfast": grokfast_state, "t_mem": run.t_mem, "t_grok": run.t_grok, "evaluated": run.evaluated,
+                 "accum": dict(run.accum), "config": dataclasses.asdict(cfg)}
+        ckpts = [(step, save_checkpoint(run.dir, step, run.model, state, checkpoint_meta(cfg, step),
+                                        cfg.keep_checkpoints))]
+    record_run(run.home, run.row("finished" if done else "running"), rows, ckpts, final=done)
+    run.done = done
+    if done:
+        run.board.close()

@@ -1,0 +1,60 @@
+import dataclasses
+
+import pytest
+
+from diffusion.batched import batchable, train_batched
+from diffusion.train import load_config, train
+from tests.test_train import P5, metric_rows, run_row, tiny
+
+
+def close_rows(a, b):
+    assert [(s, n) for s, n, _ in a] == [(s, n) for s, n, _ in b]
+    for (s, n, x), (_, _, y) in zip(a, b, strict=True):
+        assert x == pytest.approx(y, rel=1e-3, abs=1e-4), (s, n)
+
+
+@pytest.mark.parametrize("grokfast", ["ema", "ma"])
+def test_batched_seeds_match_the_same_seeds_trained_one_by_one(tmp_path, grokfast):
+    # Two seeds, each its own family split too: own data, order, noise, filter state, metrics.
+    cfgs = [tiny(tmp_path, f"b{s}", seed=s, family_params={**P5, "seed": s}, max_steps=60, grokfast=grokfast,
+                 grokfast_window=5, eval_every=20, checkpoint_every=30) for s in (0, 1)]
+    batched = train_batched(cfgs)
+    alone = [train(dataclasses.replace(c, run_name=f"one{c.seed}")) for c in cfgs]
+    for b, a in zip(batched, alone, strict=True):
+        close_rows(metric_rows(tmp_path, b.run_id), metric_rows(tmp_path, a.run_id))
+        assert (b.t_mem, b.t_grok, b.final_step) == (a.t_mem, a.t_grok, a.final_step)
+        assert run_row(tmp_path, b.run_id)["status"] == "finished"
+        assert list((b.run_dir / "tensorboard").iterdir())  # mirrored to TensorBoard like any run
+        assert sorted(p.name for p in (b.run_dir / "checkpoints").iterdir()) == \
+            sorted(p.name for p in (a.run_dir / "checkpoints").iterdir())
+    # each batched run resumes on its own, with `train`, as if it had been trained alone
+    more = [train(load_config(r.run_id, ["max_steps=80"], home=str(tmp_path)), resume=True) for r in batched]
+    again = [train(load_config(r.run_id, ["max_steps=80"], home=str(tmp_path)), resume=True) for r in alone]
+    for b, a in zip(more, again, strict=True):
+        assert b.final_step == a.final_step == 80
+        close_rows(metric_rows(tmp_path, b.run_id), metric_rows(tmp_path, a.run_id))
+
+
+def test_runs_that_differ_in_architecture_or_need_per_run_clipping_are_refused(tmp_path):
+    a, b = tiny(tmp_path, "a"), tiny(tmp_path, "b", hidden_size=64)
+    assert "hidden_size" in batchable([a, b])
+    assert "grad_clip" in batchable([a, dataclasses.replace(a, run_name="c", grad_clip=1.0)])
+    with pytest.raises(ValueError, match="hidden_size"):
+        train_batched([a, b])
+    assert not (tmp_path / "runs" / "a").exists()  # refused before anything is written
+    with pytest.raises(ValueError, match="distinct run names"):
+        train_batched([a, dataclasses.replace(a, seed=1)])
+
+
+def test_an_experiments_seeds_train_as_one_batch_when_they_can(tmp_path):
+    from flows.experiments import train_seeds
+
+    cfgs = [tiny(tmp_path, f"e{s}", seed=s, max_steps=20) for s in (0, 1, 2)]
+    results = train_seeds(cfgs)
+    assert [r.final_step for r in results] == [20, 20, 20]
+    # one batched step advances every run: the three share one step time (one by one they would not)
+    assert len({r.metrics["step_time"] for r in results}) == 1
+    # started runs are not batched again: each resumes on its own
+    more = train_seeds([dataclasses.replace(c, max_steps=40) for c in cfgs])
+    assert [r.final_step for r in more] == [40, 40, 40]
+    assert len({r.metrics["step_time"] for r in more}) == 3
