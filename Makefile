@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 .PHONY: setup loop test lint bench clean
 
 setup: $(VENV)/.installed
+	@echo "set up: 'source $(VENV)/bin/activate' puts grokloop on your PATH"
 
 # requirements.lock pins every transitive dependency (torch==2.13.0 is the CPU wheel on this disk).
 $(VENV)/.installed: pyproject.toml requirements.lock

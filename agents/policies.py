@@ -9,8 +9,9 @@ symbols) or None to give up, and records every tool call with `trajectory.step(.
 (`call_tool` does both). `run_episode` buffers those steps, verifies the answer, and
 only then opens the logged trajectory, so that its metadata can carry the outcome
 (`verified`, `outcome`) next to family, operation, difficulty and split, which is
-what curation clusters on. Step start times are the real ones; end times are when
-the step was logged.
+what curation clusters on. The trajectory is logged as starting when the episode
+started (before its first step) and finishes after its last step; step start times
+are the real ones, end times are when the step was logged.
 
 Outcomes: "solved" (verified), "wrong" (an answer the verifier rejects), "gave_up"
 (no answer), "error" (the policy raised; the trajectory gets status "error").
@@ -242,6 +243,7 @@ def log_episode(policy: Policy, family: TaskFamily, task: Task, logger: Trajecto
                 tags: Sequence[str] = ()) -> str:
     """`run_episode`, returning the outcome: solved | wrong | gave_up | error."""
     recorder = StepRecorder()
+    started = now_iso()  # the trajectory starts before the policy's first step (agents/sdk.py: Times)
     error: str | None = None
     answer: Answer = None
     try:
@@ -253,7 +255,7 @@ def log_episode(policy: Policy, family: TaskFamily, task: Task, logger: Trajecto
     metadata = {"family": task.family, "operation": task.operation, "difficulty": task.difficulty,
                 "split": task.split, "policy": policy.name, "verified": verified, "outcome": outcome}
     with logger.trajectory(task, tags=[policy.kind, task.family, task.split, outcome, *tags],
-                           metadata=metadata) as t:
+                           metadata=metadata, start_time=started) as t:
         for step in recorder.steps:
             t.step(**step)
         if answer is not None or error is None:

@@ -118,19 +118,22 @@ def _follow(queue, futures, total: int, label: str, progress: bool) -> None:
     """Drain progress messages until every process is done."""
     from queue import Empty
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]:.0f} traj/s"), TimeElapsedColumn(), disable=not progress)
+    from agents.progress import progress_bar
+
+    # A bar in a terminal; in a log, a line every few seconds.
+    bar = progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), disable=not progress)
     with bar:
-        job = bar.add_task(label, total=total, rate=0.0)
+        job = bar.add_task(label, total=total, rate="0 traj/s")
         t0, done = time.perf_counter(), 0
         while not all(f.done() for f in futures) or not queue.empty():
             try:
                 done += queue.get(timeout=0.1)
             except Empty:
                 continue
-            bar.update(job, completed=done, rate=done / max(time.perf_counter() - t0, 1e-9))
+            bar.update(job, completed=done, rate=f"{done / max(time.perf_counter() - t0, 1e-9):.0f} traj/s")
 
 
 def _agent_process(index: int, family: str, params: dict, policy: str, error_rate: float, seed: int,

@@ -16,6 +16,13 @@ replaces ours: it should call `log.close()` in it. A final flush that fails (a f
 that is not writable) prints one line saying what was lost and exits 1, not 0. Only SIGKILL
 loses the unflushed buffer.
 
+Times. A trajectory starts before its first step and ends after its last: its start_time is
+when `trajectory()` is called (or the `start_time=` given there, for an agent that decides what to
+log only after acting: take `now_iso()` before the first action and pass it), every step's
+start_time is at or after it (a step given an earlier one is refused with ValueError), a step's
+end_time is when `step()` is called, and the outcome's end_time is when `finish()` is called.
+So durations computed from the store (step, trajectory, time to first step) are real.
+
 An exception inside the `with` block records the trajectory with status "error"
 and the exception text, then propagates. A block left without `finish()` is
 recorded as status "ok" with no answer. A trajectory whose process dies before
@@ -216,10 +223,12 @@ class TrajectoryLogger:
         *,
         tags: Sequence[str] = (),
         metadata: Mapping[str, Any] | None = None,
+        start_time: Any = None,
         model: str | None = None,
     ) -> Trajectory:
-        """`model`: the model the agent runs on in this trajectory (each step may name its own)."""
-        return Trajectory(self, task_ref(task), list(tags), dict(metadata or {}), model)
+        """A new trajectory; it starts now, or at `start_time` (ISO 8601 or datetime). `model`:
+        the model the agent runs on in this trajectory (each step may name its own)."""
+        return Trajectory(self, task_ref(task), list(tags), dict(metadata or {}), start_time, model)
 
     def _new_buffers(self) -> dict[str, RecordBuffer]:
         """Start empty buffers; returns the old ones. Each record type's is also an attribute:
@@ -397,7 +406,8 @@ class Trajectory:
     """One attempt at one task. Use as a context manager via `TrajectoryLogger.trajectory`."""
 
     def __init__(self, logger: TrajectoryLogger, task: dict, tags: list[str], metadata: dict,
-                 model: str | None = None):
+                 start_time: Any = None, model: str | None = None):
+        self._start = _now_ns() // 1000 if start_time is None else _micros(start_time)
         self.logger = logger
         self._key = key = uuid7_bytes()  # what the segment holds; `id` is its text
         self.task = task
@@ -418,7 +428,7 @@ class Trajectory:
              operations, difficulties, models) = logger._starts.columns
             keys.append(key)
             tag_lists.append(tags)
-            starts.append(_now_ns() // 1000)
+            starts.append(self._start)
             names.append(name)
             versions.append(version)
             kinds.append(kind)
@@ -473,6 +483,9 @@ class Trajectory:
             raise RuntimeError(f"trajectory {self.id} is finished; no more steps")
         end = _now_ns() // 1000
         start = end if start_time is None else _micros(start_time)  # before taking an index
+        if start_time is not None and start < self._start:
+            raise ValueError(f"step start_time {start_time!r} is before its trajectory's start; "
+                             "open the trajectory first, or pass trajectory(start_time=...)")
         if reward is not None and reward.__class__ is not float:
             reward = float(reward)
         # The usage fields go in as one tuple (None for the common step that has none): six more

@@ -113,6 +113,13 @@ class Denoiser(ModelMixin, ConfigMixin):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> Denoiser:
+        # These models are small and load on CPU: plainly. Without `accelerate` diffusers would
+        # otherwise print seven lines asking for it on every load.
+        kwargs.setdefault("low_cpu_mem_usage", False)
+        return super().from_pretrained(*args, **kwargs)
+
     def forward(self, input_ids: torch.LongTensor, causal: bool = False) -> torch.Tensor:
         B, T = input_ids.shape
         if input_ids.shape[1] > self.config.max_seq_len:

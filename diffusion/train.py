@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from agents.tasks import TaskFamily, Tokenizer
+from diffusion.config import apply_overrides as _apply_settings
 from diffusion.data import (
     BatchSampler,
     EncodedSplit,
@@ -122,57 +123,9 @@ class RunResult:
 
 # --- config --------------------------------------------------------------------------------------
 
-def _coerce(name: str, annotation: str, raw: str) -> Any:
-    """A `key=value` string as the field's type, or a ValueError that names the field."""
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    optional = "None" in annotation
-    base = annotation.replace("| None", "").strip()
-    if value is None or raw in ("none", "None", "null"):
-        if optional:
-            return None
-        if base != "str":
-            raise ValueError(f"{name} cannot be empty")
-    if base == "str" or (optional and base == "str"):
-        return raw
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{name} must be true or false, got {raw!r}")
-    if base == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError(f"{name} must be an integer, got {raw!r}")
-    if base == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError(f"{name} must be a number, got {raw!r}")
-    if base == "dict":
-        if isinstance(value, dict):
-            return value
-        raise ValueError(f"{name} must be a JSON object, got {raw!r}")
-    if base.startswith("tuple"):
-        if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-            return tuple(float(v) for v in value)
-        raise ValueError(f"{name} must be a JSON list of numbers, got {raw!r}")
-    raise ValueError(f"{name}: cannot parse {raw!r} as {annotation}")
-
-
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """`key=value` (or `--key=value`) pairs checked against TrainConfig's fields; no exec/eval."""
-    fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
-    changes = {}
-    for item in overrides:
-        key, sep, raw = item.lstrip("-").partition("=")
-        key = key.replace("-", "_")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        if key not in fields:
-            raise ValueError(f"unknown training setting {key!r}; settings: {', '.join(fields)}")
-        changes[key] = _coerce(key, fields[key], raw)
-    return check_config(dataclasses.replace(cfg, **changes))
+    """`key=value` (or `--key=value`) pairs typed by TrainConfig's fields (diffusion/config.py), then checked."""
+    return check_config(_apply_settings(cfg, overrides, what="training"))
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
@@ -402,19 +355,14 @@ def grad_norm(grads: list[torch.Tensor]) -> float:
 # --- the loop ------------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from agents.progress import output_console, progress_bar
 
     cfg = check_config(dataclasses.replace(cfg))
     home = grokloop_home(cfg.home)
     cfg.home = str(home)
-    console = Console(quiet=not cfg.progress)
+    console = output_console(quiet=not cfg.progress)  # a log gets whole lines, a progress line every 10 s
 
     # run identity and directory
     cfg.run_id = run_id_of(cfg) or f"{cfg.objective}-{cfg.family}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -477,14 +425,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     metrics: dict[str, float] = {}
     status = "finished"
     model.train()
-    progress = Progress(TextColumn(f"[bold]{cfg.run_id}"), BarColumn(), MofNCompleteColumn(),
-                        _steps_per_second_column(), TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                        console=console, disable=not cfg.progress)
+    progress = progress_bar(TextColumn(f"[bold]{cfg.run_id}"), BarColumn(), MofNCompleteColumn(),
+                            _steps_per_second_column(), TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                            console=console, disable=not cfg.progress)
     board = metrics_board(run_dir, purge_step=step if resume_from is not None else None)
     pace = Pace(step, cfg.max_steps)
     try:
         with progress:
-            bar = progress.add_task("train", total=cfg.max_steps, completed=step, info="")
+            bar = progress.add_task(cfg.run_id, total=cfg.max_steps, completed=step, info="")
             while True:
                 # evaluate, log and maybe stop (each step once, even across restarts)
                 done = step >= cfg.max_steps or _patience_over(cfg, step, t_grok)

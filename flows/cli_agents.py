@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from flows.cli_common import console
+from flows.cli_common import console, err_console, fail, user_errors
+from flows.cli_output import print_table
 
 app = typer.Typer(help="Agents that attempt tasks and log verified (and failed) trajectories.",
                   no_args_is_help=True)
 
 
-def _params(items: list[str] | None) -> dict:
-    """`key=value` family parameters; values parsed as JSON when they parse (`n_entities=60`)."""
-    params = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"family parameter {item!r} is not key=value")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
+def _params(family: str, items: list[str] | None) -> dict:
+    """`key=value` family parameters, typed by the family's constructor (`n_entities=60`)."""
+    from diffusion.config import parse_settings
+    from flows.config import family_class
+
+    return parse_settings(family_class(family), items or [], what=f"{family} family")
 
 
 @app.command("run")
@@ -47,19 +41,17 @@ def run(
     from storage.home import spool_dir, store_path
     from storage.store import open_store
 
-    try:
+    with user_errors():  # bad settings: one line, before any agent process starts
         report = run_agents(family, n_agents=agents, episodes=episodes, policy=policy,
-                            error_rate=error_rate, seed=seed, family_params=_params(param),
+                            error_rate=error_rate, seed=seed, family_params=_params(family, param),
                             spool=spool_dir(home), split=split, progress=progress)
-    except (ValueError, TypeError) as err:
-        raise typer.BadParameter(str(err)) from err
     table = Table(title=f"agents on {family} ({policy}, split {split})")
     for col in ("trajectories", "verified", "outcomes", "segments", "seconds", "traj/s"):
         table.add_column(col)
     table.add_row(str(report.trajectories), str(report.verified),
                   ", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items())),
                   str(report.segments), f"{report.seconds:.2f}", f"{report.rate:.0f}")
-    console.print(table)
+    print_table(table, console, err_console)
     if ingest:
         from storage.ingest import ingest_spool
 
@@ -73,27 +65,30 @@ def families(
     seed: int = typer.Option(0, help="task world seed"),
     param: list[str] = typer.Option(None, "--param", "-p",
                                     help="family:key=value, e.g. two_hop:n_entities=2000, repeatable"),
+    family_defaults: bool = typer.Option(False, "--family-defaults",
+                                         help="the families' own default sizes instead of the loop's"),
 ) -> None:
-    """List the task families with their split sizes and vocabulary."""
+    """List the task families with their split sizes and vocabulary, at the sizes `grokloop run loop` uses."""
     from agents.tasks import FAMILY_NAMES, get_family
+    from flows.config import LoopConfig
 
     per_family: dict[str, list[str]] = {name: [] for name in FAMILY_NAMES}
     for item in param or []:
         name, sep, kv = item.partition(":")
         if not sep or name not in per_family:
-            raise typer.BadParameter(f"{item!r}: expected family:key=value with family in {FAMILY_NAMES}")
+            fail(ValueError(f"{item!r}: expected family:key=value with family in {', '.join(FAMILY_NAMES)}"))
         per_family[name].append(kv)
-    table = Table(title=f"task families (seed {seed})")
+    loop_params = {} if family_defaults else LoopConfig().family_params
+    sizes_of = "family defaults" if family_defaults else "the loop's sizes"
+    table = Table(title=f"task families (seed {seed}, {sizes_of})")
     for col in ("family", "train", "test_id", "test_ood", "vocab", "prompt+answer", "parameters"):
         table.add_column(col)
     for name in FAMILY_NAMES:
-        params = _params(per_family[name])
-        try:
+        with user_errors():
+            params = {**loop_params.get(name, {}), **_params(name, per_family[name])}
             fam = get_family(name, seed=seed, **params)
-        except (ValueError, TypeError) as err:
-            raise typer.BadParameter(f"{name}: {err}") from err
         sizes = {k: len(v) for k, v in fam.splits().items()}
         tok = fam.tokenizer()
         table.add_row(name, str(sizes["train"]), str(sizes["test_id"]), str(sizes["test_ood"]),
                       str(tok.vocab_size), f"{tok.prompt_len}+{tok.answer_len}", fam.config_tag)
-    console.print(table)
+    print_table(table, console, err_console)

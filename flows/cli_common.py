@@ -15,11 +15,13 @@ from contextlib import contextmanager
 
 import duckdb
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-console = Console()
-err_console = Console(stderr=True)
+from agents.progress import output_console
+
+# Piped to a file or a CI log: no wrapping or cutting (agents/progress.py).
+console = output_console()
+err_console = output_console(stderr=True)
 
 HOME = typer.Option(None, "--home", help="grokloop home (default $GROKLOOP_HOME or ./.grokloop)")
 DEBUG = False  # set by `grokloop --debug`: tracebacks for every error

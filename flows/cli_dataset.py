@@ -7,24 +7,19 @@ import json
 import typer
 from rich.table import Column, Table
 
-from flows.cli_common import HOME, console
+from flows.cli_common import HOME, console, err_console
 from flows.cli_common import user_errors as _user_errors
+from flows.cli_output import print_table
 
 app = typer.Typer(no_args_is_help=True, help="Cluster-balanced dataset snapshots of the store.")
 
 
-def _params(items: list[str] | None) -> dict:
-    """`key=value` family parameters; values parsed as JSON when they parse (p=23, operations='["x+y"]')."""
-    out = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"family parameter {item!r} is not key=value")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
+def _params(family: str, items: list[str] | None) -> dict:
+    """`key=value` family parameters, typed by the family's constructor (p=23, operations='["x+y"]')."""
+    from diffusion.config import parse_settings
+    from flows.config import family_class
+
+    return parse_settings(family_class(family), items or [], what=f"{family} family")
 
 
 @app.command()
@@ -60,7 +55,7 @@ def build(
 
     with _user_errors():
         spec = SnapshotSpec(
-            family=family, family_params={**_params(param), "seed": family_seed},
+            family=family, family_params={**_params(family, param), "seed": family_seed},
             verified_only=not include_unverified, outcomes=outcome or None, agents=agent or None,
             since=since, until=until, where=where, where_params=list(where_param or []),
             cluster_method=method, cluster_column=column, n_clusters=k, n_subclusters=k_sub, dedup=dedup,
@@ -89,7 +84,7 @@ def list_(home: str = HOME) -> None:
     for s in snaps:
         table.add_row(s["dataset_id"], s["name"] or "", s["family"], str(s["n_train"]), str(s["n_test_id"]),
                       str(s["n_test_ood"]), str(s["created_at"])[:19])
-    console.print(table)
+    print_table(table, console, err_console)
 
 
 @app.command()
@@ -114,7 +109,7 @@ def show(
     table = Table("split", "cluster", "before", "after")
     for row in meta["cluster_sizes"]:
         table.add_row(row["split"], str(row["cluster"]), str(row["rows_before"]), str(row["rows_after"]))
-    console.print(table)
+    print_table(table, console, err_console)
 
 
 @app.command()
@@ -140,4 +135,4 @@ def _cluster_table(clusters: dict[str, dict[str, int]]) -> None:
     table = Table("cluster", *splits)
     for c in names:
         table.add_row(c, *(str(clusters.get(s, {}).get(c, 0)) for s in splits))
-    console.print(table)
+    print_table(table, console, err_console)

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli_common import console, user_errors
+from flows.cli_common import console, err_console, user_errors
+from flows.cli_output import print_table
 
 app = typer.Typer()
 run_app = typer.Typer(help="Run a flow once, now (Prefect's local ephemeral server unless PREFECT_API_URL is set).",
@@ -19,12 +20,11 @@ SETTINGS = typer.Argument(None, help="LoopConfig overrides as key=value (JSON va
 
 
 def _cfg(settings: list[str] | None):
+    """Every setting typed and checked here, before a flow (or any agent) starts: one line, exit 2."""
     from flows.config import LoopConfig
 
-    try:
+    with user_errors():
         return LoopConfig.from_overrides(settings or [])
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
 
 
 @run_app.command("loop")
@@ -88,7 +88,7 @@ def run_self_improve(
     for row in history:
         table.add_row(str(row["round"]), str(row["n_proposed"]), str(row["n_verified"]),
                       _pct(row["test_id_acc"]), _pct(row["test_ood_acc"]), row["run_id"])
-    console.print(table)
+    print_table(table, console, err_console)
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -9,8 +10,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from flows.cli_common import console
+from agents.progress import LOG_WIDTH
+from flows.cli_common import console, err_console
 from flows.cli_common import fail as _fail
+from flows.cli_output import fits, print_table
+
+SHOWN_ROWS = 1000  # --format table shows at most this many rows; csv, json and parquet write them all
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -36,8 +41,9 @@ def ingest(
 ) -> None:
     """Ingest the spool (or the given files) into the store, exactly once. The store is opened
     once per batch; a batch that meets another process's lock waits up to --timeout and retries."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
+    from agents.progress import progress_bar
     from agents.spool import published_segments
     from storage.home import spool_dir
     from storage.ingest import ingest_paths, ingest_spool
@@ -49,8 +55,8 @@ def ingest(
 
     total = len(paths) if paths else len(published_segments(spool_dir()))
     try:
-        with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
-                      console=console, transient=True) as bar:
+        with progress_bar(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
+                          console=console, transient=True) as bar:
             task = bar.add_task("ingest", total=total or None)
 
             def advance(segments, _report) -> None:
@@ -74,7 +80,15 @@ def ingest(
         console.print("see why: grokloop sql \"SELECT * FROM quarantine_summary\"")
 
 
-@app.command()
+def view_names() -> list[str]:
+    """The views `storage/sql/views.sql` creates, in its order (the help text lists them from there)."""
+    from importlib import resources
+
+    text = resources.files("storage.sql").joinpath("views.sql").read_text()
+    return re.findall(r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", text, re.I)
+
+
+@app.command(help="Run a read-only SQL query on the store. Views: " + ", ".join(view_names()) + ".")
 def sql(
     query: str = typer.Argument(..., help="a read-only SQL query, e.g. \"SELECT * FROM success_rate\""),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
@@ -83,8 +97,6 @@ def sql(
     max_seconds: float = typer.Option(300.0, help="stop the query after this many seconds"),
     memory_limit: str = typer.Option("2GB", help="the query's memory limit (DuckDB syntax: 500MB, 4GB)"),
 ) -> None:
-    """Run a read-only SQL query on the store (views: success_rate, step_counts, recent_trajectories,
-    ingest_summary, quarantine_summary)."""
     from storage.query import run_sql
     from storage.store import StoreError
 
@@ -101,13 +113,28 @@ def _write_table(table, format: OutputFormat, output: Path | None) -> None:
     import pyarrow as pa
 
     if format is OutputFormat.table:
-        from rich.table import Table
+        from rich.table import Column, Table
+        from rich.text import Text
 
-        view = Table(*table.column_names, caption=f"{table.num_rows} row(s)")
-        for row in table.slice(0, 1000).to_pylist():
-            view.add_row(*("" if v is None else str(v) for v in row.values()))
-        Console(file=output.open("w") if output else None, width=None if output else console.width).print(view)
-    elif format is OutputFormat.csv:
+        shown = min(table.num_rows, SHOWN_ROWS)
+        caption = f"{table.num_rows} row(s)" + (f", the first {shown} shown" if shown < table.num_rows else "")
+        # Text, not markup: a value like "[x]" is data. Headers never wrap or shrink.
+        view = Table(*(Column(Text(n), min_width=len(n)) for n in table.column_names))
+        for row in table.slice(0, shown).to_pylist():
+            view.add_row(*(Text("" if v is None else str(v)) for v in row.values()))
+        if output:  # a file: as wide as the table
+            with output.open("w") as fh:
+                Console(file=fh, width=LOG_WIDTH).print(view, caption)
+            console.print(f"wrote {table.num_rows} row(s) to {output}")
+            return
+        if fits(view, console):
+            console.print(view, caption)  # the count on its own line: a caption wraps to the table's width
+            return
+        # Wider than the terminal: a table would cut headers and values, so the rows go out whole as CSV.
+        err_console.print(f"{table.num_columns} columns do not fit in {console.width} characters: CSV follows "
+                          "(--format json|csv to choose)", markup=False)
+        format = OutputFormat.csv
+    if format is OutputFormat.csv:
         import pyarrow.csv as pacsv
 
         # JSON, UUID and list columns are written as their text.
@@ -190,4 +217,4 @@ def status() -> None:
                 counts.add_row(name, f"{con.execute(f'SELECT count(*) FROM {name}').fetchall()[0][0]:,}")
     except StoreError as err:
         _fail(err)
-    console.print(counts)
+    print_table(counts, console, err_console)

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli_common import HOME, console
+from flows.cli_common import HOME, console, err_console
 from flows.cli_common import user_errors as _user_errors
+from flows.cli_output import print_table
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -52,10 +53,23 @@ def evaluate(
 
     with _user_errors():
         results = evaluate_checkpoint(run, splits=split or SPLITS, n_steps=n_steps or None, home=home)
-    table = Table("split", "accuracy", title=f"evaluation of {run}")
+    table = Table("split", "rows", "metric", "accuracy", title=f"evaluation of {run}")
+    for split_name, rows, metric, acc in sorted(_by_split(results), key=lambda r: r[1] != "all"):
+        table.add_row(split_name, rows, metric, f"{100 * acc:.2f}%")
+    print_table(table, console, err_console)
+
+
+def _by_split(results: dict[str, float]) -> list[tuple[str, str, str, float]]:
+    """(split, which rows, metric, accuracy) from the names diffusion/evaluate.py gives: "test_id",
+    "test_id/exact", "test_id/cluster:x*y" (or an older "cluster:x*y" pooled over the evaluated
+    splits). A cluster's name may hold a "/" (x/y)."""
+    out = []
     for name, acc in results.items():
-        table.add_row(name, f"{100 * acc:.2f}%")
-    console.print(table)
+        split_name, _, group = ("all evaluated", "", name) if name.startswith("cluster:") else name.partition("/")
+        metric = "exact match" if group == "exact" else "verified"
+        rows = group.replace("cluster:", "cluster ", 1) if group.startswith("cluster:") else "all"
+        out.append((split_name, rows, metric, acc))
+    return out
 
 
 @app.command()
@@ -106,4 +120,4 @@ def sample(
     for task, answers in zip(tasks, samples, strict=True):
         shown = [" ".join(a) + (" ✓" if fam.verify(task, a) else " ✗") for a in answers]
         table.add_row(" ".join(task.prompt), " ".join(task.answer), " | ".join(shown))
-    console.print(table)
+    print_table(table, console, err_console)

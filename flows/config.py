@@ -7,6 +7,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.runner import POLICIES
+from agents.tasks import FAMILY_NAMES
+from diffusion.config import apply_overrides, check_at_least, check_choices, check_values
+
 
 def _small_families() -> dict[str, dict[str, Any]]:
     # Small enough that collect + curate + train + evaluate of all three fits in minutes on 2 cores.
@@ -48,16 +52,48 @@ class LoopConfig:
 
     @classmethod
     def from_overrides(cls, overrides: list[str]) -> LoopConfig:
-        """`key=value` pairs (value parsed as JSON when it parses) checked against the fields."""
-        cfg = cls()
-        names = {f.name for f in dataclasses.fields(cls)}
-        for item in overrides:
-            key, sep, raw = item.lstrip("-").partition("=")
-            if not sep or key not in names:
-                raise ValueError(f"unknown loop setting {item!r}; settings: {', '.join(sorted(names))}")
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-            setattr(cfg, key, value)
-        return cfg
+        """`key=value` pairs typed by the fields (diffusion/config.py), then checked: bad settings
+        fail here, in one line, before any agent starts."""
+        return check_loop_config(apply_overrides(cls(), overrides, what="loop"))
+
+
+LOOP_CHOICES = {"families": FAMILY_NAMES, "policy": POLICIES, "cluster_method": ("column", "kmeans", "hkmeans"),
+                "objective": ("mdm", "ar")}
+LOOP_MINIMUMS = {"n_agents": 1, "episodes": 0, "error_rate": 0.0, "n_clusters": 1, "balance_cap": 1,
+                 "temperature": 0.0, "sampler_steps": 1, "n_samples": 1}
+
+
+def family_class(name: str) -> type:
+    """The class whose keyword parameters are a family's settings (without building its task world)."""
+    from agents.tasks.modular import ModularFamily
+    from agents.tasks.programs import ProgramsFamily
+    from agents.tasks.two_hop import TwoHopFamily
+
+    classes = {"modular": ModularFamily, "two_hop": TwoHopFamily, "programs": ProgramsFamily}
+    if name not in classes:
+        raise ValueError(f"unknown task family {name!r}; known: {', '.join(FAMILY_NAMES)}")
+    return classes[name]
+
+
+def check_loop_config(cfg: LoopConfig) -> LoopConfig:
+    """Every setting of the loop, including the family parameters and training overrides it passes on."""
+    from diffusion.train import TrainConfig, check_config
+
+    check_choices(cfg, LOOP_CHOICES)
+    check_at_least(cfg, LOOP_MINIMUMS)
+    if cfg.error_rate > 1:
+        raise ValueError(f"error_rate must be <= 1, got {cfg.error_rate!r}")
+    if not cfg.families:
+        raise ValueError("families must name at least one of " + ", ".join(FAMILY_NAMES))
+    for family, params in cfg.family_params.items():
+        try:
+            if not isinstance(params, dict):
+                raise ValueError(f"must be a JSON object, got {params!r}")
+            check_values(family_class(family), params, what=f"{family} family")
+        except ValueError as err:
+            raise ValueError(f"family_params.{family}: {err}") from err
+    try:
+        check_config(TrainConfig(**check_values(TrainConfig, cfg.train_overrides, what="training")))
+    except ValueError as err:
+        raise ValueError(f"train_overrides: {err}") from err
+    return cfg

@@ -90,13 +90,15 @@ def test_records_follow_the_wire_format(tmp_path):
 
 def test_values_of_other_types_nan_rewards_and_given_start_times(tmp_path):
     log = TrajectoryLogger("a", "1", spool=tmp_path)
-    with log.trajectory({"family": "f", "task_id": "t"}) as t:
+    with log.trajectory({"family": "f", "task_id": "t"}, start_time="2026-01-02T02:00:00Z") as t:
         t.step(tool_name=7, error=ValueError("boom"), result={1, 2}, reward=float("nan"),
                start_time="2026-01-02T03:04:05.5+01:00")
         t.step(reward=3, start_time=now_iso(), metadata={"k": (1, 2)})
         t.step(start_time=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
         with pytest.raises(ValueError, match="not an ISO 8601 time"):
             t.step(start_time="yesterday")
+        with pytest.raises(ValueError, match="before its trajectory's start"):
+            t.step(start_time="2026-01-02T01:59:59Z")
     log.close()
     steps = [r for p in published_segments(tmp_path) for r in read_records(p) if r["type"] == "step"]
     assert steps[0]["tool_name"] == "7" and steps[0]["error"] == "boom"  # stored as their str()
@@ -104,7 +106,9 @@ def test_values_of_other_types_nan_rewards_and_given_start_times(tmp_path):
     assert steps[0]["start_time"] == "2026-01-02T02:04:05.500000Z"
     assert steps[1]["reward"] == 3.0 and steps[1]["metadata"] == {"k": [1, 2]}
     assert steps[2]["start_time"] == "2026-01-02T03:04:05Z"
-    assert [s["index"] for s in steps] == [0, 1, 2]  # the refused call took no index
+    assert [s["index"] for s in steps] == [0, 1, 2]  # the refused calls took no index
+    (start,) = [r for p in published_segments(tmp_path) for r in read_records(p) if r["type"] == "trajectory"]
+    assert start["start_time"] == "2026-01-02T02:00:00Z"
     (outcome,) = [r for p in published_segments(tmp_path) for r in read_records(p) if r["type"] == "outcome"]
     assert outcome["n_steps"] == 3
 

@@ -61,7 +61,8 @@ def test_a_schema_1_store_upgrades_in_place_and_keeps_its_rows(tmp_path):
 
 
 def _usage_trajectory(log, model="gpt-x"):
-    with log.trajectory({"family": "external", "task_id": "fix-bug"}, model=model) as t:
+    with log.trajectory({"family": "external", "task_id": "fix-bug"}, model=model,
+                        start_time="2026-01-01T00:00:00Z") as t:
         turn = t.step(kind="llm", model=model, input_tokens=1200, output_tokens=80, cost_usd=0.0031,
                       start_time="2026-01-01T00:00:00Z")
         for i, name in enumerate(["read", "grep", "run"]):  # three parallel tool calls of one turn
@@ -98,7 +99,7 @@ def test_usage_fields_land_in_columns_from_arrow_and_jsonl_alike(tmp_path):
 
 def test_usage_view_latency_percentiles(tmp_path):
     log = TrajectoryLogger("a", "1", spool=tmp_path / "spool")
-    with log.trajectory({"family": "f", "task_id": "t"}, model="m") as t:
+    with log.trajectory({"family": "f", "task_id": "t"}, model="m", start_time="2026-01-01T00:00:00Z") as t:
         for ms in (100, 200, 300, 400, 1000):
             t.step(kind="llm", input_tokens=1, start_time=f"2026-01-01T00:00:00.{1000 - ms:03d}Z")
     log.close()
