@@ -167,18 +167,19 @@ def load_splits(cfg) -> tuple[Tokenizer, dict[str, EncodedSplit]]:
 
 
 class BatchSampler:
-    """Epoch-wise shuffled batches from its own generator; `state_dict` is the exact data position."""
+    """Epoch-wise shuffled batches from its own generator; `state_dict` is the exact data position.
+    `keep_last`: an epoch's last, smaller batch is a step of its own (else those rows wait an epoch)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    def __init__(self, n: int, batch_size: int, seed: int, keep_last: bool = False):
         if n == 0:
             raise ValueError("the training split is empty")
-        self.n, self.batch_size = n, min(batch_size, n)
+        self.n, self.batch_size, self.keep_last = n, min(batch_size, n), keep_last
         self.generator = torch.Generator().manual_seed(seed)
         self.perm = torch.randperm(n, generator=self.generator)
         self.pos = 0
 
     def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > self.n:
+        if self.pos >= self.n or (self.pos + self.batch_size > self.n and not self.keep_last):
             self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
         idx = self.perm[self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size

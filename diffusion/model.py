@@ -8,6 +8,10 @@ parameters, so the comparison is fair.
     logits = model(input_ids)                 # (B, T, V), bidirectional
     logits = model(input_ids, causal=True)    # (B, T, V), position t sees only <= t
     model.save_pretrained(path); Denoiser.from_pretrained(path)
+
+`GrokfastRefDecoder` is the Grokfast reference code's decoder (ironjr/grokfast, commit 93b2248) with
+the same interface, for `TrainConfig(arch="grokfast_ref")`: the published setup, run by our trainer.
+`load_pretrained(path)` reads either class back from the `_class_name` save_pretrained wrote.
 """
 
 from __future__ import annotations
@@ -138,4 +142,85 @@ class Denoiser(ModelMixin, ConfigMixin):
         return 6 * n + 12 * L * T * C
 
 
-__all__ = ["Denoiser", "apply_rope", "rope_angles"]
+class RefBlock(nn.Module):
+    """The reference's block. Its first LayerNorm replaces the residual stream instead of feeding a
+    branch (`x = ln_1(x)`, then `x = x + attn(x)`), so the stream is re-normalised in every block."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(hidden_size)
+        self.attn = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)  # biases, as there
+        self.ln_2 = nn.LayerNorm(hidden_size)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, mlp_ratio * hidden_size),
+            nn.GELU(),
+            nn.Linear(mlp_ratio * hidden_size, hidden_size),
+        )
+
+    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        T = x.shape[1]
+        # bool mask: True = may not attend (the future, when causal)
+        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1) if causal else None
+        x = self.ln_1(x)
+        a, _ = self.attn(x, x, x, attn_mask=future, need_weights=False)
+        x = x + a
+        return x + self.mlp(self.ln_2(x))
+
+
+class GrokfastRefDecoder(ModelMixin, ConfigMixin):
+    """The Grokfast reference decoder: learned absolute positions, the block above, biases everywhere
+    but the head, PyTorch's default init. Same call as Denoiser: (B, T) ids -> (B, T, V) logits."""
+
+    @register_to_config
+    def __init__(
+        self,
+        vocab_size: int,
+        max_seq_len: int,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        mlp_ratio: int = 4,
+        mask_token_id: int = 1,
+    ):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} must split into {num_heads} heads")
+        self.token_embeddings = nn.Embedding(vocab_size, hidden_size)
+        self.position_embeddings = nn.Embedding(max_seq_len, hidden_size)
+        self.layers = nn.ModuleList(RefBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.ln_f = nn.LayerNorm(hidden_size)
+        self.head = nn.Linear(hidden_size, vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.LongTensor, causal: bool = False) -> torch.Tensor:
+        B, T = input_ids.shape
+        if input_ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+        positions = torch.arange(T, device=input_ids.device)
+        x = self.token_embeddings(input_ids) + self.position_embeddings(positions)  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x, causal)
+        return self.head(self.ln_f(x))  # (B, T, V)
+
+    def flops_per_token(self) -> float:
+        skip = (self.token_embeddings.weight, self.position_embeddings.weight)
+        n = sum(p.numel() for p in self.parameters() if p.dim() > 1 and all(p is not s for s in skip))
+        T, C, L = self.config.max_seq_len, self.config.hidden_size, self.config.num_layers
+        return 6 * n + 12 * L * T * C
+
+
+MODEL_CLASSES = {"Denoiser": Denoiser, "GrokfastRefDecoder": GrokfastRefDecoder}
+
+
+def load_pretrained(directory) -> Denoiser | GrokfastRefDecoder:
+    """Either model from a save_pretrained directory, by the class name diffusers wrote in config.json."""
+    import json
+    from pathlib import Path
+
+    name = json.loads((Path(directory) / "config.json").read_text()).get("_class_name", "Denoiser")
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"{directory} holds a {name!r}, not one of {', '.join(MODEL_CLASSES)}")
+    # No accelerate here: load plainly (and quietly) on CPU.
+    return MODEL_CLASSES[name].from_pretrained(str(directory), low_cpu_mem_usage=False)
+
+
+__all__ = ["Denoiser", "GrokfastRefDecoder", "MODEL_CLASSES", "apply_rope", "load_pretrained", "rope_angles"]

@@ -1,27 +1,43 @@
-"""Grokking curves from the store: train vs test accuracy over log steps, several runs overlaid."""
+"""Grokking curves from the store: one panel per task family, train vs test accuracy over steps.
+
+    plot_runs(["loop-modular-1a2b3c4d"], "loop.png")
+
+Train is solid, test ID dashed, test OOD dotted; each run has its own colour. T_mem (train accuracy
+first >= 99%) and T_grok (test ID first >= 95%) are vertical lines where the run reached them, so the
+delay between memorising and generalising is the gap between the two. The step axis is logarithmic
+when the run evaluated on the log schedule (`eval_schedule=log`: points where a log axis is wide) and
+linear otherwise (evenly spaced evals drawn on a log axis are one straight line over the first decade).
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage.home import store_path
 from storage.store import open_store
 
-CURVES = {"train/acc": "-", "test_id/acc": "--", "test_ood/acc": ":"}
+# two_hop also logs train accuracy on the inferred facts alone (what T_mem is measured on)
+CURVES = {"train/acc": "-", "train_inferred/acc": "-.", "test_id/acc": "--", "test_ood/acc": ":"}
+STYLE_NAMES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
 
 
-def plot_runs(run_ids: Sequence[str], out: str | Path, home: str | Path | None = None,
-              curves: dict[str, str] | None = None) -> Path:
-    """Accuracy curves of `run_ids` from the store; `curves` maps metric name -> line style
-    (default: train solid, test ID dashed, test OOD dotted). A run started from another run's
-    checkpoint (a self-improvement round) is drawn from where its parent stopped."""
-    import matplotlib
+@dataclass
+class RunCurves:
+    run_id: str
+    family: str
+    log_axis: bool                                   # evaluated on the log schedule
+    offset: int                                      # steps trained by the runs it started from
+    t_mem: int | None
+    t_grok: int | None
+    series: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)  # metric -> (steps, values)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    curves = curves or CURVES
+def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
+                curves: Sequence[str] = tuple(CURVES)) -> list[RunCurves]:
+    """The runs' accuracy series, family and T_mem / T_grok, from the store."""
     if not run_ids:
         raise ValueError("name at least one run to plot")
     with open_store(store_path(home), read_only=True) as con:
@@ -31,42 +47,84 @@ def plot_runs(run_ids: Sequence[str], out: str | Path, home: str | Path | None =
             " ORDER BY run_id, name, step",
             [list(run_ids), list(curves)],
         ).fetchall()
-        lineage = {r[0]: r[1:] for r in con.execute(
-            "SELECT run_id, parent_run_id, final_step, t_grok FROM runs").fetchall()}
-    marks = {run_id: t_grok for run_id, (_, _, t_grok) in lineage.items()}
-    offset = {run_id: _steps_before(run_id, lineage) for run_id in run_ids}
-    found = {r[0] for r in rows}
-    missing = [r for r in run_ids if r not in found]
+        runs = {r[0]: r[1:] for r in con.execute(
+            "SELECT r.run_id, r.parent_run_id, r.final_step, r.t_mem, r.t_grok, r.config, d.params->>'family'"
+            " FROM runs r LEFT JOIN datasets d USING (dataset_id)").fetchall()}
+    missing = [r for r in run_ids if r not in {row[0] for row in rows}]
     if missing:
         raise ValueError(f"no accuracy metrics in the store for run(s): {', '.join(missing)}")
-    series: dict[tuple[str, str], tuple[list, list]] = {}
+    out = []
+    for run_id in run_ids:
+        _, _, t_mem, t_grok, config, dataset_family = runs[run_id]
+        config = json.loads(config)
+        out.append(RunCurves(run_id, dataset_family or config.get("family", "?"),
+                             config.get("eval_schedule") == "log", _steps_before(run_id, runs), t_mem, t_grok))
+    by_id = {c.run_id: c for c in out}
     for run_id, step, name, value in rows:
-        xs, ys = series.setdefault((run_id, name), ([], []))
-        xs.append(max(offset[run_id] + step, 1))  # step 0 on a log axis
+        xs, ys = by_id[run_id].series.setdefault(name, ([], []))
+        xs.append(by_id[run_id].offset + step)
         ys.append(value)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    return out
+
+
+def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = None):
+    """A matplotlib Figure: one panel per family (in order of first appearance)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = curves or CURVES
+    families = list(dict.fromkeys(r.family for r in runs))
+    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families) + 3, 4.2), squeeze=False,
+                             layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, run_id in enumerate(run_ids):
-        color = colors[i % len(colors)]
-        for name, style in curves.items():
-            if (run_id, name) in series:
-                xs, ys = series[run_id, name]
-                label = name.removesuffix("/acc")
-                ax.plot(xs, ys, style, color=color, label=f"{run_id} {label}")
-        if marks.get(run_id) is not None:
-            ax.axvline(max(offset[run_id] + marks[run_id], 1), color=color, alpha=0.3, linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("optimization step")
-    ax.set_ylabel("accuracy (task verifier)")
-    ax.set_ylim(-0.02, 1.02)
-    styles = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
-    ax.set_title("; ".join(f"{n.removesuffix('/acc')} ({styles.get(st, st)})" for n, st in curves.items())
-                 + "; T_grok marked", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.grid(alpha=0.3)
+    for ax, family in zip(axes[0], families, strict=True):
+        panel = [r for r in runs if r.family == family]
+        log_axis = any(r.log_axis for r in panel)
+        for i, run in enumerate(panel):
+            color = colors[i % len(colors)]
+            for name, style in curves.items():
+                if name in run.series:
+                    xs, ys = run.series[name]
+                    if log_axis:  # step 0 has no place on a log axis
+                        xs, ys = zip(*[(x, y) for x, y in zip(xs, ys, strict=True) if x > 0], strict=True)
+                    ax.plot(xs, ys, style, color=color, label=f"{name.removesuffix('/acc')} {run.run_id}")
+            for label, at, line in (("T_mem", run.t_mem, ":"), ("T_grok", run.t_grok, "-")):
+                if at is not None:
+                    x = run.offset + max(at, 1 if log_axis else 0)
+                    ax.axvline(x, color=color, linestyle=line, alpha=0.6, linewidth=1.2)
+                    if len(panel) > 2:  # many runs: their labels would overlap; the lines stay
+                        continue
+                    # above the frame, where no curve can hide it
+                    ax.annotate(f"{label} {at}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2),
+                                textcoords="offset points", ha="center", va="bottom", fontsize=8, color=color)
+        if log_axis:
+            ax.set_xscale("log")
+        ax.set_title(family, pad=16)
+        ax.set_xlabel("optimization step" + (" (log)" if log_axis else ""))
+        ax.set_ylabel("accuracy (task verifier)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    drawn = [n for n in curves if any(n in r.series for r in runs)]
+    fig.suptitle(", ".join(f"{n.removesuffix('/acc')} {STYLE_NAMES.get(curves[n], curves[n])}" for n in drawn)
+                 + "\nvertical lines: T_mem dotted, T_grok solid", fontsize=9)
+    return fig
+
+
+def plot_runs(run_ids: Sequence[str], out: str | Path, home: str | Path | None = None,
+              curves: dict[str, str] | None = None) -> Path:
+    """Accuracy curves of `run_ids` from the store into a PNG; `curves` maps metric name -> line style
+    (default: train solid, test ID dashed, test OOD dotted). A run started from another run's
+    checkpoint (a self-improvement round) is drawn from where its parent stopped."""
+    import matplotlib.pyplot as plt
+
+    curves = curves or CURVES
+    fig = grokking_figure(load_curves(run_ids, home, tuple(curves)), curves)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
 

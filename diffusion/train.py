@@ -47,7 +47,7 @@ from diffusion.data import (
 )
 from diffusion.evaluate import loss_and_prediction, split_accuracy
 from diffusion.grokfast import gradfilter_ema, gradfilter_ma, slow_part
-from diffusion.model import Denoiser
+from diffusion.model import Denoiser, GrokfastRefDecoder, load_pretrained
 from diffusion.objective import objective_loss
 from storage.home import grokloop_home, runs_dir
 from storage.runs import record_run, stored_metrics
@@ -67,6 +67,8 @@ class TrainConfig:
     full_sequence: bool = False            # mdm: also noise the prompt (unconditional) instead of answer only
     mdm_estimator: str = "count"           # count: t integrated out (less variance) | t: 1/t-weighted Bernoulli(t) masks
     # model (2-layer width-128 groks a*b mod 97 in ~2.5k steps with Grokfast-EMA)
+    arch: str = "denoiser"                 # denoiser (ours: RoPE, pre-LN) | grokfast_ref (the Grokfast
+                                           # reference code's decoder; PyTorch's init whatever `init` says)
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
@@ -80,6 +82,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 1.0              # strong decay is what makes grokking happen at all
     warmup_steps: int = 10                 # linear LR warmup, as in the Grokfast code
+    reference_loop: bool = False           # the Grokfast code's loop: each epoch's last, partial batch is a
+                                           # step; warmup gives the first update lr 0
     grad_clip: float = 0.0                 # 0 = no clipping (grokking papers do not clip)
     batch_size: int = 512
     max_steps: int = 5000
@@ -91,6 +95,7 @@ class TrainConfig:
     grokfast_filter: str = "mean"          # ma: mean | sum
     # evaluation and stopping
     eval_every: int = 100                  # steps between metrics (and checkpoints by default)
+    eval_schedule: str = "linear"          # linear: every eval_every | log: also ~10 per decade below it (log-axis plots)
     checkpoint_every: int = 0              # 0 = every eval
     keep_checkpoints: int = 3              # older ones are deleted (the latest always kept)
     eval_max_rows: int = 4096              # rows per split used for metrics (a seeded sample); 0 = all
@@ -131,7 +136,8 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 def check_config(cfg: TrainConfig) -> TrainConfig:
     choices = {"objective": ("mdm", "ar"), "grokfast": ("none", "ema", "ma"),
                "optimizer": ("adamw", "adam"), "grokfast_filter": ("mean", "sum"),
-               "mdm_estimator": ("t", "count"), "init": ("small", "torch")}
+               "mdm_estimator": ("t", "count"), "init": ("small", "torch"),
+               "eval_schedule": ("linear", "log"), "arch": ("denoiser", "grokfast_ref")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
@@ -176,7 +182,7 @@ def has_checkpoint(cfg: TrainConfig) -> bool:
     return bool(run_id) and (runs_dir(cfg.home) / run_id / "latest").is_file()
 
 
-def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser:
+def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser | GrokfastRefDecoder:
     """The run's starting weights: seeded by cfg.seed, or its init_from checkpoint."""
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
@@ -185,6 +191,10 @@ def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser:
             raise ValueError(f"init_from {cfg.init_from} has vocab {model.config.vocab_size}, "
                              f"the data's tokenizer {tokenizer.vocab_size}")
         return model
+    if cfg.arch == "grokfast_ref":
+        return GrokfastRefDecoder(vocab_size=tokenizer.vocab_size, max_seq_len=tokenizer.seq_len,
+                                  hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                                  mlp_ratio=cfg.mlp_ratio, mask_token_id=tokenizer.mask_id)
     return Denoiser(vocab_size=tokenizer.vocab_size, max_seq_len=tokenizer.seq_len,
                     hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                     mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=tokenizer.mask_id, init=cfg.init)
@@ -295,9 +305,8 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
 
 
-def load_model(checkpoint_dir: str | Path) -> Denoiser:
-    # No accelerate here: load plainly (and quietly) on CPU.
-    return Denoiser.from_pretrained(str(checkpoint_dir), low_cpu_mem_usage=False)
+def load_model(checkpoint_dir: str | Path) -> Denoiser | GrokfastRefDecoder:
+    return load_pretrained(checkpoint_dir)
 
 
 # --- evaluation during training ------------------------------------------------------------------
@@ -384,7 +393,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     eval_splits = {name: splits[name].subset(idx) for name, idx in run_eval_rows(run_dir, cfg, splits).items()}
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sampler = BatchSampler(len(splits["train"]), cfg.batch_size, seed=cfg.seed)
+    sampler = BatchSampler(len(splits["train"]), cfg.batch_size, seed=cfg.seed, keep_last=cfg.reference_loop)
     noise = torch.Generator().manual_seed(cfg.seed + 1)  # masking noise, separate from data order
 
     # loop state: everything that must survive a restart
@@ -437,7 +446,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                 # evaluate, log and maybe stop (each step once, even across restarts)
                 done = step >= cfg.max_steps or _patience_over(cfg, step, t_grok)
                 rows = []
-                evaluate_now = (step % cfg.eval_every == 0 or done) and evaluated < step
+                evaluate_now = (is_eval_step(cfg, step) or done) and evaluated < step
                 if evaluate_now:
                     metrics = estimate(cfg, model, eval_splits, task_family, tokenizer, step)
                     metrics["lr"] = optimizer.param_groups[0]["lr"]
@@ -483,7 +492,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
 
                 # one optimization step
                 t0 = time.perf_counter()
-                lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+                # The reference's LambdaLR gives update u the factor u / warmup, so its first update has
+                # lr 0 (it only primes Adam's moments and the filter); ours starts at 1 / warmup.
+                warm = step if cfg.reference_loop else step + 1
+                lr = cfg.lr * min(1.0, warm / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
                 if optimizer.param_groups[0]["lr"] != lr:  # warmup, or a resumed run given a new lr
                     for group in optimizer.param_groups:
                         group["lr"] = lr
@@ -520,6 +532,22 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     return RunResult(run_id=cfg.run_id, run_dir=run_dir, checkpoint_dir=latest_checkpoint(run_dir),
                      status=status, final_step=step, t_mem=t_mem, t_grok=t_grok, grok_ratio=ratio,
                      metrics=metrics)
+
+
+def is_eval_step(cfg: TrainConfig, step: int) -> bool:
+    """Every `eval_every` steps; with the log schedule also at 1, 2, 3, 4, 5, 6, 7, 9, 12, 15, ... (ratio
+    1.25, ten per decade) below `eval_every`, so a log-step axis has points where it is widest."""
+    if step % cfg.eval_every == 0:
+        return True
+    return cfg.eval_schedule == "log" and step < cfg.eval_every and step in _log_steps(cfg.eval_every)
+
+
+def _log_steps(below: int) -> set[int]:
+    steps, x = set(), 1.0
+    while x < below:
+        steps.add(round(x))
+        x *= 1.25
+    return steps
 
 
 class Pace:

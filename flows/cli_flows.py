@@ -34,6 +34,7 @@ def run_loop(settings: list[str] | None = SETTINGS) -> None:
     from storage.home import grokloop_home, store_path
 
     cfg = _cfg(settings)
+    console.print(_expected_time(cfg), soft_wrap=True)
     summary = loop_flow(cfg=cfg)
     home = grokloop_home(cfg.home)
     table = Table(title="grokloop loop")
@@ -42,15 +43,61 @@ def run_loop(settings: list[str] | None = SETTINGS) -> None:
     for family, part in summary.items():
         run, ev = part["run"], part["evaluation"]
         table.add_row(family, str(part["dataset"]["counts"].get("train", "?")), run["run_id"],
-                      str(run["t_mem"] or "-"), str(run["t_grok"] or "-"),
-                      _pct(ev.get("test_id")), _pct(ev.get("test_ood")))
+                      _step(run["t_mem"]), _step(run["t_grok"]), _pct(ev.get("test_id")), _pct(ev.get("test_ood")))
     console.print(table)
     plot = _plot([p["run"]["run_id"] for p in summary.values()], home / "runs" / "loop.png", cfg.home)
+    console.print(_reading(summary, plot), soft_wrap=True)
     console.print(f"{'store:':<21} {store_path(cfg.home)}   (try: grokloop sql \"SELECT * FROM success_rate\")")
     for family, part in summary.items():
         console.print(f"{family + ' dataset:':<21} {part['dataset']['path']}", soft_wrap=True)
         console.print(f"{family + ' checkpoint:':<21} {part['run']['checkpoint_dir']}", soft_wrap=True)
     console.print(f"{'plot:':<21} {plot}", soft_wrap=True)
+
+
+# CPU seconds per 1,000 training steps (evaluations included) at each family's default size, and for
+# the rest of the loop (Prefect start, collect, curate, final evaluation, plot). modular: measured,
+# the default run (README, "What the main job does": 245 s of CPU for 1,500 steps). two_hop and
+# programs: rough, from issue 20's run of all three (programs ~3x the others).
+SECONDS_PER_1000_STEPS = {"modular": 135.0, "two_hop": 135.0, "programs": 400.0}
+SECONDS_OUTSIDE_TRAINING = 40.0
+
+
+def _expected_time(cfg) -> str:
+    from flows.steps import train_config
+
+    steps = {f: train_config(cfg, f, None, run_name="-").max_steps for f in cfg.families}
+    seconds = SECONDS_OUTSIDE_TRAINING + sum(
+        n / 1000 * SECONDS_PER_1000_STEPS.get(f, max(SECONDS_PER_1000_STEPS.values())) for f, n in steps.items())
+    plan = ", ".join(f"{f} {n:,} steps" for f, n in steps.items())
+    return (f"grokloop loop: {plan}. Expected time: about {seconds / 60:.0f} min of CPU "
+            "(the wall time on 2 free cores; longer while other work shares them).")
+
+
+def _reading(summary: dict, plot: Path) -> str:
+    """What the table means, in words: the thresholds, and for each run whether it grokked."""
+    from diffusion.train import TrainConfig
+
+    t = TrainConfig()
+    lines = [f"T_mem: first evaluation with train accuracy >= {t.mem_threshold:.0%} (memorised). "
+             f"T_grok: first with test ID accuracy >= {t.grok_threshold:.0%} (generalised). "
+             "Grokking is generalising long after memorising: T_grok well past T_mem."]
+    for family, part in summary.items():
+        run, ev = part["run"], part["evaluation"]
+        if run["t_grok"] is not None and run["t_mem"] is not None:
+            lines.append(f"  {family}: grokked. Memorised at step {run['t_mem']:,}, generalised at step "
+                         f"{run['t_grok']:,} ({run['t_grok'] / max(run['t_mem'], 1):.1f}x later).")
+        elif run["t_grok"] is not None:
+            lines.append(f"  {family}: reached {t.grok_threshold:.0%} ID at step {run['t_grok']:,} "
+                         "without first memorising the training set (no delay to see).")
+        elif run["t_mem"] is not None:
+            lines.append(f"  {family}: memorised at step {run['t_mem']:,} but did not generalise in "
+                         f"{run['final_step']:,} steps (ID {_pct(ev.get('test_id'))}): not grokked.")
+        else:
+            lines.append(f"  {family}: neither memorised nor generalised in {run['final_step']:,} steps "
+                         f"(train {_pct(ev.get('train'))}, ID {_pct(ev.get('test_id'))}).")
+    lines.append(f"The plot ({plot}) has one panel per family: train solid, test ID dashed, test OOD dotted, "
+                 "T_mem and T_grok as vertical lines.")
+    return "\n".join(lines)
 
 
 @run_app.command("collect")
@@ -135,3 +182,7 @@ def _plot(run_ids: list[str], out: Path, home) -> Path:
 
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _step(x) -> str:
+    return "-" if x is None else str(x)

@@ -15,13 +15,16 @@ from flows.flows import collect_flow, curate_flow, loop_flow
 
 def deployments(cfg: LoopConfig, *, collect_cron: str, train_cron: str) -> list:
     params = {"cfg": dataclasses.asdict(cfg)}
+    # A scheduled collect draws with a seed of its own run (fresh_seed), so each run adds new
+    # trajectories instead of repeating the last one's, which would change the snapshot fingerprint
+    # and retrain on the same data.
     return [
-        collect_flow.to_deployment("collect-hourly", cron=collect_cron, parameters=params,
-                                   description="agents -> spool -> store"),
+        collect_flow.to_deployment("collect-hourly", cron=collect_cron, parameters={**params, "fresh_seed": True},
+                                   description="agents -> spool -> store (fresh draws each run)"),
         curate_flow.to_deployment("curate-nightly", cron=train_cron, parameters=params,
                                   description="store -> snapshot per family"),
-        loop_flow.to_deployment("loop-nightly", cron=train_cron, parameters=params,
-                                description="collect -> curate -> train -> evaluate"),
+        loop_flow.to_deployment("loop-nightly", cron=train_cron, parameters={**params, "fresh_seed": True},
+                                description="collect (fresh draws) -> curate -> train -> evaluate"),
     ]
 
 

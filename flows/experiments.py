@@ -60,6 +60,19 @@ GROKFAST_SIZES = {
     "full": Size(seeds=3, max_steps=20000, eval_every=50,
                  params={"p": 97, "operations": ["x*y"], "train_fraction": 0.5}),
 }
+# The reference code's own setup (ironjr/grokfast 93b2248, main.py), for `arch="grokfast_ref"` and for our
+# architecture beside it: a*b mod 97 without y = 0 (9,312 equations, half for training), its loop (the
+# last partial batch of each epoch is a step, warmup from lr 0) and its measurement (validation accuracy
+# on the whole held-out half after every epoch of 10 steps). Checkpoints only now and then: an MA window
+# is 100 gradients, ~170 MB.
+GROKFAST_REF_SIZES = {
+    "quick": Size(seeds=1, max_steps=60, eval_every=10,
+                  params={"p": 23, "operations": ["x*y"], "train_fraction": 0.5, "nonzero_y": True},
+                  train={"reference_loop": True, "eval_max_rows": 0, "batch_size": 64, "hidden_size": 64}),
+    "full": Size(seeds=3, max_steps=3000, eval_every=10,
+                 params={"p": 97, "operations": ["x*y"], "train_fraction": 0.5, "nonzero_y": True},
+                 train={"reference_loop": True, "eval_max_rows": 0, "checkpoint_every": 1000}),
+}
 
 
 # How each model reads the backbone: masked diffusion with the 1/t-weighted ELBO estimator, the same
@@ -81,30 +94,39 @@ GROKFAST_DEFAULT_OBJECTIVES = ("mdm", "mdm-count", "ar")
 
 def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_OBJECTIVES,
                   setups=tuple(GROKFAST_SETUPS), init: str = GROKFAST_BASE["init"],
-                  progress: bool = False) -> list[dict[str, Any]]:
+                  arch: str = "denoiser", finished_only: bool = False, progress: bool = False
+                  ) -> list[dict[str, Any]]:
     """Train every (objective, setup, seed); one row per run with T_mem / T_grok as the store has them.
-    Each seed is a different train/test split and initialisation; a run stops soon after it groks."""
+    Each seed is a different train/test split and initialisation; a run stops soon after it groks.
+    `arch="grokfast_ref"`: the reference code's decoder (pair it with GROKFAST_REF_SIZES).
+    `finished_only`: train nothing; report the runs of this grid that the store has as finished."""
     from diffusion.train import TrainConfig
 
     for given, known in ((setups, GROKFAST_SETUPS), (objectives, GROKFAST_OBJECTIVES)):
         if unknown := [x for x in given if x not in known]:
             raise ValueError(f"unknown {unknown}; known: {', '.join(known)}")
     rows = []
+    # the run name says what differs from the default setup (the same name resumes the same run)
+    variant = ("" if arch == "denoiser" else f"-{arch}") + ("-ref" if size.train.get("reference_loop") else "")
     for objective in objectives:
         for setup in setups:
             cfgs = [TrainConfig(
                 family="modular", family_params={**size.params, "seed": seed},
                 max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
                 patience=1, sampler_steps=1, keep_checkpoints=1, progress=progress,
-                run_name=f"grokfast-{objective}-{setup}-{init}-s{seed}-p{size.params['p']}-{size.max_steps}",
-                **{**GROKFAST_BASE, **size.train, "init": init}, **GROKFAST_OBJECTIVES[objective],
+                run_name=f"grokfast-{objective}-{setup}-{init}{variant}-s{seed}-p{size.params['p']}-"
+                         f"{size.max_steps}",
+                **{**GROKFAST_BASE, **size.train, "init": init, "arch": arch}, **GROKFAST_OBJECTIVES[objective],
                 **GROKFAST_SETUPS[setup],
             ) for seed in range(size.seeds)]
-            for seed, result in enumerate(train_seeds(cfgs)):
-                rows.append({"objective": objective, "setup": setup, "seed": seed, "run_id": result.run_id,
+            if finished_only:
+                cfgs = [c for c in cfgs if _run_status(c.run_name, home) == "finished"]
+            for cfg, result in zip(cfgs, train_seeds(cfgs), strict=True):
+                rows.append({"arch": arch, "objective": objective, "setup": setup, "seed": cfg.seed,
+                             "run_id": result.run_id, "checkpoint_dir": result.checkpoint_dir,
                              "t_mem": result.t_mem, "t_grok": result.t_grok, "cap": size.max_steps,
                              "final_test_acc": result.metrics.get("test_id/acc")})
-                console.print(f"[grokfast] {objective}/{setup} seed {seed}: T_grok={result.t_grok} "
+                console.print(f"[grokfast] {arch} {objective}/{setup} seed {cfg.seed}: T_grok={result.t_grok} "
                               f"T_mem={result.t_mem}")
     return rows
 
@@ -137,15 +159,18 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def grokfast(size: Size, home: str | None, setups=tuple(GROKFAST_SETUPS),
-             objectives=GROKFAST_DEFAULT_OBJECTIVES, init: str = GROKFAST_BASE["init"]
+             objectives=GROKFAST_DEFAULT_OBJECTIVES, init: str = GROKFAST_BASE["init"], arch: str = "denoiser"
              ) -> tuple[list[dict], list[str], str]:
-    rows = grokfast_runs(size, home=home, setups=setups, objectives=objectives, init=init)
+    rows = grokfast_runs(size, home=home, setups=setups, objectives=objectives, init=init, arch=arch)
     table = speedups(rows)
     lines = _markdown_table(table, ["objective", "setup", "reached", "steps_mean", "steps_std", "speedup"])
     notes = (f"`a*b mod {size.params['p']}`, train fraction {size.params['train_fraction']}, init `{init}`, "
-             f"{size.seeds} seed(s), step cap {size.max_steps}. Steps = first eval with test accuracy >= 95% "
-             "(the cap when never reached). Published AR figures (Lee et al. 2024): baseline 39,890 "
-             "iterations, EMA 910 (43.8x), MA 790 (50.5x).")
+             f"architecture `{arch}`, {size.seeds} seed(s), step cap {size.max_steps}, eval every "
+             f"{size.eval_every} steps. Steps = first eval with test accuracy >= 95% (the cap when never "
+             "reached). Objectives: `mdm` = masked diffusion, 1/t estimator; `mdm-count` = the count "
+             "estimator; `ar` = autoregressive. This is not the published setup (its decoder, its split "
+             "without y = 0, its loop): `python bench/grokking.py --ref` runs that, beside ours; its "
+             "figures (Lee et al. 2024) are baseline 39,890 iterations, EMA 910, MA 790.")
     runs = [r["run_id"] for r in rows if r["seed"] == 0]
     return table, runs, notes + "\n\n" + "\n".join(lines)
 
@@ -257,41 +282,130 @@ SELF_IMPROVE_SIZES = {
     "quick": Size(seeds=1, max_steps=150, eval_every=50,
                   params={"p": 13, "operations": ["x+y", "x*y"], "train_fraction": 0.8, "rounds": 2,
                           "episodes": 40, "proposals": 150}),
-    "full": Size(seeds=1, max_steps=1500, eval_every=250,
-                 params={"p": 31, "operations": ["x+y", "x*y"], "train_fraction": 0.8, "rounds": 4,
-                         "episodes": 150, "proposals": 1500}),
+    "full": Size(seeds=3, max_steps=300, eval_every=100,
+                 params={"p": 31, "operations": ["x+y", "x*y"], "train_fraction": 0.8, "rounds": 3,
+                         "episodes": 150, "proposals": 600}),
 }
 
 
 def self_improve(size: Size, home: str | None) -> tuple[list[dict], list[str], str]:
+    """Per seed (its own task world): the self-improvement loop, then a control that differs only in
+    who labels the new prompts. Round 0 is shared. In round r >= 1 the model proposes answers to
+    `proposals` training tasks drawn afresh for the round and its verified answers join the data; the
+    control instead gets as many prompts labelled by the solver agent (drawn afresh too), and trains
+    on for the same steps from its own previous round. Beside the model's hit rate: the rate at which
+    random guesses (best-of-n_samples, uniform over the family's answers) pass the verifier."""
     from flows.flows import self_improve_flow
 
     p = dict(size.params)
     rounds, episodes, proposals = p.pop("rounds"), p.pop("episodes"), p.pop("proposals")
-    cfg = LoopConfig(home=home, families=["modular"], family_params={"modular": p}, n_agents=2,
-                     episodes=episodes, policy="solver",
-                     train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
-                                      "progress": False, **size.train})
-    loop_id = f"self-improve-p{p['p']}-{size.max_steps}"
-    steps.collect(cfg, "modular")
-    history = self_improve_flow(cfg=cfg, family="modular", rounds=rounds, episodes=proposals, loop_id=loop_id)
-    # The control: the round-0 data alone, trained for as many steps as all rounds together.
-    first = history[0]
-    control = steps.train(steps.train_config(
-        cfg, "modular", _dataset_path(first["dataset_id"], home), run_name=f"{loop_id}-control",
-        max_steps=size.max_steps * (rounds + 1)))
-    control_eval = steps.evaluate(cfg, control["checkpoint_dir"])
-    table = [{**{k: row[k] for k in ("round", "n_proposed", "n_verified", "test_id_acc")},
-              "train_rows": _train_rows(row["dataset_id"], home), "steps": size.max_steps * (row["round"] + 1)}
-             for row in _rounds_from_store(loop_id, home)]
-    table.append({"round": "control", "n_proposed": 0, "n_verified": 0, "test_id_acc": control_eval.get("test_id"),
-                  "train_rows": _train_rows(first["dataset_id"], home), "steps": size.max_steps * (rounds + 1)})
-    lines = _markdown_table(table, ["round", "n_proposed", "n_verified", "train_rows", "steps", "test_id_acc"])
-    notes = (f"modular p={p['p']} {p['operations']}: agents cover part of the training tasks; each round "
-             "the model proposes answers to training tasks, the verifier keeps the correct ones, and "
-             "training continues from the last checkpoint on the grown snapshot. The control trains on the "
-             "round-0 data for the same total steps.")
-    return table, [r["run_id"] for r in history] + [control["run_id"]], notes + "\n\n" + "\n".join(lines)
+    table, runs = [], []
+    for seed in range(size.seeds):
+        cfg = LoopConfig(home=home, seed=seed, families=["modular"], family_params={"modular": p}, n_agents=2,
+                         episodes=episodes, policy="solver",
+                         train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
+                                          "mdm_estimator": "count", "progress": False, **size.train})
+        loop_id = f"self-improve-p{p['p']}-{size.max_steps}-s{seed}"
+        steps.collect(cfg, "modular")
+        steps.ingest(cfg)
+        solver_ids = [r[0] for r in _query("SELECT agent_id FROM agents WHERE kind = 'solver'", [], home)]
+        history = self_improve_flow(cfg=cfg, family="modular", rounds=rounds, episodes=proposals, loop_id=loop_id)
+        control = _control_rounds(cfg, history, solver_ids, loop_id)
+        chance = chance_hit_rate(cfg, proposals, seed)
+        for arm, arm_rows in (("model", history), ("control", control)):
+            for row in arm_rows:
+                table.append({"seed": seed, "arm": arm, "round": row["round"], "run_id": row["run_id"],
+                              "labelled": row["n_proposed"] if arm == "control" else row["n_verified"],
+                              "proposed": row["n_proposed"] if arm == "model" else None,
+                              "hit_rate": row["n_verified"] / row["n_proposed"]
+                              if arm == "model" and row["n_proposed"] else None,
+                              "chance_rate": chance if arm == "model" and row["round"] else None,
+                              "train_rows": _train_rows(row["dataset_id"], home),
+                              "steps": size.max_steps * (row["round"] + 1), "test_id_acc": row["test_id_acc"]})
+            if seed == 0:
+                runs += [row["run_id"] for row in arm_rows if arm == "model" or row["round"]]
+        console.print(f"[self_improve] seed {seed}: model {history[-1]['test_id_acc']:.3f}, "
+                      f"control {control[-1]['test_id_acc']:.3f}, chance hit rate {chance:.3f}")
+    per_seed = _markdown_table(table, ["seed", "arm", "round", "proposed", "labelled", "hit_rate", "chance_rate",
+                                       "train_rows", "steps", "test_id_acc"])
+    summary = _markdown_table(_mean_std_by_round(table), ["arm", "round", "n", "labelled", "hit_rate",
+                                                          "chance_rate", "test_id_acc"])
+    notes = (f"modular p={p['p']} {p['operations']}, train fraction {p['train_fraction']}; {size.seeds} seed(s) "
+             f"(each its own task world), {rounds} rounds of {size.max_steps} steps, masked diffusion with the "
+             f"`count` estimator. Round 0: 2 solver agents x {episodes} episodes on training tasks. Model arm, "
+             f"round r: the model samples {LoopConfig().n_samples} answers (temperature 1) for each of {proposals} "
+             "training tasks drawn afresh for the round; a task counts as labelled when a sample passes the "
+             "verifier. Control arm, round r: the solver agent labels as many freshly drawn training tasks as "
+             "the model got verified that round; same steps, continuing from its own previous round. "
+             "`chance_rate`: how often best-of-n uniform random guesses over the family's answers pass the "
+             "verifier on the same kind of tasks (measured). Both arms de-duplicate, so `train_rows` counts "
+             "distinct labelled tasks. test_id accuracy is on held-out tasks only.")
+    body = "\n".join(["Mean ± std over seeds:", "", *summary, "", "Per seed:", "", *per_seed])
+    return table, runs, notes + "\n\n" + body
+
+
+def _control_rounds(cfg: LoopConfig, history: list[dict], solver_ids: list[str], loop_id: str) -> list[dict]:
+    """The control arm: round 0 is the loop's own; round r adds as many solver-labelled prompts as the
+    model got verified in round r, curated from the solver agent's trajectories only."""
+    rows, checkpoint = [history[0]], _checkpoint_of(history[0]["run_id"], cfg.home)
+    for model_row in history[1:]:
+        r, n = model_row["round"], model_row["n_verified"]
+        # +500: a draw seed of the control's own, used by neither round 0's agents nor any model round
+        steps.collect(dataclasses.replace(cfg, n_agents=1), "modular", seed=steps.round_seed(cfg.seed, r) + 500,
+                      episodes=n)
+        steps.ingest(cfg)
+        snap = steps.curate(cfg, "modular", agents=solver_ids, name=f"{loop_id}-control-r{r}")
+        run = steps.train(steps.train_config(cfg, "modular", snap["path"], run_name=f"{loop_id}-control-r{r}",
+                                             init_from=checkpoint))
+        evaluation = steps.evaluate(cfg, run["checkpoint_dir"])
+        checkpoint = run["checkpoint_dir"]
+        rows.append({"round": r, "run_id": run["run_id"], "dataset_id": snap["dataset_id"], "n_proposed": n,
+                     "n_verified": n, "test_id_acc": evaluation.get("test_id")})
+    return rows
+
+
+def chance_hit_rate(cfg: LoopConfig, n_tasks: int, seed: int) -> float:
+    """Share of `n_tasks` training tasks (drawn like the model agent's) on which at least one of
+    `cfg.n_samples` answers drawn uniformly from the family's distinct answers passes the verifier."""
+    import random
+
+    from agents.tasks import get_family
+
+    family = get_family("modular", **{**cfg.family_params["modular"], "seed": cfg.seed})
+    pool = family.splits()["train"]
+    answers = sorted({tuple(t.answer) for split in family.splits().values() for t in split})
+    rng = random.Random(f"chance/{seed}")
+    hits = 0
+    for _ in range(n_tasks):
+        task = pool[rng.randrange(len(pool))]
+        hits += any(family.verify(task, list(rng.choice(answers))) for _ in range(cfg.n_samples))
+    return hits / n_tasks
+
+
+def _mean_std_by_round(table: list[dict]) -> list[dict]:
+    out = []
+    for arm in ("model", "control"):
+        for r in sorted({row["round"] for row in table}):
+            group = [row for row in table if row["arm"] == arm and row["round"] == r]
+            if not group:
+                continue
+            out.append({"arm": arm, "round": r, "n": len(group),
+                        **{k: _mean_std([row[k] for row in group]) for k in
+                           ("labelled", "hit_rate", "chance_rate", "test_id_acc")}})
+    return out
+
+
+def _mean_std(values: list) -> str | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.0f} ± {std:.0f}" if mean >= 10 else f"{mean:.3f} ± {std:.3f}"
+
+
+def _checkpoint_of(run_id: str, home: str | None) -> str:
+    return _query("SELECT path FROM checkpoints WHERE run_id = ? ORDER BY step DESC LIMIT 1", [run_id], home)[0][0]
 
 
 # ---- running and reporting ----------------------------------------------------------------------
@@ -380,6 +494,13 @@ def _has_run(cfg) -> bool:
     return has_checkpoint(cfg)
 
 
+def _run_status(run_id: str, home: str | None) -> str | None:
+    if not store_path(home).is_file():
+        return None
+    rows = _query("SELECT status FROM runs WHERE run_id = ?", [run_id], home)
+    return rows[0][0] if rows else None
+
+
 def _query(sql: str, params: list, home: str | None) -> list[tuple]:
     with open_store(store_path(home), read_only=True) as con:
         return con.execute(sql, params).fetchall()
@@ -405,10 +526,6 @@ def _rounds_from_store(loop_id: str, home: str | None) -> list[dict[str, Any]]:
 def _train_rows(dataset_id: str, home: str | None) -> int:
     return _query("SELECT count(*) FROM dataset_rows WHERE dataset_id = ? AND split = 'train'",
                   [dataset_id], home)[0][0]
-
-
-def _dataset_path(dataset_id: str, home: str | None) -> str:
-    return _query("SELECT export_path FROM datasets WHERE dataset_id = ?", [dataset_id], home)[0][0]
 
 
 def _episodes_to_cover(params: dict[str, Any]) -> int:

@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
 
@@ -40,12 +41,27 @@ def _config(cfg: LoopConfig | None) -> LoopConfig:
     return cfg if cfg is not None else LoopConfig()
 
 
+def run_seed() -> int:
+    """A draw seed of this flow run's own: from its Prefect id (so a retry of the run draws the same
+    tasks again), or random outside a flow run. Recorded in the flow's result."""
+    import secrets
+    import uuid
+
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return uuid.UUID(run_id).int % 2**31 if run_id else secrets.randbelow(2**31)
+
+
 @flow(name="collect")
-def collect_flow(cfg: LoopConfig | None = None) -> dict[str, Any]:
-    """Run agents on every family's training tasks, then ingest the spool."""
+def collect_flow(cfg: LoopConfig | None = None, fresh_seed: bool = False) -> dict[str, Any]:
+    """Run agents on every family's training tasks, then ingest the spool. With `fresh_seed` (what the
+    scheduled deployments pass) the agents draw their tasks with a seed of this run's own, so each
+    scheduled run adds new trajectories; without it, `cfg.seed` (the same store gets the same data)."""
     c = _config(cfg)
-    collected = {family: collect_task(c, family) for family in c.families}
-    return {"collected": collected, "ingested": ingest_task(c)}
+    seed = run_seed() if fresh_seed else c.seed
+    collected = {family: collect_task(c, family, seed=seed) for family in c.families}
+    return {"seed": seed, "collected": collected, "ingested": ingest_task(c)}
 
 
 @flow(name="curate")
@@ -68,30 +84,51 @@ def evaluate_flow(checkpoint_dir: str, cfg: LoopConfig | None = None) -> dict[st
 
 
 @flow(name="loop")
-def loop_flow(cfg: LoopConfig | None = None, run_prefix: str = "loop") -> dict[str, Any]:
-    """The main job: collect -> curate -> train -> evaluate, every family."""
+def loop_flow(cfg: LoopConfig | None = None, run_prefix: str = "loop", fresh_seed: bool = False
+              ) -> dict[str, Any]:
+    """The main job: collect -> curate -> train -> evaluate, every family (`fresh_seed`: as in collect).
+    Logs one line as each family starts and one as it ends."""
     c = _config(cfg)
-    collect_flow(cfg=c)
+    log = get_run_logger()
+    collect_flow(cfg=c, fresh_seed=fresh_seed)
     summary: dict[str, Any] = {}
-    for family in c.families:
+    for i, family in enumerate(c.families):
+        started = time.perf_counter()
+        log.info(f"[{i + 1}/{len(c.families)}] {family}: curate -> train "
+                 f"{steps.train_config(c, family, None, run_name='-').max_steps:,} steps -> evaluate")
         snap = curate_task(c, family)
         run = train_task(steps.train_config(c, family, snap["path"], run_name=f"{run_prefix}-{family}-{snap['dataset_id'][:8]}"))
         evaluation = evaluate_task(c, run["checkpoint_dir"])
-        summary[family] = {"dataset": snap, "run": run, "evaluation": evaluation}
+        summary[family] = {"dataset": snap, "run": run, "evaluation": evaluation,
+                           "seconds": time.perf_counter() - started}
+        log.info(family_line(i, len(c.families), family, summary[family]))
     return summary
+
+
+def family_line(i: int, n: int, family: str, part: dict[str, Any]) -> str:
+    """`[1/3] modular: 1,400 steps in 95 s, train 100.0%, ID 98.7%, OOD -, T_mem 600, T_grok 1100 (grokked)`."""
+    run, ev = part["run"], part["evaluation"]
+    pct = {k: "-" if ev.get(k) is None else f"{100 * ev[k]:.1f}%" for k in ("train", "test_id", "test_ood")}
+    verdict = "grokked" if run["t_grok"] is not None else "did not reach 95% ID"
+    return (f"[{i + 1}/{n}] {family}: {run['final_step']:,} steps in {part['seconds']:.0f} s, "
+            f"train {pct['train']}, ID {pct['test_id']}, OOD {pct['test_ood']}, "
+            f"T_mem {run['t_mem'] if run['t_mem'] is not None else '-'}, "
+            f"T_grok {run['t_grok'] if run['t_grok'] is not None else '-'} ({verdict})")
 
 
 @flow(name="self-improve")
 def self_improve_flow(cfg: LoopConfig | None = None, family: str = "modular", rounds: int = 2,
                       episodes: int = 200, loop_id: str = "self-improve") -> list[dict[str, Any]]:
-    """Round r: the model of round r-1 proposes answers to training tasks, the verifier keeps the right
-    ones, they are ingested and curated with everything else, and training continues from the last
-    checkpoint. Round 0 trains on the agents' data alone. Every round is recorded in the store."""
+    """Round r: the model of round r-1 proposes answers to `episodes` training tasks drawn afresh for the
+    round (`steps.round_seed`), the verifier keeps the right ones, they are ingested and curated with
+    everything else, and training continues from the last checkpoint. Round 0 trains on the agents'
+    data alone. Every round is recorded in the store."""
     c = _config(cfg)
     history: list[dict[str, Any]] = []
     checkpoint: str | None = None
     for r in range(rounds + 1):
-        proposed = propose_task(c, family, checkpoint, episodes=episodes) if checkpoint else None
+        proposed = (propose_task(c, family, checkpoint, episodes=episodes, seed=steps.round_seed(c.seed, r))
+                    if checkpoint else None)
         ingest_task(c)
         snap = curate_task(c, family)
         run = train_task(steps.train_config(c, family, snap["path"], run_name=f"{loop_id}-r{r}",

@@ -15,22 +15,27 @@ from storage.home import grokloop_home, spool_dir, store_path
 from storage.store import open_store
 
 
-def collect(cfg: LoopConfig, family: str, *, policy: str | None = None) -> dict[str, Any]:
-    """Agents attempt `family`'s training tasks in parallel processes, logging to the spool."""
+def collect(cfg: LoopConfig, family: str, *, policy: str | None = None, seed: int | None = None,
+            episodes: int | None = None) -> dict[str, Any]:
+    """Agents attempt `family`'s training tasks in parallel processes, logging to the spool.
+
+    The task world is always `cfg.seed`'s; `seed` (default `cfg.seed`) only draws which tasks the
+    agents attempt and their mistakes, so another seed adds new trajectories to the same world
+    rather than repeating the last collect's."""
     from agents.runner import run_agents
 
     report = run_agents(
         family,
         n_agents=cfg.n_agents,
-        episodes=cfg.episodes,
+        episodes=cfg.episodes if episodes is None else episodes,
         policy=policy or cfg.policy,
         error_rate=cfg.error_rate,
-        seed=cfg.seed,
-        family_params=cfg.family_params.get(family, {}),
+        seed=cfg.seed if seed is None else seed,
+        family_params={**cfg.family_params.get(family, {}), "seed": cfg.seed},
         spool=spool_dir(cfg.home),
         progress=False,
     )
-    return _as_dict(report)
+    return {**_as_dict(report), "seed": cfg.seed if seed is None else seed}
 
 
 def ingest(cfg: LoopConfig) -> dict[str, Any]:
@@ -42,7 +47,7 @@ def ingest(cfg: LoopConfig) -> dict[str, Any]:
 
 
 def snapshot_spec(cfg: LoopConfig, family: str, *, holdout: list[str] | None = None, keep_k: int = 0,
-                  name: str | None = None):
+                  name: str | None = None, agents: list[str] | None = None):
     from storage.datasets import SnapshotSpec
 
     return SnapshotSpec(
@@ -55,6 +60,7 @@ def snapshot_spec(cfg: LoopConfig, family: str, *, holdout: list[str] | None = N
         temperature=cfg.temperature,
         holdout_clusters=list(holdout or []),
         holdout_keep_k=keep_k,
+        agents=agents,
         seed=cfg.seed,
         name=name or f"{family}-loop",
     )
@@ -105,15 +111,23 @@ def evaluate(cfg: LoopConfig, checkpoint_dir: str) -> dict[str, Any]:
     return evaluate_checkpoint(checkpoint_dir, n_steps=cfg.sampler_steps, home=cfg.home)
 
 
-def propose(cfg: LoopConfig, family: str, checkpoint_dir: str, *, episodes: int) -> dict[str, Any]:
-    """The model agent attempts training tasks; the verifier decides; attempts go to the spool."""
+def propose(cfg: LoopConfig, family: str, checkpoint_dir: str, *, episodes: int,
+            seed: int | None = None) -> dict[str, Any]:
+    """The model agent attempts training tasks drawn with `seed` (default `cfg.seed`; a self-improvement
+    round passes its own, so each round meets fresh tasks); the verifier decides; attempts go to the spool."""
     from agents.model_agent import run_model_agent
 
     return _as_dict(run_model_agent(
         checkpoint_dir, family=family, family_params={**cfg.family_params.get(family, {}), "seed": cfg.seed},
-        episodes=episodes, n_samples=cfg.n_samples, n_steps=cfg.sampler_steps, seed=cfg.seed,
-        spool=spool_dir(cfg.home),
+        episodes=episodes, n_samples=cfg.n_samples, n_steps=cfg.sampler_steps,
+        seed=cfg.seed if seed is None else seed, spool=spool_dir(cfg.home),
     ))
+
+
+def round_seed(seed: int, round_: int) -> int:
+    """The draw seed of self-improvement round `round_` (>= 1) of a loop seeded `seed`: distinct per round
+    and from the agents' own collect (which draws with `seed`)."""
+    return seed * 1_000 + round_ if round_ else seed
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:

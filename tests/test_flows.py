@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from flows import steps
@@ -135,10 +137,32 @@ def test_self_improve_two_rounds_records_both(tmp_path):
         model_rows = con.execute("SELECT count(*) FROM trajectories t JOIN agents a USING (agent_id) "
                                  "WHERE a.kind = 'model'").fetchone()[0]
         assert model_rows == 60
+        # Each round draws fresh tasks for the model: the rounds' task lists differ.
+        drawn = con.execute("SELECT a.version, list(t.task_id ORDER BY t.trajectory_id) FROM trajectories t "
+                            "JOIN agents a USING (agent_id) WHERE a.kind = 'model' GROUP BY a.version").fetchall()
+        assert len(drawn) == 2 and drawn[0][1] != drawn[1][1]
         # Round r continues from round r-1's checkpoint.
         parents = con.execute("SELECT run_id, config->>'init_from' FROM runs WHERE run_id IN "
                               "(SELECT run_id FROM self_improve_rounds) ORDER BY created_at").fetchall()
         assert parents[0][1] is None and all(p[1] for p in parents[1:])
+
+
+def test_scheduled_collect_draws_new_tasks_each_run_and_a_plain_collect_repeats(tmp_path):
+    from flows.flows import collect_flow
+
+    cfg = tiny_config(tmp_path, family_params={"modular": {"p": 23, "operations": ["x+y"], "train_fraction": 0.6}},
+                      policy="solver")
+    plain = [collect_flow(cfg=cfg) for _ in range(2)]
+    scheduled = [collect_flow(cfg=cfg, fresh_seed=True) for _ in range(2)]
+    assert plain[0]["seed"] == plain[1]["seed"] == cfg.seed
+    assert len({cfg.seed, scheduled[0]["seed"], scheduled[1]["seed"]}) == 3
+    with open_store(tmp_path / "store.duckdb", read_only=True) as con:
+        ids = [r[0] for r in con.execute("SELECT task_id FROM trajectories ORDER BY trajectory_id").fetchall()]
+        splits = {r[0] for r in con.execute("SELECT DISTINCT split FROM tasks").fetchall()}
+    runs = [sorted(ids[i:i + 40]) for i in range(0, 160, 40)]  # one agent, 40 episodes per collect
+    assert len(ids) == 160 and runs[0] == runs[1]  # the same seed draws the same tasks again
+    assert runs[2] != runs[0] and runs[3] != runs[0] and runs[3] != runs[2]
+    assert splits == {"train"}  # new draws from the same world's training tasks
 
 
 def test_serve_builds_cron_scheduled_deployments_with_the_loop_settings():
@@ -150,6 +174,48 @@ def test_serve_builds_cron_scheduled_deployments_with_the_loop_settings():
     crons = {d.name: [s.schedule.cron for s in d.schedules] for d in built}
     assert crons == {"collect-hourly": ["0 * * * *"], "curate-nightly": ["0 2 * * *"],
                      "loop-nightly": ["0 2 * * *"]}
+    fresh = {d.name: d.parameters.get("fresh_seed", False) for d in built}
+    assert fresh == {"collect-hourly": True, "curate-nightly": False, "loop-nightly": True}
     for d in built:
         assert d.parameters["cfg"]["home"] == "/tmp/somewhere"
         assert d.parameters["cfg"]["episodes"] == cfg.episodes
+
+
+def test_prefect_yaml_schedules_collect_and_loop_with_fresh_draws():
+    import yaml
+
+    declared = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())["deployments"]
+    fresh = {d["name"]: d.get("parameters", {}).get("fresh_seed", False) for d in declared}
+    assert fresh["collect-hourly"] is True and fresh["loop-nightly"] is True
+
+
+def test_run_loop_says_what_to_expect_and_reads_its_table(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    params = json.dumps({"modular": {"p": 7, "operations": ["x+y"], "train_fraction": 0.6}})
+    overrides = json.dumps({"max_steps": 20, "eval_every": 10, "batch_size": 64, "hidden_size": 32,
+                            "num_heads": 2, "progress": False, "eval_schedule": "log"})
+    res = CliRunner().invoke(app, ["run", "loop", f"home={tmp_path}", 'families=["modular"]',
+                                   f"family_params={params}", "n_agents=1", "episodes=40",
+                                   f"train_overrides={overrides}"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "grokloop loop: modular 20 steps. Expected time: about" in out
+    assert "T_mem: first evaluation with train accuracy >= 99% (memorised)" in out
+    assert "modular: " in out and ("grokked" in out or "not grokked" in out or "neither memorised" in out)
+    assert (tmp_path / "runs" / "loop.png").is_file()
+
+
+def test_family_line_says_whether_the_run_grokked():
+    from flows.flows import family_line
+
+    part = {"run": {"final_step": 2000, "t_mem": 200, "t_grok": 900},
+            "evaluation": {"train": 1.0, "test_id": 0.981, "test_ood": None}, "seconds": 95.2}
+    assert family_line(0, 2, "modular", part) == (
+        "[1/2] modular: 2,000 steps in 95 s, train 100.0%, ID 98.1%, OOD -, T_mem 200, T_grok 900 (grokked)")
+    part["run"]["t_grok"] = None
+    assert family_line(1, 2, "two_hop", part).endswith("T_grok - (did not reach 95% ID)")

@@ -249,6 +249,34 @@ def test_a_continued_run_is_drawn_from_where_its_parent_stopped():
     assert [_steps_before(r, lineage) for r in ("r0", "r1", "r2", "loop", "unknown")] == [0, 300, 600, 0, 0]
 
 
+def test_log_schedule_adds_log_spaced_evals_below_eval_every(tmp_path):
+    train(tiny(tmp_path, "log", max_steps=30, eval_every=20, eval_schedule="log"))
+    train(tiny(tmp_path, "lin", max_steps=30, eval_every=20))
+    evals = {run: sorted({s for s, n, _ in metric_rows(tmp_path, run) if n == "train/acc"}) for run in ("log", "lin")}
+    assert evals == {"log": [0, 1, 2, 3, 4, 5, 6, 7, 9, 12, 15, 18, 20, 30], "lin": [0, 20, 30]}
+    with pytest.raises(ValueError, match="eval_schedule must be one of linear, log"):
+        apply_overrides(tiny(tmp_path, "bad"), ["eval_schedule=sqrt"])
+
+
+def test_grokking_figure_has_a_panel_per_family_with_t_mem_and_t_grok_marked():
+    from diffusion.plot import RunCurves, grokking_figure
+
+    series = {"train/acc": ([0, 1, 10, 100, 1000], [0.0, 0.1, 1.0, 1.0, 1.0]),
+              "test_id/acc": ([0, 1, 10, 100, 1000], [0.0, 0.0, 0.1, 0.5, 0.97])}
+    runs = [RunCurves("a", "modular", True, 0, 10, 1000, series),
+            RunCurves("b", "two_hop", False, 0, 100, None, series)]
+    fig = grokking_figure(runs)
+    modular, two_hop = fig.axes
+    assert (modular.get_title(), two_hop.get_title()) == ("modular", "two_hop")
+    assert (modular.get_xscale(), two_hop.get_xscale()) == ("log", "linear")
+    assert min(modular.lines[0].get_xdata()) == 1  # step 0 dropped on the log axis, kept on the linear one
+    assert min(two_hop.lines[0].get_xdata()) == 0
+    assert [t.get_text() for t in modular.texts] == ["T_mem 10", "T_grok 1000"]
+    assert [t.get_text() for t in two_hop.texts] == ["T_mem 100"]
+    styles = {line.get_label().split()[0]: line.get_linestyle() for line in modular.lines if line.get_label()[0] != "_"}
+    assert styles == {"train": "-", "test_id": "--"}
+
+
 def test_checkpoints_follow_checkpoint_every_not_only_eval_steps(tmp_path):
     result = train(tiny(tmp_path, "ck", max_steps=100, eval_every=20, checkpoint_every=30, keep_checkpoints=0))
     kept = sorted(int(p.name.split("_")[1]) for p in (result.run_dir / "checkpoints").iterdir())

@@ -6,6 +6,8 @@
 Every equation `x ∘ y = z` of each operation's table is one task. Each table is
 shuffled with its own seed-derived RNG and cut at `train_fraction`: the first part
 is `train`, the rest `test_id`. There is no OOD notion here, so `test_ood` is empty.
+`nonzero_y=True` leaves out every equation with y = 0, as the Grokfast reference code does
+(a*b mod 97: 97 * 96 = 9,312 equations instead of 9,409).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class ModularFamily(TaskFamily):
     name = "modular"
 
     def __init__(self, seed: int = 0, p: int = 97, operations: Sequence[str] = ("x*y",),
-                 train_fraction: float = 0.5):
+                 train_fraction: float = 0.5, nonzero_y: bool = False):
         if isinstance(operations, str):
             operations = (operations,)
         unknown = [op for op in operations if op not in OPERATIONS]
@@ -56,9 +58,12 @@ class ModularFamily(TaskFamily):
         if not 0.0 < train_fraction < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
         self.seed, self.p, self.train_fraction = int(seed), int(p), float(train_fraction)
+        if not isinstance(nonzero_y, bool):
+            raise ValueError(f"nonzero_y must be true or false, got {nonzero_y!r}")
         self.operations = tuple(dict.fromkeys(operations))
-        # The split depends on (seed, p, train_fraction), so the id names them: one id, one split.
-        self.config_tag = f"p{self.p}-s{self.seed}-f{self.train_fraction:g}"
+        self.nonzero_y = nonzero_y
+        # The split depends on (seed, p, train_fraction, nonzero_y), so the id names them: one id, one split.
+        self.config_tag = f"p{self.p}-s{self.seed}-f{self.train_fraction:g}" + ("-y1" if nonzero_y else "")
         self._splits: dict[str, list[Task]] | None = None
 
     def table(self, op: str) -> dict[tuple[int, int], int]:
@@ -66,7 +71,7 @@ class ModularFamily(TaskFamily):
         fn = OPERATIONS[op][1]
         table = {}
         for x in range(self.p):
-            for y in range(self.p):
+            for y in range(1 if self.nonzero_y else 0, self.p):
                 z = fn(x, y, self.p)
                 if z is not None:
                     table[x, y] = z
