@@ -30,6 +30,7 @@ bench: setup
 	$(BIN)/python bench/collector.py
 	$(BIN)/python bench/curate.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/cluster.py --episodes 300 --steps 60
 	$(BIN)/python bench/grokking.py --quick
 
 clean:

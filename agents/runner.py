@@ -73,8 +73,58 @@ def run_agents(
 
     The task world is `get_family(family, seed=seed, **family_params)` (a "seed" in
     `family_params` wins); agent randomness derives from `seed` and the process index."""
-    from agents.tasks import FAMILY_NAMES, SPLITS, get_family
     from storage.home import spool_dir
+
+    params = _checked_params(family, policy, split, n_agents, episodes, seed, family_params)
+    spool = spool or spool_dir()
+
+    ctx = mp.get_context("spawn")
+    start = time.perf_counter()
+    with ctx.Manager() as manager, ProcessPoolExecutor(n_agents, mp_context=ctx) as pool:
+        queue = manager.Queue()
+        futures = [pool.submit(_agent_process, i, family, params, policy, error_rate, seed, episodes,
+                               split, str(spool), queue) for i in range(n_agents)]
+        _follow(queue, futures, n_agents * episodes, f"{family} ({policy})", progress)
+        results = [f.result() for f in futures]  # re-raises a worker's exception here
+    return shard_report(results, family=family, policy=policy, split=split, episodes=episodes,
+                        seconds=time.perf_counter() - start, spool=spool)
+
+
+def run_shard(family: str, index: int, *, episodes: int = 100, policy: str = "mixed",
+              error_rate: float = 0.3, seed: int = 0, family_params: dict | None = None,
+              spool: Path | str | None = None, split: str = "train") -> dict[str, Any]:
+    """Agent process number `index` of `run_agents`, run here, in this process: what one task
+    on a cluster worker runs (a Dask worker is a daemon process and may not start its own). The
+    same index logs the same trajectories as in `run_agents`. Returns that process's summary;
+    `shard_report` adds them up."""
+    from storage.home import spool_dir
+
+    params = _checked_params(family, policy, split, index + 1, episodes, seed, family_params)
+    return _agent_process(index, family, params, policy, error_rate, seed, episodes, split,
+                          str(spool or spool_dir()), None)
+
+
+def shard_report(results: list[dict[str, Any]], *, family: str, policy: str, split: str, episodes: int,
+                 seconds: float, spool: Path | str) -> RunnerReport:
+    """One report for agent processes' summaries (`_agent_process`, `run_shard`)."""
+    outcomes: Counter[str] = Counter()
+    by_agent: Counter[str] = Counter()
+    for r in results:
+        outcomes.update(r["outcomes"])
+        by_agent.update(r["by_agent"])
+    return RunnerReport(
+        family=family, policy=policy, split=split, n_agents=len(results), episodes=episodes,
+        trajectories=sum(r["trajectories"] for r in results), verified=sum(r["verified"] for r in results),
+        outcomes=dict(outcomes), by_agent=dict(by_agent), segments=sum(r["segments"] for r in results),
+        seconds=seconds, spool=str(spool), per_process=results,
+    )
+
+
+def _checked_params(family: str, policy: str, split: str, n_agents: int, episodes: int, seed: int,
+                    family_params: dict | None) -> dict[str, Any]:
+    """The task world's parameters, after checking the settings; builds the world once so bad
+    parameters or an empty split fail before any agent starts."""
+    from agents.tasks import FAMILY_NAMES, SPLITS, get_family
 
     if family not in FAMILY_NAMES:
         raise ValueError(f"unknown task family {family!r}; known: {', '.join(FAMILY_NAMES)}")
@@ -85,33 +135,10 @@ def run_agents(
     if n_agents < 1 or episodes < 0:
         raise ValueError(f"need n_agents >= 1 and episodes >= 0, got {n_agents}, {episodes}")
     params = {"seed": seed, **(family_params or {})}
-    # Build once here so bad parameters or an empty split fail before any process starts.
     fam = get_family(family, **params)
     if episodes and not fam.splits()[split]:
         raise ValueError(f"{family} has no {split} tasks with {params}")
-    spool = Path(spool) if spool else spool_dir()
-
-    ctx = mp.get_context("spawn")
-    start = time.perf_counter()
-    with ctx.Manager() as manager, ProcessPoolExecutor(n_agents, mp_context=ctx) as pool:
-        queue = manager.Queue()
-        futures = [pool.submit(_agent_process, i, family, params, policy, error_rate, seed, episodes,
-                               split, str(spool), queue) for i in range(n_agents)]
-        _follow(queue, futures, n_agents * episodes, f"{family} ({policy})", progress)
-        results = [f.result() for f in futures]  # re-raises a worker's exception here
-    seconds = time.perf_counter() - start
-
-    outcomes: Counter[str] = Counter()
-    by_agent: Counter[str] = Counter()
-    for r in results:
-        outcomes.update(r["outcomes"])
-        by_agent.update(r["by_agent"])
-    return RunnerReport(
-        family=family, policy=policy, split=split, n_agents=n_agents, episodes=episodes,
-        trajectories=sum(r["trajectories"] for r in results), verified=sum(r["verified"] for r in results),
-        outcomes=dict(outcomes), by_agent=dict(by_agent), segments=sum(r["segments"] for r in results),
-        seconds=seconds, spool=str(spool), per_process=results,
-    )
+    return params
 
 
 def _follow(queue, futures, total: int, label: str, progress: bool) -> None:
@@ -160,12 +187,13 @@ def _agent_process(index: int, family: str, params: dict, policy: str, error_rat
             outcomes[log_episode(policies[k], fam, rng.choice(tasks), loggers[k], tags=[f"agent{index}"])] += 1
             by_agent[policies[k].name] += 1
             pending += 1
-            if pending == _PROGRESS_EVERY:
+            if pending == _PROGRESS_EVERY and queue is not None:
                 queue.put(pending)
                 pending = 0
     finally:
         for lg in loggers:
             lg.close()
-        queue.put(pending)
+        if queue is not None:
+            queue.put(pending)
     return {"index": index, "seconds": time.perf_counter() - start, "trajectories": episodes, "verified": outcomes["solved"], "outcomes": dict(outcomes),
             "by_agent": dict(by_agent), "segments": sum(lg.segments_written for lg in loggers)}

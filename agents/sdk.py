@@ -101,7 +101,7 @@ from agents.spool import (
     uuid7_bytes,
     write_segment,
 )
-from storage.home import spool_dir
+from storage.home import spool_location
 
 __all__ = ["FORMAT_VERSION", "Trajectory", "TrajectoryLogger", "now_iso", "task_ref"]
 
@@ -195,7 +195,7 @@ class TrajectoryLogger:
     ):
         self.agent = {"name": agent, "version": str(version), "kind": kind, "checkpoint": checkpoint}
         self._agent = tuple(self.agent.values())  # as a trajectory record holds them
-        self.spool = Path(spool) if spool else spool_dir()
+        self.spool = spool_location(spool)  # a path, or a URL (s3://...): agents/spool.py
         self.flush_bytes = flush_bytes
         self.flush_seconds = flush_seconds
         # Column-wise, one buffer per record type (agents.spool.RecordBuffer); the Arrow columns

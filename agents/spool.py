@@ -4,7 +4,9 @@ Each flush writes one new segment file: the bytes go to `<name>.arrow.tmp`, are 
 renamed to `<name>.arrow` (atomic on POSIX). Ingest only ever reads published names (`*.arrow`,
 and `*.jsonl` from other writers), so it never sees a half-written segment, and a process killed
 with SIGKILL loses at most the buffer it had not flushed yet. Names start with a UUIDv7, so
-sorting names sorts segments by creation time (per process, strictly).
+sorting names sorts segments by creation time (per process, strictly). A spool may also be a URL
+(`s3://bucket/prefix/spool`, any fsspec filesystem): there a segment is one object, uploaded whole
+under its final name (`_publish_object`), and ingest lists and reads the objects.
 
 A segment the SDK writes is an Arrow IPC file (`SCHEMA`): one table for the three record types,
 with a `type` column and the union of their columns, one record batch per type (trajectory
@@ -30,6 +32,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+
+from storage.home import is_url, local_path
 
 SEGMENT_SUFFIX = ".arrow"    # what the SDK writes
 JSONL_SUFFIX = ".jsonl"      # one JSON record per line: other writers, files from other tools
@@ -424,11 +428,11 @@ def _castable(have: pa.DataType, want: pa.DataType) -> bool:
     return False
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path | str) -> list[dict[str, Any]]:
     """A published segment's records as the JSON wire records (`agents/sdk.py`), either format:
     for tools and tests that look inside the spool."""
-    data = Path(path).read_bytes()
-    if not Path(path).name.endswith(SEGMENT_SUFFIX):
+    data = memoryview(read_published(path)).tobytes()
+    if not str(path).endswith(SEGMENT_SUFFIX):
         return [orjson.loads(line) for line in data.splitlines() if line.strip()]
     records = []
     for row in read_segment(data, str(path)).to_pylist():
@@ -454,11 +458,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def write_segment(spool: Path, data: bytes | pa.Buffer, *, suffix: str = SEGMENT_SUFFIX,
-                  prefix: str = "seg") -> Path:
-    """Publish `data` as a new segment in `spool`: write, fsync, atomic rename, fsync the dir."""
-    spool.mkdir(parents=True, exist_ok=True)
+def write_segment(spool: Path | str, data: bytes | pa.Buffer, *, suffix: str = SEGMENT_SUFFIX,
+                  prefix: str = "seg") -> Path | str:
+    """Publish `data` as a new segment in `spool`: write, fsync, atomic rename, fsync the dir.
+    A URL spool (`storage.home.is_url`) gets one object instead (`_publish_object`)."""
     name = f"{uuid7()}-{prefix}-{os.getpid()}{suffix}"
+    if is_url(spool):
+        return _publish_object(str(spool), name, data)
+    spool = local_path(spool)
+    spool.mkdir(parents=True, exist_ok=True)
     tmp = spool / (name + TMP_SUFFIX)
     final = spool / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -482,9 +490,49 @@ def write_segment(spool: Path, data: bytes | pa.Buffer, *, suffix: str = SEGMENT
     return final
 
 
-def remove_stale_tmp(spool: Path, max_age: float = STALE_SECONDS) -> list[Path]:
+def _publish_object(spool: str, name: str, data: bytes | pa.Buffer) -> str:
+    """Object storage has no rename, and needs none: an object appears under its name only when
+    its upload completes (one PUT, or a multipart upload when it is completed), whole or not at
+    all, so a reader never lists half a segment. A writer killed mid-upload leaves nothing."""
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(spool)
+    fs.pipe_file(f"{root}/{name}", memoryview(data).tobytes())
+    return f"{spool}/{name}"
+
+
+def read_published(location: Path | str) -> bytes | pa.Buffer:
+    """A published segment's bytes: a local one mapped (zero copy), a URL's object read whole."""
+    if is_url(location):
+        from fsspec.core import url_to_fs
+
+        fs, path = url_to_fs(str(location))
+        return fs.cat_file(path)
+    return pa.memory_map(str(location)).read_buffer()
+
+
+def move_published(location: Path | str, folder: str) -> None:
+    """Move a published segment into `folder` beside it (`ingested/`); on object storage a copy
+    and a delete (the object is whole at both names, and ingest knows it by its digest)."""
+    if is_url(location):
+        from fsspec.core import url_to_fs
+
+        fs, path = url_to_fs(str(location))
+        parent, name = path.rsplit("/", 1)
+        fs.mv(path, f"{parent}/{folder}/{name}")
+        return
+    location = Path(location)
+    (location.parent / folder).mkdir(parents=True, exist_ok=True)
+    os.replace(location, location.parent / folder / location.name)
+
+
+def remove_stale_tmp(spool: Path | str, max_age: float = STALE_SECONDS) -> list[Path]:
     """Remove `.tmp` files left by writers that died (SIGKILL, a crash) mid-write: older than
-    `max_age` seconds and no live process with the writer's pid (in the name). Returns them."""
+    `max_age` seconds and no live process with the writer's pid (in the name). Returns them.
+    A URL spool has none (`_publish_object`)."""
+    if is_url(spool):
+        return []
+    spool = local_path(spool)
     if not spool.exists():
         return []
     removed, now = [], time.time()
@@ -510,9 +558,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def published_segments(spool: Path) -> list[Path]:
+def published_segments(spool: Path | str) -> list[Path] | list[str]:
     """Every published segment (`.arrow` and `.jsonl`), oldest first. `.tmp` files are writers
-    still at work (or dead)."""
+    still at work (or dead). A URL spool's segments are URLs."""
+    if is_url(spool):
+        from fsspec.core import url_to_fs
+
+        fs, root = url_to_fs(str(spool))
+        fs.invalidate_cache(root)  # other machines publish meanwhile: list afresh every time
+        try:
+            names = [p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+        except FileNotFoundError:
+            return []
+        return [f"{spool}/{n}" for n in sorted(names) if n.endswith(SEGMENT_SUFFIXES)]
+    spool = local_path(spool)
     if not spool.exists():
         return []
     return sorted(p for p in spool.iterdir() if p.name.endswith(SEGMENT_SUFFIXES))

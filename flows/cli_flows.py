@@ -160,6 +160,10 @@ def experiment(
     setups: str = typer.Option("", help="grokfast only: a subset, e.g. baseline,ema"),
     objectives: str = typer.Option("", help="grokfast only: a subset, e.g. mdm-count,ar"),
     init: str = typer.Option("", help="grokfast only: torch (the published init, default) or small"),
+    runner: str = typer.Option("local", help="where the runs train: local (in turn) | dask (side by side)"),
+    dask_address: str = typer.Option("", help="runner dask: an existing scheduler (tcp://host:8786); "
+                                              "none starts a local cluster"),
+    dask_workers: int = typer.Option(2, help="runner dask without an address: worker processes"),
 ) -> None:
     """Run a named experiment: runs recorded in the store, a plot and docs/results/NAME.md."""
     from flows.experiments import run_experiment
@@ -168,9 +172,15 @@ def experiment(
     options |= {"init": init} if init else {}
     if options and name != "grokfast":
         raise typer.BadParameter("--setups, --objectives and --init apply to the grokfast experiment only")
+    from flows.runners import Runner
+
+    try:
+        where = Runner(runner, dask_address or None, dask_workers)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
     with user_errors():
         result = run_experiment(name, quick=quick, seeds=seeds or None, max_steps=max_steps or None,
-                                out_dir=out, **options)
+                                out_dir=out, runner=where, **options)
     console.print(f"summary: {result['summary']}\nplot:    {result['plot']}")
 
 

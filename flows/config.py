@@ -28,6 +28,11 @@ def _small_families() -> dict[str, dict[str, Any]]:
 @dataclass
 class LoopConfig:
     home: str | None = None                 # None: $GROKLOOP_HOME or ./.grokloop
+    spool: str | None = None                # a path or URL (s3://bucket/prefix/spool); None: <home>/spool
+    # where agent shards and training runs go (flows/runners.py): local | dask
+    runner: str = "local"
+    dask_address: str | None = None         # an existing Dask scheduler; None: runner=dask starts one
+    dask_workers: int = 2                   # worker processes of the Dask cluster runner=dask starts
     families: list[str] = field(default_factory=lambda: ["modular"])   # also: two_hop, programs
     family_params: dict[str, dict[str, Any]] = field(default_factory=_small_families)
     seed: int = 0                           # task worlds, agents, sampling and training
@@ -55,6 +60,12 @@ class LoopConfig:
     # evaluate / self-improve
     sampler_steps: int = 4                  # denoising steps when sampling answers
     n_samples: int = 4                      # model agent samples per task
+
+    def runner_settings(self):
+        """Where fanned-out tasks run (`flows.runners.Runner`); a bad setting fails here."""
+        from flows.runners import Runner
+
+        return Runner(self.runner, self.dask_address, self.dask_workers)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

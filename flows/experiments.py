@@ -23,10 +23,12 @@ from rich.console import Console
 
 from flows import steps
 from flows.config import LoopConfig
+from flows.runners import Runner, fan_out
 from storage.home import grokloop_home, store_path
 from storage.store import open_store
 
 console = Console()
+LOCAL = Runner()  # runs in turn, in this process: as before there were runners
 
 
 @dataclasses.dataclass
@@ -92,10 +94,27 @@ GROKFAST_OBJECTIVES: dict[str, dict[str, Any]] = {
 GROKFAST_DEFAULT_OBJECTIVES = ("mdm", "mdm-count", "ar")
 
 
+def train_sweep(groups: list[list], runner: Runner = LOCAL) -> list[list]:
+    """Every setting's seeds (`train_seeds`: one batched model when they can be): in turn here,
+    or one task per setting, side by side on a cluster's workers (`runner`, flows/runners.py).
+    Results per group, in order."""
+    from flows.flows import train_seeds_task
+
+    return fan_out(runner, train_seeds_task, [(cfgs,) for cfgs in groups], name="sweep")
+
+
+def train_runs(cfgs: list, runner: Runner = LOCAL) -> list[dict[str, Any]]:
+    """Train (or resume) every run of a sweep: in turn here, or side by side on a cluster's workers
+    (`runner`, flows/runners.py). Results in `cfgs`' order, as `steps.train` returns them."""
+    from flows.flows import train_task
+
+    return fan_out(runner, train_task, [(cfg,) for cfg in cfgs], name="sweep")
+
+
 def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_OBJECTIVES,
                   setups=tuple(GROKFAST_SETUPS), init: str = GROKFAST_BASE["init"],
-                  arch: str = "denoiser", finished_only: bool = False, progress: bool = False
-                  ) -> list[dict[str, Any]]:
+                  arch: str = "denoiser", finished_only: bool = False, progress: bool = False,
+                  runner: Runner = LOCAL) -> list[dict[str, Any]]:
     """Train every (objective, setup, seed); one row per run with T_mem / T_grok as the store has them.
     Each seed is a different train/test split and initialisation; a run stops soon after it groks.
     `arch="grokfast_ref"`: the reference code's decoder (pair it with GROKFAST_REF_SIZES).
@@ -105,29 +124,29 @@ def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_O
     for given, known in ((setups, GROKFAST_SETUPS), (objectives, GROKFAST_OBJECTIVES)):
         if unknown := [x for x in given if x not in known]:
             raise ValueError(f"unknown {unknown}; known: {', '.join(known)}")
-    rows = []
     # the run name says what differs from the default setup (the same name resumes the same run)
     variant = ("" if arch == "denoiser" else f"-{arch}") + ("-ref" if size.train.get("reference_loop") else "")
-    for objective in objectives:
-        for setup in setups:
-            cfgs = [TrainConfig(
-                family="modular", family_params={**size.params, "seed": seed},
-                max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
-                patience=1, sampler_steps=1, keep_checkpoints=1, progress=progress,
-                run_name=f"grokfast-{objective}-{setup}-{init}{variant}-s{seed}-p{size.params['p']}-"
-                         f"{size.max_steps}",
-                **{**GROKFAST_BASE, **size.train, "init": init, "arch": arch}, **GROKFAST_OBJECTIVES[objective],
-                **GROKFAST_SETUPS[setup],
-            ) for seed in range(size.seeds)]
-            if finished_only:
-                cfgs = [c for c in cfgs if _run_status(c.run_name, home) == "finished"]
-            for cfg, result in zip(cfgs, train_seeds(cfgs), strict=True):
-                rows.append({"arch": arch, "objective": objective, "setup": setup, "seed": cfg.seed,
-                             "run_id": result.run_id, "checkpoint_dir": result.checkpoint_dir,
-                             "t_mem": result.t_mem, "t_grok": result.t_grok, "cap": size.max_steps,
-                             "final_test_acc": result.metrics.get("test_id/acc")})
-                console.print(f"[grokfast] {arch} {objective}/{setup} seed {cfg.seed}: T_grok={result.t_grok} "
-                              f"T_mem={result.t_mem}")
+    settings = [(objective, setup) for objective in objectives for setup in setups]
+    groups = [[TrainConfig(
+        family="modular", family_params={**size.params, "seed": seed},
+        max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
+        patience=1, sampler_steps=1, keep_checkpoints=1, progress=progress,
+        run_name=f"grokfast-{objective}-{setup}-{init}{variant}-s{seed}-p{size.params['p']}-"
+                 f"{size.max_steps}",
+        **{**GROKFAST_BASE, **size.train, "init": init, "arch": arch}, **GROKFAST_OBJECTIVES[objective],
+        **GROKFAST_SETUPS[setup],
+    ) for seed in range(size.seeds)] for objective, setup in settings]
+    if finished_only:
+        groups = [[c for c in cfgs if _run_status(c.run_name, home) == "finished"] for cfgs in groups]
+    rows = []
+    for (objective, setup), cfgs, results in zip(settings, groups, train_sweep(groups, runner), strict=True):
+        for cfg, result in zip(cfgs, results, strict=True):
+            rows.append({"arch": arch, "objective": objective, "setup": setup, "seed": cfg.seed,
+                         "run_id": result.run_id, "checkpoint_dir": result.checkpoint_dir,
+                         "t_mem": result.t_mem, "t_grok": result.t_grok, "cap": size.max_steps,
+                         "final_test_acc": result.metrics.get("test_id/acc")})
+            console.print(f"[grokfast] {arch} {objective}/{setup} seed {cfg.seed}: T_grok={result.t_grok} "
+                          f"T_mem={result.t_mem}")
     return rows
 
 
@@ -159,9 +178,10 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def grokfast(size: Size, home: str | None, setups=tuple(GROKFAST_SETUPS),
-             objectives=GROKFAST_DEFAULT_OBJECTIVES, init: str = GROKFAST_BASE["init"], arch: str = "denoiser"
-             ) -> tuple[list[dict], list[str], str]:
-    rows = grokfast_runs(size, home=home, setups=setups, objectives=objectives, init=init, arch=arch)
+             objectives=GROKFAST_DEFAULT_OBJECTIVES, init: str = GROKFAST_BASE["init"], arch: str = "denoiser",
+             runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
+    rows = grokfast_runs(size, home=home, setups=setups, objectives=objectives, init=init, arch=arch,
+                         runner=runner)
     table = speedups(rows)
     lines = _markdown_table(table, ["objective", "setup", "reached", "steps_mean", "steps_std", "speedup"])
     notes = (f"`a*b mod {size.params['p']}`, train fraction {size.params['train_fraction']}, init `{init}`, "
@@ -190,29 +210,29 @@ COMPOSITION_SIZES = {
 }
 
 
-def composition(size: Size, home: str | None) -> tuple[list[dict], list[str], str]:
+def composition(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
     from diffusion.train import TrainConfig
 
+    settings = {"weight_decay": 0.1, "grokfast": "none", "batch_size": 256, **size.train}
+    kinds = [(family, objective) for family in size.params for objective in ("mdm", "ar")]
+    groups = [[TrainConfig(objective=objective, family=family, family_params={**size.params[family], "seed": 0},
+                           max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
+                           run_name=f"composition-{family}-{objective}-s{seed}-{size.max_steps}",
+                           progress=False, **settings) for seed in range(size.seeds)] for family, objective in kinds]
     table = []
-    for family, params in size.params.items():
-        for objective in ("mdm", "ar"):
-            settings = {"weight_decay": 0.1, "grokfast": "none", "batch_size": 256, **size.train}
-            cfgs = [TrainConfig(objective=objective, family=family, family_params={**params, "seed": 0},
-                                max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
-                                run_name=f"composition-{family}-{objective}-s{seed}-{size.max_steps}",
-                                progress=False, **settings) for seed in range(size.seeds)]
-            for seed, (cfg, result) in enumerate(zip(cfgs, train_seeds(cfgs), strict=True)):
-                best = _best_metrics(result.run_id, home)
-                table.append({"family": family, "objective": objective,
-                              "estimator": cfg.mdm_estimator if objective == "mdm" else "—",
-                              "seed": seed, "run_id": result.run_id,
-                              "train_acc": result.metrics.get("train/acc"),
-                              "test_id_acc": result.metrics.get("test_id/acc"),
-                              "test_ood_acc": result.metrics.get("test_ood/acc"),
-                              "best_ood_acc": best.get("test_ood/acc"),
-                              "t_mem": result.t_mem, "t_grok": result.t_grok})
-                console.print(f"[composition] {family}/{objective} seed {seed}: "
-                              f"ID {table[-1]['test_id_acc']} OOD {table[-1]['test_ood_acc']}")
+    for (family, objective), cfgs, results in zip(kinds, groups, train_sweep(groups, runner), strict=True):
+        for seed, (cfg, result) in enumerate(zip(cfgs, results, strict=True)):
+            best = _best_metrics(result.run_id, home)
+            table.append({"family": family, "objective": objective,
+                          "estimator": cfg.mdm_estimator if objective == "mdm" else "—",
+                          "seed": seed, "run_id": result.run_id,
+                          "train_acc": result.metrics.get("train/acc"),
+                          "test_id_acc": result.metrics.get("test_id/acc"),
+                          "test_ood_acc": result.metrics.get("test_ood/acc"),
+                          "best_ood_acc": best.get("test_ood/acc"),
+                          "t_mem": result.t_mem, "t_grok": result.t_grok})
+            console.print(f"[composition] {family}/{objective} seed {seed}: "
+                          f"ID {table[-1]['test_id_acc']} OOD {table[-1]['test_ood_acc']}")
     lines = _markdown_table(table, ["family", "objective", "estimator", "seed", "train_acc", "test_id_acc",
                                     "test_ood_acc", "best_ood_acc", "t_mem", "t_grok"])
     notes = (f"Equal parameters, data and steps ({size.max_steps}) for the masked-diffusion and AR readings "
@@ -234,8 +254,8 @@ CLUSTER_SIZES = {
 HELD_OUT = "x*y"
 
 
-def clusters(size: Size, home: str | None) -> tuple[list[dict], list[str], str]:
-    cfg = LoopConfig(home=home, families=["modular"], family_params={"modular": size.params},
+def clusters(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
+    cfg = LoopConfig(home=home, runner=runner.kind, dask_address=runner.address, dask_workers=runner.n_workers, families=["modular"], family_params={"modular": size.params},
                      n_agents=2, episodes=_episodes_to_cover(size.params), policy="solver",
                      cluster_method="column", cluster_column="operation",
                      train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
@@ -243,28 +263,29 @@ def clusters(size: Size, home: str | None) -> tuple[list[dict], list[str], str]:
     steps.collect(cfg, "modular")
     steps.ingest(cfg)
     variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in (1, 4, 16)]
-    table, runs = [], []
+    table, runs, keys, train_cfgs = [], [], [], []
     for label, keep_k in variants:
         holdout = [] if keep_k is None else [HELD_OUT]
         snap = steps.curate(cfg, "modular", holdout=holdout, keep_k=keep_k or 0,
                             name=f"clusters-{label.replace(' ', '-').replace('=', '')}")
         for seed in range(size.seeds):
-            train_cfg = steps.train_config(cfg, "modular", snap["path"], seed=seed,
-                                           run_name=f"clusters-{label.replace(' ', '').replace('=', '')}"
-                                                    f"-s{seed}-{snap['dataset_id'][:8]}")
-            run = steps.train(train_cfg)
-            evaluation = steps.evaluate(cfg, run["checkpoint_dir"])
-            # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed
-            # with its (memorised) train rows.
-            groks_at = _first_step_at(run["run_id"], f"test_id/cluster:{HELD_OUT}/acc", 0.95, home)
-            table.append({"variant": label, "seed": seed, "run_id": run["run_id"],
-                          "test_id_acc": evaluation.get("test_id"),
-                          f"{HELD_OUT}_acc": evaluation.get(f"test_id/cluster:{HELD_OUT}"),
-                          f"{HELD_OUT}_groks_at": groks_at, "t_grok": run.get("t_grok")})
-            if seed == 0:
-                runs.append(run["run_id"])
-            console.print(f"[clusters] {label} seed {seed}: held-out cluster acc "
-                          f"{table[-1][f'{HELD_OUT}_acc']}, overall {table[-1]['test_id_acc']}")
+            keys.append((label, seed))
+            train_cfgs.append(steps.train_config(cfg, "modular", snap["path"], seed=seed,
+                                                 run_name=f"clusters-{label.replace(' ', '').replace('=', '')}"
+                                                          f"-s{seed}-{snap['dataset_id'][:8]}"))
+    for (label, seed), run in zip(keys, train_runs(train_cfgs, runner), strict=True):
+        evaluation = steps.evaluate(cfg, run["checkpoint_dir"])
+        # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed
+        # with its (memorised) train rows.
+        groks_at = _first_step_at(run["run_id"], f"test_id/cluster:{HELD_OUT}/acc", 0.95, home)
+        table.append({"variant": label, "seed": seed, "run_id": run["run_id"],
+                      "test_id_acc": evaluation.get("test_id"),
+                      f"{HELD_OUT}_acc": evaluation.get(f"test_id/cluster:{HELD_OUT}"),
+                      f"{HELD_OUT}_groks_at": groks_at, "t_grok": run.get("t_grok")})
+        if seed == 0:
+            runs.append(run["run_id"])
+        console.print(f"[clusters] {label} seed {seed}: held-out cluster acc "
+                      f"{table[-1][f'{HELD_OUT}_acc']}, overall {table[-1]['test_id_acc']}")
     lines = _markdown_table(table, ["variant", "seed", "test_id_acc", f"{HELD_OUT}_acc",
                                     f"{HELD_OUT}_groks_at", "t_grok"])
     notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, clustered by "
@@ -288,7 +309,7 @@ SELF_IMPROVE_SIZES = {
 }
 
 
-def self_improve(size: Size, home: str | None) -> tuple[list[dict], list[str], str]:
+def self_improve(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
     """Per seed (its own task world): the self-improvement loop, then a control that differs only in
     who labels the new prompts. Round 0 is shared. In round r >= 1 the model proposes answers to
     `proposals` training tasks drawn afresh for the round and its verified answers join the data; the
@@ -301,7 +322,8 @@ def self_improve(size: Size, home: str | None) -> tuple[list[dict], list[str], s
     rounds, episodes, proposals = p.pop("rounds"), p.pop("episodes"), p.pop("proposals")
     table, runs = [], []
     for seed in range(size.seeds):
-        cfg = LoopConfig(home=home, seed=seed, families=["modular"], family_params={"modular": p}, n_agents=2,
+        cfg = LoopConfig(home=home, seed=seed, runner=runner.kind, dask_address=runner.address,
+                         dask_workers=runner.n_workers, families=["modular"], family_params={"modular": p}, n_agents=2,
                          episodes=episodes, policy="solver",
                          train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
                                           "mdm_estimator": "count", "progress": False, **size.train})
@@ -419,7 +441,7 @@ EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size]]] = {
 
 
 def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None, max_steps: int | None = None,
-                   out_dir: str | Path = "docs/results", home: str | None = None,
+                   out_dir: str | Path = "docs/results", home: str | None = None, runner: Runner = LOCAL,
                    **options: Any) -> dict[str, Any]:
     """Run experiment `name` at its quick or full size (`seeds` / `max_steps` override that size's;
     `options` go to the experiment, e.g. grokfast's `setups` / `objectives` subsets);
@@ -433,7 +455,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None, 
     if max_steps:
         size.max_steps = max_steps
     home = str(grokloop_home(home))
-    table, runs, body = fn(size, home, **options)
+    table, runs, body = fn(size, home, runner=runner, **options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from diffusion.plot import plot_runs

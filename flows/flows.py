@@ -19,6 +19,8 @@ from prefect.tasks import exponential_backoff
 
 from flows import steps
 from flows.config import LoopConfig
+from flows.experiments import train_seeds
+from flows.runners import fan_out
 
 # Every step reads or writes the store, whose contents change between calls with equal arguments,
 # so Prefect's input cache would return stale results: caching is off and idempotence lives in the
@@ -34,6 +36,11 @@ curate_task = task(steps.curate, name="curate", cache_policy=NONE, retries=2,
 train_task = task(steps.train, name="train", cache_policy=NONE, retries=2, retry_delay_seconds=1)
 evaluate_task = task(steps.evaluate, name="evaluate", cache_policy=NONE, retries=2,
                      retry_delay_seconds=exponential_backoff(1))
+# The seeds of one experiment setting (flows/experiments.py: `train_seeds`), one task on a worker.
+train_seeds_task = task(train_seeds, name="train-seeds", cache_policy=NONE, retries=2, retry_delay_seconds=1)
+# One agent process's share of a collect, for a cluster worker (flows/runners.py). No retry: a
+# rerun logs new trajectories (new ids) beside what the first attempt flushed.
+collect_shard_task = task(steps.collect_shard, name="collect-shard", cache_policy=NONE)
 propose_task = task(steps.propose, name="propose", cache_policy=NONE, retries=1, retry_delay_seconds=1)
 
 
@@ -57,10 +64,21 @@ def run_seed() -> int:
 def collect_flow(cfg: LoopConfig | None = None, fresh_seed: bool = False) -> dict[str, Any]:
     """Run agents on every family's training tasks, then ingest the spool. With `fresh_seed` (what the
     scheduled deployments pass) the agents draw their tasks with a seed of this run's own, so each
-    scheduled run adds new trajectories; without it, `cfg.seed` (the same store gets the same data)."""
+    scheduled run adds new trajectories; without it, `cfg.seed` (the same store gets the same data).
+    On a cluster (`cfg.runner`), one task per agent process; ingest runs here, next to the store."""
     c = _config(cfg)
     seed = run_seed() if fresh_seed else c.seed
-    collected = {family: collect_task(c, family, seed=seed) for family in c.families}
+    runner = c.runner_settings()
+    if runner.kind == "local":
+        collected = {family: collect_task(c, family, seed=seed) for family in c.families}
+    else:
+        calls = [(c, family, i) for family in c.families for i in range(c.n_agents)]
+        start = time.perf_counter()
+        shards = fan_out(runner, collect_shard_task, [(*call, seed) for call in calls], name="collect-shards")
+        seconds = time.perf_counter() - start
+        collected = {family: {**steps.collect_report(c, family, [s for s, call in zip(shards, calls, strict=True)
+                                                                 if call[1] == family], seconds), "seed": seed}
+                     for family in c.families}
     return {"seed": seed, "collected": collected, "ingested": ingest_task(c)}
 
 
@@ -97,7 +115,9 @@ def loop_flow(cfg: LoopConfig | None = None, run_prefix: str = "loop", fresh_see
         log.info(f"[{i + 1}/{len(c.families)}] {family}: curate -> train "
                  f"{steps.train_config(c, family, None, run_name='-').max_steps:,} steps -> evaluate")
         snap = curate_task(c, family)
-        run = train_task(steps.train_config(c, family, snap["path"], run_name=f"{run_prefix}-{family}-{snap['dataset_id'][:8]}"))
+        # The run is one task: on a cluster worker when `cfg.runner` says, here otherwise.
+        run, = fan_out(c.runner_settings(), train_task, [(steps.train_config(
+            c, family, snap["path"], run_name=f"{run_prefix}-{family}-{snap['dataset_id'][:8]}"),)], name="train-run")
         evaluation = evaluate_task(c, run["checkpoint_dir"])
         summary[family] = {"dataset": snap, "run": run, "evaluation": evaluation,
                            "seconds": time.perf_counter() - started}
@@ -131,8 +151,9 @@ def self_improve_flow(cfg: LoopConfig | None = None, family: str = "modular", ro
                     if checkpoint else None)
         ingest_task(c)
         snap = curate_task(c, family)
-        run = train_task(steps.train_config(c, family, snap["path"], run_name=f"{loop_id}-r{r}",
-                                            init_from=checkpoint))
+        # Each round trains on from the last: one run at a time, on a worker when `cfg.runner` says.
+        run, = fan_out(c.runner_settings(), train_task, [(steps.train_config(
+            c, family, snap["path"], run_name=f"{loop_id}-r{r}", init_from=checkpoint),)], name="train-round")
         evaluation = evaluate_task(c, run["checkpoint_dir"])
         checkpoint = run["checkpoint_dir"]
         history.append(steps.record_round(c, loop_id, r, run, snap, proposed, evaluation))

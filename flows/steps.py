@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import LoopConfig
-from storage.home import grokloop_home, spool_dir, store_path
+from storage.home import grokloop_home, spool_location, store_path
 from storage.store import open_store
 
 
@@ -32,18 +32,43 @@ def collect(cfg: LoopConfig, family: str, *, policy: str | None = None, seed: in
         error_rate=cfg.error_rate,
         seed=cfg.seed if seed is None else seed,
         family_params={**cfg.family_params.get(family, {}), "seed": cfg.seed},
-        spool=spool_dir(cfg.home),
+        spool=spool_location(cfg.spool, cfg.home),
         progress=False,
     )
     return {**_as_dict(report), "seed": cfg.seed if seed is None else seed}
 
 
+def collect_shard(cfg: LoopConfig, family: str, index: int, seed: int | None = None, *,
+                  policy: str | None = None) -> dict[str, Any]:
+    """Agent process `index` of `collect`, run in this process (one task on a cluster worker):
+    the same trajectories that process logs under `collect`. `collect_report` adds shards up."""
+    from agents.runner import run_shard
+
+    return run_shard(family, index, episodes=cfg.episodes, policy=policy or cfg.policy,
+                     error_rate=cfg.error_rate, seed=cfg.seed if seed is None else seed,
+                     family_params={**cfg.family_params.get(family, {}), "seed": cfg.seed},
+                     spool=spool_location(cfg.spool, cfg.home))
+
+
+def collect_report(cfg: LoopConfig, family: str, shards: list[dict[str, Any]], seconds: float,
+                   *, policy: str | None = None) -> dict[str, Any]:
+    """`collect`'s report for one family's shards (`collect_shard`)."""
+    from agents.runner import shard_report
+
+    return _as_dict(shard_report(shards, family=family, policy=policy or cfg.policy, split="train",
+                                 episodes=cfg.episodes, seconds=seconds,
+                                 spool=spool_location(cfg.spool, cfg.home)))
+
+
 def ingest(cfg: LoopConfig) -> dict[str, Any]:
-    """Spool -> store, exactly once per segment."""
+    """Spool -> store, exactly once per segment. Runs where the store is, whatever the spool."""
     from storage.ingest import ingest_spool
 
-    with open_store(store_path(cfg.home)) as con:
-        return _as_dict(ingest_spool(con, spool_dir(cfg.home)))
+    # The store is opened once per batch, so a researcher's query waits for one batch, not the
+    # whole ingest, and a batch that meets a reader's lock waits for it (storage/ingest.py).
+    path = store_path(cfg.home)
+    return _as_dict(ingest_spool(lambda: open_store(path, timeout=600.0),
+                                 spool_location(cfg.spool, cfg.home)))
 
 
 def snapshot_spec(cfg: LoopConfig, family: str, *, holdout: list[str] | None = None, keep_k: int = 0,
@@ -120,7 +145,7 @@ def propose(cfg: LoopConfig, family: str, checkpoint_dir: str, *, episodes: int,
     return _as_dict(run_model_agent(
         checkpoint_dir, family=family, family_params={**cfg.family_params.get(family, {}), "seed": cfg.seed},
         episodes=episodes, n_samples=cfg.n_samples, n_steps=cfg.sampler_steps,
-        seed=cfg.seed if seed is None else seed, spool=spool_dir(cfg.home),
+        seed=cfg.seed if seed is None else seed, spool=spool_location(cfg.spool, cfg.home),
     ))
 
 

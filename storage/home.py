@@ -15,6 +15,29 @@ def grokloop_home(home: str | os.PathLike | None = None) -> Path:
     return Path(home or os.environ.get("GROKLOOP_HOME") or DEFAULT_HOME).expanduser().resolve()
 
 
+def is_url(location: str | os.PathLike | None) -> bool:
+    """Whether a spool (or other home folder) is a URL read and written through fsspec
+    (`s3://bucket/prefix/spool`, `gs://...`, `memory://...`), not a local or mounted path. A
+    `file://` URL is a local path (`local_path`): it keeps the rename-based publishing."""
+    text = str(location or "")
+    return "://" in text and not text.startswith("file://")
+
+
+def local_path(location: str | os.PathLike) -> Path:
+    """A local path, or a `file://` URL, as a Path."""
+    text = str(location)
+    return Path(text.removeprefix("file://")) if text.startswith("file://") else Path(location)
+
+
+def spool_location(spool: str | os.PathLike | None = None, home: str | os.PathLike | None = None
+                   ) -> Path | str:
+    """The spool: `spool` when given (a path, or a URL such as `s3://bucket/prefix/spool` so that
+    agents on other machines publish there), else <home>/spool. A URL stays a string."""
+    if not spool:
+        return spool_dir(home)
+    return str(spool).rstrip("/") if is_url(spool) else local_path(spool).expanduser().resolve()
+
+
 def store_path(home: str | os.PathLike | None = None) -> Path:
     return grokloop_home(home) / "store.duckdb"
 

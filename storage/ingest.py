@@ -449,20 +449,24 @@ def rejected_segment(source: str, data: bytes) -> Segment:
                    rejected=[(None, raw, reason)])
 
 
-def _read_segment_file(path: Path) -> Segment | None:
-    arrow = path.name.endswith(SEGMENT_SUFFIX)
+def _read_segment_file(path: Path | str) -> Segment | None:
+    from agents.spool import read_published
+
+    name = str(path).rsplit("/", 1)[-1]
+    arrow = name.endswith(SEGMENT_SUFFIX)
     try:
         # An Arrow segment is mapped, not copied: the hash, the parse and DuckDB's scan all read
         # the mapped bytes (zero-copy); a copy into fresh memory would cost more than the hash.
-        data = pa.memory_map(str(path)).read_buffer() if arrow else path.read_bytes()
+        # A segment on object storage (a URL) is read whole.
+        data = read_published(path) if arrow or isinstance(path, str) else path.read_bytes()
     except FileNotFoundError:
         return None  # another ingest moved it away meanwhile
-    if path.name.endswith(REJECTED_SUFFIX):
-        return rejected_segment(path.name, data)
-    return Segment(source=path.name, data=data, format="arrow" if arrow else "grokloop")
+    if name.endswith(REJECTED_SUFFIX):
+        return rejected_segment(name, data)
+    return Segment(source=name, data=data, format="arrow" if arrow else "grokloop")
 
 
-def _read_spool(paths: list[Path], chunk: int = 16) -> Iterable[Segment]:
+def _read_spool(paths: list[Path] | list[str], chunk: int = 16) -> Iterable[Segment]:
     """The segments in order, read, hashed and parsed a few at a time on every core (parsing an
     Arrow segment lets go of the GIL)."""
     with ThreadPoolExecutor(os.cpu_count()) as pool:
@@ -472,7 +476,7 @@ def _read_spool(paths: list[Path], chunk: int = 16) -> Iterable[Segment]:
 
 def ingest_spool(
     con: Writer,
-    spool: Path | None = None,
+    spool: Path | str | None = None,
     *,
     max_record_bytes: int = MAX_RECORD_BYTES,
     batch_bytes: int = BATCH_BYTES,
@@ -480,19 +484,18 @@ def ingest_spool(
 ) -> IngestReport:
     """Ingest every published spool segment not yet in the store, then move them to
     `spool/ingested/`. Half-written `.tmp` files are left alone while their writer may be at work;
-    stale ones (old, writer gone: `agents.spool.remove_stale_tmp`) are removed."""
-    from agents.spool import published_segments, remove_stale_tmp
-    from storage.home import spool_dir
+    stale ones (old, writer gone: `agents.spool.remove_stale_tmp`) are removed. The spool may be
+    a URL (`s3://bucket/prefix/spool`): its objects are listed and read the same way."""
+    from agents.spool import move_published, published_segments, remove_stale_tmp
+    from storage.home import spool_location
 
-    spool = Path(spool) if spool else spool_dir()
+    spool = spool_location(spool)
     remove_stale_tmp(spool)
-    done = spool / INGESTED_DIR
-    done.mkdir(parents=True, exist_ok=True)
-    by_name = {p.name: p for p in published_segments(spool)}
+    by_name = {str(p).rsplit("/", 1)[-1]: p for p in published_segments(spool)}
 
     def move(segments: list[Segment], report: IngestReport) -> None:
         for segment in segments:
-            os.replace(by_name[segment.source], done / segment.source)
+            move_published(by_name[segment.source], INGESTED_DIR)
         if on_batch:
             on_batch(segments, report)
 

@@ -1,10 +1,10 @@
 import dataclasses
 
 import pytest
+from test_train import P5, metric_rows, run_row, tiny
 
 from diffusion.batched import batchable, train_batched
 from diffusion.train import load_config, train
-from tests.test_train import P5, metric_rows, run_row, tiny
 
 
 def close_rows(a, b):

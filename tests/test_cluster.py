@@ -1,0 +1,188 @@
+"""Agents and sweeps on a real Dask cluster (a scheduler and 2 worker processes, started here), the
+spool on a real S3-compatible server (moto's, on 127.0.0.1, as s3fs tests itself). Both start once
+for this module: a few seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+
+import duckdb
+import pytest
+import torch
+
+from agents.spool import published_segments, read_records
+from diffusion.train import TrainConfig
+from flows import steps
+from flows.config import LoopConfig
+from flows.experiments import train_runs, train_sweep
+from flows.flows import collect_flow
+from flows.runners import Runner
+from storage.home import store_path
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+MODULAR = {"p": 7, "operations": ["x+y"], "train_fraction": 0.6}
+BUCKET = "grokloop-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1, and the AWS settings s3fs (here and in the Dask workers,
+    which start after this and inherit the environment) reads to reach it."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+            mp.setenv(key, value)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir(BUCKET)
+        yield f"s3://{BUCKET}"
+        s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    """A Dask scheduler and 2 worker processes, one thread each; yields the client."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        client.wait_for_workers(2)
+        yield client
+
+
+def _runner(client) -> Runner:
+    return Runner("dask", client.scheduler.address)
+
+
+def _stored_trajectories(home) -> list[tuple]:
+    with duckdb.connect(str(store_path(home)), read_only=True) as con:
+        return con.execute(
+            "SELECT trajectory_id::VARCHAR, agent_id, task_id, status, verified, n_steps,"
+            " array_to_string(tags, ',') FROM trajectories"
+        ).fetchall()
+
+
+def test_collect_across_two_workers_with_the_spool_on_s3_ingests_exactly_what_the_agents_logged(
+        cluster, s3, tmp_path):
+    spool = f"{s3}/collect/spool"
+    cfg = LoopConfig(home=str(tmp_path / "dask"), spool=spool, families=["modular"],
+                     family_params={"modular": MODULAR}, n_agents=2, episodes=30, policy="mixed",
+                     runner="dask", dask_address=cluster.scheduler.address)
+    result = collect_flow(cfg=cfg)
+
+    report = result["collected"]["modular"]
+    assert report["trajectories"] == 60 and report["n_agents"] == 2
+    assert result["ingested"]["trajectories"] == 60
+    # Every segment moved to ingested/ on S3, none left; each from one of the two worker processes.
+    assert published_segments(spool) == []
+    ingested = published_segments(f"{spool}/ingested")
+    assert len(ingested) == report["segments"]
+    worker_pids = set(cluster.run(os.getpid).values())
+    assert {int(url.rsplit("-", 1)[1].split(".")[0]) for url in ingested} == worker_pids
+    logged = {r["trajectory_id"] for url in ingested for r in read_records(url) if r["type"] == "trajectory"}
+    stored = _stored_trajectories(cfg.home)
+    assert len(stored) == 60 and {row[0] for row in stored} == logged
+
+    # Ingesting the same spool again adds nothing (segments are known by content digest).
+    again = steps.ingest(cfg)
+    assert again["trajectories"] == 0 and len(_stored_trajectories(cfg.home)) == 60
+
+    # The same collect made locally (agent processes here, local spool) logs the same episodes.
+    local = LoopConfig(home=str(tmp_path / "local"), families=["modular"], family_params={"modular": MODULAR},
+                       n_agents=2, episodes=30, policy="mixed")
+    collect_flow(cfg=local)
+    assert Counter(r[1:] for r in _stored_trajectories(local.home)) == Counter(r[1:] for r in stored)
+
+
+def tiny(home, run_name: str, **kw) -> TrainConfig:
+    base = dict(family="modular", family_params={"p": 5, "train_fraction": 0.6, "seed": 0}, hidden_size=32,
+                num_layers=1, num_heads=2, lr=3e-3, weight_decay=0.0, batch_size=8, max_steps=40,
+                eval_every=20, sampler_steps=1, grokfast="ema", home=str(home), run_name=run_name,
+                progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def _runs(home) -> tuple[list[tuple], list[tuple]]:
+    """Every run's (run_id, status, final_step, t_mem, t_grok) and metrics but wall-clock time."""
+    with duckdb.connect(str(store_path(home)), read_only=True) as con:
+        runs = con.execute("SELECT run_id, status, final_step, t_mem, t_grok FROM runs ORDER BY run_id").fetchall()
+        metrics = con.execute("SELECT run_id, step, name, value FROM metrics WHERE name <> 'step_time'"
+                              " ORDER BY ALL").fetchall()
+    return runs, metrics
+
+
+@pytest.fixture
+def one_thread():
+    """The local runs on one torch thread, as each Dask worker (distributed sets OMP_NUM_THREADS=1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_four_run_sweep_across_the_workers_records_the_runs_the_local_sweep_does(cluster, tmp_path, one_thread):
+    def sweep(home, runner):  # as an experiment runs it: one task per setting, its 2 seeds batched
+        groups = [[tiny(home, f"sweep-s{seed}-{opt}", seed=seed, grokfast=opt) for seed in (0, 1)]
+                  for opt in ("ema", "none")]
+        return [dataclasses.asdict(r) for results in train_sweep(groups, runner) for r in results]
+
+    on_cluster = sweep(tmp_path / "dask", _runner(cluster))
+    here = sweep(tmp_path / "local", Runner())
+    assert [r["run_id"] for r in on_cluster] == [r["run_id"] for r in here]
+    runs, metrics = _runs(tmp_path / "dask")
+    assert len(runs) == 4 and {r[1:3] for r in runs} == {("finished", 40)}
+    assert len({r[0] for r in metrics}) == 4 and len(metrics) >= 4 * 3 * 5
+    assert (runs, metrics) == _runs(tmp_path / "local")
+    def final(results):  # the last evaluation each run reports, but its wall-clock step time
+        return [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in results]
+
+    assert final(on_cluster) == final(here)
+
+
+def test_a_run_whose_worker_dies_resumes_on_the_other_from_its_checkpoint(cluster, tmp_path, one_thread):
+    cfg = tiny(tmp_path / "dask", "mover", max_steps=240, eval_every=20, keep_checkpoints=100)
+    run_dir = tmp_path / "dask" / "runs" / "mover"
+    pids = cluster.run(os.getpid)
+    outcome: dict = {}
+    sweep = threading.Thread(target=lambda: outcome.update(result=train_runs([cfg], _runner(cluster))))
+    sweep.start()
+    deadline = time.monotonic() + 120
+    while not (run_dir / "latest").is_file() or (run_dir / "latest").read_text() in ("step_0", "step_20"):
+        assert time.monotonic() < deadline and sweep.is_alive(), "no checkpoint appeared"
+        time.sleep(0.01)
+    busy = [w for w, tasks in cluster.processing().items() if tasks]
+    assert len(busy) == 1
+    os.kill(pids[busy[0]], signal.SIGKILL)
+    killed_at = int((run_dir / "latest").read_text().split("_")[1])
+    killed_ckpt = run_dir / "checkpoints" / f"step_{killed_at}"
+    written = killed_ckpt.stat().st_mtime_ns
+    sweep.join(timeout=240)
+    assert not sweep.is_alive()
+    result = outcome["result"][0]
+    assert result["status"] == "finished" and result["final_step"] == 240
+    assert 0 < killed_at < 240
+    assert killed_ckpt.stat().st_mtime_ns == written  # resumed from it, not rewritten by a restart
+
+    train_runs([tiny(tmp_path / "ref", "mover", max_steps=240, eval_every=20)], Runner())
+    assert _runs(tmp_path / "dask") == _runs(tmp_path / "ref")
