@@ -27,6 +27,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/agent_throughput.py
+	$(BIN)/python bench/collector.py
 	$(BIN)/python bench/curate.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/cluster.py --episodes 300 --steps 60

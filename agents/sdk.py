@@ -29,32 +29,46 @@ recorded as status "ok" with no answer. A trajectory whose process dies before
 its outcome record is flushed lands in the store as "incomplete".
 
 Wire format. Records are buffered column-wise and each flush publishes one spool segment, an
-Arrow IPC file (`agents/spool.py`: `SCHEMA`, segment version 2 in its metadata): one table with a
+Arrow IPC file (`agents/spool.py`: `SCHEMA`, segment version 3 in its metadata): one table with a
 `type` column and the union of the three record types' columns, one record batch per type:
 
   trajectory  trajectory_id, agent_name, agent_version, agent_kind, agent_checkpoint,
               task_family, task_id, task_split, task_operation, task_difficulty, task_spec,
-              tags, metadata, start_time
+              tags, metadata, start_time, model
   step        trajectory_id, index, kind, observation, tool_name, arguments, result, reward,
-              status, error, metadata, start_time, end_time
+              status, error, metadata, start_time, end_time,
+              model, input_tokens, output_tokens, cost_usd, call_id, turn
   outcome     trajectory_id, status, answer, verified, reward, error, n_steps, end_time
 
-Typed fields are typed columns: index, n_steps and task_difficulty int32, reward float64 (a NaN
-or infinite reward is kept as it is, so ingest quarantines it rather than hiding it), verified
+Usage fields are optional (null when not given): `model` (a trajectory's: the model the agent
+runs on; a step's: the model this call used), `input_tokens` / `output_tokens` int64,
+`cost_usd` float64, `call_id` (a tool call's id, as the model or framework named it) and `turn`
+int32. Parallel tool calls: each call is its own step (its tool_name, arguments, result and
+call_id), and the steps of one agent turn (the model call that asked for them and the calls
+themselves) share `turn`, the index of the turn's first step; a step with no `turn` is a turn of
+its own. Segments written before these fields existed (version 1 and 2) still ingest: the
+fields are null.
+
+Typed fields are typed columns: index, n_steps, turn and task_difficulty int32, tokens int64,
+reward and cost_usd float64 (a NaN or infinite reward is kept as it is, so ingest quarantines it
+rather than hiding it), verified
 bool, times UTC timestamps in microseconds, trajectory_id Arrow's UUID type. Free-form values
 (observation, arguments, result, metadata, answer, task spec) are JSON text, Arrow's JSON type,
 from orjson (numpy values as numbers and lists, sets and tuples as lists, other objects as their
 repr()). A value of another type in a text field (an exception as `error`) is stored as its
 str(). `start_time` is an ISO 8601 string (with "Z" or an offset; none means UTC) or a datetime;
-anything else raises ValueError at the call, as does a reward that is not a number.
+anything else raises ValueError at the call, as does a reward, token count or cost that is not a
+number.
 
 The same records as JSON lines are what `grokloop ingest` reads from other writers (and the
 spool accepts as `*.jsonl`), "v": 1, times as ISO 8601 strings:
 
   {"type": "trajectory", "trajectory_id", "agent": {name, version, kind, checkpoint},
-   "task": {family, task_id, split, operation, difficulty, spec}, "tags", "metadata", "start_time"}
+   "task": {family, task_id, split, operation, difficulty, spec}, "tags", "metadata", "start_time",
+   "model"}
   {"type": "step", "trajectory_id", "index", "kind", "observation", "tool_name", "arguments",
-   "result", "reward", "status", "error", "metadata", "start_time", "end_time"}
+   "result", "reward", "status", "error", "metadata", "start_time", "end_time",
+   "model", "input_tokens", "output_tokens", "cost_usd", "call_id", "turn"}
   {"type": "outcome", "trajectory_id", "status", "answer", "verified", "reward", "error",
    "n_steps", "end_time"}
 
@@ -139,6 +153,19 @@ def _number(value: Any) -> float | None:
     return value if value is None or value.__class__ is float else float(value)
 
 
+def _count(value: Any, what: str) -> int | None:
+    """A token count: None, or a non-negative integer (ValueError otherwise, at the call)."""
+    if value is None:
+        return None
+    if value.__class__ is not int:
+        if isinstance(value, bool) or not float(value).is_integer():
+            raise ValueError(f"{what} must be a whole number, got {value!r}")
+        value = int(value)
+    if not 0 <= value < 1 << 63:
+        raise ValueError(f"{what} must be a non-negative 64-bit integer, got {value}")
+    return value
+
+
 def task_ref(task: Any) -> dict:
     """A task as the wire format wants it: a mapping, or any object with a `.ref()` method."""
     if task.__class__ is dict:  # the common case, before the slower look for `.ref()`
@@ -197,9 +224,11 @@ class TrajectoryLogger:
         tags: Sequence[str] = (),
         metadata: Mapping[str, Any] | None = None,
         start_time: Any = None,
+        model: str | None = None,
     ) -> Trajectory:
-        """A new trajectory; it starts now, or at `start_time` (ISO 8601 or datetime)."""
-        return Trajectory(self, task_ref(task), list(tags), dict(metadata or {}), start_time)
+        """A new trajectory; it starts now, or at `start_time` (ISO 8601 or datetime). `model`:
+        the model the agent runs on in this trajectory (each step may name its own)."""
+        return Trajectory(self, task_ref(task), list(tags), dict(metadata or {}), start_time, model)
 
     def _new_buffers(self) -> dict[str, RecordBuffer]:
         """Start empty buffers; returns the old ones. Each record type's is also an attribute:
@@ -377,7 +406,7 @@ class Trajectory:
     """One attempt at one task. Use as a context manager via `TrajectoryLogger.trajectory`."""
 
     def __init__(self, logger: TrajectoryLogger, task: dict, tags: list[str], metadata: dict,
-                 start_time: Any = None):
+                 start_time: Any = None, model: str | None = None):
         self._start = _now_ns() // 1000 if start_time is None else _micros(start_time)
         self.logger = logger
         self._key = key = uuid7_bytes()  # what the segment holds; `id` is its text
@@ -396,7 +425,7 @@ class Trajectory:
             if logger._closed:
                 raise RuntimeError("TrajectoryLogger is closed")
             (keys, tag_lists, starts, names, versions, kinds, checkpoints, families, task_ids, splits,
-             operations, difficulties) = logger._starts.columns
+             operations, difficulties, models) = logger._starts.columns
             keys.append(key)
             tag_lists.append(tags)
             starts.append(self._start)
@@ -409,6 +438,7 @@ class Trajectory:
             splits.append(task.get("split"))
             operations.append(task.get("operation"))
             difficulties.append(difficulty)
+            models.append(model)
             m_data, s_data = logger._starts.json
             m_ends, s_ends = logger._starts.ends
             m_data += m
@@ -437,8 +467,18 @@ class Trajectory:
         error: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         start_time: str | None = None,
+        model: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cost_usd: float | None = None,
+        call_id: str | None = None,
+        turn: int | None = None,
     ) -> int:
-        """Record one step; returns its index."""
+        """Record one step; returns its index.
+
+        A model call: `model`, `input_tokens`, `output_tokens`, `cost_usd`. Parallel tool calls:
+        one step per call, each with its `call_id`, all with the `turn` of the step that asked
+        for them (that step's index)."""
         if self.finished:
             raise RuntimeError(f"trajectory {self.id} is finished; no more steps")
         end = _now_ns() // 1000
@@ -448,6 +488,15 @@ class Trajectory:
                              "open the trajectory first, or pass trajectory(start_time=...)")
         if reward is not None and reward.__class__ is not float:
             reward = float(reward)
+        # The usage fields go in as one tuple (None for the common step that has none): six more
+        # appends per step cost the SDK ~15% of a step.
+        usage = None
+        if model is not None or input_tokens is not None or output_tokens is not None \
+                or cost_usd is not None or call_id is not None or turn is not None:
+            if turn is not None and not 0 <= int(turn) <= self.n_steps:
+                raise ValueError(f"turn {turn} is not the index of an earlier step (or this one)")
+            usage = (model, _count(input_tokens, "input_tokens"), _count(output_tokens, "output_tokens"),
+                     _number(cost_usd), call_id, None if turn is None else int(turn))
         index = self.n_steps
         self.n_steps = index + 1
         # The hot path: _json and the RecordBuffer appends inlined; calling them makes the SDK
@@ -473,6 +522,7 @@ class Trajectory:
             errors.append(error)
             starts.append(start)
             ends.append(end)
+            buffer.usage.append(usage)
             o_data, a_data, r_data, m_data = buffer.json
             o_ends, a_ends, r_ends, m_ends = buffer.ends
             o_data += o

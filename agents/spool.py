@@ -37,16 +37,20 @@ from storage.home import is_url, local_path
 
 SEGMENT_SUFFIX = ".arrow"    # what the SDK writes
 JSONL_SUFFIX = ".jsonl"      # one JSON record per line: other writers, files from other tools
-SEGMENT_SUFFIXES = (SEGMENT_SUFFIX, JSONL_SUFFIX)
+# Input that arrived but did not decode (the collector's): the reason on the first line, then the
+# bytes as received; ingest quarantines it whole, with that reason.
+REJECTED_SUFFIX = ".rejected"
+SEGMENT_SUFFIXES = (SEGMENT_SUFFIX, JSONL_SUFFIX, REJECTED_SUFFIX)
 TMP_SUFFIX = ".tmp"          # a segment still being written (or whose writer died)
 STALE_SECONDS = 3600.0       # a .tmp this old, whose writer is gone, is litter (remove_stale_tmp)
 
 FORMAT_VERSION = 1           # the records (`agents/sdk.py`), in either format
 # The Arrow segment layout, in the file's metadata. 2: free-form values are Arrow's canonical JSON
 # type (`arrow.json`), which DuckDB reads as JSON with no second parse; 1: the same as plain
-# strings (still read).
-SEGMENT_VERSION = 2
-_READABLE_SEGMENT_VERSIONS = (b"1", b"2")
+# strings (still read). 3: adds the usage columns (`USAGE_COLUMNS`); a version 1 or 2 segment has
+# none of them and is read with them all null.
+SEGMENT_VERSION = 3
+_READABLE_SEGMENT_VERSIONS = (b"1", b"2", b"3")
 _TIME = pa.timestamp("us")   # UTC, no zone: what the store's TIMESTAMP columns hold
 _UUID = pa.uuid()
 _JSON = pa.json_()
@@ -80,6 +84,13 @@ SCHEMA = pa.schema(
         ("task_operation", pa.string()),
         ("task_difficulty", pa.int32()),
         ("task_spec", _JSON),             # JSON
+        # Usage (segment version 3): what a model call cost, and how calls group into turns.
+        ("model", pa.string()),           # trajectory (the agent's model), step (this call's)
+        ("input_tokens", pa.int64()),     # step
+        ("output_tokens", pa.int64()),    # step
+        ("cost_usd", pa.float64()),       # step
+        ("call_id", pa.string()),         # step: the tool call's id (ATIF tool_call_id, OTel gen_ai.tool.call.id)
+        ("turn", pa.int32()),             # step: the agent turn it belongs to (parallel tool calls share one)
     ],
     metadata={"grokloop.format_version": str(SEGMENT_VERSION)},
 )
@@ -88,7 +99,7 @@ SCHEMA = pa.schema(
 COLUMNS = {
     "trajectory": (("trajectory_id", "tags", "start_time", "agent_name", "agent_version", "agent_kind",
                     "agent_checkpoint", "task_family", "task_id", "task_split", "task_operation",
-                    "task_difficulty"),
+                    "task_difficulty", "model"),
                    ("metadata", "task_spec")),
     "step": (("trajectory_id", "index", "kind", "tool_name", "reward", "status", "error", "start_time",
               "end_time"),
@@ -97,6 +108,9 @@ COLUMNS = {
                 ("answer",)),
 }
 JSON_COLUMNS = ("observation", "arguments", "result", "metadata", "answer", "task_spec")
+# Columns added after segment version 2: a segment without them is read with them null. A step
+# buffers them as one tuple in this order (`RecordBuffer.usage`).
+USAGE_COLUMNS = ("model", "input_tokens", "output_tokens", "cost_usd", "call_id", "turn")
 
 
 class RecordBuffer:
@@ -108,15 +122,18 @@ class RecordBuffer:
     an empty text is a null. The SDK appends to these in place: nothing per record outlives the
     call but the values themselves (a tuple per record keeps the garbage collector busy, and a
     JSON text kept as its own bytes object costs several times the append: orjson's output is a
-    large allocation, and thousands of them alive defeat the allocator's reuse)."""
+    large allocation, and thousands of them alive defeat the allocator's reuse).
+    A step's usage fields (`USAGE_COLUMNS`) are one entry per record in `usage`: a tuple of them,
+    or None when it has none (most steps)."""
 
-    __slots__ = ("columns", "json", "ends")
+    __slots__ = ("columns", "json", "ends", "usage")
 
     def __init__(self, rtype: str):
         typed, json = COLUMNS[rtype]
         self.columns = tuple([] for _ in typed)
         self.json = tuple(bytearray() for _ in json)
         self.ends = tuple(array("q") for _ in json)
+        self.usage = []
 
     def __len__(self) -> int:
         return len(self.columns[0])
@@ -222,7 +239,7 @@ def _numbers(values: Sequence, field: pa.Field) -> pa.Array:
         buffer = np.packbits(np.frombuffer(data, np.int64).astype(np.bool_), bitorder="little")
     elif type_ == pa.int32():
         buffer = _int32(np.frombuffer(data, np.int64), field.name)
-    else:  # a time: int64 microseconds
+    else:  # int64 (tokens), or a time: int64 microseconds
         buffer = np.frombuffer(data, np.int64)
     return pa.Array.from_buffers(type_, n, [validity, pa.py_buffer(buffer)], nulls)
 
@@ -329,6 +346,10 @@ def segment_bytes(buffers: Mapping[str, RecordBuffer]) -> pa.Buffer:
             arrays: dict[str, Any] = dict(zip(typed, buffer.columns, strict=True))
             for name, data, ends in zip(json, buffer.json, buffer.ends, strict=True):
                 arrays[name] = _json_texts(data, ends, name)
+            if any(u is not None for u in buffer.usage):
+                empty = (None,) * len(USAGE_COLUMNS)
+                rows = [empty if u is None else u for u in buffer.usage]
+                arrays.update(zip(USAGE_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
             if any(len(values) != n for values in arrays.values()):
                 raise ValueError(f"{rtype} records: columns of different lengths")
             columns = [_constant(rtype, n)]
@@ -359,6 +380,11 @@ def read_segment(data: bytes | pa.Buffer, source: str = "segment") -> pa.Table:
     names = table.schema.names
     if names != SCHEMA.names:  # not the SDK's own columns in its order: look closer
         have, want = set(names), set(SCHEMA.names)
+        for name in USAGE_COLUMNS:  # an older writer's segment: the columns it never had are null
+            if name not in have:
+                table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+                have.add(name)
+        names = table.schema.names
         problems = [f"missing columns {[n for n in SCHEMA.names if n not in have]}",
                     f"unknown columns {[n for n in names if n not in want]}",
                     "duplicate column names" if len(have) != len(names) else ""]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from flows import cli_agents, cli_common, cli_dataset, cli_flows, cli_store, cli_train
+from flows import (
+    cli_agents,
+    cli_collector,
+    cli_common,
+    cli_dataset,
+    cli_flows,
+    cli_store,
+    cli_train,
+)
 
 
 class _App(typer.Typer):
@@ -33,6 +41,7 @@ app.add_typer(cli_agents.app, name="agents")     # agents run, agents families
 app.add_typer(cli_dataset.app, name="dataset")   # dataset build/list/show/export
 app.add_typer(cli_train.app)                     # train, evaluate, plot, sample
 app.add_typer(cli_flows.app)                     # run <flow>, serve, experiment
+app.add_typer(cli_collector.app)                 # collector (OTLP/HTTP traces in)
 
 if __name__ == "__main__":
     app()

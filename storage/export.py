@@ -24,7 +24,8 @@ SELECT rec FROM (
         'agent': {{'name': a.name, 'version': a.version, 'kind': a.kind, 'checkpoint': a.checkpoint}},
         'task': {{'family': t.family, 'task_id': t.task_id, 'split': k.split, 'operation': k.operation,
                  'difficulty': k.difficulty, 'spec': k.spec}},
-        'tags': t.tags, 'metadata': t.metadata, 'start_time': strftime(t.start_time, '{time}')}}) AS rec
+        'tags': t.tags, 'metadata': t.metadata, 'start_time': strftime(t.start_time, '{time}'),
+        'model': t.model}}) AS rec
     FROM t JOIN agents a USING (agent_id) LEFT JOIN tasks k USING (task_id)
     UNION ALL
     SELECT s.trajectory_id, 1, s.idx, to_json({{
@@ -32,7 +33,8 @@ SELECT rec FROM (
         'kind': s.kind, 'observation': s.observation, 'tool_name': s.tool_name,
         'arguments': s.arguments, 'result': s.result, 'reward': s.reward, 'status': s.status,
         'error': s.error, 'metadata': s.metadata, 'start_time': strftime(s.start_time, '{time}'),
-        'end_time': strftime(s.end_time, '{time}')}})
+        'end_time': strftime(s.end_time, '{time}'), 'model': s.model, 'input_tokens': s.input_tokens,
+        'output_tokens': s.output_tokens, 'cost_usd': s.cost_usd, 'call_id': s.call_id, 'turn': s.turn}})
     FROM steps s SEMI JOIN t USING (trajectory_id)
     UNION ALL
     SELECT t.trajectory_id, 2, 0, to_json({{

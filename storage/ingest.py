@@ -39,6 +39,7 @@ import xxhash
 
 from agents.spool import (
     JSON_COLUMNS,
+    REJECTED_SUFFIX,
     SCHEMA,
     SEGMENT_SUFFIX,
     SEGMENT_SUFFIXES,
@@ -439,6 +440,15 @@ def ingest_segments(
     return total
 
 
+def rejected_segment(source: str, data: bytes) -> Segment:
+    """A `.rejected` file (agents/spool.py: a reason line, then the bytes that did not decode) as a
+    segment whose only record is those bytes, quarantined with that reason."""
+    reason, _, raw = data.partition(b"\n")
+    reason = reason.decode("utf-8", errors="replace") or "rejected"
+    return Segment(source=source, data=b"", format="rejected", digest=content_digest(data),
+                   rejected=[(None, raw, reason)])
+
+
 def _read_segment_file(path: Path | str) -> Segment | None:
     from agents.spool import read_published
 
@@ -451,6 +461,8 @@ def _read_segment_file(path: Path | str) -> Segment | None:
         data = read_published(path) if arrow or isinstance(path, str) else path.read_bytes()
     except FileNotFoundError:
         return None  # another ingest moved it away meanwhile
+    if name.endswith(REJECTED_SUFFIX):
+        return rejected_segment(name, data)
     return Segment(source=name, data=data, format="arrow" if arrow else "grokloop")
 
 
@@ -550,7 +562,9 @@ def ingest_paths(
             else:
                 kind = detect_format(data) if format == "auto" else format
             source = str(path.resolve())
-            if kind == "atif":
+            if path.suffix == REJECTED_SUFFIX:
+                yield rejected_segment(source, data)
+            elif kind == "atif":
                 yield atif_segment(source, data)
             else:
                 yield Segment(source=source, data=data, format="arrow" if kind == "arrow" else "grokloop")

@@ -82,7 +82,7 @@ def test_every_readme_block_runs(tmp_path, monkeypatch, prefect_server):
             assert out.returncode == 0, f"{body}\n{out.stderr}"
             assert "accelerate" not in out.stderr
             snippets += 1
-    assert snippets == 2 and len(ran) >= 17
+    assert snippets == 3 and len(ran) >= 17
     # Skipped: only set-up, CI itself, servers (Prefect's, a Dask cluster's) and the experiments
     # tests/test_experiments.py runs.
     assert {shlex.split(s, comments=True)[0] for s in skipped} <= {"make", "prefect", "grokloop", "dask",

@@ -62,6 +62,8 @@ CREATE OR REPLACE TEMP TABLE checked_lines (
     agent_name VARCHAR, agent_version VARCHAR, agent_kind VARCHAR, checkpoint VARCHAR,
     task_id VARCHAR, family VARCHAR, split VARCHAR, operation VARCHAR, difficulty INTEGER,
     spec JSON, tags VARCHAR[],
+    -- usage (steps; model also trajectory starts)
+    model VARCHAR, input_tokens BIGINT, output_tokens BIGINT, cost_usd DOUBLE, call_id VARCHAR, turn INTEGER,
     reason VARCHAR
 );
 
@@ -76,7 +78,8 @@ WITH parsed AS (
                "arguments": "JSON", "result": "JSON", "reward": "JSON", "status": "JSON",
                "error": "JSON", "metadata": "JSON", "start_time": "JSON", "end_time": "JSON",
                "answer": "JSON", "verified": "JSON", "n_steps": "JSON", "tags": "JSON",
-               "agent": "JSON", "task": "JSON"}')) AS r
+               "agent": "JSON", "task": "JSON", "model": "JSON", "input_tokens": "JSON",
+               "output_tokens": "JSON", "cost_usd": "JSON", "call_id": "JSON", "turn": "JSON"}')) AS r
     FROM raw_lines
 ), typed AS (
     SELECT seg, line_no, nbytes, is_object, r,
@@ -87,6 +90,10 @@ WITH parsed AS (
            j_time(r.start_time)                           AS start_time,
            j_time(r.end_time)                             AS end_time,
            j_int(r.n_steps)                               AS n_steps,
+           j_int(r.input_tokens)                          AS input_tokens,
+           j_int(r.output_tokens)                         AS output_tokens,
+           j_num(r.cost_usd)                              AS cost_usd,
+           j_int(r.turn)                                  AS turn,
            CASE txt(r.verified) WHEN 'true' THEN true WHEN 'false' THEN false END AS verified,
            CASE WHEN starts_with(txt(r.agent), '{') THEN from_json(r.agent,
                '{"name": "JSON", "version": "JSON", "kind": "JSON", "checkpoint": "JSON"}') END AS a,
@@ -111,6 +118,9 @@ SELECT seg, line_no, rtype, trajectory_id,
     j_str(t.task_id) AS task_id, j_str(t.family) AS family, j_str(t.split) AS split,
     j_str(t.operation) AS operation, j_int(t.difficulty)::INTEGER AS difficulty, j_val(t.spec) AS spec,
     coalesce(tags, []) AS tags,
+    -- usage
+    j_str(r.model) AS model, input_tokens, output_tokens, cost_usd, j_str(r.call_id) AS call_id,
+    turn::INTEGER AS turn,
     CASE
     WHEN nbytes > $max_bytes THEN printf('oversized record: %d bytes > limit of %d', nbytes, $max_bytes)
     WHEN r IS NULL THEN 'invalid JSON'
@@ -138,6 +148,7 @@ SELECT seg, line_no, rtype, trajectory_id,
         WHEN NOT (j_missing(r.tags) OR tags IS NOT NULL) THEN 'wrong type: tags must be a list of strings'
         WHEN NOT (j_missing(r.start_time) OR start_time IS NOT NULL)
             THEN 'wrong type: start_time must be an ISO 8601 time string'
+        WHEN NOT ok_str(r.model) THEN 'wrong type: model must be a string'
         END
     WHEN rtype = 'step' THEN CASE
         WHEN j_missing(r.index) THEN 'missing field: index'
@@ -148,6 +159,14 @@ SELECT seg, line_no, rtype, trajectory_id,
         WHEN NOT (ok_str(r.status) AND ok_str(r.error)) THEN 'wrong type: status and error must be strings'
         WHEN NOT ((j_missing(r.start_time) OR start_time IS NOT NULL) AND (j_missing(r.end_time) OR end_time IS NOT NULL))
             THEN 'wrong type: start_time and end_time must be ISO 8601 time strings'
+        WHEN NOT (ok_str(r.model) AND ok_str(r.call_id)) THEN 'wrong type: model and call_id must be strings'
+        WHEN NOT (j_missing(r.input_tokens) OR coalesce(input_tokens >= 0, false))
+            OR NOT (j_missing(r.output_tokens) OR coalesce(output_tokens >= 0, false))
+            THEN 'wrong type: input_tokens and output_tokens must be non-negative integers'
+        WHEN j_nan(r.cost_usd, cost_usd) THEN 'NaN or infinite cost_usd: ' || txt(r.cost_usd)
+        WHEN NOT (j_missing(r.cost_usd) OR cost_usd IS NOT NULL) THEN 'wrong type: cost_usd must be a number'
+        WHEN NOT (j_missing(r.turn) OR coalesce(turn BETWEEN 0 AND idx, false))
+            THEN 'wrong type: turn must be the index of an earlier step (or its own)'
         END
     WHEN rtype = 'outcome' THEN CASE
         WHEN j_nan(r.reward, reward) THEN 'NaN or infinite reward: ' || txt(r.reward)
@@ -178,7 +197,8 @@ UNION ALL SELECT * FROM raw_outcomes UNION ALL SELECT * FROM raw_other;
 CREATE OR REPLACE TEMP TABLE arrow_bad AS
 WITH typed AS (
     SELECT seg, line_no, nbytes, "type", trajectory_id, "index", reward, n_steps, agent_name,
-           task_family, task_id, observation, arguments, result, metadata, answer, task_spec
+           task_family, task_id, observation, arguments, result, metadata, answer, task_spec,
+           input_tokens, output_tokens, cost_usd, turn
     FROM raw_rows
 )
 SELECT seg, line_no, "type", reason FROM (
@@ -202,6 +222,10 @@ SELECT seg, line_no, "type", reason FROM (
         WHEN "index" IS NULL THEN 'missing field: index'
         WHEN "index" < 0 THEN 'wrong type: index must be a non-negative integer'
         WHEN NOT isfinite(reward) THEN 'NaN or infinite reward: ' || reward
+        WHEN input_tokens < 0 OR output_tokens < 0
+            THEN 'wrong type: input_tokens and output_tokens must be non-negative integers'
+        WHEN NOT isfinite(cost_usd) THEN 'NaN or infinite cost_usd: ' || cost_usd
+        WHEN turn < 0 OR turn > "index" THEN 'wrong type: turn must be the index of an earlier step (or its own)'
         END
     WHEN "type" = 'outcome' THEN CASE
         WHEN NOT isfinite(reward) THEN 'NaN or infinite reward: ' || reward
@@ -223,7 +247,9 @@ SELECT seg, line_no, record_type AS rtype, trajectory_id,
     -- trajectory starts
     agent_name, coalesce(agent_version, '0') AS agent_version, agent_kind, agent_checkpoint AS checkpoint,
     task_id, task_family AS family, task_split AS split, task_operation AS operation,
-    task_difficulty AS difficulty, task_spec AS spec, coalesce(tags, []) AS tags
+    task_difficulty AS difficulty, task_spec AS spec, coalesce(tags, []) AS tags,
+    -- usage
+    model, input_tokens, output_tokens, cost_usd, call_id, turn
 FROM query_table(records);
 
 -- name: checked
@@ -267,7 +293,8 @@ CREATE OR REPLACE TEMP TABLE dup_steps AS
 WITH ranked AS (
     SELECT s.seg, s.line_no, s.trajectory_id, s.idx,
            row(s.kind, s.observation::VARCHAR, s.tool_name, s.arguments::VARCHAR, s.result::VARCHAR,
-               s.reward, s.status, s.error, s.metadata::VARCHAR, s.start_time, s.end_time) AS content,
+               s.reward, s.status, s.error, s.metadata::VARCHAR, s.start_time, s.end_time,
+               s.model, s.input_tokens, s.output_tokens, s.cost_usd, s.call_id, s.turn) AS content,
            row_number() OVER (PARTITION BY s.trajectory_id, s.idx ORDER BY s.seg, s.line_no) AS nth
     FROM checked_steps s SEMI JOIN (
         SELECT trajectory_id, idx FROM checked_steps WHERE reason IS NULL GROUP BY ALL HAVING count(*) > 1
@@ -283,7 +310,7 @@ WHERE d.nth > 1;
 CREATE OR REPLACE TEMP TABLE dup_starts AS
 WITH ranked AS (
     SELECT seg, line_no, trajectory_id,
-           row(agent_name, agent_version, task_id, family, tags, metadata::VARCHAR, start_time) AS content,
+           row(agent_name, agent_version, task_id, family, tags, metadata::VARCHAR, start_time, model) AS content,
            row_number() OVER (PARTITION BY trajectory_id ORDER BY seg, line_no) AS nth
     FROM checked_starts SEMI JOIN (
         SELECT trajectory_id FROM checked_starts WHERE reason IS NULL GROUP BY ALL HAVING count(*) > 1
@@ -311,17 +338,20 @@ SELECT c.seg, c.line_no, 'trajectory' AS rtype,
               c.trajectory_id, t.agent_id, t.task_id) AS reason
 FROM checked_starts c JOIN trajectories t USING (trajectory_id)
 WHERE c.reason IS NULL
-  AND row(c.agent_name || '@' || c.agent_version, c.task_id, c.family, c.tags, c.metadata::VARCHAR, c.start_time)
-      IS DISTINCT FROM row(t.agent_id, t.task_id, t.family, t.tags, t.metadata::VARCHAR, t.start_time)
+  AND row(c.agent_name || '@' || c.agent_version, c.task_id, c.family, c.tags, c.metadata::VARCHAR, c.start_time,
+          c.model)
+      IS DISTINCT FROM row(t.agent_id, t.task_id, t.family, t.tags, t.metadata::VARCHAR, t.start_time, t.model)
 UNION ALL
 SELECT c.seg, c.line_no, 'step',
        printf('step index %d for trajectory %s conflicts with the stored step', c.idx, c.trajectory_id)
 FROM checked_steps c JOIN steps s USING (trajectory_id, idx)
 WHERE c.reason IS NULL
   AND row(c.kind, c.observation::VARCHAR, c.tool_name, c.arguments::VARCHAR, c.result::VARCHAR, c.reward,
-          c.status, c.error, c.metadata::VARCHAR, c.start_time, c.end_time)
+          c.status, c.error, c.metadata::VARCHAR, c.start_time, c.end_time,
+          c.model, c.input_tokens, c.output_tokens, c.cost_usd, c.call_id, c.turn)
       IS DISTINCT FROM row(s.kind, s.observation::VARCHAR, s.tool_name, s.arguments::VARCHAR, s.result::VARCHAR,
-          s.reward, s.status, s.error, s.metadata::VARCHAR, s.start_time, s.end_time);
+          s.reward, s.status, s.error, s.metadata::VARCHAR, s.start_time, s.end_time,
+          s.model, s.input_tokens, s.output_tokens, s.cost_usd, s.call_id, s.turn);
 
 -- name: insert_agents
 -- New agents and tasks, one row per key already (GROUP BY), so an anti join does what INSERT OR
@@ -396,7 +426,7 @@ FROM o LEFT JOIN against_stored a USING (seg, line_no) LEFT JOIN later l USING (
 -- and a start record seen twice in the batch lands once (dup_starts; else the primary key refuses).
 INSERT INTO trajectories BY NAME
 SELECT c.trajectory_id, c.agent_name || '@' || c.agent_version AS agent_id, c.task_id, c.family,
-       c.tags, c.metadata, c.start_time, s.source, coalesce(o.status, 'incomplete') AS status,
+       c.tags, c.metadata, c.start_time, c.model, s.source, coalesce(o.status, 'incomplete') AS status,
        o.answer, o.verified, o.reward, o.error, o.n_steps, o.end_time
 FROM checked_starts c JOIN raw_segs s USING (seg)
 ANTI JOIN dup_starts USING (seg, line_no)
@@ -420,7 +450,7 @@ WHERE o.applies AND o.reason IS NULL AND o.stored AND t.trajectory_id = o.trajec
 -- looked for and a key is there twice, the primary key refuses the insert (see `duplicates`).
 INSERT INTO steps BY NAME
 SELECT trajectory_id, idx, kind, observation, tool_name, arguments, result, reward, status, error,
-       metadata, start_time, end_time
+       metadata, start_time, end_time, model, input_tokens, output_tokens, cost_usd, call_id, turn
 FROM checked_steps c ANTI JOIN dup_steps USING (seg, line_no) ANTI JOIN steps USING (trajectory_id, idx)
 WHERE c.reason IS NULL;
 

@@ -85,3 +85,26 @@ SELECT split_part(reason, ':', 1)  AS reason,
 FROM quarantine
 GROUP BY 1
 ORDER BY records DESC;
+
+-- Store: tokens, cost, calls and step latency per agent x model x day. A step's model is its own
+-- (an LLM call's), else its trajectory's; tool-call steps without a model of their own count under
+-- the trajectory's model. Latency is end_time - start_time of a step, in milliseconds.
+CREATE OR REPLACE VIEW usage AS
+SELECT t.agent_id,
+       coalesce(s.model, t.model)                                        AS model,
+       date_trunc('day', coalesce(s.start_time, t.start_time))::DATE     AS day,
+       count(DISTINCT s.trajectory_id)                                   AS trajectories,
+       count(*)                                                          AS calls,
+       count(*) FILTER (WHERE s.input_tokens IS NOT NULL OR s.output_tokens IS NOT NULL
+                        OR s.cost_usd IS NOT NULL)                       AS model_calls,
+       count(s.tool_name)                                                AS tool_calls,
+       sum(s.input_tokens)                                               AS input_tokens,
+       sum(s.output_tokens)                                              AS output_tokens,
+       sum(coalesce(s.input_tokens, 0) + coalesce(s.output_tokens, 0))   AS tokens,
+       sum(s.cost_usd)                                                   AS cost_usd,
+       quantile_cont((epoch_us(s.end_time) - epoch_us(s.start_time)) / 1000.0, 0.5)  AS p50_latency_ms,
+       quantile_cont((epoch_us(s.end_time) - epoch_us(s.start_time)) / 1000.0, 0.95) AS p95_latency_ms
+FROM steps s
+JOIN trajectories t USING (trajectory_id)
+GROUP BY ALL
+ORDER BY day DESC NULLS LAST, t.agent_id, model;
