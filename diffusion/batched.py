@@ -36,10 +36,10 @@ from diffusion.train import (
     check_config,
     checkpoint_meta,
     config_to_json,
-    estimate,
+    evaluation,
     initial_model,
+    is_eval_step,
     latest_checkpoint,
-    memorized_metric,
     metrics_board,
     rng_state,
     run_eval_rows,
@@ -211,29 +211,20 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
     """`train`'s loop top for one run: evaluate, T_mem / T_grok, checkpoint, store, stop."""
     cfg = run.cfg
     done = step >= cfg.max_steps or _patience_over(cfg, step, run.t_grok)
-    evaluate_now = step % cfg.eval_every == 0 or done
+    evaluate_now = is_eval_step(cfg, step) or done  # the schedule `train` keeps (log included)
     checkpoint_now = step % ckpt_every == 0 or done
     if not (evaluate_now or checkpoint_now):
         return
     grokfast_state = _run_slice(run, params, optimizer, filter_state)
     rows = []
     if evaluate_now:
-        m = estimate(cfg, run.model, run.eval_splits, run.family, run.tokenizer, step)
-        m["lr"] = optimizer.param_groups[0]["lr"]
-        if run.accum["n"]:
-            m["train/batch_loss"] = run.accum["loss"] / run.accum["n"]
-            m["step_time"] = run.accum["time"] / run.accum["n"]
-        m.update(update_diagnostics(cfg, run.model, grokfast_state, None))
+        diagnostics = update_diagnostics(cfg, run.model, grokfast_state, None)
+        m, run.t_mem, run.t_grok = evaluation(cfg, run.model, run.eval_splits, run.family, run.tokenizer, step,
+                                              optimizer.param_groups[0]["lr"], run.accum, diagnostics,
+                                              run.t_mem, run.t_grok, run.board)
         run.accum = {"loss": 0.0, "n": 0, "time": 0.0}
-        if run.t_mem is None and m.get(memorized_metric(run.family, m), 0.0) >= cfg.mem_threshold:
-            run.t_mem = step
-        if run.t_grok is None and m.get("test_id/acc", 0.0) >= cfg.grok_threshold:
-            run.t_grok = step
         rows = [(step, k, float(v)) for k, v in sorted(m.items())]
         run.metrics, run.evaluated = m, step
-        for name, value in sorted(m.items()):
-            run.board.add_scalar(name, value, step)
-        run.board.flush()
         if cfg.progress:
             print(_eval_line(step, m, run.t_mem, run.t_grok), flush=True)
         done = done or _patience_over(cfg, step, run.t_grok)

@@ -351,6 +351,28 @@ def update_diagnostics(cfg: TrainConfig, model: Denoiser, filter_state, clip_tot
     return out
 
 
+def evaluation(cfg: TrainConfig, model: Denoiser, eval_splits: dict[str, EncodedSplit], family: TaskFamily,
+               tokenizer: Tokenizer, step: int, lr: float, accum: dict, diagnostics: dict,
+               t_mem: int | None, t_grok: int | None, board) -> tuple[dict[str, float], int | None, int | None]:
+    """One evaluation as every loop records it (`train`, and each run of `train_batched`): the
+    estimate, lr, the mean batch loss and step time since the last one, the update's diagnostics;
+    T_mem and T_grok set when first reached; mirrored to TensorBoard."""
+    metrics = estimate(cfg, model, eval_splits, family, tokenizer, step)
+    metrics["lr"] = lr
+    if accum["n"]:
+        metrics["train/batch_loss"] = accum["loss"] / accum["n"]
+        metrics["step_time"] = accum["time"] / accum["n"]
+    metrics.update(diagnostics)
+    if t_mem is None and metrics.get(memorized_metric(family, metrics), 0.0) >= cfg.mem_threshold:
+        t_mem = step
+    if t_grok is None and metrics.get("test_id/acc", 0.0) >= cfg.grok_threshold:
+        t_grok = step
+    for name, value in sorted(metrics.items()):
+        board.add_scalar(name, value, step)
+    board.flush()
+    return metrics, t_mem, t_grok
+
+
 def memorized_metric(family: TaskFamily, metrics: dict[str, float]) -> str:
     """What T_mem is measured on: the rows that must be memorised (two_hop: inferred train facts)."""
     kind = f"train_{family.memorized_kind}/acc"
@@ -448,22 +470,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                 rows = []
                 evaluate_now = (is_eval_step(cfg, step) or done) and evaluated < step
                 if evaluate_now:
-                    metrics = estimate(cfg, model, eval_splits, task_family, tokenizer, step)
-                    metrics["lr"] = optimizer.param_groups[0]["lr"]
-                    if accum["n"]:
-                        metrics["train/batch_loss"] = accum["loss"] / accum["n"]
-                        metrics["step_time"] = accum["time"] / accum["n"]
-                    metrics.update(update_diagnostics(cfg, model, filter_state,
-                                                      None if clip_total is None else float(clip_total)))
+                    diagnostics = update_diagnostics(cfg, model, filter_state,
+                                                     None if clip_total is None else float(clip_total))
+                    metrics, t_mem, t_grok = evaluation(cfg, model, eval_splits, task_family, tokenizer, step,
+                                                        optimizer.param_groups[0]["lr"], accum, diagnostics,
+                                                        t_mem, t_grok, board)
                     accum, evaluated = {"loss": 0.0, "n": 0, "time": 0.0}, step
-                    if t_mem is None and metrics.get(memorized_metric(task_family, metrics), 0.0) >= cfg.mem_threshold:
-                        t_mem = step
-                    if t_grok is None and metrics.get("test_id/acc", 0.0) >= cfg.grok_threshold:
-                        t_grok = step
                     rows = [(step, k, float(v)) for k, v in sorted(metrics.items())]
-                    for name, value in sorted(metrics.items()):
-                        board.add_scalar(name, value, step)
-                    board.flush()
                     progress.console.print(_eval_line(step, metrics, t_mem, t_grok) + pace.line(step))
                     progress.update(bar, info=f"train {metrics.get('train/acc', 0):.3f} "
                                               f"test {metrics.get('test_id/acc', 0):.3f}")
