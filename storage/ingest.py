@@ -8,8 +8,8 @@ DuckDB. Two input formats: the SDK's Arrow IPC segments (`*.arrow`), which Pytho
 converted), which Python only splits into lines (numpy finds the newlines; the lines become one
 zero-copy Arrow string column over the segment's bytes) and checks for UTF-8 in one call per
 segment. A file that is not a readable Arrow segment is quarantined whole, with its bytes.
-Parsing, validation, the quarantine reasons and the inserts are the SQL blocks in
-`storage/sql/ingest.sql`. Stored data is never changed by a later record: a start, step or
+Parsing, validation, the quarantine reasons and the inserts are the named SQL steps of
+`storage/sql/ingest.sql`, which `ingest_batch` runs in order. Stored data is never changed by a later record: a start, step or
 outcome that conflicts with a stored one (or with an earlier one in the same batch) goes to
 quarantine with a reason naming what it conflicts with; an identical copy changes nothing.
 `ingest_segments` can open the store once per batch (`Writer`), so readers wait for one batch at
@@ -19,10 +19,8 @@ there.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
-import itertools
 import os
 import re
 import time
@@ -38,7 +36,6 @@ import pyarrow as pa
 import xxhash
 
 from agents.spool import (
-    JSON_COLUMNS,
     REJECTED_SUFFIX,
     SCHEMA,
     SEGMENT_SUFFIX,
@@ -101,29 +98,115 @@ def content_digest(data: bytes | pa.Buffer) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def _blocks() -> list[tuple[str, str]]:
+def _named_sql() -> dict[str, str]:
+    """The `-- name:` blocks of storage/sql/ingest.sql, by name."""
     text = resources.files("storage.sql").joinpath("ingest.sql").read_text()
     parts = re.split(r"^-- name: (\w+)\n", text, flags=re.M)
-    return list(zip(parts[1::2], parts[2::2], strict=True))
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
-_BLOCKS = _blocks()
-_BLOCK_SQL = dict(_BLOCKS)
-# The checked records may be in any order (every later block that cares sorts by (seg,
-# line_no)); that lets DuckDB skip re-sequencing its parallel output, ~15% of the block (half of
-# `check_arrow`). The setting is the database's, so it is restored right after.
-_UNORDERED = {"check", "check_arrow"}
-# Blocks run only when called for, not in sequence: the JSONL check's macros; the stand-ins for
-# `checked`, `duplicates` and `quarantine` in a batch that does not need them; and the test
-# that lets a batch with nothing to quarantine skip `quarantine` (it plans every input table).
-_ON_DEMAND = {"macros", "checked_clean", "no_duplicates", "any_bad", "no_bad"}
+_SQL = _named_sql()
 _LINES_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("line", pa.large_string())])
-_ROWS_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("nbytes", pa.int64()), *SCHEMA])
-_TEXT_COLUMNS = (*JSON_COLUMNS, "error")
-# Arrow records go to SQL as one table per record type, so a block that wants the trajectory
-# starts never plans or scans the steps; `raw_other` has the rows whose type is missing or unknown.
-_RECORD_TYPES = ("trajectory", "step", "outcome")
-_ROW_TABLES = {"trajectory": "raw_starts", "step": "raw_steps", "outcome": "raw_outcomes", None: "raw_other"}
+_ROWS_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), *SCHEMA])
+
+
+def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_record_bytes: int
+                 ) -> IngestReport:
+    """One batch of new segments into the store, in one transaction: the named steps of
+    `storage/sql/ingest.sql`, in order. Any error rolls the whole batch back (nothing stored)."""
+    start = time.perf_counter()
+    report = IngestReport(segments=len(batch))
+
+    def run(step: str, **params) -> int:
+        rows = con.execute(_SQL[step], params or None).fetchall()  # drained: leaves the connection free
+        return rows[0][0] if rows else 0  # an insert's row count
+
+    con.execute("BEGIN")
+    try:
+        _stage(con, batch)                              # raw_lines, raw_rows, raw_bad, raw_segs
+        run("json_macros")
+        run("check_lines", max_bytes=max_record_bytes)  # JSONL: parse, type, reason
+        run("check_arrow", max_bytes=max_record_bytes)  # Arrow: the rows with a reason
+        run("checked")                                  # every record by type, with its reason
+        run("duplicates")                               # the same key twice in the batch
+        run("stored_conflicts")                         # a key already stored, with other content
+        run("outcomes")                                 # which outcome completes which trajectory
+        run("insert_agents_and_tasks")
+        report.trajectories = run("insert_trajectories")
+        run("complete_trajectories")                    # outcomes for trajectories stored earlier
+        report.steps = run("insert_steps")
+        report.quarantined = run("quarantine")
+        run("record_segments")                          # ingest_log: exactly once by digest
+        run("cleanup")
+        con.execute("COMMIT").fetchall()
+    except duckdb.Error as err:
+        con.execute("ROLLBACK").fetchall()
+        sources = ", ".join(s.source for s in batch[:3]) + (" ..." if len(batch) > 3 else "")
+        raise StoreError(f"ingest of {len(batch)} segment(s) ({sources}) failed and was rolled "
+                         f"back; nothing was stored: {err}") from err
+    finally:
+        con.unregister("raw_lines")
+        con.unregister("raw_rows")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _stage(con: duckdb.DuckDBPyConnection, batch: list[Segment]) -> None:
+    """The batch as the SQL steps' inputs (`storage/sql/ingest.sql` lists them)."""
+    lines, rows, bad, n_records = [], [], [], []
+    for seg_id, segment in enumerate(batch):
+        rejected = list(segment.rejected)
+        if segment.format == "arrow":
+            table = _segment_rows(seg_id, segment)
+            if table is not None:
+                rows.append(table)
+        else:
+            table, not_utf8 = _segment_lines(seg_id, segment)
+            lines.append(table)
+            rejected += not_utf8
+        n_records.append(0 if table is None else table.num_rows)
+        bad += [(seg_id, n, raw, reason) for n, raw, reason in rejected]
+    con.register("raw_lines", pa.concat_tables(lines) if lines else _empty(_LINES_SCHEMA))
+    con.register("raw_rows", pa.concat_tables(rows) if rows else _empty(_ROWS_SCHEMA))
+    # The two small inputs go in as query parameters: `pa.array` of Python values would import
+    # pandas (a fifth of a second) in a process that has not yet.
+    seg, line_no, raw, reason = zip(*bad, strict=True) if bad else ([], [], [], [])
+    con.execute("""CREATE OR REPLACE TEMP TABLE raw_bad AS SELECT unnest($seg::INTEGER[]) AS seg,
+                   unnest($line_no::INTEGER[]) AS line_no, unnest($raw::BLOB[]) AS raw,
+                   unnest($reason::VARCHAR[]) AS reason""",
+                {"seg": list(seg), "line_no": list(line_no), "raw": list(raw), "reason": list(reason)})
+    con.execute("""CREATE OR REPLACE TEMP TABLE raw_segs AS
+                   SELECT unnest(range(len($hash::VARCHAR[])))::INTEGER AS seg, unnest($hash::VARCHAR[])
+                   AS segment_hash, unnest($source::VARCHAR[]) AS source, unnest($format::VARCHAR[]) AS format,
+                   unnest($n_records::INTEGER[]) AS n_records""",
+                {"hash": [s.digest for s in batch], "source": [s.source for s in batch],
+                 "format": [s.format for s in batch], "n_records": n_records})
+
+
+def _segment_lines(seg_id: int, segment: Segment) -> tuple[pa.Table, list[tuple[int, bytes, str]]]:
+    """A JSONL segment's non-blank lines as (seg, line_no, line), and the lines that are not UTF-8."""
+    lines, line_no = split_lines(segment.data)
+    bad = []
+    try:
+        lines.validate(full=True)  # UTF-8 check of the whole segment in one C call
+    except pa.ArrowInvalid:
+        lines, line_no, bad = _utf8_lines(segment.data)
+    table = pa.table({
+        "seg": _arrow(np.full(len(lines), seg_id, np.int32)),
+        "line_no": _arrow(line_no),
+        "line": lines,
+    })
+    return table, bad
+
+
+def _segment_rows(seg_id: int, segment: Segment) -> pa.Table | None:
+    """An Arrow segment's records with (seg, line_no) in front; None for an unreadable file."""
+    table = segment.rows
+    if table is None:
+        return None
+    n = table.num_rows
+    table = table.add_column(0, "line_no", _arrow(np.arange(1, n + 1, dtype=np.int32)))
+    return table.add_column(0, "seg", _arrow(np.full(n, seg_id, np.int32)))
 
 
 def _arrow(values: np.ndarray) -> pa.Array:
@@ -155,98 +238,6 @@ def split_lines(data: bytes) -> tuple[pa.Array, np.ndarray]:
     return lines, line_no
 
 
-def _segment_lines(seg_id: int, segment: Segment) -> tuple[pa.Table, list[tuple[int, bytes, str]]]:
-    lines, line_no = split_lines(segment.data)
-    rejected = list(segment.rejected)
-    try:
-        lines.validate(full=True)  # UTF-8 check of the whole segment in one C call
-    except pa.ArrowInvalid:
-        lines, line_no, bad = _utf8_lines(segment.data)
-        rejected += bad
-    table = pa.table({
-        "seg": _arrow(np.full(len(lines), seg_id, np.int32)),
-        "line_no": _arrow(line_no),
-        "line": lines,
-    })
-    return table, rejected
-
-
-def _segment_rows(seg_id: int, segment: Segment
-                  ) -> tuple[pa.Table | None, list[tuple[int | None, bytes, str]]]:
-    table = segment.rows
-    if table is None:
-        return None, list(segment.rejected)
-    n = table.num_rows
-    table = table.add_column(0, "nbytes", _arrow(_text_bytes(table)))
-    table = table.add_column(0, "line_no", _arrow(np.arange(1, n + 1, dtype=np.int32)))
-    table = table.add_column(0, "seg", _arrow(np.full(n, seg_id, np.int32)))
-    return table, list(segment.rejected)
-
-
-def _text_bytes(table: pa.Table) -> np.ndarray:
-    """Each record's bytes of free-form text (the JSON columns and error), what the size limit
-    counts: from the columns' offsets, a few numpy calls instead of a strlen per value in SQL."""
-    total = np.zeros(table.num_rows, np.int64)
-    for name in _TEXT_COLUMNS:
-        start = 0
-        for chunk in table.column(name).chunks:
-            n = len(chunk)
-            if chunk.null_count < n:
-                text = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk  # pa.string()
-                lengths = np.diff(_offsets(text))
-                if text.null_count:  # a null's offsets may span bytes: count only valid values
-                    bits = np.unpackbits(np.frombuffer(text.buffers()[0], np.uint8),
-                                         count=text.offset + n, bitorder="little")
-                    lengths = lengths * bits[text.offset:]
-                total[start:start + n] += lengths
-            start += n
-    return total
-
-
-def _offsets(text: pa.StringArray) -> np.ndarray:
-    """A string array's value offsets into its data buffer (n + 1 of them), zero-copy."""
-    return np.frombuffer(text.buffers()[1], np.int32)[text.offset:text.offset + len(text) + 1]
-
-
-def _split_by_type(tables: dict[int, pa.Table]
-                   ) -> tuple[dict[str | None, pa.Table], collections.Counter[tuple[int, str | None]]]:
-    """Arrow records by their `type`, keyed as `_ROW_TABLES`, zero-copy: the SDK writes one record
-    batch per type, so a batch usually moves whole; one that mixes types is cut into runs. Also
-    how many records of each type each segment has, by (seg, type).
-    (No pyarrow.compute: its first call costs a sixth of a second.)"""
-    parts: dict[str | None, list[pa.RecordBatch]] = {t: [] for t in _ROW_TABLES}
-    counts: collections.Counter[tuple[int, str | None]] = collections.Counter()
-    for seg, table in tables.items():
-        for batch in table.to_batches():
-            rtype = _only_type(batch.column("type"))
-            if rtype is not None:
-                runs = [(rtype, batch)]
-            else:
-                runs, start = [], 0
-                for value, run in itertools.groupby(batch.column("type").to_pylist()):
-                    n = len(list(run))
-                    runs.append((value if value in _RECORD_TYPES else None, batch.slice(start, n)))
-                    start += n
-            for rtype, rows in runs:
-                parts[rtype].append(rows)
-                counts[seg, rtype] += len(rows)
-    tables_by_type = {t: pa.Table.from_batches(b, _ROWS_SCHEMA) if b else _empty(_ROWS_SCHEMA)
-                      for t, b in parts.items()}
-    return tables_by_type, counts
-
-
-def _only_type(types: pa.StringArray) -> str | None:
-    """The record type every row of a batch has, if they all have the same known one."""
-    if not len(types) or types.null_count:
-        return None
-    first = types[0].as_py()
-    ends = _offsets(types)
-    whole = memoryview(types.buffers()[2])[ends[0]:ends[-1]]
-    if first in _RECORD_TYPES and bytes(whole) == first.encode() * len(types):
-        return first
-    return None
-
-
 def _utf8_lines(data: bytes) -> tuple[pa.Array, np.ndarray, list[tuple[int, bytes, str]]]:
     """The slow path for a segment with bytes that are not UTF-8: line by line."""
     good, numbers, bad = [], [], []
@@ -267,112 +258,6 @@ def _already_ingested(con: duckdb.DuckDBPyConnection, digests: list[str]) -> set
         [digests],
     ).fetchall()
     return {r[0] for r in rows}
-
-
-class _DuplicateKeys(Exception):
-    """A primary key refused a batch that was not checked for duplicate steps or starts."""
-
-
-def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_record_bytes: int
-                  ) -> IngestReport:
-    start = time.perf_counter()
-    has_lines = _register_inputs(con, batch)
-    try:
-        try:
-            report = _run_blocks(con, batch, has_lines, max_record_bytes, find_duplicates=False)
-        except _DuplicateKeys:  # rare: rolled back, so again, now looking for the duplicates
-            report = _run_blocks(con, batch, has_lines, max_record_bytes, find_duplicates=True)
-    finally:
-        con.unregister("raw_lines")
-        for name in _ROW_TABLES.values():
-            con.unregister(name)
-        con.execute("DROP TABLE IF EXISTS raw_bad; DROP TABLE IF EXISTS raw_segs")
-    report.seconds = time.perf_counter() - start
-    return report
-
-
-def _run_blocks(con: duckdb.DuckDBPyConnection, batch: list[Segment], has_lines: bool,
-                max_record_bytes: int, *, find_duplicates: bool) -> IngestReport:
-    """The SQL blocks over the registered batch, in one transaction. Raises _DuplicateKeys when
-    not `find_duplicates` and the batch has a step or a trajectory start twice (rolled back)."""
-    report = IngestReport(segments=len(batch))
-    keep_order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
-    clean = not has_lines  # Arrow records only, none with a reason (known after check_arrow)
-    con.execute("BEGIN")
-    try:
-        for name, sql in _BLOCKS:
-            if name in _ON_DEMAND or (name == "check" and not has_lines):
-                continue
-            if name == "checked" and clean:
-                sql = _BLOCK_SQL["checked_clean"]
-            elif name == "duplicates" and not find_duplicates:
-                sql = _BLOCK_SQL["no_duplicates"]
-            elif name == "quarantine" and not con.execute(_BLOCK_SQL["any_bad"]).fetchall()[0][0]:
-                sql = _BLOCK_SQL["no_bad"]
-            params = {"max_bytes": max_record_bytes} if "$max_bytes" in sql else None
-            if name in _UNORDERED:
-                con.execute("SET preserve_insertion_order = false")
-            try:
-                rows = con.execute(sql, params).fetchall()  # drained: leaves the connection free
-            finally:
-                if name in _UNORDERED:
-                    con.execute(f"SET preserve_insertion_order = {keep_order}")
-            if name == "check_arrow":
-                clean = clean and rows[0][0] == 0
-            elif name == "insert_trajectories":
-                report.trajectories = rows[0][0]
-            elif name == "insert_steps":
-                report.steps = rows[0][0]
-            elif name == "quarantine":
-                report.quarantined = rows[0][0] if rows else 0  # the insert's count; none: no_bad
-        con.execute("COMMIT").fetchall()
-    except duckdb.Error as err:
-        con.execute("ROLLBACK").fetchall()
-        if isinstance(err, duckdb.ConstraintException) and not find_duplicates:
-            raise _DuplicateKeys from err
-        sources = ", ".join(s.source for s in batch[:3]) + (" ..." if len(batch) > 3 else "")
-        raise StoreError(f"ingest of {len(batch)} segment(s) ({sources}) failed and was rolled "
-                         f"back; nothing was stored: {err}") from err
-    return report
-
-
-def _register_inputs(con: duckdb.DuckDBPyConnection, batch: list[Segment]) -> bool:
-    """The batch as the SQL blocks' inputs (`storage/sql/ingest.sql` lists them); whether it has
-    any JSONL lines."""
-    lines, records, bad_rows, n_records = [], {}, [], []
-    for seg_id, segment in enumerate(batch):
-        if segment.format == "arrow":
-            table, rejected = _segment_rows(seg_id, segment)
-            if table is not None:
-                records[seg_id] = table
-        else:
-            table, rejected = _segment_lines(seg_id, segment)
-            lines.append(table)
-        n_records.append(0 if table is None else table.num_rows)
-        bad_rows += [(seg_id, n, raw, reason) for n, raw, reason in rejected]
-    con.register("raw_lines", pa.concat_tables(lines) if lines else _empty(_LINES_SCHEMA))
-    by_type, arrow_counts = _split_by_type(records)
-    for rtype, table in by_type.items():
-        con.register(_ROW_TABLES[rtype], table)
-    # The two small inputs go in as query parameters: `pa.array` of Python values would import
-    # pandas (a fifth of a second) in a process that has not yet.
-    seg, line_no, raw, reason = zip(*bad_rows, strict=True) if bad_rows else ([], [], [], [])
-    con.execute("""CREATE OR REPLACE TEMP TABLE raw_bad AS SELECT unnest($seg::INTEGER[]) AS seg,
-                   unnest($line_no::INTEGER[]) AS line_no, unnest($raw::BLOB[]) AS raw,
-                   unnest($reason::VARCHAR[]) AS reason""",
-                {"seg": list(seg), "line_no": list(line_no), "raw": list(raw), "reason": list(reason)})
-    con.execute("""CREATE OR REPLACE TEMP TABLE raw_segs AS
-                   SELECT unnest(range(len($hash::VARCHAR[])))::INTEGER AS seg, unnest($hash::VARCHAR[])
-                   AS segment_hash, unnest($source::VARCHAR[]) AS source, unnest($format::VARCHAR[]) AS format,
-                   unnest($n_records::INTEGER[]) AS n_records, unnest($starts::INTEGER[]) AS arrow_starts,
-                   unnest($steps::INTEGER[]) AS arrow_steps""",
-                {"hash": [s.digest for s in batch], "source": [s.source for s in batch],
-                 "format": [s.format for s in batch], "n_records": n_records,
-                 "starts": [arrow_counts[seg, "trajectory"] for seg in range(len(batch))],
-                 "steps": [arrow_counts[seg, "step"] for seg in range(len(batch))]})
-    if lines:  # the JSONL check's helpers (temp macros: the connection's, made again each batch)
-        con.execute(_BLOCK_SQL["macros"]).fetchall()
-    return bool(lines)
 
 
 # Where ingest writes: a connection, or a function that opens one (e.g. `lambda:
@@ -411,7 +296,7 @@ def ingest_segments(
         with _writing(con) as writer:
             known = _already_ingested(writer, [s.digest for s in batch])
             fresh = [s for s in batch if s.digest not in known]
-            report = _ingest_batch(writer, fresh, max_record_bytes) if fresh else None
+            report = ingest_batch(writer, fresh, max_record_bytes) if fresh else None
         skipped = [s for s in batch if s.digest in known]
         total.skipped += len(skipped)
         if skipped and on_batch:

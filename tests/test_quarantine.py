@@ -114,8 +114,7 @@ def test_a_failed_batch_stores_nothing(tmp_path, monkeypatch):
     con = connect(tmp_path / "store.duckdb")
     import storage.ingest as ingest
 
-    blocks = [(n, "SELECT * FROM no_such_table" if n == "insert_steps" else sql) for n, sql in ingest._BLOCKS]
-    monkeypatch.setattr(ingest, "_BLOCKS", blocks)
+    monkeypatch.setitem(ingest._SQL, "insert_steps", "SELECT * FROM no_such_table")
     from storage.store import StoreError
 
     with pytest.raises(StoreError, match="rolled back; nothing was stored"):

@@ -1,25 +1,23 @@
--- Ingest: spool records -> validated records -> the store, all in SQL (storage/ingest.py runs
--- these blocks in order inside one transaction per batch). Inputs registered from Python:
+-- Ingest: one batch of spool records -> the store, as named steps that storage/ingest.py's
+-- `ingest_batch` runs in this order, in one transaction. Each step is one "-- name:" block.
+-- Inputs, staged from Python (`_stage`):
 --   raw_lines(seg INTEGER, line_no INTEGER, line VARCHAR)          JSONL: one row per non-blank line
---   raw_starts, raw_steps, raw_outcomes, raw_other                  Arrow: one row per record, one
---       (seg INTEGER, line_no INTEGER, nbytes BIGINT,                table per record type (other:
---        <agents.spool.SCHEMA>)                                      a type missing or unknown);
---                                                                   nbytes: its free-form text
+--   raw_rows(seg INTEGER, line_no INTEGER, <agents.spool.SCHEMA>)  Arrow: one row per record
 --   raw_bad(seg INTEGER, line_no INTEGER, raw BLOB, reason VARCHAR) rejected before SQL: lines that
 --                                                                   are not UTF-8, unreadable files
---   raw_segs(seg INTEGER, segment_hash VARCHAR, source VARCHAR, format VARCHAR, n_records INTEGER,
---            arrow_starts INTEGER, arrow_steps INTEGER)   counted in Python
---   (raw_lines and the Arrow record tables are registered Arrow tables, any may be empty; raw_bad
---   and raw_segs are temp tables made from query parameters)
+--   raw_segs(seg INTEGER, segment_hash VARCHAR, source VARCHAR, format VARCHAR, n_records INTEGER)
+-- (raw_lines and raw_rows are registered Arrow tables, either may be empty; raw_bad and raw_segs
+-- are temp tables made from query parameters.)
 -- Lines arrive with their trailing newline (zero-copy from the segment bytes); JSON ignores it and
 -- the quarantine strips it so `raw` is the record's bytes exactly. An Arrow record's `line_no` is
 -- its 1-based row in the file, and its `raw` is the row as JSON.
--- `check` (JSONL, into checked_lines) and `check_arrow` (Arrow: only the bad rows, arrow_bad) make
--- the `checked` views, one row per record with its reason; every later block works on those,
--- whatever the input format.
--- Blocks start with a "name" marker line; $max_bytes is the per-record size limit.
+-- The steps: check_lines and check_arrow give every bad record its reason; `checked` shows every
+-- record, whatever its format, as one view per record type; duplicates, stored_conflicts and
+-- outcomes find what conflicts; the inserts write what is new; quarantine keeps what is bad;
+-- record_segments logs each segment (exactly once: its hash is the key). $max_bytes is the
+-- per-record size limit.
 
--- name: macros
+-- name: json_macros
 -- Values come out of the one parse as minified JSON text, so a value's JSON type shows in its
 -- text (first character, or a cast that succeeds): no second parse per field.
 CREATE OR REPLACE TEMP MACRO txt(x) AS CAST(x AS VARCHAR);
@@ -47,30 +45,11 @@ CREATE OR REPLACE TEMP MACRO ok_str(x) AS j_missing(x) OR starts_with(txt(x), '"
 CREATE OR REPLACE TEMP MACRO j_nan(x, num) AS CASE WHEN num IS NOT NULL THEN NOT isfinite(num)
     ELSE regexp_full_match(txt(x), '"*-?(nan|inf|infinity)"*', 'i') END;
 
--- name: checked_lines
--- JSONL records, checked: typed values and the reason a record is quarantined (the first problem
--- found, NULL when the record is good). Filled by `check`, which runs only when there are lines.
-CREATE OR REPLACE TEMP TABLE checked_lines (
-    seg INTEGER, line_no INTEGER, rtype VARCHAR, trajectory_id UUID,
-    -- steps
-    idx INTEGER, kind VARCHAR, observation JSON, tool_name VARCHAR, arguments JSON, result JSON,
-    reward DOUBLE, status VARCHAR, error VARCHAR, metadata JSON, start_time TIMESTAMP,
-    end_time TIMESTAMP,
-    -- outcomes
-    answer JSON, verified BOOLEAN, n_steps INTEGER,
-    -- trajectory starts
-    agent_name VARCHAR, agent_version VARCHAR, agent_kind VARCHAR, checkpoint VARCHAR,
-    task_id VARCHAR, family VARCHAR, split VARCHAR, operation VARCHAR, difficulty INTEGER,
-    spec JSON, tags VARCHAR[],
-    -- usage (steps; model also trajectory starts)
-    model VARCHAR, input_tokens BIGINT, output_tokens BIGINT, cost_usd DOUBLE, call_id VARCHAR, turn INTEGER,
-    reason VARCHAR
-);
-
--- name: check
--- JSONL: one JSON parse per line, every field of every record type as JSON text, then typed
--- values and the reason.
-INSERT INTO checked_lines BY NAME
+-- name: check_lines
+-- JSONL records, checked: one JSON parse per line, every field of every record type as JSON
+-- text, then typed values and the reason a record is quarantined (the first problem found,
+-- NULL when the record is good).
+CREATE OR REPLACE TEMP TABLE checked_lines AS
 WITH parsed AS (
     SELECT seg, line_no, strlen(line) - 1 AS nbytes, starts_with(ltrim(line), '{') AS is_object,
            try(from_json(line, '{"v": "JSON", "type": "JSON", "trajectory_id": "JSON",
@@ -180,27 +159,14 @@ SELECT seg, line_no, rtype, trajectory_id,
     END AS reason
 FROM typed;
 
--- name: raw_rows
--- The Arrow records as one relation, for the blocks that look at every record as it came.
-CREATE OR REPLACE TEMP VIEW raw_rows AS
-SELECT * FROM raw_starts UNION ALL SELECT * FROM raw_steps
-UNION ALL SELECT * FROM raw_outcomes UNION ALL SELECT * FROM raw_other;
-
 -- name: check_arrow
 -- Arrow segments: fields are typed columns already, so nothing is parsed but the free-form JSON
 -- text, validated here and only here (its columns arrive as DuckDB's JSON type, which the insert
 -- takes as it is). What a typed file can still get wrong: a missing required value, an unknown
 -- type, a NaN/inf reward, a negative index or n_steps, JSON text that is not JSON, an oversized
 -- record (the bytes of its free-form text: the JSON columns and error). Only the rows with a
--- reason are kept: the `checked_*` views read the rest straight from the Arrow tables, which costs
--- less than writing every row out once more.
+-- reason are kept: the `checked` views read the rest straight from raw_rows.
 CREATE OR REPLACE TEMP TABLE arrow_bad AS
-WITH typed AS (
-    SELECT seg, line_no, nbytes, "type", trajectory_id, "index", reward, n_steps, agent_name,
-           task_family, task_id, observation, arguments, result, metadata, answer, task_spec,
-           input_tokens, output_tokens, cost_usd, turn
-    FROM raw_rows
-)
 SELECT seg, line_no, "type", reason FROM (
     SELECT seg, line_no, "type", CASE
     WHEN nbytes > $max_bytes THEN printf('oversized record: %d bytes > limit of %d', nbytes, $max_bytes)
@@ -232,13 +198,21 @@ SELECT seg, line_no, "type", reason FROM (
         WHEN n_steps < 0 THEN 'wrong type: n_steps must be a non-negative integer'
         END
     END AS reason
-    FROM typed
+    FROM (SELECT *, coalesce(strlen(observation), 0) + coalesce(strlen(arguments), 0)
+                    + coalesce(strlen(result), 0) + coalesce(strlen(metadata), 0) + coalesce(strlen(answer), 0)
+                    + coalesce(strlen(task_spec), 0) + coalesce(strlen(error), 0) AS nbytes
+          FROM raw_rows)
 ) WHERE reason IS NOT NULL;
 
--- name: arrow_records
--- An Arrow record table's rows as the columns of the `checked` views (below).
-CREATE OR REPLACE TEMP MACRO arrow_records(records, record_type) AS TABLE
-SELECT seg, line_no, record_type AS rtype, trajectory_id,
+-- name: checked
+-- Every record of the batch, whatever its format, one view per record type: the columns of
+-- checked_lines, and `reason`, NULL when the record is good. Every later step reads these.
+-- (A record of no known type is in none of them: it has its reason in arrow_bad or checked_lines.)
+-- Careful: a record with a reason may hold JSON-typed text that is not JSON. Apply no JSON
+-- function to it (DuckDB 2.0 treats that error as fatal to the connection); filter on
+-- `reason IS NULL` first, as every step here does.
+CREATE OR REPLACE TEMP VIEW arrow_checked AS
+SELECT seg, line_no, "type" AS rtype, trajectory_id,
     -- steps
     "index" AS idx, coalesce(kind, 'tool_call') AS kind, observation, tool_name, arguments, result,
     reward, coalesce(status, 'ok') AS status, error, metadata, start_time, end_time,
@@ -249,46 +223,24 @@ SELECT seg, line_no, record_type AS rtype, trajectory_id,
     task_id, task_family AS family, task_split AS split, task_operation AS operation,
     task_difficulty AS difficulty, task_spec AS spec, coalesce(tags, []) AS tags,
     -- usage
-    model, input_tokens, output_tokens, cost_usd, call_id, turn
-FROM query_table(records);
-
--- name: checked
--- Every record of the batch, whatever its format: the columns of arrow_records, and `reason`,
--- NULL when the record is good, one view per record type. Every later block reads these, only the
--- types it needs: each Arrow table a statement names costs about a millisecond to plan, and a block's
--- planning can cost more than its work. (A record of no known type has a reason: arrow_bad.)
--- Careful: a record with a reason may hold JSON-typed text that is not JSON. Apply no JSON
--- function to it (DuckDB 2.0 treats that error as fatal to the connection); filter on
--- `reason IS NULL` first, as every block here does.
-CREATE OR REPLACE TEMP MACRO arrow_checked(records, record_type) AS TABLE
-SELECT r.*, b.reason FROM arrow_records(records, record_type) r LEFT JOIN arrow_bad b USING (seg, line_no);
+    model, input_tokens, output_tokens, cost_usd, call_id, turn, reason
+FROM raw_rows LEFT JOIN (SELECT seg, line_no, reason FROM arrow_bad) b USING (seg, line_no);
 CREATE OR REPLACE TEMP VIEW checked_starts AS
 SELECT * FROM checked_lines WHERE rtype = 'trajectory'
-UNION ALL BY NAME SELECT * FROM arrow_checked('raw_starts', 'trajectory');
+UNION ALL BY NAME SELECT * FROM arrow_checked WHERE rtype = 'trajectory';
 CREATE OR REPLACE TEMP VIEW checked_steps AS
 SELECT * FROM checked_lines WHERE rtype = 'step'
-UNION ALL BY NAME SELECT * FROM arrow_checked('raw_steps', 'step');
+UNION ALL BY NAME SELECT * FROM arrow_checked WHERE rtype = 'step';
 CREATE OR REPLACE TEMP VIEW checked_outcomes AS
 SELECT * FROM checked_lines WHERE rtype = 'outcome'
-UNION ALL BY NAME SELECT * FROM arrow_checked('raw_outcomes', 'outcome');
-
--- name: checked_clean
--- `checked` for the usual batch: Arrow records only, none with a reason. The same views without
--- the JSONL records and the join to arrow_bad, which every later block would plan and run.
-CREATE OR REPLACE TEMP VIEW checked_starts AS
-SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_starts', 'trajectory');
-CREATE OR REPLACE TEMP VIEW checked_steps AS
-SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_steps', 'step');
-CREATE OR REPLACE TEMP VIEW checked_outcomes AS
-SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_outcomes', 'outcome');
+UNION ALL BY NAME SELECT * FROM arrow_checked WHERE rtype = 'outcome';
 
 -- name: duplicates
 -- The same key twice in the incoming data: a step's (trajectory, index), a trajectory's start
 -- record, the first one wins (by segment, then line). A later copy identical to the first is
 -- left out; one that differs is quarantined, naming the record it conflicts with (the rule for a
 -- record that conflicts with what is stored, `stored_conflicts`, applied inside the batch).
--- Looked for only after a primary key refused the batch: a batch is first tried with
--- `no_duplicates`, since finding none costs about 5% of a large batch's SQL time.
+-- Only keys seen twice are ranked.
 CREATE OR REPLACE TEMP TABLE dup_steps AS
 WITH ranked AS (
     SELECT s.seg, s.line_no, s.trajectory_id, s.idx,
@@ -324,10 +276,6 @@ FROM ranked d JOIN ranked f ON f.trajectory_id = d.trajectory_id AND f.nth = 1
 JOIN raw_segs s ON s.seg = f.seg
 WHERE d.nth > 1;
 
--- name: no_duplicates
-CREATE OR REPLACE TEMP TABLE dup_steps (seg INTEGER, line_no INTEGER, reason VARCHAR);
-CREATE OR REPLACE TEMP TABLE dup_starts (seg INTEGER, line_no INTEGER, reason VARCHAR);
-
 -- name: stored_conflicts
 -- Stored data is never changed by a later record. A start or a step whose key is already in the
 -- store is left out when it is the same record again (ingesting anything twice changes nothing)
@@ -352,28 +300,6 @@ WHERE c.reason IS NULL
       IS DISTINCT FROM row(s.kind, s.observation::VARCHAR, s.tool_name, s.arguments::VARCHAR, s.result::VARCHAR,
           s.reward, s.status, s.error, s.metadata::VARCHAR, s.start_time, s.end_time,
           s.model, s.input_tokens, s.output_tokens, s.cost_usd, s.call_id, s.turn);
-
--- name: insert_agents
--- New agents and tasks, one row per key already (GROUP BY), so an anti join does what INSERT OR
--- IGNORE would without the second grouping of the new rows that it plans (a third of the block).
-INSERT INTO agents BY NAME
-SELECT * FROM (
-    SELECT agent_name || '@' || agent_version AS agent_id, any_value(agent_name) AS name,
-           any_value(agent_version) AS version, any_value(agent_kind) AS kind,
-           any_value(checkpoint) AS checkpoint
-    FROM checked_starts WHERE reason IS NULL GROUP BY agent_id
-) ANTI JOIN agents USING (agent_id);
-
--- name: insert_tasks
--- A task's first description in the batch wins; one already in the store is left as it is.
-INSERT INTO tasks BY NAME
-SELECT * FROM (
-    SELECT task_id, arg_min(family, pos) AS family, arg_min(split, pos) AS split,
-           arg_min(operation, pos) AS operation, arg_min(difficulty, pos) AS difficulty,
-           arg_min(spec, pos) AS spec
-    FROM (SELECT *, seg::BIGINT << 32 | line_no AS pos FROM checked_starts WHERE reason IS NULL)
-    GROUP BY task_id
-) ANTI JOIN tasks USING (task_id);
 
 -- name: outcomes
 -- Outcomes complete a trajectory started in this batch or an earlier one (stored 'incomplete').
@@ -420,6 +346,26 @@ SELECT o.*, CASE WHEN NOT (o.stored OR o.started) THEN 'outcome for unknown traj
        (o.stored OR o.started) AND NOT o.stored_outcome AND l.seg IS NULL AS applies
 FROM o LEFT JOIN against_stored a USING (seg, line_no) LEFT JOIN later l USING (seg, line_no);
 
+-- name: insert_agents_and_tasks
+-- New agents and tasks, one row per key already (GROUP BY), so an anti join does what INSERT OR
+-- IGNORE would without the second grouping of the new rows that it plans (a third of the step).
+INSERT INTO agents BY NAME
+SELECT * FROM (
+    SELECT agent_name || '@' || agent_version AS agent_id, any_value(agent_name) AS name,
+           any_value(agent_version) AS version, any_value(agent_kind) AS kind,
+           any_value(checkpoint) AS checkpoint
+    FROM checked_starts WHERE reason IS NULL GROUP BY agent_id
+) ANTI JOIN agents USING (agent_id);
+-- A task's first description in the batch wins; one already in the store is left as it is.
+INSERT INTO tasks BY NAME
+SELECT * FROM (
+    SELECT task_id, arg_min(family, pos) AS family, arg_min(split, pos) AS split,
+           arg_min(operation, pos) AS operation, arg_min(difficulty, pos) AS difficulty,
+           arg_min(spec, pos) AS spec
+    FROM (SELECT *, seg::BIGINT << 32 | line_no AS pos FROM checked_starts WHERE reason IS NULL)
+    GROUP BY task_id
+) ANTI JOIN tasks USING (task_id);
+
 -- name: insert_trajectories
 -- New trajectories, complete when their outcome came in the same batch (the usual case: one
 -- insert, not an insert and then an update). A trajectory already in the store is left as it is,
@@ -434,7 +380,7 @@ ANTI JOIN trajectories USING (trajectory_id)
 LEFT JOIN (SELECT * FROM in_outcomes WHERE applies AND reason IS NULL) o USING (trajectory_id)
 WHERE c.reason IS NULL;
 
--- name: update_trajectories
+-- name: complete_trajectories
 -- Outcomes for trajectories an earlier batch stored without one ('incomplete').
 UPDATE trajectories AS t
 SET status = o.status, answer = o.answer, verified = o.verified, reward = o.reward,
@@ -446,25 +392,15 @@ WHERE o.applies AND o.reason IS NULL AND o.stored AND t.trajectory_id = o.trajec
 -- name: insert_steps
 -- A step already in the store (the same record from another segment) is left as it is.
 -- Without dup_steps, one row per key is left, so an anti join does what INSERT OR IGNORE would
--- without its grouping of the new rows by key (half the block's time). When duplicates were not
--- looked for and a key is there twice, the primary key refuses the insert (see `duplicates`).
+-- without its grouping of the new rows by key (half the step's time).
 INSERT INTO steps BY NAME
 SELECT trajectory_id, idx, kind, observation, tool_name, arguments, result, reward, status, error,
        metadata, start_time, end_time, model, input_tokens, output_tokens, cost_usd, call_id, turn
 FROM checked_steps c ANTI JOIN dup_steps USING (seg, line_no) ANTI JOIN steps USING (trajectory_id, idx)
 WHERE c.reason IS NULL;
 
--- name: any_bad
--- Whether anything in the batch goes to quarantine. When nothing does, `quarantine` is skipped
--- and `no_bad` makes its (empty) table instead: planning it costs a few ms a batch.
-SELECT EXISTS (FROM checked_lines WHERE reason IS NOT NULL) OR EXISTS (FROM arrow_bad)
-    OR EXISTS (FROM dup_steps WHERE reason IS NOT NULL) OR EXISTS (FROM dup_starts WHERE reason IS NOT NULL)
-    OR EXISTS (FROM stored_conflicts) OR EXISTS (FROM in_outcomes WHERE reason IS NOT NULL) OR EXISTS (FROM raw_bad);
-
--- name: no_bad
-CREATE OR REPLACE TEMP TABLE bad (seg INTEGER, line_no INTEGER, raw BLOB, reason VARCHAR);
-
 -- name: quarantine
+-- Every record with a reason, its raw bytes and its source; the count is the step's result.
 CREATE OR REPLACE TEMP TABLE bad AS
 WITH reasons AS (
     SELECT seg, line_no, reason FROM checked_lines WHERE reason IS NOT NULL
@@ -479,7 +415,7 @@ FROM reasons JOIN raw_lines l USING (seg, line_no)
 UNION ALL
 -- An Arrow row as JSON, its free-form values as the strings they came as: the text of a JSON
 -- column may be what is wrong with the row, and to_json would parse it.
-SELECT seg, line_no, encode(to_json(struct_pack(*COLUMNS(r.* EXCLUDE (seg, line_no, nbytes) REPLACE (
+SELECT seg, line_no, encode(to_json(struct_pack(*COLUMNS(r.* EXCLUDE (seg, line_no) REPLACE (
            observation::VARCHAR AS observation, arguments::VARCHAR AS arguments, result::VARCHAR AS result,
            metadata::VARCHAR AS metadata, answer::VARCHAR AS answer, task_spec::VARCHAR AS task_spec))))::VARCHAR)
        AS raw, reason
@@ -489,16 +425,13 @@ SELECT seg, line_no, raw, reason FROM raw_bad;
 INSERT INTO quarantine BY NAME
 SELECT s.source, b.line_no, b.raw, b.reason FROM bad b JOIN raw_segs s USING (seg);
 
--- name: ingest_log
+-- name: record_segments
 -- Per segment: its records (as Python counted them, plus the ones rejected before SQL), the good
--- trajectory starts and steps (a duplicate step not counted), and what went to quarantine. The
--- Arrow counts come from Python too, less the records with a reason: counting the checked views
--- again would plan and scan every input table once more.
+-- trajectory starts and steps (a duplicate step not counted), and what went to quarantine.
 INSERT OR IGNORE INTO ingest_log BY NAME
 WITH good AS (
     SELECT seg, rtype, count(*) AS n FROM checked_lines WHERE reason IS NULL GROUP BY ALL
-    UNION ALL SELECT seg, 'trajectory', arrow_starts FROM raw_segs
-    UNION ALL SELECT seg, 'step', arrow_steps FROM raw_segs
+    UNION ALL SELECT seg, "type", count(*) FROM raw_rows GROUP BY ALL
     UNION ALL SELECT seg, "type", -count(*) FROM arrow_bad GROUP BY ALL
     UNION ALL SELECT seg, 'step', -count(*) FROM dup_steps GROUP BY ALL
     UNION ALL SELECT seg, 'trajectory', -count(*) FROM dup_starts WHERE reason IS NOT NULL GROUP BY ALL
@@ -517,12 +450,11 @@ LEFT JOIN (SELECT seg, count(*) AS n FROM raw_bad GROUP BY seg) q USING (seg)
 LEFT JOIN (SELECT seg, count(*) AS n FROM bad GROUP BY seg) b USING (seg);
 
 -- name: cleanup
+-- The batch's temp tables and views (the JSON macros stay: the connection's, made again each batch).
 DROP VIEW IF EXISTS checked_starts;
 DROP VIEW IF EXISTS checked_steps;
 DROP VIEW IF EXISTS checked_outcomes;
-DROP MACRO TABLE IF EXISTS arrow_checked;
-DROP MACRO TABLE IF EXISTS arrow_records;
-DROP VIEW IF EXISTS raw_rows;
+DROP VIEW IF EXISTS arrow_checked;
 DROP TABLE IF EXISTS checked_lines;
 DROP TABLE IF EXISTS arrow_bad;
 DROP TABLE IF EXISTS dup_steps;
@@ -530,3 +462,5 @@ DROP TABLE IF EXISTS dup_starts;
 DROP TABLE IF EXISTS stored_conflicts;
 DROP TABLE IF EXISTS in_outcomes;
 DROP TABLE IF EXISTS bad;
+DROP TABLE IF EXISTS raw_bad;
+DROP TABLE IF EXISTS raw_segs;
