@@ -49,6 +49,7 @@ def build(
     home: str = HOME,
 ) -> None:
     """Select, cluster, dedup, balance and hold out; record the snapshot and export it."""
+    from agents.tasks import get_family
     from storage.datasets import SnapshotSpec, build_snapshot
     from storage.home import store_path
     from storage.store import open_store
@@ -63,7 +64,8 @@ def build(
             holdout_clusters=list(holdout or []), holdout_keep_k=keep_k, seed=seed, name=name,
         )
         with open_store(store_path(home)) as con:
-            snap = build_snapshot(con, spec, home=home, progress=True)
+            snap = build_snapshot(con, spec, get_family(spec.family, **spec.family_params), home=home,
+                                  progress=True)
     verb = "built" if snap.built else "already recorded"
     console.print(f"snapshot [bold]{snap.dataset_id}[/bold] {verb}: {snap.counts['train']} train, "
                   f"{snap.counts['test_id']} test_id, {snap.counts['test_ood']} test_ood rows\n{snap.path}")

@@ -93,11 +93,12 @@ def snapshot_spec(cfg: LoopConfig, family: str, *, holdout: list[str] | None = N
 
 def curate(cfg: LoopConfig, family: str, **spec_changes: Any) -> dict[str, Any]:
     """Build (or find: same fingerprint, same snapshot) a cluster-balanced dataset snapshot."""
+    from agents.tasks import get_family
     from storage.datasets import build_snapshot
 
     spec = snapshot_spec(cfg, family, **spec_changes)
     with open_store(store_path(cfg.home)) as con:
-        snap = build_snapshot(con, spec, home=cfg.home)
+        snap = build_snapshot(con, spec, get_family(spec.family, **spec.family_params), home=cfg.home)
     return _as_dict(snap)
 
 

@@ -22,12 +22,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from importlib import resources
 from pathlib import Path
 
 import duckdb
@@ -43,7 +41,7 @@ from agents.spool import (
     SegmentError,
     read_segment,
 )
-from storage.store import StoreError
+from storage.store import StoreError, sql_blocks
 
 MAX_RECORD_BYTES = 1 << 20   # a record larger than this is quarantined as oversized
 BATCH_BYTES = 64 << 20       # segments per transaction: bounded memory, few commits
@@ -98,14 +96,7 @@ def content_digest(data: bytes | pa.Buffer) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def _named_sql() -> dict[str, str]:
-    """The `-- name:` blocks of storage/sql/ingest.sql, by name."""
-    text = resources.files("storage.sql").joinpath("ingest.sql").read_text()
-    parts = re.split(r"^-- name: (\w+)\n", text, flags=re.M)
-    return dict(zip(parts[1::2], parts[2::2], strict=True))
-
-
-_SQL = _named_sql()
+_SQL = sql_blocks("ingest.sql")  # the named steps, run by `ingest_batch`
 _LINES_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("line", pa.large_string())])
 _ROWS_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), *SCHEMA])
 

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from agents.tasks import get_family
+from storage import datasets
 from storage.datasets import (
     SnapshotSpec,
-    build_snapshot,
     export_snapshot,
     list_snapshots,
     show_snapshot,
@@ -27,6 +27,11 @@ PARAMS = {"p": 11, "operations": ["x+y", "x-y", "x*y"], "train_fraction": 0.6, "
 def family(params=PARAMS):
     params = dict(params)
     return get_family("modular", seed=params.pop("seed"), **params)
+
+
+def build_snapshot(con, spec, **kwargs):
+    """storage's build_snapshot with the task family the spec names, as flows/ passes it."""
+    return datasets.build_snapshot(con, spec, get_family(spec.family, **spec.family_params), **kwargs)
 
 
 def insert_trajectories(con, rows: list[dict]) -> None:
