@@ -114,9 +114,11 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_recor
 
     con.execute("BEGIN")
     try:
-        _stage(con, batch)                              # raw_lines, raw_rows, raw_bad, raw_segs
-        run("json_macros")
-        run("check_lines", max_bytes=max_record_bytes)  # JSONL: parse, type, reason
+        has_lines = _stage(con, batch)                  # raw_lines, raw_rows, raw_bad, raw_segs
+        run("checked_lines")                            # empty
+        if has_lines:  # planning the JSONL check costs about 70 ms, whether there are lines or not
+            run("json_macros")
+            run("check_lines", max_bytes=max_record_bytes)  # JSONL: parse, type, reason
         run("check_arrow", max_bytes=max_record_bytes)  # Arrow: the rows with a reason
         run("checked")                                  # every record by type, with its reason
         run("duplicates")                               # the same key twice in the batch
@@ -142,8 +144,9 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_recor
     return report
 
 
-def _stage(con: duckdb.DuckDBPyConnection, batch: list[Segment]) -> None:
-    """The batch as the SQL steps' inputs (`storage/sql/ingest.sql` lists them)."""
+def _stage(con: duckdb.DuckDBPyConnection, batch: list[Segment]) -> bool:
+    """The batch as the SQL steps' inputs (`storage/sql/ingest.sql` lists them); whether it has
+    any JSONL lines."""
     lines, rows, bad, n_records = [], [], [], []
     for seg_id, segment in enumerate(batch):
         rejected = list(segment.rejected)
@@ -172,6 +175,7 @@ def _stage(con: duckdb.DuckDBPyConnection, batch: list[Segment]) -> None:
                    unnest($n_records::INTEGER[]) AS n_records""",
                 {"hash": [s.digest for s in batch], "source": [s.source for s in batch],
                  "format": [s.format for s in batch], "n_records": n_records})
+    return bool(lines)
 
 
 def _segment_lines(seg_id: int, segment: Segment) -> tuple[pa.Table, list[tuple[int, bytes, str]]]:

@@ -17,6 +17,26 @@
 -- record_segments logs each segment (exactly once: its hash is the key). $max_bytes is the
 -- per-record size limit.
 
+-- name: checked_lines
+-- JSONL records, checked: typed values and the reason a record is quarantined (the first problem
+-- found, NULL when the record is good). Filled by `check_lines` when the batch has lines.
+CREATE OR REPLACE TEMP TABLE checked_lines (
+    seg INTEGER, line_no INTEGER, rtype VARCHAR, trajectory_id UUID,
+    -- steps
+    idx INTEGER, kind VARCHAR, observation JSON, tool_name VARCHAR, arguments JSON, result JSON,
+    reward DOUBLE, status VARCHAR, error VARCHAR, metadata JSON, start_time TIMESTAMP,
+    end_time TIMESTAMP,
+    -- outcomes
+    answer JSON, verified BOOLEAN, n_steps INTEGER,
+    -- trajectory starts
+    agent_name VARCHAR, agent_version VARCHAR, agent_kind VARCHAR, checkpoint VARCHAR,
+    task_id VARCHAR, family VARCHAR, split VARCHAR, operation VARCHAR, difficulty INTEGER,
+    spec JSON, tags VARCHAR[],
+    -- usage (steps; model also trajectory starts)
+    model VARCHAR, input_tokens BIGINT, output_tokens BIGINT, cost_usd DOUBLE, call_id VARCHAR, turn INTEGER,
+    reason VARCHAR
+);
+
 -- name: json_macros
 -- Values come out of the one parse as minified JSON text, so a value's JSON type shows in its
 -- text (first character, or a cast that succeeds): no second parse per field.
@@ -46,10 +66,9 @@ CREATE OR REPLACE TEMP MACRO j_nan(x, num) AS CASE WHEN num IS NOT NULL THEN NOT
     ELSE regexp_full_match(txt(x), '"*-?(nan|inf|infinity)"*', 'i') END;
 
 -- name: check_lines
--- JSONL records, checked: one JSON parse per line, every field of every record type as JSON
--- text, then typed values and the reason a record is quarantined (the first problem found,
--- NULL when the record is good).
-CREATE OR REPLACE TEMP TABLE checked_lines AS
+-- JSONL: one JSON parse per line, every field of every record type as JSON text, then typed
+-- values and the reason.
+INSERT INTO checked_lines BY NAME
 WITH parsed AS (
     SELECT seg, line_no, strlen(line) - 1 AS nbytes, starts_with(ltrim(line), '{') AS is_object,
            try(from_json(line, '{"v": "JSON", "type": "JSON", "trajectory_id": "JSON",
