@@ -31,6 +31,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 from agents.spool import (
@@ -99,6 +100,8 @@ def content_digest(data: bytes | pa.Buffer) -> str:
 _SQL = sql_blocks("ingest.sql")  # the named steps, run by `ingest_batch`
 _LINES_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), ("line", pa.large_string())])
 _ROWS_SCHEMA = pa.schema([("seg", pa.int32()), ("line_no", pa.int32()), *SCHEMA])
+# The Arrow records' tables, by record type (None: a type missing or unknown).
+_ROW_TABLES = {"trajectory": "raw_starts", "step": "raw_steps", "outcome": "raw_outcomes", None: "raw_other"}
 
 
 def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_record_bytes: int
@@ -138,8 +141,8 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_recor
         raise StoreError(f"ingest of {len(batch)} segment(s) ({sources}) failed and was rolled "
                          f"back; nothing was stored: {err}") from err
     finally:
-        con.unregister("raw_lines")
-        con.unregister("raw_rows")
+        for name in ("raw_lines", *_ROW_TABLES.values()):
+            con.unregister(name)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -161,7 +164,8 @@ def _stage(con: duckdb.DuckDBPyConnection, batch: list[Segment]) -> bool:
         n_records.append(0 if table is None else table.num_rows)
         bad += [(seg_id, n, raw, reason) for n, raw, reason in rejected]
     con.register("raw_lines", pa.concat_tables(lines) if lines else _empty(_LINES_SCHEMA))
-    con.register("raw_rows", pa.concat_tables(rows) if rows else _empty(_ROWS_SCHEMA))
+    for name, table in _by_type(rows).items():
+        con.register(name, table)
     # The two small inputs go in as query parameters: `pa.array` of Python values would import
     # pandas (a fifth of a second) in a process that has not yet.
     seg, line_no, raw, reason = zip(*bad, strict=True) if bad else ([], [], [], [])
@@ -202,6 +206,25 @@ def _segment_rows(seg_id: int, segment: Segment) -> pa.Table | None:
     n = table.num_rows
     table = table.add_column(0, "line_no", _arrow(np.arange(1, n + 1, dtype=np.int32)))
     return table.add_column(0, "seg", _arrow(np.full(n, seg_id, np.int32)))
+
+
+def _by_type(tables: list[pa.Table]) -> dict[str, pa.Table]:
+    """The Arrow records as one table per record type, by `_ROW_TABLES` name. The SDK writes one
+    record batch per type, so a batch usually moves whole, zero-copy; one that mixes types (another
+    writer's) is filtered."""
+    parts: dict[str | None, list[pa.RecordBatch]] = {t: [] for t in _ROW_TABLES}
+    for table in tables:
+        for batch in table.to_batches():
+            types = pc.unique(batch.column("type")).to_pylist()
+            if len(types) == 1:
+                parts[types[0] if types[0] in _ROW_TABLES else None].append(batch)
+                continue
+            known = pc.is_in(batch.column("type"), pa.array(["trajectory", "step", "outcome"]))
+            parts[None].append(batch.filter(pc.invert(known)))
+            for rtype in ("trajectory", "step", "outcome"):
+                parts[rtype].append(batch.filter(pc.equal(batch.column("type"), rtype)))
+    return {_ROW_TABLES[t]: pa.Table.from_batches(b, _ROWS_SCHEMA) if b else _empty(_ROWS_SCHEMA)
+            for t, b in parts.items()}
 
 
 def _arrow(values: np.ndarray) -> pa.Array:
