@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -31,7 +32,6 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import xxhash
 
 from agents.spool import (
@@ -209,22 +209,36 @@ def _segment_rows(seg_id: int, segment: Segment) -> pa.Table | None:
 
 
 def _by_type(tables: list[pa.Table]) -> dict[str, pa.Table]:
-    """The Arrow records as one table per record type, by `_ROW_TABLES` name. The SDK writes one
-    record batch per type, so a batch usually moves whole, zero-copy; one that mixes types (another
-    writer's) is filtered."""
+    """The Arrow records as one table per record type, by `_ROW_TABLES` name, zero-copy. The SDK
+    writes one record batch per type, so a batch usually moves whole; one that mixes types (another
+    writer's) is cut into runs of one type."""
     parts: dict[str | None, list[pa.RecordBatch]] = {t: [] for t in _ROW_TABLES}
     for table in tables:
         for batch in table.to_batches():
-            types = pc.unique(batch.column("type")).to_pylist()
-            if len(types) == 1:
-                parts[types[0] if types[0] in _ROW_TABLES else None].append(batch)
+            rtype = _batch_type(batch.column("type"))
+            if rtype is not None:
+                parts[rtype].append(batch)
                 continue
-            known = pc.is_in(batch.column("type"), pa.array(["trajectory", "step", "outcome"]))
-            parts[None].append(batch.filter(pc.invert(known)))
-            for rtype in ("trajectory", "step", "outcome"):
-                parts[rtype].append(batch.filter(pc.equal(batch.column("type"), rtype)))
+            start = 0
+            for value, run in itertools.groupby(batch.column("type").to_pylist()):
+                n = len(list(run))
+                parts[value if value in _ROW_TABLES else None].append(batch.slice(start, n))
+                start += n
     return {_ROW_TABLES[t]: pa.Table.from_batches(b, _ROWS_SCHEMA) if b else _empty(_ROWS_SCHEMA)
             for t, b in parts.items()}
+
+
+def _batch_type(types: pa.StringArray) -> str | None:
+    """The record type of every row, when all rows have the same known one: every value as long as
+    the first and their bytes the first's repeated. (Numpy over the buffers, not pyarrow.compute:
+    its first call costs a quarter of a second of CPU, which a small `grokloop ingest` would pay.)"""
+    if not len(types) or types.null_count or types[0].as_py() not in _ROW_TABLES:
+        return None
+    first = types[0].as_py().encode()
+    offsets = np.frombuffer(types.buffers()[1], np.int32)[types.offset:types.offset + len(types) + 1]
+    data = memoryview(types.buffers()[2])[offsets[0]:offsets[-1]]
+    same = (np.diff(offsets) == len(first)).all() and data == first * len(types)
+    return first.decode() if same else None
 
 
 def _arrow(values: np.ndarray) -> pa.Array:
