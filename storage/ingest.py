@@ -9,9 +9,10 @@ converted), which Python only splits into lines (numpy finds the newlines; the l
 zero-copy Arrow string column over the segment's bytes) and checks for UTF-8 in one call per
 segment. A file that is not a readable Arrow segment is quarantined whole, with its bytes.
 Parsing, validation, the quarantine reasons and the inserts are the named SQL steps of
-`storage/sql/ingest.sql`, which `ingest_batch` runs in order. Stored data is never changed by a later record: a start, step or
-outcome that conflicts with a stored one (or with an earlier one in the same batch) goes to
-quarantine with a reason naming what it conflicts with; an identical copy changes nothing.
+`storage/sql/ingest.sql`; `ingest_batch` runs them in order, top to bottom. Stored data is never
+changed by a later record: a start, step or outcome that conflicts with a stored one (or with an
+earlier one in the same batch) goes to quarantine with a reason naming what it conflicts with;
+an identical copy changes nothing.
 `ingest_segments` can open the store once per batch (`Writer`), so readers wait for one batch at
 most, not a whole ingest. How records map to tables is in `agents/sdk.py`'s docstring and
 there.
@@ -117,9 +118,9 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_recor
 
     con.execute("BEGIN")
     try:
-        has_lines = _stage(con, batch)                  # raw_lines, raw_rows, raw_bad, raw_segs
+        has_lines = _stage(con, batch)                  # the raw_* inputs
         run("checked_lines")                            # empty
-        if has_lines:  # planning the JSONL check costs about 70 ms, whether there are lines or not
+        if has_lines:  # planning the JSONL check costs about 70 ms a batch, lines or not
             run("json_macros")
             run("check_lines", max_bytes=max_record_bytes)  # JSONL: parse, type, reason
         run("check_arrow", max_bytes=max_record_bytes)  # Arrow: the rows with a reason
@@ -236,7 +237,7 @@ def _batch_type(types: pa.StringArray) -> str | None:
         return None
     first = types[0].as_py().encode()
     offsets = np.frombuffer(types.buffers()[1], np.int32)[types.offset:types.offset + len(types) + 1]
-    data = memoryview(types.buffers()[2])[offsets[0]:offsets[-1]]
+    data = types.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
     same = (np.diff(offsets) == len(first)).all() and data == first * len(types)
     return first.decode() if same else None
 

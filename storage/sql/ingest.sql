@@ -235,9 +235,9 @@ SELECT seg, line_no, "type", reason FROM (
 -- Careful: a record with a reason may hold JSON-typed text that is not JSON. Apply no JSON
 -- function to it (DuckDB 2.0 treats that error as fatal to the connection); filter on
 -- `reason IS NULL` first, as every step here does.
--- Arrow records are one table per type, so a step that wants the trajectory starts never plans
--- or scans the steps: with one table of every record and a filter on `type`, each read of the starts
--- scanned all of them (a fifth more SQL time for a batch of 200,000 steps).
+-- Arrow records are one table per type, so a step that wants the trajectory starts never scans
+-- the steps (with one table of every record and a filter on `type`, a batch of 200,000 SDK steps
+-- took 568 ms of SQL CPU time instead of 541).
 CREATE OR REPLACE TEMP MACRO arrow_checked(records, record_type) AS TABLE
 SELECT seg, line_no, record_type AS rtype, trajectory_id,
     -- steps
@@ -267,7 +267,8 @@ UNION ALL BY NAME SELECT * FROM arrow_checked('raw_outcomes', 'outcome');
 -- record, the first one wins (by segment, then line). A later copy identical to the first is
 -- left out; one that differs is quarantined, naming the record it conflicts with (the rule for a
 -- record that conflicts with what is stored, `stored_conflicts`, applied inside the batch).
--- Only keys seen twice are ranked.
+-- Only keys seen twice are ranked. Looked for in every batch: about 40 ms of CPU time for 200,000
+-- steps (8% of the batch's SQL), 15 ms for 1,000.
 CREATE OR REPLACE TEMP TABLE dup_steps AS
 WITH ranked AS (
     SELECT s.seg, s.line_no, s.trajectory_id, s.idx,
