@@ -228,17 +228,12 @@ SELECT seg, line_no, "type", reason FROM (
           FROM raw_rows)
 ) WHERE reason IS NOT NULL;
 
--- name: checked
--- Every record of the batch, whatever its format, one view per record type: the columns of
--- checked_lines, and `reason`, NULL when the record is good. Every later step reads these.
--- (A record of no known type is in none of them: it has its reason in arrow_bad or checked_lines.)
--- Careful: a record with a reason may hold JSON-typed text that is not JSON. Apply no JSON
--- function to it (DuckDB 2.0 treats that error as fatal to the connection); filter on
--- `reason IS NULL` first, as every step here does.
+-- name: arrow_records
+-- An Arrow record table's rows as the columns of the `checked` views.
 -- Arrow records are one table per type, so a step that wants the trajectory starts never scans
 -- the steps (with one table of every record and a filter on `type`, a batch of 200,000 SDK steps
 -- took 568 ms of SQL CPU time instead of 541).
-CREATE OR REPLACE TEMP MACRO arrow_checked(records, record_type) AS TABLE
+CREATE OR REPLACE TEMP MACRO arrow_records(records, record_type) AS TABLE
 SELECT seg, line_no, record_type AS rtype, trajectory_id,
     -- steps
     "index" AS idx, coalesce(kind, 'tool_call') AS kind, observation, tool_name, arguments, result,
@@ -250,8 +245,19 @@ SELECT seg, line_no, record_type AS rtype, trajectory_id,
     task_id, task_family AS family, task_split AS split, task_operation AS operation,
     task_difficulty AS difficulty, task_spec AS spec, coalesce(tags, []) AS tags,
     -- usage
-    model, input_tokens, output_tokens, cost_usd, call_id, turn, reason
-FROM query_table(records) LEFT JOIN (SELECT seg, line_no, reason FROM arrow_bad) b USING (seg, line_no);
+    model, input_tokens, output_tokens, cost_usd, call_id, turn
+FROM query_table(records);
+
+-- name: checked
+-- Every record of the batch, whatever its format, one view per record type: the columns of
+-- checked_lines, and `reason`, NULL when the record is good. Every later step reads these.
+-- (A record of no known type is in none of them: it has its reason in arrow_bad or checked_lines.)
+-- Careful: a record with a reason may hold JSON-typed text that is not JSON. Apply no JSON
+-- function to it (DuckDB 2.0 treats that error as fatal to the connection); filter on
+-- `reason IS NULL` first, as every step here does.
+CREATE OR REPLACE TEMP MACRO arrow_checked(records, record_type) AS TABLE
+SELECT r.*, b.reason FROM arrow_records(records, record_type) r
+LEFT JOIN (SELECT seg, line_no, reason FROM arrow_bad) b USING (seg, line_no);
 CREATE OR REPLACE TEMP VIEW checked_starts AS
 SELECT * FROM checked_lines WHERE rtype = 'trajectory'
 UNION ALL BY NAME SELECT * FROM arrow_checked('raw_starts', 'trajectory');
@@ -261,6 +267,18 @@ UNION ALL BY NAME SELECT * FROM arrow_checked('raw_steps', 'step');
 CREATE OR REPLACE TEMP VIEW checked_outcomes AS
 SELECT * FROM checked_lines WHERE rtype = 'outcome'
 UNION ALL BY NAME SELECT * FROM arrow_checked('raw_outcomes', 'outcome');
+
+-- name: checked_arrow_only
+-- `checked` for a batch of Arrow records that all passed check_arrow (the usual batch): the same
+-- views without the union with the JSONL records and the join to the reasons, which every later
+-- step plans and runs again. A 1,000-step batch took 216 ms with `checked` (sum of each step's
+-- fastest of 8 runs, on a busy machine) and 104 ms with these.
+CREATE OR REPLACE TEMP VIEW checked_starts AS
+SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_starts', 'trajectory');
+CREATE OR REPLACE TEMP VIEW checked_steps AS
+SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_steps', 'step');
+CREATE OR REPLACE TEMP VIEW checked_outcomes AS
+SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_outcomes', 'outcome');
 
 -- name: duplicates
 -- The same key twice in the incoming data: a step's (trajectory, index), a trajectory's start
@@ -484,6 +502,7 @@ DROP VIEW IF EXISTS checked_starts;
 DROP VIEW IF EXISTS checked_steps;
 DROP VIEW IF EXISTS checked_outcomes;
 DROP MACRO TABLE IF EXISTS arrow_checked;
+DROP MACRO TABLE IF EXISTS arrow_records;
 DROP VIEW IF EXISTS raw_rows;
 DROP TABLE IF EXISTS checked_lines;
 DROP TABLE IF EXISTS arrow_bad;
