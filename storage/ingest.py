@@ -127,7 +127,7 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_recor
         run("arrow_records")                            # Arrow columns as the checked columns
         if has_lines or n_bad:
             run("checked")                              # every record by type, with its reason
-        else:  # the usual batch: half the SQL time of a small one (ingest.sql says why)
+        else:  # the usual batch: a sixth less SQL time for 1,000 steps (ingest.sql)
             run("checked_arrow_only")
         run("duplicates")                               # the same key twice in the batch
         run("stored_conflicts")                         # a key already stored, with other content

@@ -271,8 +271,8 @@ UNION ALL BY NAME SELECT * FROM arrow_checked('raw_outcomes', 'outcome');
 -- name: checked_arrow_only
 -- `checked` for a batch of Arrow records that all passed check_arrow (the usual batch): the same
 -- views without the union with the JSONL records and the join to the reasons, which every later
--- step plans and runs again. A 1,000-step batch took 216 ms with `checked` (sum of each step's
--- fastest of 8 runs, on a busy machine) and 104 ms with these.
+-- step plans and runs again. SQL CPU time of an SDK batch with these instead of `checked`: 80
+-- instead of 97 ms for 1,000 steps, 512 instead of 547 ms for 200,000.
 CREATE OR REPLACE TEMP VIEW checked_starts AS
 SELECT *, NULL::VARCHAR AS reason FROM arrow_records('raw_starts', 'trajectory');
 CREATE OR REPLACE TEMP VIEW checked_steps AS
