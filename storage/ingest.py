@@ -120,7 +120,7 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_recor
     try:
         has_lines = _stage(con, batch)                  # the raw_* inputs
         run("checked_lines")                            # empty
-        if has_lines:  # planning the JSONL check costs about 70 ms a batch, lines or not
+        if has_lines:  # planning the JSONL check takes 30 ms of CPU, lines or not (a 1,000-step batch: 80)
             run("json_macros")
             run("check_lines", max_bytes=max_record_bytes)  # JSONL: parse, type, reason
         n_bad = run("check_arrow", max_bytes=max_record_bytes)  # Arrow: the rows with a reason
@@ -140,8 +140,10 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_recor
         run("record_segments")                          # ingest_log: exactly once by digest
         run("cleanup")
         con.execute("COMMIT").fetchall()
-    except duckdb.Error as err:
+    except BaseException as err:
         con.execute("ROLLBACK").fetchall()
+        if not isinstance(err, duckdb.Error):
+            raise
         sources = ", ".join(s.source for s in batch[:3]) + (" ..." if len(batch) > 3 else "")
         raise StoreError(f"ingest of {len(batch)} segment(s) ({sources}) failed and was rolled "
                          f"back; nothing was stored: {err}") from err
