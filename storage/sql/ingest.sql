@@ -13,11 +13,12 @@
 -- Lines arrive with their trailing newline (zero-copy from the segment bytes); JSON ignores it and
 -- the quarantine strips it so `raw` is the record's bytes exactly. An Arrow record's `line_no` is
 -- its 1-based row in the file, and its `raw` is the row as JSON.
--- The steps: check_lines and check_arrow give every bad record its reason; `checked` shows every
--- record, whatever its format, as one view per record type; duplicates, stored_conflicts and
--- outcomes find what conflicts; the inserts write what is new; quarantine keeps what is bad;
--- record_segments logs each segment (exactly once: its hash is the key). $max_bytes is the
--- per-record size limit.
+-- The steps: check_lines (only for a batch with JSONL lines) and check_arrow give every bad
+-- record its reason; `checked` shows every record, whatever its format, as one view per record
+-- type (`checked_arrow_only` instead when every record is an Arrow one that passed); duplicates,
+-- stored_conflicts and outcomes find what conflicts; the inserts write what is new; quarantine
+-- keeps what is bad; record_segments logs each segment (exactly once: its hash is the key).
+-- $max_bytes is the per-record size limit.
 
 -- name: checked_lines
 -- JSONL records, checked: typed values and the reason a record is quarantined (the first problem
