@@ -101,8 +101,8 @@ def sample(
     """Show a few tasks, the model's sampled answers and the verifier's verdicts."""
     import random
 
-    from agents.model_agent import family_of, load_proposer
     from diffusion.evaluate import checkpoint_meta, resolve_checkpoint
+    from flows.model_agent import family_of, load_proposer
 
     with _user_errors():
         checkpoint = resolve_checkpoint(run, home)

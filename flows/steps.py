@@ -140,7 +140,7 @@ def propose(cfg: LoopConfig, family: str, checkpoint_dir: str, *, episodes: int,
             seed: int | None = None) -> dict[str, Any]:
     """The model agent attempts training tasks drawn with `seed` (default `cfg.seed`; a self-improvement
     round passes its own, so each round meets fresh tasks); the verifier decides; attempts go to the spool."""
-    from agents.model_agent import run_model_agent
+    from flows.model_agent import run_model_agent
 
     return _as_dict(run_model_agent(
         checkpoint_dir, family=family, family_params={**cfg.family_params.get(family, {}), "seed": cfg.seed},
