@@ -11,9 +11,10 @@ symbols) or None to give up, and records every tool call with `trajectory.step(.
 
 `run_episode` buffers the steps, verifies the answer, and only then opens the logged
 trajectory, so that its metadata can carry the outcome (`verified`, `outcome`) next to
-family, operation, difficulty and split, which is what curation clusters on. The trajectory is logged as starting when the episode
-started (before its first step) and finishes after its last step; step start times
-are the real ones, end times are when the step was logged.
+family, operation, difficulty and split, which is what curation clusters on. The
+trajectory is logged as starting when the episode started (before its first step) and
+finishes after its last step; step start times are the real ones, end times are when
+the step was logged.
 
 Outcomes: "solved" (verified), "wrong" (an answer the verifier rejects), "gave_up"
 (no answer), "error" (the policy raised; the trajectory gets status "error").

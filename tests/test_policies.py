@@ -11,6 +11,7 @@ FAMILIES = {
     "modular": {"p": 31, "operations": ("x/y", "x^3+x*y")},
     "two_hop": {"n_entities": 60, "n_relations": 8, "relations_per_entity": 6, "ood_fraction": 0.2, "phi": 3.0},
     "programs": {},
+    "strings": {"n_letters": 3, "word_len": 3},  # the fourth family: no line of agents/policies.py knows it
 }
 
 
