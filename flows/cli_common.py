@@ -75,7 +75,9 @@ def explain(err: BaseException) -> str | None:
 
 
 def print_error(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # one line, never wrapped
+    # One line, never wrapped: a message of several lines (DuckDB's, with the query under it) is joined.
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    err_console.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
 
 
 class OneLineErrors(TyperGroup):
