@@ -10,6 +10,7 @@ from typing import Any
 from agents.runner import POLICIES
 from agents.tasks import FAMILY_NAMES, family_class
 from diffusion.config import apply_overrides, check_at_least, check_choices, check_values
+from flows.runners import Runner
 
 
 def _small_families() -> dict[str, dict[str, Any]]:
@@ -63,8 +64,6 @@ class LoopConfig:
 
     def runner_settings(self):
         """Where fanned-out tasks run (`flows.runners.Runner`); a bad setting fails here."""
-        from flows.runners import Runner
-
         return Runner(self.runner, self.dask_address, self.dask_workers)
 
     def to_json(self) -> str:
