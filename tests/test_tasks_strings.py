@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from agents.tasks import get_family
@@ -99,3 +101,41 @@ def test_tools_and_solver_moves():
 def test_bad_parameters_are_named(params, message):
     with pytest.raises(ValueError, match=message):
         get_family("strings", **params)
+
+
+def test_a_fourth_family_runs_the_loop_end_to_end_with_no_policy_code(tmp_path):
+    """agents run -> ingest -> dataset build -> a short train, through the CLI, for a family
+    agents/policies.py never names."""
+    import orjson
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from storage.store import open_store
+
+    assert "strings" not in (Path(__file__).parents[1] / "agents" / "policies.py").read_text()
+    home, params = str(tmp_path), ["-p", "n_letters=3", "-p", "word_len=3"]
+    runner = CliRunner()
+    result = runner.invoke(app, ["agents", "run", "--family", "strings", *params, "--agents", "2",
+                                 "--episodes", "150", "--home", home, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    with open_store(tmp_path / "store.duckdb", read_only=True) as con:
+        outcomes = dict(con.execute("SELECT metadata->>'outcome', count(*) FROM trajectories GROUP BY 1").fetchall())
+        tools = {r[0] for r in con.execute("SELECT DISTINCT tool_name FROM steps WHERE kind = 'tool_call'").fetchall()}
+    assert sum(outcomes.values()) == 300 and outcomes["solved"] > 150 and {"wrong", "gave_up"} <= set(outcomes)
+    assert tools == {"apply"}
+
+    result = runner.invoke(app, ["dataset", "build", "--family", "strings", *params, "--home", home])
+    assert result.exit_code == 0, result.output
+    (snapshot,) = (tmp_path / "datasets").iterdir()
+    meta = orjson.loads((snapshot / "meta.json").read_bytes())
+    assert meta["family"] == "strings" and meta["counts"]["train"] > 0
+
+    result = runner.invoke(app, ["train", f"dataset={snapshot}", "max_steps=4", "eval_every=2", "hidden_size=16",
+                                 "num_layers=1", "num_heads=2", "batch_size=16", "run_name=strings-e2e",
+                                 "--home", home])
+    assert result.exit_code == 0, result.output
+    with open_store(tmp_path / "store.duckdb", read_only=True) as con:
+        names = {r[0] for r in con.execute("SELECT DISTINCT name FROM metrics WHERE run_id = 'strings-e2e'").fetchall()}
+    # accuracy by the family's verifier on each split; single and composed train rows apart (kind_of)
+    assert {"train/acc", "test_id/acc", "test_ood/acc", "train_single/acc", "train_composed/acc"} <= names
+    assert any(n.startswith("test_ood/cluster:") for n in names)  # per held-out composition
