@@ -61,7 +61,7 @@ def call_tool(trajectory: Any, tools: dict[str, Callable], name: str, **argument
 
 
 class OutOfMoves(Exception):
-    """A `Environment` with `max_calls` was asked for one call more."""
+    """An `Environment` with `max_calls` was asked for one call more."""
 
 
 class Environment:
@@ -134,11 +134,12 @@ class ExplorerPolicy(SolverPolicy):
 
     def _wrong_call(self, family: TaskFamily, task: Task, trajectory: Any) -> Answer:
         """Act on a misread prompt: one symbol swapped for another of the family's vocabulary."""
-        vocab = family.tokenizer().vocab[3:]
+        vocab = family.tokenizer().vocab[3:]  # past [PAD] [MASK] [UNK]
         prompt = list(task.prompt)
         i = self.rng.randrange(len(prompt))
         prompt[i] = self.rng.choice(vocab)
-        return family.solve(dataclasses.replace(task, prompt=tuple(prompt)), Environment(family, task, trajectory))
+        misread = dataclasses.replace(task, prompt=tuple(prompt))
+        return family.solve(misread, Environment(family, task, trajectory))
 
     def _partial(self, family: TaskFamily, task: Task, trajectory: Any) -> Answer:
         """Stop one move short and answer what the last move made returned (two_hop: the bridge
