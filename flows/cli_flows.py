@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from diffusion.config import TrainConfig
 from diffusion.plot import plot_runs
 from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import print_table
@@ -82,7 +83,6 @@ def _expected_time(cfg) -> str:
 
 def _reading(summary: dict, plot: Path) -> str:
     """What the table means, in words: the thresholds, and for each run whether it grokked."""
-    from diffusion.train import TrainConfig  # torch: see the top
 
     t = TrainConfig()
     lines = [f"T_mem: first evaluation with train accuracy >= {t.mem_threshold:.0%} (memorised). "

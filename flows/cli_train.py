@@ -9,11 +9,12 @@ import typer
 from rich.table import Table
 
 from agents.tasks import SPLITS
+from diffusion.config import TrainConfig, apply_overrides, load_config
 from diffusion.plot import plot_runs
 from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import print_table
 
-# diffusion.train, .evaluate and flows.model_agent import torch (seconds): each command imports
+# diffusion.train, .evaluate, .checkpoint and flows.model_agent import torch (seconds): each command imports
 # them when it runs, so `grokloop --help` and the store's commands do not wait for torch.
 
 app = typer.Typer(cls=OneLineErrors, no_args_is_help=True)
@@ -27,8 +28,7 @@ def train(
 ) -> None:
     """Train a masked-diffusion model (or objective=ar). Settings as key=value, e.g.
     `grokloop train max_steps=3000 grokfast=ema family_params='{"p": 97, "train_fraction": 0.4}'`."""
-    from diffusion.train import TrainConfig, apply_overrides, load_config  # torch: see the top
-    from diffusion.train import train as train_loop
+    from diffusion.train import train as train_loop  # torch: see the top
 
     overrides = list(ctx.args)
     if resume:
@@ -98,7 +98,7 @@ def sample(
     home: str = HOME,
 ) -> None:
     """Show a few tasks, the model's sampled answers and the verifier's verdicts."""
-    from diffusion.evaluate import checkpoint_meta, resolve_checkpoint  # torch: see the top
+    from diffusion.checkpoint import checkpoint_meta, resolve_checkpoint  # torch: see the top
     from flows.model_agent import family_of, load_proposer
 
     checkpoint = resolve_checkpoint(run, home)

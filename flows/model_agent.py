@@ -24,9 +24,8 @@ import torch
 from agents.policies import ModelPolicy, ProposeFn, log_episode
 from agents.sdk import TrajectoryLogger
 from agents.tasks import Task, get_family
-from diffusion.evaluate import checkpoint_meta, resolve_checkpoint
+from diffusion.checkpoint import checkpoint_meta, load_model, resolve_checkpoint
 from diffusion.sample import answer_columns, predict
-from diffusion.train import load_model
 
 
 def family_of(meta: dict, family: str | None = None, family_params: dict | None = None):

@@ -12,8 +12,9 @@ from typing import Any
 
 from agents.runner import run_agents, run_shard, shard_report
 from diffusion import train as training  # training.train looked up per call: tests wrap it
+from diffusion.checkpoint import has_checkpoint
+from diffusion.config import TrainConfig
 from diffusion.evaluate import evaluate_checkpoint
-from diffusion.train import TrainConfig
 from flows.config import LoopConfig
 from flows.model_agent import run_model_agent
 from storage.datasets import SnapshotSpec, build_snapshot
@@ -115,7 +116,7 @@ def train_config(cfg: LoopConfig, family: str, dataset_dir: str | None, *, run_n
 
 def train(train_cfg) -> dict[str, Any]:
     """Train, resuming the run if it already has a checkpoint (so a retry continues, never restarts)."""
-    resume = training.has_checkpoint(train_cfg)
+    resume = has_checkpoint(train_cfg)
     return _as_dict(training.train(train_cfg, resume=resume))
 
 
