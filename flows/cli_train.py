@@ -22,6 +22,7 @@ def train(
 ) -> None:
     """Train a masked-diffusion model (or objective=ar). Settings as key=value, e.g.
     `grokloop train max_steps=3000 grokfast=ema family_params='{"p": 97, "train_fraction": 0.4}'`."""
+    from diffusion.distributed import is_main
     from diffusion.train import TrainConfig, apply_overrides, load_config
     from diffusion.train import train as train_loop
 
@@ -32,6 +33,8 @@ def train(
         else:
             cfg = apply_overrides(TrainConfig(home=home), overrides)
         result = train_loop(cfg, resume=bool(resume))
+    if not is_main():  # under torchrun: rank 0 reports the run
+        return
     console.print(
         f"run {result.run_id}: {result.status} at step {result.final_step}; "
         f"T_mem {result.t_mem if result.t_mem is not None else '-'}, "
