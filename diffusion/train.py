@@ -133,7 +133,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
 
     ckpt_every = cfg.checkpoint_every or cfg.eval_every
     metrics: dict[str, float] = {}
-    board = metrics_board(run_dir, purge_step=state.step if resume_from is not None else None) if procs.is_main else None
+    board = None  # TensorBoard: rank 0's
+    if procs.is_main:
+        board = metrics_board(run_dir, purge_step=state.step if resume_from is not None else None)
     progress = progress_display(cfg, console)
     pace = Pace(state.step, cfg.max_steps)
     model.train()
@@ -162,6 +164,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                 # checkpoint on its schedule, at the end and on SIGTERM; it carries this evaluation's rows
                 checkpoints = []
                 if (step % ckpt_every == 0 or done or stopping) and state.saved < step:
+                    state.accum["loss"] = procs.mean(state.accum["loss"])  # what every process resumes with
                     if procs.is_main:  # every process resumes from rank 0's checkpoint
                         path = save_training_checkpoint(run_dir, cfg, model, optimizer, sampler, noise, state, rows)
                         checkpoints = [(step, path)]
@@ -182,10 +185,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                         group["lr"] = lr
                 idx = sampler.next()  # the global batch: every process draws the same rows and noise
                 ids, answer_mask = (x.to(procs.device) for x in train_rows.batch(idx))
-                rows = procs.rows(len(idx))  # and computes the loss of its own slice
+                mine = procs.rows(len(idx))  # and computes the loss of its own slice
                 loss = procs.share(objective_loss(cfg.objective, forward, ids, answer_mask, tokenizer.mask_id,
                                                   full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator,
-                                                  generator=noise, rows=rows), rows, len(idx))
+                                                  generator=noise, rows=mine), mine, len(idx))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # DDP: the gradient averaged over processes, which Grokfast then filters
                 if cfg.grokfast == "ema":

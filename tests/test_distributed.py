@@ -11,9 +11,8 @@ import duckdb
 import psutil
 import pytest
 
+from diffusion.distributed import Processes
 from storage.home import store_path
-
-pytestmark = pytest.mark.slow  # each test starts torchrun and its trainer processes
 
 TINY = ['family_params={"p": 5, "train_fraction": 0.6}', "hidden_size=32", "num_layers=1", "num_heads=2",
         "batch_size=8", "max_steps=50", "eval_every=1", "checkpoint_every=10", "keep_checkpoints=0",
@@ -43,6 +42,20 @@ def metric_rows(home, run_id):
         con.close()
 
 
+def test_the_slices_of_a_batch_cover_it_once_and_weigh_as_its_mean():
+    import torch
+
+    for n, world in ((8, 2), (7, 3), (3, 3)):
+        procs = [Processes(rank=r, world_size=world) for r in range(world)]
+        covered = [i for p in procs for i in range(n)[p.rows(n)]]
+        assert covered == list(range(n))
+        # slice means weighted by share, averaged as DDP averages: the mean of the whole batch
+        values = torch.arange(n, dtype=torch.float64)
+        avg = sum(float(p.share(values[p.rows(n)].mean(), p.rows(n), n)) for p in procs) / world
+        assert avg == pytest.approx(float(values.mean()))
+    assert Processes().rows(5) == slice(0, 5) and not Processes().distributed
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same 50 steps as one process and as two (torchrun, gloo), in one home."""
@@ -52,6 +65,7 @@ def runs(tmp_path_factory):
     return home, out
 
 
+@pytest.mark.slow  # torchrun and its trainer processes
 def test_two_processes_take_the_steps_one_process_takes(runs):
     home, out = runs
     one, two = metric_rows(home, "one"), metric_rows(home, "two")
@@ -80,6 +94,7 @@ def _rank_process(launcher: subprocess.Popen, rank: int, timeout: float = 120) -
     raise AssertionError(f"no rank {rank} process under torchrun")
 
 
+@pytest.mark.slow  # torchrun and its trainer processes
 def test_a_rank_killed_mid_run_resumes_to_the_same_final_metrics(runs, tmp_path):
     ref_home, _ = runs
     home = tmp_path
@@ -101,6 +116,7 @@ def test_a_rank_killed_mid_run_resumes_to_the_same_final_metrics(runs, tmp_path)
     assert metric_rows(home, "victim") == metric_rows(ref_home, "two")
 
 
+@pytest.mark.slow  # torchrun and its trainer processes
 def test_a_batch_smaller_than_the_processes_is_refused(tmp_path):
     settings = ['family_params={"p": 5, "train_fraction": 0.6}', "hidden_size=16", "num_layers=1", "num_heads=2",
                 "batch_size=1", "max_steps=2", "run_name=tiny", "progress=false"]
