@@ -44,10 +44,10 @@ def ingest(
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from agents.progress import progress_bar
-    from agents.spool import published_segments
     from storage.home import spool_dir
     from storage.ingest import ingest_paths, ingest_spool
     from storage.runs import flush_pending
+    from storage.spool import published_segments
     from storage.store import StoreError, StoreLocked, open_store
 
     def writer():
@@ -188,9 +188,9 @@ def status() -> None:
     """Where the store is, its schema version, rows per table and the spool backlog."""
     from rich.table import Table
 
-    from agents.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
     from storage.home import spool_dir, store_path
     from storage.runs import pending_records
+    from storage.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
     from storage.store import StoreError, open_store, schema_version
 
     path, spool = store_path(), spool_dir()

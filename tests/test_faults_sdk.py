@@ -14,14 +14,14 @@ import time
 
 import pytest
 
-from agents.spool import (
+from storage.ingest import ingest_spool
+from storage.spool import (
     TMP_SUFFIX,
     published_segments,
     read_records,
     remove_stale_tmp,
     write_segment,
 )
-from storage.ingest import ingest_spool
 from storage.store import connect
 
 LOGGING = textwrap.dedent("""
@@ -104,7 +104,7 @@ def test_a_failed_write_leaves_no_tmp_file(tmp_path, monkeypatch):
 
 KILLED_WRITER = textwrap.dedent("""
     import os, sys
-    from agents import spool
+    from storage import spool
     def stall(fd):
         print("WRITING", flush=True)
         import time; time.sleep(60)
