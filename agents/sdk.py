@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 from uuid6 import uuid7
 
 from storage.home import spool_location
@@ -65,6 +66,9 @@ from storage.spool import FORMAT_VERSION, RECORDS, segment_bytes, utc_micros, wr
 __all__ = ["FORMAT_VERSION", "Trajectory", "TrajectoryLogger", "now_iso"]
 
 _ROW_BYTES = 80  # about a record's typed fields, when counting the buffer against flush_bytes
+_JSON_FIELDS = {rtype: [f.name for f in schema if f.type == pa.json_()] for rtype, schema in RECORDS.items()}
+_TEXT_FIELDS = {rtype: {f.name for f in schema if f.type in (pa.string(), pa.list_(pa.string()))}
+                for rtype, schema in RECORDS.items()}
 
 
 def now_iso() -> str:
@@ -76,8 +80,12 @@ def _now() -> int:
     return time.time_ns() // 1000  # microseconds since the epoch, as the segment's times
 
 
-def _json(value: Any) -> bytes | None:
-    return None if value is None else orjson.dumps(value, default=_fallback, option=orjson.OPT_SERIALIZE_NUMPY)
+def _json(value: Any) -> str | None:
+    """JSON text, kept as a str: orjson's bytes are a large allocation each, and thousands of them
+    alive in a buffer make every dumps several times slower."""
+    if value is None:
+        return None
+    return orjson.dumps(value, default=_fallback, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _fallback(obj: Any) -> Any:
@@ -88,7 +96,23 @@ def _fallback(obj: Any) -> Any:
     return str(obj) if isinstance(obj, Path) else repr(obj)
 
 
-def _text(value: Any) -> str | None:
+def _empty_columns() -> dict[str, dict[str, list]]:
+    """The buffer: each record type's values, a list per field (a dict per record would be garbage
+    the collector keeps visiting, a third of the SDK's time)."""
+    return {rtype: {name: [] for name in schema.names} for rtype, schema in RECORDS.items()}
+
+
+def _encode(columns: dict[str, dict[str, list]]) -> pa.Buffer:
+    try:
+        return segment_bytes(columns)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # a value of another type in a text field: its str()
+        return segment_bytes({rtype: {name: [_as_text(v) for v in values] if name in _TEXT_FIELDS[rtype] else values
+                                      for name, values in fields.items()} for rtype, fields in columns.items()})
+
+
+def _as_text(value: Any) -> Any:
+    if isinstance(value, list):  # tags
+        return [_as_text(v) for v in value]
     return value if value is None or isinstance(value, str) else str(value)
 
 
@@ -115,10 +139,12 @@ class TrajectoryLogger:
         self.spool = spool_location(spool)  # a path, or a URL (s3://...)
         self.flush_bytes = flush_bytes
         self.segments_written = 0
-        self._records: dict[str, list[dict]] = {rtype: [] for rtype in RECORDS}
+        self._columns = _empty_columns()
         self._size = 0  # about the bytes buffered
         self._closed = False
         self._lock = threading.Lock()  # the buffer and publishing, so segments sort in write order
+        self._writer: threading.Thread | None = None  # publishing a full buffer's segment (flush)
+        self._writer_error: BaseException | None = None
         # A daemon timer publishes a quiet buffer at least every flush_seconds.
         self._stop = threading.Event()
         threading.Thread(target=_flush_periodically, args=(self, flush_seconds), daemon=True).start()
@@ -132,27 +158,52 @@ class TrajectoryLogger:
         return Trajectory(self, task, tags, metadata, start_time, model)
 
     def record(self, rtype: str, fields: dict[str, Any]) -> None:
-        """Buffer one record (`storage.spool.RECORDS[rtype]`'s fields); publish if the buffer is full."""
-        size = _ROW_BYTES + sum(len(v) for v in fields.values() if isinstance(v, bytes))
+        """Buffer one record (every one of `storage.spool.RECORDS[rtype]`'s fields); publish the
+        buffer if it is full."""
+        size = _ROW_BYTES + sum(map(len, filter(None, map(fields.get, _JSON_FIELDS[rtype]))))  # its JSON texts
         with self._lock:
             if self._closed:
                 raise RuntimeError("TrajectoryLogger is closed")
-            self._records[rtype].append(fields)
+            columns = self._columns[rtype]
+            for name, value in fields.items():
+                columns[name].append(value)
             self._size += size
             full = self._size >= self.flush_bytes
         if full:
-            self.flush()
+            self.flush(wait=False)
 
-    def flush(self) -> Path | str | None:
-        """Publish the buffer now; returns the new segment, None if there was nothing to publish."""
+    def flush(self, *, wait: bool = True) -> None:
+        """Publish the buffer as a segment now. Not `wait`: the segment is written (write, fsync,
+        rename: I/O the agent need not wait for) by a thread, which the next flush waits for, so
+        segments are still published one at a time, in order."""
         with self._lock:
+            self._wait_for_writer()
             if not self._size:
-                return None
-            records, self._size = self._records, 0
-            self._records = {rtype: [] for rtype in RECORDS}
-            path = write_segment(self.spool, segment_bytes(records))
+                return
+            columns, self._columns, self._size = self._columns, _empty_columns(), 0
+            data = _encode(columns)
+            if wait:
+                self._publish(data)
+            else:
+                self._writer = threading.Thread(target=self._publish, args=(data, True), daemon=True)
+                self._writer.start()
+
+    def _publish(self, data: pa.Buffer, background: bool = False) -> None:
+        try:
+            write_segment(self.spool, data)
             self.segments_written += 1
-            return path
+        except BaseException as err:
+            if not background:
+                raise
+            self._writer_error = err  # raised in the agent's thread by the next flush
+
+    def _wait_for_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._writer_error is not None:
+            err, self._writer_error = self._writer_error, None
+            raise err
 
     def close(self) -> None:
         with self._lock:
@@ -268,19 +319,19 @@ class Trajectory:
             raise ValueError(f"task is missing {', '.join(missing)}: {task!r}")
         self.logger, self.task = logger, task
         self.uuid = uuid7()
-        self.id = str(self.uuid)
+        self.id, self._key = str(self.uuid), self.uuid.bytes  # the key as the segment holds it
         self.n_steps = 0
         self.finished = False
         self.start = _now() if start_time is None else utc_micros(start_time)
         agent = logger.agent
         logger.record("trajectory", {
-            "trajectory_id": self.uuid, "agent_name": _text(agent["name"]), "agent_version": _text(agent["version"]),
-            "agent_kind": _text(agent["kind"]), "agent_checkpoint": _text(agent["checkpoint"]),
-            "task_family": _text(task["family"]), "task_id": _text(task["task_id"]),
-            "task_split": _text(task.get("split")), "task_operation": _text(task.get("operation")),
+            "trajectory_id": self._key, "agent_name": agent["name"], "agent_version": agent["version"],
+            "agent_kind": agent["kind"], "agent_checkpoint": agent["checkpoint"],
+            "task_family": task["family"], "task_id": task["task_id"],
+            "task_split": task.get("split"), "task_operation": task.get("operation"),
             "task_difficulty": _int(task.get("difficulty"), "task difficulty", -(1 << 31), 1 << 31),
-            "task_spec": _json(task.get("spec")), "tags": [_text(tag) for tag in tags],
-            "metadata": _json(dict(metadata or {})), "start_time": self.start, "model": _text(model)})
+            "task_spec": _json(task.get("spec")), "tags": list(tags),
+            "metadata": _json(dict(metadata or {})), "start_time": self.start, "model": model})
 
     def step(self, *, kind: str = "tool_call", observation: Any = None, tool_name: str | None = None,
              arguments: Any = None, result: Any = None, reward: float | None = None, status: str = "ok",
@@ -300,13 +351,13 @@ class Trajectory:
             raise ValueError(f"step start_time {start_time!r} is before its trajectory's start; "
                              "open the trajectory first, or pass trajectory(start_time=...)")
         fields = {
-            "trajectory_id": self.uuid, "index": self.n_steps, "kind": _text(kind), "observation": _json(observation),
-            "tool_name": _text(tool_name), "arguments": _json(arguments), "result": _json(result),
-            "reward": _number(reward), "status": _text(status), "error": _text(error),
+            "trajectory_id": self._key, "index": self.n_steps, "kind": kind, "observation": _json(observation),
+            "tool_name": tool_name, "arguments": _json(arguments), "result": _json(result),
+            "reward": _number(reward), "status": status, "error": error,
             "metadata": _json(metadata) if metadata else None, "start_time": start, "end_time": end,
-            "model": _text(model), "input_tokens": _int(input_tokens, "input_tokens", 0, 1 << 63),
+            "model": model, "input_tokens": _int(input_tokens, "input_tokens", 0, 1 << 63),
             "output_tokens": _int(output_tokens, "output_tokens", 0, 1 << 63), "cost_usd": _number(cost_usd),
-            "call_id": _text(call_id), "turn": _int(turn, "turn (the index of an earlier step, or this one)",
+            "call_id": call_id, "turn": _int(turn, "turn (the index of an earlier step, or this one)",
                                                     0, self.n_steps + 1)}
         self.logger.record("step", fields)
         self.n_steps += 1
@@ -317,9 +368,9 @@ class Trajectory:
         if self.finished:
             raise RuntimeError(f"trajectory {self.id} already finished")
         self.logger.record("outcome", {
-            "trajectory_id": self.uuid, "status": _text(status), "answer": _json(answer),
+            "trajectory_id": self._key, "status": status, "answer": _json(answer),
             "verified": None if verified is None else bool(verified), "reward": _number(reward),
-            "error": _text(error), "n_steps": self.n_steps, "end_time": _now()})
+            "error": error, "n_steps": self.n_steps, "end_time": _now()})
         self.finished = True  # only once recorded: a refused call can be retried
 
     def __enter__(self) -> Trajectory:

@@ -84,19 +84,18 @@ class SegmentError(ValueError):
     """A segment file that cannot be read as a grokloop Arrow segment."""
 
 
-def segment_bytes(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> pa.Buffer:
-    """An Arrow IPC file (`SCHEMA`) of records given as dicts by type (`RECORDS`' field names;
-    a missing field is null, JSON fields as JSON text): one record batch per type, the columns a
+def segment_bytes(records: Mapping[str, Mapping[str, Sequence]]) -> pa.Buffer:
+    """An Arrow IPC file (`SCHEMA`) of records given by type as columns, {type: {field: values}}
+    (`RECORDS[type]`'s fields; JSON fields as JSON text): one record batch per type, the columns a
     type does not have all null."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, SCHEMA) as writer:
-        for rtype, rows in records.items():
-            if rows:
-                table = pa.Table.from_pylist(rows, schema=RECORDS[rtype])
-                columns = [pa.array([rtype] * len(rows), pa.string())]
-                columns += [table.column(f.name) if f.name in table.schema.names else pa.nulls(len(rows), f.type)
-                            for f in SCHEMA if f.name != "type"]
-                writer.write_table(pa.Table.from_arrays(columns, schema=SCHEMA))
+        for rtype, columns in records.items():
+            batch = pa.RecordBatch.from_pydict(columns, schema=RECORDS[rtype])
+            if n := batch.num_rows:
+                writer.write_batch(pa.RecordBatch.from_arrays(
+                    [pa.array([rtype] * n), *(batch.column(f.name) if f.name in columns else pa.nulls(n, f.type)
+                                              for f in SCHEMA if f.name != "type")], schema=SCHEMA))
     return sink.getvalue()
 
 

@@ -136,3 +136,18 @@ def test_a_killed_write_leaves_a_tmp_that_ingest_and_status_remove_once_stale(tm
                             timeout=60)
     assert result.returncode == 0 and "removed 1 stale temp file" in result.stdout.replace("\n", " ")
     assert not tmp.exists()
+
+
+def test_a_failed_background_write_is_raised_by_the_next_flush(tmp_path):
+    from agents.sdk import TrajectoryLogger
+
+    blocker = tmp_path / "spool"
+    blocker.write_text("a file where the spool should be")
+    log = TrajectoryLogger("a", "1", spool=blocker, flush_bytes=1, flush_seconds=60)
+    t = log.trajectory({"family": "modular", "task_id": "m/1"})  # a full buffer: written by a thread
+    with pytest.raises(OSError):
+        log.flush()
+    t.step(result=1)
+    with pytest.raises(OSError):
+        log.close()
+    assert blocker.read_text() == "a file where the spool should be"
