@@ -8,35 +8,25 @@
         t.finish(answer=["e7"], verified=True, reward=1.0)
     log.close()   # also runs at interpreter exit, and on SIGTERM / SIGINT
 
-Records are buffered as dicts, one list per record type, and each flush (by size, by age, at
-close) publishes one spool segment: an Arrow IPC file whose columns are built by pyarrow from
-those dicts (`storage/spool.py`: `RECORDS` names each record type's fields and types). Free-form
-values (observation, arguments, result, metadata, answer, task spec) are JSON, encoded by orjson
-when they are logged (numpy values as numbers, sets and tuples as lists, other objects as their
-repr()); a value of another type in a text field (an exception as `error`) is stored as its str().
-A reward, token count, cost or time that is not one raises ValueError at the call.
+Records are buffered a list per field, and each flush (by size, by age, at close) publishes them as
+one spool segment (`storage/spool.py`: `RECORDS` holds each record type's fields and types).
+Free-form values (observation, arguments, result, metadata, answer, task spec) are encoded by orjson
+when logged (numpy values as numbers, sets and tuples as lists, other objects as their repr()); a
+value of another type in a text field (an exception as `error`) is stored as its str(). A reward,
+token count, cost or time that is not one raises ValueError at the call. Identity is made here: a
+trajectory's id is a UUIDv7 (time-ordered: the store lists trajectories oldest first by id), a step
+is (trajectory_id, index), so ingesting the same records twice is a no-op.
 
-Exit. Every open logger is flushed at interpreter exit and when the process gets SIGTERM or
-SIGINT; the signal then goes on to the handler that was there before (the default: the process
-ends as it would have, exit status 143 / 130; a program's own handler, installed before the first
-logger, is called). A program that installs its own handler after creating a logger replaces
-ours: it should call `log.close()` in it. A final flush that fails (a full disk) prints one line
-saying what was lost and exits 1. Only SIGKILL loses the unflushed buffer.
+Times. A trajectory starts when `trajectory()` is called, or at its `start_time=` (an agent that
+decides what to log only after acting takes `now_iso()` before its first action); a step's
+start_time is at or after that (an earlier one is refused), its end_time is when `step()` is
+called, the outcome's when `finish()` is. An exception inside the `with` block records status
+"error" with the exception text, then propagates; a block left without `finish()` records "ok".
 
-Times. A trajectory starts when `trajectory()` is called (or at its `start_time=`, for an agent
-that decides what to log only after acting: take `now_iso()` before the first action and pass it);
-a step's start_time is at or after that (an earlier one is refused), its end_time is when `step()`
-is called, and the outcome's end_time is when `finish()` is called, so durations are real.
-
-An exception inside the `with` block records the trajectory with status "error" and the exception
-text, then propagates. A block left without `finish()` is recorded as status "ok" with no answer.
-A trajectory whose process dies before its outcome is flushed lands in the store as "incomplete".
-
-Identity is made here: a trajectory's id is a UUIDv7 (time-ordered: the store lists trajectories
-oldest first by id), a step is (trajectory_id, index), so ingesting the same records twice is a
-no-op. Usage fields (`model`, `input_tokens`, `output_tokens`, `cost_usd`, `call_id`, `turn`) are
-optional; the steps of one agent turn (a model call and the tool calls it asked for, one step each)
-share `turn`, the index of the turn's first step.
+Exit. Open loggers are flushed at interpreter exit and on SIGTERM / SIGINT, after which the signal
+goes on to the handler that was there before (by default the process still ends, 143 / 130). A
+final flush that fails (a full disk) prints one line saying what was lost and exits 1. Only
+SIGKILL loses the unflushed buffer; its trajectories land in the store as "incomplete".
 """
 
 from __future__ import annotations
@@ -96,9 +86,22 @@ def _fallback(obj: Any) -> Any:
     return str(obj) if isinstance(obj, Path) else repr(obj)
 
 
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _int(value: Any, what: str, low: int, high: int) -> int | None:
+    """None, or a whole number in [low, high) (ValueError otherwise, at the call)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not float(value).is_integer() or not low <= int(value) < high:
+        raise ValueError(f"{what} must be a whole number in [{low}, {high}), got {value!r}")
+    return int(value)
+
+
 def _empty_columns() -> dict[str, dict[str, list]]:
     """The buffer: each record type's values, a list per field (a dict per record would be garbage
-    the collector keeps visiting, a third of the SDK's time)."""
+    the collector keeps visiting: a sixth more time per step)."""
     return {rtype: {name: [] for name in schema.names} for rtype, schema in RECORDS.items()}
 
 
@@ -116,19 +119,6 @@ def _as_text(value: Any) -> Any:
     return value if value is None or isinstance(value, str) else str(value)
 
 
-def _number(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _int(value: Any, what: str, low: int, high: int) -> int | None:
-    """None, or a whole number in [low, high) (ValueError otherwise, at the call)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not float(value).is_integer() or not low <= int(value) < high:
-        raise ValueError(f"{what} must be a whole number in [{low}, {high}), got {value!r}")
-    return int(value)
-
-
 class TrajectoryLogger:
     """Buffers records and publishes them to the spool by size, by age and at exit."""
 
@@ -143,23 +133,21 @@ class TrajectoryLogger:
         self._size = 0  # about the bytes buffered
         self._closed = False
         self._lock = threading.Lock()  # the buffer and publishing, so segments sort in write order
-        self._writer: threading.Thread | None = None  # publishing a full buffer's segment (flush)
+        self._writer: threading.Thread | None = None  # publishing a full buffer (`flush(wait=False)`)
         self._writer_error: BaseException | None = None
-        # A daemon timer publishes a quiet buffer at least every flush_seconds.
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # a daemon timer publishes a quiet buffer every flush_seconds
         threading.Thread(target=_flush_periodically, args=(self, flush_seconds), daemon=True).start()
         _watch(self)
 
     def trajectory(self, task: Any, *, tags: Sequence[str] = (), metadata: Mapping[str, Any] | None = None,
                    start_time: Any = None, model: str | None = None) -> Trajectory:
-        """A new trajectory of `task` (a mapping with family and task_id, or an object with a
-        `.ref()` that returns one); it starts now, or at `start_time` (ISO 8601 or datetime).
-        `model`: the model the agent runs on in this trajectory (each step may name its own)."""
+        """A new trajectory of `task` (a mapping with family and task_id, or an object whose `.ref()`
+        returns one), starting now or at `start_time` (ISO 8601 or datetime). `model`: the model
+        the agent runs on in this trajectory (each step may name its own)."""
         return Trajectory(self, task, tags, metadata, start_time, model)
 
     def record(self, rtype: str, fields: dict[str, Any]) -> None:
-        """Buffer one record (every one of `storage.spool.RECORDS[rtype]`'s fields); publish the
-        buffer if it is full."""
+        """Buffer one record (all of `RECORDS[rtype]`'s fields); publish the buffer once it is full."""
         size = _ROW_BYTES + sum(map(len, filter(None, map(fields.get, _JSON_FIELDS[rtype]))))  # its JSON texts
         with self._lock:
             if self._closed:
@@ -174,10 +162,15 @@ class TrajectoryLogger:
 
     def flush(self, *, wait: bool = True) -> None:
         """Publish the buffer as a segment now. Not `wait`: the segment is written (write, fsync,
-        rename: I/O the agent need not wait for) by a thread, which the next flush waits for, so
+        rename: I/O the agent need not wait for) by a thread that the next flush waits for, so
         segments are still published one at a time, in order."""
         with self._lock:
-            self._wait_for_writer()
+            if self._writer is not None:
+                self._writer.join()
+                self._writer = None
+            if self._writer_error is not None:
+                err, self._writer_error = self._writer_error, None
+                raise err
             if not self._size:
                 return
             columns, self._columns, self._size = self._columns, _empty_columns(), 0
@@ -197,14 +190,6 @@ class TrajectoryLogger:
                 raise
             self._writer_error = err  # raised in the agent's thread by the next flush
 
-    def _wait_for_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.join()
-            self._writer = None
-        if self._writer_error is not None:
-            err, self._writer_error = self._writer_error, None
-            raise err
-
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -223,11 +208,6 @@ class TrajectoryLogger:
         self.close()
 
 
-def _flush_periodically(logger: TrajectoryLogger, seconds: float) -> None:
-    while not logger._stop.wait(seconds):
-        _flush_reporting(logger)
-
-
 # --- exit and signals -------------------------------------------------------------------------
 
 _LIVE: set[TrajectoryLogger] = set()  # loggers not closed yet (strong refs: a buffer is never dropped)
@@ -236,17 +216,18 @@ _passing: set[int] = set()            # signals to hand straight on (already flu
 
 
 def _watch(logger: TrajectoryLogger) -> None:
-    """Flush `logger` at exit and on SIGTERM / SIGINT: the signal handlers go in with the first
-    logger made in the main thread (signal.signal's rule)."""
+    """Flush `logger` at exit and on SIGTERM / SIGINT (the handlers go in with the first logger
+    made in the main thread: signal.signal's rule)."""
     if not _previous and threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             _previous[signum] = signal.signal(signum, _on_signal)
     _LIVE.add(logger)
 
 
+@atexit.register
 def _close_all() -> None:
-    """At exit: close every logger. One that cannot publish its buffer says so in one line and
-    the process exits 1 (an exception in an atexit callback would be printed and then ignored)."""
+    """Close every logger. One that cannot publish its buffer says so in one line and the process
+    exits 1 (an exception in an atexit callback would be printed and then ignored)."""
     failed = False
     for logger in list(_LIVE):
         try:
@@ -254,24 +235,17 @@ def _close_all() -> None:
         except Exception as err:  # noqa: BLE001  (any failure to publish is reported the same way)
             failed = True
             _report_lost(logger, err)
-            _LIVE.discard(logger)
     if failed:
         sys.stdout.flush()
         os._exit(1)
 
 
-atexit.register(_close_all)
-
-
 def _on_signal(signum: int, frame: Any) -> None:
     if signum not in _passing:
-        # The handler runs between two bytecodes of the main thread: if that thread (or another)
-        # holds a logger's lock, flushing here would wait forever. Flush those from a thread once
-        # the lock is let go, then send the signal again.
-        busy = [logger for logger in list(_LIVE) if not _flush_reporting(logger, blocking=False)]
-        if busy:
-            threading.Thread(target=_flush_then_signal, args=(busy, signum), daemon=True).start()
-            return
+        # This handler may have interrupted code that holds a logger's lock: flush from a thread
+        # (which waits for the lock), then send the signal again.
+        threading.Thread(target=_flush_then_signal, args=(signum,), daemon=True).start()
+        return
     _passing.discard(signum)
     previous = _previous.get(signum)
     if callable(previous):
@@ -281,25 +255,24 @@ def _on_signal(signum: int, frame: Any) -> None:
         os.kill(os.getpid(), signum)
 
 
-def _flush_then_signal(loggers: list[TrajectoryLogger], signum: int) -> None:
-    for logger in loggers:
+def _flush_then_signal(signum: int) -> None:
+    for logger in list(_LIVE):
         _flush_reporting(logger)
     _passing.add(signum)
     os.kill(os.getpid(), signum)
 
 
-def _flush_reporting(logger: TrajectoryLogger, *, blocking: bool = True) -> bool:
-    """Flush, reporting a failure in one line, never raising (a signal must still do what it would
-    have). Not `blocking`: only if the logger's lock is free; False if it was not."""
-    if not blocking:
-        if not logger._lock.acquire(blocking=False):
-            return False
-        logger._lock.release()  # taken meanwhile only by another thread, which lets go of it
+def _flush_periodically(logger: TrajectoryLogger, seconds: float) -> None:
+    while not logger._stop.wait(seconds):
+        _flush_reporting(logger)
+
+
+def _flush_reporting(logger: TrajectoryLogger) -> None:
+    """Flush; a failure is one line, never an exception (a signal must still do what it would)."""
     try:
         logger.flush()
     except Exception as err:  # noqa: BLE001  (any failure to publish is reported the same way)
         _report_lost(logger, err)
-    return True
 
 
 def _report_lost(logger: TrajectoryLogger, err: Exception) -> None:
@@ -314,54 +287,48 @@ class Trajectory:
     def __init__(self, logger: TrajectoryLogger, task: Any, tags: Sequence[str] = (),
                  metadata: Mapping[str, Any] | None = None, start_time: Any = None, model: str | None = None):
         task = dict(task.ref() if hasattr(task, "ref") else task)
-        missing = [k for k in ("family", "task_id") if not task.get(k)]
-        if missing:
+        if missing := [k for k in ("family", "task_id") if not task.get(k)]:
             raise ValueError(f"task is missing {', '.join(missing)}: {task!r}")
-        self.logger, self.task = logger, task
+        self.logger, self.task, self.n_steps, self.finished = logger, task, 0, False
         self.uuid = uuid7()
         self.id, self._key = str(self.uuid), self.uuid.bytes  # the key as the segment holds it
-        self.n_steps = 0
-        self.finished = False
         self.start = _now() if start_time is None else utc_micros(start_time)
         agent = logger.agent
         logger.record("trajectory", {
             "trajectory_id": self._key, "agent_name": agent["name"], "agent_version": agent["version"],
             "agent_kind": agent["kind"], "agent_checkpoint": agent["checkpoint"],
-            "task_family": task["family"], "task_id": task["task_id"],
-            "task_split": task.get("split"), "task_operation": task.get("operation"),
+            "task_family": task["family"], "task_id": task["task_id"], "task_split": task.get("split"),
+            "task_operation": task.get("operation"),
             "task_difficulty": _int(task.get("difficulty"), "task difficulty", -(1 << 31), 1 << 31),
-            "task_spec": _json(task.get("spec")), "tags": list(tags),
-            "metadata": _json(dict(metadata or {})), "start_time": self.start, "model": model})
+            "task_spec": _json(task.get("spec")), "tags": list(tags), "metadata": _json(dict(metadata or {})),
+            "start_time": self.start, "model": model})
 
     def step(self, *, kind: str = "tool_call", observation: Any = None, tool_name: str | None = None,
              arguments: Any = None, result: Any = None, reward: float | None = None, status: str = "ok",
              error: str | None = None, metadata: Mapping[str, Any] | None = None, start_time: Any = None,
              model: str | None = None, input_tokens: int | None = None, output_tokens: int | None = None,
              cost_usd: float | None = None, call_id: str | None = None, turn: int | None = None) -> int:
-        """Record one step; returns its index.
-
-        A model call: `model`, `input_tokens`, `output_tokens`, `cost_usd`. Parallel tool calls:
-        one step per call, each with its `call_id`, all with the `turn` of the step that asked
-        for them (that step's index)."""
+        """Record one step; returns its index. A model call: `model`, `input_tokens`,
+        `output_tokens`, `cost_usd`. Parallel tool calls: one step per call, each with its
+        `call_id`, all with the `turn` of the step that asked for them (that step's index)."""
         if self.finished:
             raise RuntimeError(f"trajectory {self.id} is finished; no more steps")
         end = _now()
         start = end if start_time is None else utc_micros(start_time)
-        if start_time is not None and start < self.start:
+        if start < self.start and start_time is not None:
             raise ValueError(f"step start_time {start_time!r} is before its trajectory's start; "
                              "open the trajectory first, or pass trajectory(start_time=...)")
-        fields = {
-            "trajectory_id": self._key, "index": self.n_steps, "kind": kind, "observation": _json(observation),
+        index = self.n_steps
+        self.logger.record("step", {
+            "trajectory_id": self._key, "index": index, "kind": kind, "observation": _json(observation),
             "tool_name": tool_name, "arguments": _json(arguments), "result": _json(result),
             "reward": _number(reward), "status": status, "error": error,
             "metadata": _json(metadata) if metadata else None, "start_time": start, "end_time": end,
             "model": model, "input_tokens": _int(input_tokens, "input_tokens", 0, 1 << 63),
             "output_tokens": _int(output_tokens, "output_tokens", 0, 1 << 63), "cost_usd": _number(cost_usd),
-            "call_id": call_id, "turn": _int(turn, "turn (the index of an earlier step, or this one)",
-                                                    0, self.n_steps + 1)}
-        self.logger.record("step", fields)
-        self.n_steps += 1
-        return fields["index"]
+            "call_id": call_id, "turn": _int(turn, "turn (an earlier step's index, or this one's)", 0, index + 1)})
+        self.n_steps = index + 1
+        return index
 
     def finish(self, *, answer: Any = None, verified: bool | None = None, reward: float | None = None,
                status: str = "ok", error: str | None = None) -> None:
@@ -378,8 +345,8 @@ class Trajectory:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if not self.finished:
-            if exc is not None:
-                self.finish(status="error", verified=False, error=f"{exc_type.__name__}: {exc}")
-            else:
+            if exc is None:
                 self.finish()
+            else:
+                self.finish(status="error", verified=False, error=f"{exc_type.__name__}: {exc}")
         return False  # never swallow the agent's exception
