@@ -32,10 +32,6 @@ SIGKILL loses the unflushed buffer; its trajectories land in the store as "incom
 from __future__ import annotations
 
 import atexit
-
-# The first flush's pa.array imports pandas, which imports this module; when that flush is the one
-# at interpreter exit, the module can no longer be imported ("can't register atexit after shutdown").
-import concurrent.futures.thread  # noqa: F401
 import os
 import signal
 import sys
@@ -47,11 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+# pa.array imports pandas at its first call (to look for pandas objects), a fifth of a second:
+# imported here, it is not paid inside an agent's first step, a forked agent shares it, and a first
+# flush at interpreter exit does not fail ("can't register atexit after shutdown").
+import pandas  # noqa: F401
 import pyarrow as pa
-from uuid6 import uuid7
 
 from storage.home import spool_location
-from storage.spool import FORMAT_VERSION, RECORDS, segment_bytes, utc_micros, write_segment
+from storage.spool import FORMAT_VERSION, RECORDS, segment_bytes, utc_micros, uuid7, write_segment
 
 __all__ = ["FORMAT_VERSION", "Trajectory", "TrajectoryLogger", "now_iso"]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-from uuid6 import uuid7  # RFC 9562 UUIDv7; strictly increasing within a process
+import uuid6
 
 from storage.home import is_url, local_path
 
@@ -78,6 +79,18 @@ SCHEMA = pa.schema([("type", pa.string()), *_UNION.values()],
                    metadata={"grokloop.format_version": str(SEGMENT_VERSION)})
 JSON_COLUMNS = tuple(field.name for field in SCHEMA if field.type == _JSON)
 USAGE_COLUMNS = ("model", "input_tokens", "output_tokens", "cost_usd", "call_id", "turn")  # version 3
+
+
+_uuid7_lock = threading.Lock()
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 UUIDv7, `uuid6`'s): 48-bit unix ms, then random bits from the
+    OS. Strictly increasing within a process (the lock: across its threads too; an id made in a
+    millisecond that already has one takes the next millisecond). Another process, forked or not,
+    draws its own random bits: two never make the same id in practice."""
+    with _uuid7_lock:
+        return uuid6.uuid7()
 
 
 class SegmentError(ValueError):

@@ -148,14 +148,12 @@ def test_flushes_by_size_and_leaves_no_tmp(tmp_path):
 
 def test_exit_without_close_publishes_the_buffer(tmp_path):
     # The at-exit flush is the first flush here: building the segment must not need anything
-    # that cannot start during interpreter shutdown (pandas, which pa.array imports, cannot).
+    # that cannot start during interpreter shutdown (an import of pandas, which pa.array does, cannot).
     script = textwrap.dedent(f"""
-        import sys
         from agents.sdk import TrajectoryLogger
         log = TrajectoryLogger("a", "1", spool={str(tmp_path)!r}, flush_seconds=60)
         with log.trajectory({{"family": "f", "task_id": "t"}}) as t:
             t.step(result=1)
-        assert "pandas" not in sys.modules
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
