@@ -35,13 +35,17 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from agents.spool import (
+from storage.spool import (
     REJECTED_SUFFIX,
     SCHEMA,
     SEGMENT_SUFFIX,
     SEGMENT_SUFFIXES,
     SegmentError,
+    move_published,
+    published_segments,
+    read_published,
     read_segment,
+    remove_stale_tmp,
 )
 from storage.store import StoreError, sql_blocks
 
@@ -374,8 +378,6 @@ def rejected_segment(source: str, data: bytes) -> Segment:
 
 
 def _read_segment_file(path: Path | str) -> Segment | None:
-    from agents.spool import read_published
-
     name = str(path).rsplit("/", 1)[-1]
     arrow = name.endswith(SEGMENT_SUFFIX)
     try:
@@ -410,7 +412,6 @@ def ingest_spool(
     `spool/ingested/`. Half-written `.tmp` files are left alone while their writer may be at work;
     stale ones (old, writer gone: `agents.spool.remove_stale_tmp`) are removed. The spool may be
     a URL (`s3://bucket/prefix/spool`): its objects are listed and read the same way."""
-    from agents.spool import move_published, published_segments, remove_stale_tmp
     from storage.home import spool_location
 
     spool = spool_location(spool)

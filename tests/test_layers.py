@@ -15,8 +15,6 @@ import ast
 import graphlib
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("storage", "agents", "diffusion", "flows")
 MAY_IMPORT = {
@@ -70,16 +68,6 @@ def package_graph(edges) -> dict[str, set[str]]:
     return graph
 
 
-# Until the two storage moves of issue 15 land (the lead removes these marks at integration):
-# storage/atif.py and storage/ingest.py import agents.spool (the "sdk" engineer moves it to
-# storage/spool.py), storage/datasets.py imports agents.tasks (the "ingest" engineer inverts it).
-PENDING_FILES = {"storage/atif.py", "storage/ingest.py", "storage/datasets.py"}
-PENDING_MOVES = pytest.mark.xfail(strict=True, reason="storage/atif.py, storage/ingest.py import agents.spool "
-                                  "(moving to storage/spool.py, sdk); storage/datasets.py imports agents.tasks "
-                                  "(ingest): files owned by others, not landed yet")
-
-
-@PENDING_MOVES
 def test_no_module_imports_a_package_above_its_own():
     edges = project_edges()
     assert len(edges) > 100  # the walk found the project's imports (a broken walk would pass vacuously)
@@ -87,12 +75,6 @@ def test_no_module_imports_a_package_above_its_own():
     assert not bad, "upward imports:\n" + "\n".join(bad)
 
 
-def test_while_moves_are_pending_every_other_module_keeps_to_its_layer():
-    bad = [line for line in upward_imports(project_edges()) if line.split(":")[0] not in PENDING_FILES]
-    assert not bad, "upward imports:\n" + "\n".join(bad)
-
-
-@PENDING_MOVES
 def test_no_import_cycle_between_top_level_packages():
     graph = package_graph(project_edges())
     # static_order raises CycleError naming the cycle
