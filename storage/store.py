@@ -82,6 +82,18 @@ def has_keys(con: duckdb.DuckDBPyConnection) -> bool:
                        ).fetchall()[0][0] != "ducklake"
 
 
+@contextlib.contextmanager
+def claimed(con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]]) -> Iterator[set[str]]:
+    """The digests of (digest, source) segments this writer may ingest now: all of them in the
+    embedded store (its lock makes this the only writer); on DuckLake the ones it claimed from
+    concurrent workers (`lake.claimed`), released on the way out."""
+    if has_keys(con):
+        yield {digest for digest, _ in segments}
+    else:
+        with lake.claimed(con, segments) as mine:
+            yield mine
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
     """Apply every migration newer than the store's version, each in its own transaction. On
     DuckLake the key clauses are left out (`lake.without_keys`) and a migration that meets another

@@ -493,8 +493,9 @@ SELECT s.source, b.line_no, b.raw, b.reason FROM bad b JOIN raw_segs s USING (se
 -- Per segment: its records (as Python counted them, plus the ones rejected before SQL), the good
 -- trajectory starts and steps (a duplicate step not counted), and what went to quarantine. The
 -- Arrow counts come from Python too, less the records with a reason: counting the checked views
--- again would plan and scan every input table once more.
-INSERT OR IGNORE INTO ingest_log BY NAME
+-- again would plan and scan every input table once more. No segment here is in ingest_log yet:
+-- ingest_segments left those out, holding the store's lock (or, on DuckLake, the segments' claims).
+INSERT INTO ingest_log BY NAME
 WITH good AS (
     SELECT seg, rtype, count(*) AS n FROM checked_lines WHERE reason IS NULL GROUP BY ALL
     UNION ALL SELECT seg, 'trajectory', arrow_starts FROM raw_segs
