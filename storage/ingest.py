@@ -425,12 +425,13 @@ def ingest_segments(
     start = time.perf_counter()
     batch: list[Segment] = []
     seen: set[str] = set()
+    refused: set[str] = set()  # the shared store: producers another worker was ingesting
 
     def flush() -> None:
         nonlocal batch
         if not batch:
             return
-        with _writing(con) as writer, claimed(writer, [(s.digest, s.source) for s in batch]) as mine:
+        with _writing(con) as writer, claimed(writer, [(s.digest, s.source) for s in batch], refused) as mine:
             total.held += sum(s.digest not in mine for s in batch)  # left to the worker holding them
             batch = [s for s in batch if s.digest in mine]
             known = _already_ingested(writer, [s.digest for s in batch])

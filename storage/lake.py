@@ -279,21 +279,27 @@ def _key_list(keys: list[str]) -> str:
     return "ARRAY[" + ", ".join(map(_sql_text, keys)) + "]::text[]"
 
 
-def _claims_sql(name: str, keys: list[str], seconds: float = CLAIM_SECONDS) -> str:
+def _claims_sql(name: str, keys: list[str]) -> str:
     sql = (_blocks()[name].replace(":holder", _sql_text(_HOLDER)).replace(":keys", _key_list(keys))
-           .replace(":seconds", str(int(seconds))))
+           .replace(":seconds", str(float(CLAIM_SECONDS))))
     return sql.strip().rstrip(";")
 
 
-def claim(con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]]) -> set[str]:
+def claim(con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]],
+          refused: set[str]) -> set[str]:
     """Claim (digest, source) segments for this worker; the digests it holds now. A segment
-    counts as held only when its digest and its producer are both this worker's."""
+    counts as held only when its digest and its producer are both this worker's. `refused`: the
+    producers another worker held earlier in this ingest, added to here. Their later segments are
+    left to that worker too, not claimed when it lets go between two batches: a worker takes a
+    producer's segments in order, so one that skipped a segment must skip the ones after it."""
+    segments = [(d, s) for d, s in segments if producer(s) not in refused]
     keys = sorted({k for digest, source in segments for k in (digest, producer(source)) if k})
     if not keys:
         return set()
     con.execute(f"CALL postgres_execute('{CLAIMS_DB}', {_sql_text(_claims_sql('claim', keys))})")
     mine = {r[0] for r in con.execute(
         f"SELECT key FROM postgres_query('{CLAIMS_DB}', {_sql_text(_claims_sql('held', keys))})").fetchall()}
+    refused |= {producer(s) for _, s in segments if producer(s) and producer(s) not in mine}
     return {digest for digest, source in segments
             if digest in mine and (producer(source) is None or producer(source) in mine)}
 
@@ -305,10 +311,11 @@ def release(con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]]) -> 
 
 
 @contextlib.contextmanager
-def claimed(con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]]) -> Iterator[set[str]]:
-    """`with claimed(con, [(digest, source), ...]) as mine:` the digests this worker may ingest;
-    released on the way out, committed or not."""
-    mine = claim(con, segments)
+def claimed(con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]],
+            refused: set[str]) -> Iterator[set[str]]:
+    """`with claimed(con, [(digest, source), ...], refused) as mine:` the digests this worker may
+    ingest (`claim`); released on the way out, committed or not."""
+    mine = claim(con, segments, refused)
     try:
         yield mine
     finally:

@@ -83,14 +83,16 @@ def has_keys(con: duckdb.DuckDBPyConnection) -> bool:
 
 
 @contextlib.contextmanager
-def claimed(con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]]) -> Iterator[set[str]]:
+def claimed(con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]],
+            refused: set[str]) -> Iterator[set[str]]:
     """The digests of (digest, source) segments this writer may ingest now: all of them in the
     embedded store (its lock makes this the only writer); on DuckLake the ones it claimed from
-    concurrent workers (`lake.claimed`), released on the way out."""
+    concurrent workers (`lake.claimed`; `refused` carries what others held from batch to batch),
+    released on the way out."""
     if has_keys(con):
         yield {digest for digest, _ in segments}
     else:
-        with lake.claimed(con, segments) as mine:
+        with lake.claimed(con, segments, refused) as mine:
             yield mine
 
 
