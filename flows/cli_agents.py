@@ -38,7 +38,7 @@ def run(
 ) -> None:
     """Run agents in parallel processes, then ingest what they logged."""
     from agents.runner import run_agents
-    from storage.home import spool_dir, store_path
+    from storage.home import spool_dir, store_location
     from storage.store import open_store
 
     with user_errors():  # bad settings: one line, before any agent process starts
@@ -55,7 +55,7 @@ def run(
     if ingest:
         from storage.ingest import ingest_spool
 
-        with open_store(store_path(home)) as con:
+        with open_store(store_location(home)) as con:
             result = ingest_spool(con, spool_dir(home))
         console.print(f"ingested: {result}")
 

@@ -50,7 +50,7 @@ def build(
 ) -> None:
     """Select, cluster, dedup, balance and hold out; record the snapshot and export it."""
     from storage.datasets import SnapshotSpec, build_snapshot
-    from storage.home import store_path
+    from storage.home import store_location
     from storage.store import open_store
 
     with _user_errors():
@@ -62,7 +62,7 @@ def build(
             balance_cap=cap, temperature=temperature, balance_total=total,
             holdout_clusters=list(holdout or []), holdout_keep_k=keep_k, seed=seed, name=name,
         )
-        with open_store(store_path(home)) as con:
+        with open_store(store_location(home)) as con:
             snap = build_snapshot(con, spec, home=home, progress=True)
     verb = "built" if snap.built else "already recorded"
     console.print(f"snapshot [bold]{snap.dataset_id}[/bold] {verb}: {snap.counts['train']} train, "
@@ -74,10 +74,10 @@ def build(
 def list_(home: str = HOME) -> None:
     """Every recorded snapshot, oldest first."""
     from storage.datasets import list_snapshots
-    from storage.home import store_path
+    from storage.home import store_location
     from storage.store import open_store
 
-    with _user_errors(), open_store(store_path(home), read_only=True) as con:
+    with _user_errors(), open_store(store_location(home), read_only=True) as con:
         snaps = list_snapshots(con)
     table = Table("name", "family", "train", "test_id", "test_ood", "created")
     table.columns.insert(0, Column("dataset_id", no_wrap=True, min_width=20))   # ids are copied from here
@@ -95,10 +95,10 @@ def show(
 ) -> None:
     """A snapshot's spec, curation counts and cluster sizes before/after balancing."""
     from storage.datasets import show_snapshot
-    from storage.home import store_path
+    from storage.home import store_location
     from storage.store import open_store
 
-    with _user_errors(), open_store(store_path(home), read_only=True) as con:
+    with _user_errors(), open_store(store_location(home), read_only=True) as con:
         meta = show_snapshot(con, dataset_id)
     if as_json:
         console.print_json(json.dumps(meta, default=str))
@@ -121,10 +121,10 @@ def export(
 ) -> None:
     """Write a recorded snapshot from the store as Parquet (+ meta.json, README.md) or an HF DatasetDict."""
     from storage.datasets import export_snapshot
-    from storage.home import store_path
+    from storage.home import store_location
     from storage.store import open_store
 
-    with _user_errors(), open_store(store_path(home), read_only=True) as con:
+    with _user_errors(), open_store(store_location(home), read_only=True) as con:
         out = export_snapshot(con, dataset_id, out_dir, format=fmt)
     console.print(f"exported to {out}")
 

@@ -31,7 +31,7 @@ def _cfg(settings: list[str] | None):
 def run_loop(settings: list[str] | None = SETTINGS) -> None:
     """The main job: collect -> curate -> train -> evaluate for every family."""
     from flows.flows import loop_flow
-    from storage.home import grokloop_home, store_path
+    from storage.home import grokloop_home, store_location
 
     cfg = _cfg(settings)
     console.print(_expected_time(cfg), soft_wrap=True)
@@ -47,7 +47,7 @@ def run_loop(settings: list[str] | None = SETTINGS) -> None:
     console.print(table)
     plot = _plot([p["run"]["run_id"] for p in summary.values()], home / "runs" / "loop.png", cfg.home)
     console.print(_reading(summary, plot), soft_wrap=True)
-    console.print(f"{'store:':<21} {store_path(cfg.home)}   (try: grokloop sql \"SELECT * FROM success_rate\")")
+    console.print(f"{'store:':<21} {store_location(cfg.home)}   (try: grokloop sql \"SELECT * FROM success_rate\")")
     for family, part in summary.items():
         console.print(f"{family + ' dataset:':<21} {part['dataset']['path']}", soft_wrap=True)
         console.print(f"{family + ' checkpoint:':<21} {part['run']['checkpoint_dir']}", soft_wrap=True)

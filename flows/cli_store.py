@@ -75,7 +75,8 @@ def ingest(
     style = "yellow" if report.quarantined else "green"
     console.print(f"[{style}]ingested[/{style}] {report.segments} segment(s), skipped {report.skipped} "
                   f"already ingested: {report.trajectories} trajectories, {report.steps} steps, "
-                  f"{report.quarantined} quarantined ({report.seconds:.2f} s)")
+                  f"{report.quarantined} quarantined ({report.seconds:.2f} s)"
+                  + (f"; {report.held} left to another ingest worker" if report.held else ""))
     if report.quarantined:
         console.print("see why: grokloop sql \"SELECT * FROM quarantine_summary\"")
 
@@ -189,29 +190,30 @@ def status() -> None:
     from rich.table import Table
 
     from agents.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
-    from storage.home import spool_dir, store_path
+    from storage.home import spool_dir, store_location
     from storage.runs import pending_records
     from storage.store import StoreError, open_store, schema_version
 
-    path, spool = store_path(), spool_dir()
+    path, spool = store_location(), spool_dir()
+    shared = isinstance(path, str)  # the DuckLake store (storage/lake.py): no file to look at
     backlog = published_segments(spool)
     stale = remove_stale_tmp(spool)  # left by writers that died mid-write
     writing = [p for p in spool.iterdir() if p.name.endswith(TMP_SUFFIX)] if spool.exists() else []
-    console.print(f"store   {path}" + ("" if path.exists() else "  (not created yet)"))
+    console.print(f"store   {path}" + ("" if shared or path.exists() else "  (not created yet)"))
     console.print(f"spool   {spool}: {len(backlog)} segment(s) waiting, "
                   f"{sum(p.stat().st_size for p in backlog) / 1e6:.1f} MB; {len(writing)} being written"
                   + (f"; removed {len(stale)} stale temp file(s) of writers that died" if stale else ""))
     if waiting := pending_records():
         console.print(f"runs    {waiting} training record(s) wait in runs/*/pending for a busy store; "
                       f"`grokloop ingest` writes them")
-    if not path.exists():
+    if not shared and not path.exists():
         return
     try:
         with open_store(read_only=True) as con:
             console.print(f"schema  version {schema_version(con)}")
             tables = [r[0] for r in con.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
-                "ORDER BY table_name").fetchall()]
+                "AND table_catalog = current_database() ORDER BY table_name").fetchall()]
             counts = Table("table", "rows")
             for name in tables:
                 counts.add_row(name, f"{con.execute(f'SELECT count(*) FROM {name}').fetchall()[0][0]:,}")

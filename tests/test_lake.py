@@ -62,7 +62,7 @@ def _env() -> dict:
 
 
 def test_two_ingest_workers_and_readers_at_once(lake_store, home):
-    spool, producers, per_producer = home / "spool", 4, 12
+    spool, producers, per_producer = home / "spool", 3, 8
     for seed in range(producers):
         subprocess.run([sys.executable, "-c", PRODUCER, str(spool), str(per_producer), str(seed)],
                        env=_env(), check=True)
