@@ -123,7 +123,8 @@ def _migrate(con: duckdb.DuckDBPyConnection, ddl, keys: bool) -> int:
             con.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", [version, name])
             con.execute("COMMIT")
         except duckdb.Error as err:
-            con.execute("ROLLBACK")
+            with contextlib.suppress(duckdb.TransactionException):  # a failed COMMIT ended it already
+                con.execute("ROLLBACK")
             if lake.is_conflict(err):
                 raise
             raise StoreError(f"migration {version:04d}_{name}.sql failed: {err}") from err
