@@ -156,7 +156,7 @@ def connect(location: str, *, read_only: bool, home: Path, reader_config: dict) 
         if remote:
             _s3_secret(con)
         options = f"DATA_PATH {_sql_text(data)}" + (", READ_ONLY" if read_only else "")
-        con.execute(f"ATTACH {_sql_text('ducklake:postgres:' + conninfo)} AS {CATALOG} ({options})")
+        _attach(con, f"ATTACH {_sql_text('ducklake:postgres:' + conninfo)} AS {CATALOG} ({options})")
         con.execute(f"USE {CATALOG}")
         if read_only:
             con.execute(f"SET allowed_directories = [{_sql_text(data)}]")
@@ -174,6 +174,20 @@ def connect(location: str, *, read_only: bool, home: Path, reader_config: dict) 
         con.close()
         raise LakeError(_open_error(err, conninfo)) from err
     return con
+
+
+def _attach(con: duckdb.DuckDBPyConnection, attach: str, tries: int = 5) -> None:
+    """ATTACH the lake. Two workers that find the catalog empty both create DuckLake's tables and
+    one fails ("already exists"); on the next try it finds them made."""
+    for attempt in range(tries):
+        try:
+            con.execute(attach)
+            return
+        except duckdb.Error as err:
+            racing = "already exists" in str(err) or "duplicate key" in str(err)
+            if not racing or attempt == tries - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _open_error(err: duckdb.Error, conninfo: str) -> str:
@@ -285,6 +299,19 @@ def _claims_sql(name: str, keys: list[str]) -> str:
     return sql.strip().rstrip(";")
 
 
+def _claim_statement(con: duckdb.DuckDBPyConnection, sql: str, tries: int = 20) -> None:
+    """Run the claim. The postgres extension runs it at REPEATABLE READ, where two workers that
+    upsert the same key at once make one fail to serialize: that one tries again."""
+    for attempt in range(tries):
+        try:
+            con.execute(f"CALL postgres_execute('{CLAIMS_DB}', {_sql_text(sql)})")
+            return
+        except duckdb.Error as err:
+            if "could not serialize" not in str(err) or attempt == tries - 1:
+                raise
+            time.sleep(0.01 * (1 + uuid.uuid4().int % 100 / 20))
+
+
 def claim(con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]],
           refused: set[str]) -> set[str]:
     """Claim (digest, source) segments for this worker; the digests it holds now. A segment
@@ -296,7 +323,7 @@ def claim(con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]],
     keys = sorted({k for digest, source in segments for k in (digest, producer(source)) if k})
     if not keys:
         return set()
-    con.execute(f"CALL postgres_execute('{CLAIMS_DB}', {_sql_text(_claims_sql('claim', keys))})")
+    _claim_statement(con, _claims_sql("claim", keys))
     mine = {r[0] for r in con.execute(
         f"SELECT key FROM postgres_query('{CLAIMS_DB}', {_sql_text(_claims_sql('held', keys))})").fetchall()}
     refused |= {producer(s) for _, s in segments if producer(s) and producer(s) not in mine}
