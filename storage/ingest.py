@@ -281,10 +281,6 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
                   ) -> IngestReport:
     start = time.perf_counter()
     has_lines = _register_inputs(con, batch)
-    # DuckDB 1.5.5 cannot push a join's filter on a UUID column into a scan of a registered Arrow
-    # table ("Unimplemented type UUID for Arrow Filter Pushdown"; 2.0 can): off for the batch.
-    disabled = con.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0]
-    con.execute("SET disabled_optimizers = ?", [",".join(filter(None, [disabled, "join_filter_pushdown"]))])
     try:
         if not has_keys(con):  # DuckLake: no key to refuse a duplicate, and concurrent writers
             report = lake.retry_conflicts(lambda: _run_blocks(
@@ -296,7 +292,6 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
             except _DuplicateKeys:  # rare: rolled back, so again, now looking for the duplicates
                 report = _run_blocks(con, batch, has_lines, max_record_bytes, find_duplicates=True)
     finally:
-        con.execute("SET disabled_optimizers = ?", [disabled])
         con.unregister("raw_lines")
         for name in _ROW_TABLES.values():
             con.unregister(name)

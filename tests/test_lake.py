@@ -230,3 +230,24 @@ def test_an_unreachable_catalog_is_one_clear_error(postgres, home, monkeypatch):
 
     result = CliRunner().invoke(app, ["sql", "SELECT 1"])
     assert result.exit_code == 2 and "unknown store" in result.output
+
+
+def test_training_records_land_in_the_lake(lake_store, home):
+    from storage.runs import record_evaluation, record_run, stored_metrics
+
+    row = {"run_id": "r1", "name": "r1", "objective": "mdm", "dataset_id": None, "config": "{}",
+           "status": "running", "parent_run_id": None, "t_mem": None, "t_grok": None,
+           "grok_ratio": None, "grok_delay": None, "final_step": None}
+    assert record_run(home, row, [(10, "train/loss", 2.0)], [(10, home / "ckpt")])
+    # The run's later records replace its status and a metric written again (MERGE: no key needed).
+    assert record_run(home, {**row, "status": "finished", "final_step": 20},
+                      [(10, "train/loss", 1.5), (20, "train/loss", 1.0)], final=True)
+    assert record_evaluation(home, "r1", [{"run_id": "r1", "step": 20, "family": "modular", "split": "test_id",
+                                           "n": 8, "accuracy": 0.5, "sampler": "{}"}])
+    assert stored_metrics(home, "r1", 10) == {"train/loss": 1.5}
+    con = connect(read_only=True)
+    assert con.execute("SELECT status, final_step FROM runs").fetchall() == [("finished", 20)]
+    assert con.execute("SELECT count(*) FROM metrics").fetchall() == [(2,)]
+    assert con.execute("SELECT count(*) FROM checkpoints").fetchall() == [(1,)]
+    assert con.execute("SELECT accuracy FROM evaluations").fetchall() == [(0.5,)]
+    con.close()

@@ -237,8 +237,11 @@ SELECT seg, line_no, "type", reason FROM (
 
 -- name: arrow_records
 -- An Arrow record table's rows as the columns of the `checked` views (below).
+-- The id goes through text: DuckDB 1.5.5 cannot push a join's filter on a UUID column into the
+-- scan of a registered Arrow table ("Unimplemented type UUID for Arrow Filter Pushdown"), and a
+-- filter on the cast value stays above the scan (the stored side's scans still get it).
 CREATE OR REPLACE TEMP MACRO arrow_records(records, record_type) AS TABLE
-SELECT seg, line_no, record_type AS rtype, trajectory_id,
+SELECT seg, line_no, record_type AS rtype, trajectory_id::VARCHAR::UUID AS trajectory_id,
     -- steps
     "index" AS idx, coalesce(kind, 'tool_call') AS kind, observation, tool_name, arguments, result,
     reward, coalesce(status, 'ok') AS status, error, metadata, start_time, end_time,
