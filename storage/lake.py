@@ -42,7 +42,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from importlib import util
+from importlib import resources, util
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -235,9 +235,10 @@ def without_keys(sql: str) -> str:
 
 
 def _blocks() -> dict[str, str]:
-    from storage.store import sql_blocks
-
-    return sql_blocks("lake.sql")
+    """storage/sql/lake.sql by block name (as storage.store.sql_blocks, which imports this module)."""
+    text = resources.files("storage.sql").joinpath("lake.sql").read_text()
+    parts = re.split(r"^-- name: (\w+)\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def ensure_lake_tables(con: duckdb.DuckDBPyConnection) -> None:
