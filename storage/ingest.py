@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
+from storage import lake
 from storage.spool import (
     JSON_COLUMNS,
     REJECTED_SUFFIX,
@@ -48,7 +49,6 @@ from storage.spool import (
     SegmentError,
     read_segment,
 )
-from storage import lake
 from storage.store import StoreError, claimed, has_keys
 
 MAX_RECORD_BYTES = 1 << 20   # a record larger than this is quarantined as oversized

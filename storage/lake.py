@@ -283,7 +283,7 @@ _SEGMENT_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0
 
 
 def producer(source: str) -> str | None:
-    """The process that wrote a spool segment (`<uuid7>-<prefix>-<pid>.arrow`, agents/spool.py),
+    """The process that wrote a spool segment (`<uuid7>-<prefix>-<pid>.arrow`, storage/spool.py),
     whose segments must be ingested in order; None for another file."""
     match = _SEGMENT_NAME.match(source.rsplit("/", 1)[-1])
     return f"producer:{match[1]}" if match else None
