@@ -17,6 +17,7 @@ from diffusion.config import (
     check_config,
     check_values,
 )
+from flows.runners import Runner
 
 
 def _small_families() -> dict[str, dict[str, Any]]:
@@ -68,10 +69,8 @@ class LoopConfig:
     sampler_steps: int = 4                  # denoising steps when sampling answers
     n_samples: int = 4                      # model agent samples per task
 
-    def runner_settings(self):
+    def runner_settings(self) -> Runner:
         """Where fanned-out tasks run (`flows.runners.Runner`); a bad setting fails here."""
-        from flows.runners import Runner
-
         return Runner(self.runner, self.dask_address, self.dask_workers)
 
     def to_json(self) -> str:
@@ -106,6 +105,7 @@ def check_loop_config(cfg: LoopConfig) -> LoopConfig:
     """Every setting of the loop, including the family parameters and training overrides it passes on."""
     check_choices(cfg, LOOP_CHOICES)
     check_at_least(cfg, LOOP_MINIMUMS)
+    cfg.runner_settings()  # runner, dask_address, dask_workers
     if cfg.error_rate > 1:
         raise ValueError(f"error_rate must be <= 1, got {cfg.error_rate!r}")
     if not cfg.families:

@@ -17,11 +17,15 @@ worker. Ingest, curation and evaluation stay in the flow's own process, next to 
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 RUNNERS = ("local", "dask")
+# what a Dask client connects to: tcp://host:8786, tls://host:8786, or host:8786
+DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx)://)?\[?[\w.:-]+?\]?:\d{1,5}$")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,12 @@ class Runner:
             raise ValueError("dask_address is set but the runner is local; set runner=dask")
         if self.n_workers < 1:
             raise ValueError(f"dask_workers must be >= 1, got {self.n_workers}")
+        if self.address and not DASK_ADDRESS.match(self.address):
+            raise ValueError(f"dask_address {self.address!r} is not a scheduler address; "
+                             "expected tcp://host:port (e.g. tcp://10.0.0.5:8786)")
+        # checked here, with the other settings: not after the agents of a flow have run
+        if self.kind == "dask" and importlib.util.find_spec("prefect_dask") is None:
+            raise ValueError("runner=dask needs prefect-dask: pip install 'grokloop[cluster]'")
 
 
 def task_runner(runner: Runner):
