@@ -30,6 +30,7 @@ from diffusion.checkpoint import (
     latest_checkpoint,
     rng_state,
     run_eval_rows,
+    run_location,
     save_checkpoint,
 )
 from diffusion.config import TrainConfig, check_config, config_to_json, run_id_of
@@ -135,7 +136,7 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
                 record_run(run.home, run.row("failed"), [], [])
                 run.board.close()
         raise
-    return [RunResult(run_id=r.cfg.run_id, run_dir=r.dir, checkpoint_dir=latest_checkpoint(r.dir),
+    return [RunResult(run_id=r.cfg.run_id, run_dir=r.dir, checkpoint_dir=latest_checkpoint(run_location(r.cfg, r.dir)),
                       status="finished", final_step=r.step, t_mem=r.t_mem, t_grok=r.t_grok,
                       grok_ratio=r.t_grok / r.t_mem if r.t_grok is not None and r.t_mem else None,
                       metrics=r.metrics) for r in runs]
@@ -233,7 +234,7 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
                  "sampler": run.sampler.state_dict(), "noise": run.noise.get_state(), "rng": rng_state(),
                  "grokfast": grokfast_state, "t_mem": run.t_mem, "t_grok": run.t_grok, "evaluated": run.evaluated,
                  "accum": dict(run.accum), "config": dataclasses.asdict(cfg)}
-        ckpts = [(step, save_checkpoint(run.dir, step, run.model, state, checkpoint_info(cfg, step),
+        ckpts = [(step, save_checkpoint(run_location(cfg, run.dir), step, run.model, state, checkpoint_info(cfg, step),
                                         cfg.keep_checkpoints))]
     record_run(run.home, run.row("finished" if done else "running"), rows, ckpts, final=done)
     run.done = done

@@ -18,6 +18,7 @@ from diffusion.config import (
     check_values,
 )
 from flows.runners import Runner
+from storage.shared import check_shared_home
 
 
 def _small_families() -> dict[str, dict[str, Any]]:
@@ -37,6 +38,9 @@ def _small_families() -> dict[str, dict[str, Any]]:
 class LoopConfig:
     home: str | None = None                 # None: $GROKLOOP_HOME or ./.grokloop
     spool: str | None = None                # a path or URL (s3://bucket/prefix/spool); None: <home>/spool
+    # a URL (s3://bucket/prefix): runs' checkpoints and dataset exports go there, for workers on
+    # other machines (storage/shared.py); the store stays in `home`. None: all in `home`
+    shared_home: str | None = None
     # where agent shards and training runs go (flows/runners.py): local | dask
     runner: str = "local"
     dask_address: str | None = None         # an existing Dask scheduler; None: runner=dask starts one
@@ -106,6 +110,7 @@ def check_loop_config(cfg: LoopConfig) -> LoopConfig:
     check_choices(cfg, LOOP_CHOICES)
     check_at_least(cfg, LOOP_MINIMUMS)
     cfg.runner_settings()  # runner, dask_address, dask_workers
+    check_shared_home(cfg.shared_home)
     if cfg.error_rate > 1:
         raise ValueError(f"error_rate must be <= 1, got {cfg.error_rate!r}")
     if not cfg.families:

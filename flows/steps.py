@@ -93,12 +93,15 @@ def snapshot_spec(cfg: LoopConfig, family: str, *, holdout: list[str] | None = N
 
 def curate(cfg: LoopConfig, family: str, **spec_changes: Any) -> dict[str, Any]:
     """Build (or find: same fingerprint, same snapshot) a cluster-balanced dataset snapshot."""
-    from storage.datasets import build_snapshot
+    from storage.datasets import build_snapshot, publish_snapshot
 
     spec = snapshot_spec(cfg, family, **spec_changes)
     with open_store(store_path(cfg.home)) as con:
         snap = build_snapshot(con, spec, home=cfg.home)
-    return _as_dict(snap)
+    out = _as_dict(snap)
+    if cfg.shared_home:  # trainers on other machines read the export there
+        out["path"] = publish_snapshot(snap.path, cfg.shared_home)
+    return out
 
 
 def train_config(cfg: LoopConfig, family: str, dataset_dir: str | None, *, run_name: str,
@@ -114,6 +117,7 @@ def train_config(cfg: LoopConfig, family: str, dataset_dir: str | None, *, run_n
         "seed": cfg.seed,
         "run_name": run_name,
         "home": str(grokloop_home(cfg.home)),
+        "shared_home": cfg.shared_home,
         "sampler_steps": cfg.sampler_steps,
         "init_from": init_from,
     }
