@@ -160,22 +160,24 @@ def experiment(
     setups: str = typer.Option("", help="grokfast only: a subset, e.g. baseline,ema"),
     objectives: str = typer.Option("", help="grokfast only: a subset, e.g. mdm-count,ar"),
     init: str = typer.Option("", help="grokfast only: torch (the published init, default) or small"),
-    runner: str = typer.Option("local", help="where the runs train: local (in turn) | dask (side by side)"),
+    runner: str = typer.Option("local", help="where the runs train: local (in turn) | dask | ray (side by side)"),
     dask_address: str = typer.Option("", help="runner dask: an existing scheduler (tcp://host:8786); "
                                               "none starts a local cluster"),
-    dask_workers: int = typer.Option(2, help="runner dask without an address: worker processes"),
+    dask_workers: int = typer.Option(2, help="runner dask (ray) without an address: worker processes (CPUs)"),
+    ray_address: str = typer.Option("", help="runner ray: an existing cluster (ray://host:10001, auto); "
+                                             "none starts a local Ray"),
 ) -> None:
     """Run a named experiment: runs recorded in the store, a plot and docs/results/NAME.md."""
+    from flows.config import LoopConfig
     from flows.experiments import run_experiment
 
     options = {k: v.split(",") for k, v in (("setups", setups), ("objectives", objectives)) if v}
     options |= {"init": init} if init else {}
     if options and name != "grokfast":
         raise typer.BadParameter("--setups, --objectives and --init apply to the grokfast experiment only")
-    from flows.runners import Runner
-
     try:
-        where = Runner(runner, dask_address or None, dask_workers)
+        where = LoopConfig(runner=runner, dask_address=dask_address or None, dask_workers=dask_workers,
+                           ray_address=ray_address or None).runner_settings()
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     with user_errors():

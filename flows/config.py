@@ -41,10 +41,11 @@ class LoopConfig:
     # a URL (s3://bucket/prefix): runs' checkpoints and dataset exports go there, for workers on
     # other machines (storage/shared.py); the store stays in `home`. None: all in `home`
     shared_home: str | None = None
-    # where agent shards and training runs go (flows/runners.py): local | dask
+    # where agent shards and training runs go (flows/runners.py): local | dask | ray
     runner: str = "local"
     dask_address: str | None = None         # an existing Dask scheduler; None: runner=dask starts one
-    dask_workers: int = 2                   # worker processes of the Dask cluster runner=dask starts
+    dask_workers: int = 2                   # worker processes of the Dask cluster (CPUs of the Ray) started here
+    ray_address: str | None = None          # an existing Ray cluster (ray://host:10001, auto); None: runner=ray starts one
     families: list[str] = field(default_factory=lambda: ["modular"])   # also: two_hop, programs
     family_params: dict[str, dict[str, Any]] = field(default_factory=_small_families)
     seed: int = 0                           # task worlds, agents, sampling and training
@@ -75,7 +76,11 @@ class LoopConfig:
 
     def runner_settings(self) -> Runner:
         """Where fanned-out tasks run (`flows.runners.Runner`); a bad setting fails here."""
-        return Runner(self.runner, self.dask_address, self.dask_workers)
+        for engine, address in (("dask", self.dask_address), ("ray", self.ray_address)):
+            if address and self.runner != engine:
+                raise ValueError(f"{engine}_address is set but the runner is {self.runner}; set runner={engine}")
+        address = self.ray_address if self.runner == "ray" else self.dask_address
+        return Runner(self.runner, address, self.dask_workers)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -255,7 +255,7 @@ HELD_OUT = "x*y"
 
 
 def clusters(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
-    cfg = LoopConfig(home=home, runner=runner.kind, dask_address=runner.address, dask_workers=runner.n_workers, families=["modular"], family_params={"modular": size.params},
+    cfg = LoopConfig(home=home, **runner.loop_settings(), families=["modular"], family_params={"modular": size.params},
                      n_agents=2, episodes=_episodes_to_cover(size.params), policy="solver",
                      cluster_method="column", cluster_column="operation",
                      train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
@@ -322,8 +322,8 @@ def self_improve(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[
     rounds, episodes, proposals = p.pop("rounds"), p.pop("episodes"), p.pop("proposals")
     table, runs = [], []
     for seed in range(size.seeds):
-        cfg = LoopConfig(home=home, seed=seed, runner=runner.kind, dask_address=runner.address,
-                         dask_workers=runner.n_workers, families=["modular"], family_params={"modular": p}, n_agents=2,
+        cfg = LoopConfig(home=home, seed=seed, **runner.loop_settings(), families=["modular"],
+                         family_params={"modular": p}, n_agents=2,
                          episodes=episodes, policy="solver",
                          train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
                                           "mdm_estimator": "count", "progress": False, **size.train})

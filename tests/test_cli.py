@@ -38,7 +38,7 @@ def test_run_loop_refuses_a_bad_setting_in_one_line_before_any_agent_starts(tmp_
     ('families=["twohop"]', "error: families may only list modular, two_hop, programs, got 'twohop'"),
     ("families=[modular]", "error: families must be a JSON list of text, got '[modular]'"),  # not markup
     ('train_overrides={"max_step": 5}', "error: train_overrides: unknown training setting 'max_step'"),
-    ("runner=spark", "error: unknown runner 'spark'; known: local, dask"),
+    ("runner=spark", "error: unknown runner 'spark'; known: local, dask, ray"),
     ("dask_address=tcp://10.0.0.5:8786", "error: dask_address is set but the runner is local; set runner=dask"),
     (["runner=dask", "dask_address=10.0.0.5"], "error: dask_address '10.0.0.5' is not a scheduler address; "
                                           "expected tcp://host:port"),

@@ -211,3 +211,25 @@ def test_a_run_whose_worker_dies_resumes_on_the_other_from_its_checkpoint(cluste
 
     train_runs([tiny(tmp_path / "ref", "mover", max_steps=240, eval_every=20)], Runner())
     assert _runs(tmp_path / "dask") == _runs(tmp_path / "ref")
+
+
+def test_a_sweep_on_a_local_ray_records_the_runs_the_local_sweep_does(tmp_path, one_thread):
+    """runner=ray: a Ray instance started for the sweep (2 CPUs, so both runs at once, each in a Ray
+    worker process), through prefect-ray; the same runs as made here, one after the other."""
+    import ray
+
+    def sweep(home, runner):
+        cfgs = [tiny(home, f"ray-s{seed}", seed=seed) for seed in (0, 1)]
+        return train_runs(cfgs, runner)
+
+    on_ray = sweep(tmp_path / "ray", Runner("ray", n_workers=2))
+    assert not ray.is_initialized()  # the runner stopped the Ray it started
+    here = sweep(tmp_path / "local", Runner())
+    assert [r["status"] for r in on_ray] == ["finished", "finished"]
+    runs, metrics = _runs(tmp_path / "ray")
+    assert len(runs) == 2 and len({r[0] for r in metrics}) == 2
+    assert (runs, metrics) == _runs(tmp_path / "local")
+    assert [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in on_ray] == \
+        [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in here]
+    assert [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in on_ray] == \
+        [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in here]

@@ -20,7 +20,9 @@ from storage.store import open_store
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"runner": "ray"}, "unknown runner 'ray'; known: local, dask"),
+    ({"runner": "spark"}, "unknown runner 'spark'; known: local, dask, ray"),
+    ({"runner": "ray", "ray_address": "10.0.0.5"}, "ray_address '10.0.0.5' is not a Ray address"),
+    ({"runner": "ray", "dask_address": "tcp://h:8786"}, "dask_address is set but the runner is ray; set runner=dask"),
     ({"dask_address": "tcp://h:8786"}, "dask_address is set but the runner is local"),
     ({"runner": "dask", "dask_workers": 0}, "dask_workers must be >= 1, got 0"),
 ])
