@@ -231,5 +231,3 @@ def test_a_sweep_on_a_local_ray_records_the_runs_the_local_sweep_does(tmp_path, 
     assert (runs, metrics) == _runs(tmp_path / "local")
     assert [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in on_ray] == \
         [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in here]
-    assert [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in on_ray] == \
-        [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in here]
