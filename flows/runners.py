@@ -16,6 +16,9 @@ so it is the second engine, for people who already run a Ray cluster.
 
 One task per agent shard (agent process) and one per training run: those are the units worth a
 worker. Ingest, curation and evaluation stay in the flow's own process, next to the store.
+
+Prefect is imported inside the functions that use it: it takes seconds, and `Runner` is read by
+`LoopConfig`, which the CLI checks before anything starts.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def task_runner(runner: Runner):
             return RayTaskRunner(address=runner.address)
         # one CPU per task (Ray's default): n_workers runs at a time, one torch thread each
         return RayTaskRunner(init_kwargs={"num_cpus": runner.n_workers, "include_dashboard": False})
-    try:
+    try:  # an optional extra
         from prefect_dask import DaskTaskRunner
     except ImportError as err:
         raise ImportError("runner=dask needs prefect-dask: pip install 'grokloop[cluster]'") from err
