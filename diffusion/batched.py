@@ -3,8 +3,8 @@
     from diffusion.batched import train_batched
     results = train_batched([dataclasses.replace(cfg, seed=s, run_name=f"x-s{s}") for s in range(8)])
 
-The N models' weights are stacked (torch.func.stack_module_state) and one vmapped forward/backward
-computes every run's loss at once. Everything else stays per run: its data (the family's split for
+The N models' weights are stacked with a leading run dim and one grouped forward/backward
+(diffusion/grouped.py: a batched matmul per layer, one attention call) computes every run's loss at once. Everything else stays per run: its data (the family's split for
 its family seed), data order, masking noise (drawn from its own generators, as `train` draws them),
 metrics, checkpoints and store rows. AdamW and the Grokfast filters are elementwise, so one optimizer
 and one filter over the stacked tensors are exactly N independent ones. Each run is written as
@@ -18,15 +18,14 @@ init_from, resuming.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 
 import torch
-from torch.func import functional_call, stack_module_state, vmap
 
 from diffusion.data import BatchSampler, load_family, load_splits, read_snapshot_meta
 from diffusion.grokfast import ema_filter_, ma_filter_
+from diffusion.grouped import grouped_forward, stack_params
 from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
 from diffusion.train import (
     RunResult,
@@ -114,22 +113,21 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
         raise ValueError("batched runs need distinct run names")
     for run in runs:
         run.start()
-    params, _ = stack_module_state([r.model for r in runs])  # {name: (N, ...)} leaf tensors
-    base = copy.deepcopy(runs[0].model).to("meta")  # the architecture, without weights
+    params = stack_params([r.model for r in runs])  # {name: (N, ...)} leaf tensors
     names = list(params)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls([params[n] for n in names], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     mask_id = runs[0].tokenizer.mask_id
 
-    def loss_of(p, ids, answer_mask, maskable, t, masked):
-        def model(x, **kw):
-            return functional_call(base, p, (x,), kw)
+    def batched_loss(ids, answer_mask, maskable, t, masked):  # each (N, B, ...) -> (N,) losses
+        def model(x, causal=False):
+            return grouped_forward(params, runs[0].model.config, x, causal)
         if cfg.objective == "ar":
             return ar_loss(model, ids, answer_mask, mask_id)
         return mdm_loss_given(model, ids, maskable, t, masked, mask_id)
 
     try:
-        _loop(runs, cfg, params, names, optimizer, vmap(loss_of), mask_id)
+        _loop(runs, cfg, params, names, optimizer, batched_loss, mask_id)
     except BaseException:
         for run in runs:
             if not run.done:
@@ -165,7 +163,7 @@ def _loop(runs: list[Run], cfg: TrainConfig, params: dict, names: list[str], opt
             noise = (mdm_noise(ids, answer_mask, mask_id, full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator,
                                generator=run.noise) if cfg.objective == "mdm" else (answer_mask, answer_mask[:, 0], answer_mask))
             batch.append((ids, answer_mask, *noise))
-        losses = batched_loss(params, *(torch.stack(x) for x in zip(*batch, strict=True)))  # (N,)
+        losses = batched_loss(*(torch.stack(x) for x in zip(*batch, strict=True)))  # (N,)
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # the runs share no weights: each slice gets its own run's gradient
         grads = {n: params[n].grad for n in names}

@@ -1,9 +1,13 @@
 import dataclasses
 
 import pytest
+import torch
 from test_train import P5, metric_rows, run_row, tiny
 
 from diffusion.batched import batchable, train_batched
+from diffusion.grouped import grouped_forward, stack_params
+from diffusion.model import Denoiser
+from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
 from diffusion.train import load_config, train
 
 
@@ -11,6 +15,48 @@ def close_rows(a, b):
     assert [(s, n) for s, n, _ in a] == [(s, n) for s, n, _ in b]
     for (s, n, x), (_, _, y) in zip(a, b, strict=True):
         assert x == pytest.approx(y, rel=1e-3, abs=1e-4), (s, n)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_grouped_weights_compute_each_runs_own_logits_losses_and_gradients(causal):
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(Denoiser(vocab_size=11, max_seq_len=6, hidden_size=16, num_layers=2, num_heads=2,
+                               init="torch"))  # N(0, 1) embeddings: runs far apart
+    params = stack_params(models)
+    ids = torch.randint(2, 11, (3, 4, 6))  # each run its own batch, no [MASK] (id 1) in it
+    answer_mask = torch.zeros(3, 4, 6, dtype=torch.bool)
+    answer_mask[..., 3:] = True
+    answer_mask[0, 1, 4:] = False  # rows with different answer lengths: per-run normalisation counts
+    grouped = grouped_forward(params, models[0].config, ids, causal=causal)
+    alone = torch.stack([m(ids[i], causal=causal) for i, m in enumerate(models)])
+    torch.testing.assert_close(grouped, alone, rtol=1e-5, atol=1e-5)
+
+    def grouped_model(x, causal=False):
+        return grouped_forward(params, models[0].config, x, causal)
+    if causal:
+        losses = ar_loss(grouped_model, ids, answer_mask, mask_id=1)
+        singles = [ar_loss(m, ids[i], answer_mask[i], mask_id=1) for i, m in enumerate(models)]
+    else:
+        noise = [mdm_noise(ids[i], answer_mask[i], 1, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+        losses = mdm_loss_given(grouped_model, ids, *(torch.stack(x) for x in zip(*noise, strict=True)), mask_id=1)
+        singles = [mdm_loss_given(m, ids[i], *noise[i], mask_id=1) for i, m in enumerate(models)]
+    assert losses.shape == (3,)
+    torch.testing.assert_close(losses, torch.stack(singles).detach(), rtol=1e-5, atol=1e-6)
+    losses.sum().backward()
+    torch.stack(singles).sum().backward()
+    for name, p in models[1].named_parameters():  # run 1's slice of the gradient is run 1's own gradient
+        torch.testing.assert_close(params[name].grad[1], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_grouped_weights_refuse_a_model_they_do_not_know():
+    class Wider(Denoiser):
+        def __init__(self):
+            super().__init__(vocab_size=11, max_seq_len=6, hidden_size=16, num_layers=1, num_heads=2)
+            self.extra = torch.nn.Linear(16, 16)
+    with pytest.raises(ValueError, match="extra.weight"):
+        stack_params([Wider(), Wider()])
 
 
 @pytest.mark.parametrize("grokfast", ["ema", "ma"])
