@@ -102,8 +102,18 @@ class Run:
         return run_record(self.cfg, status, self.step, self.t_mem, self.t_grok, self.dataset_id)
 
 
-def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
-    """Train these runs (one architecture) as one stacked model; one RunResult each, as `train` returns."""
+def batching_pays() -> bool:
+    """Whether N seeds as one batched model beat N runs one by one here: on a GPU, yes (one kernel
+    launch serves N runs); on a CPU, no. A run's step is compute-bound there: bench/throughput.py
+    measured 8 batched seeds at 0.8-1.0x the throughput of 8 sequential runs (one thread, grouped
+    weights), one run reaching a third of a plain matmul's FLOP/s, which bounds any gain."""
+    return torch.cuda.is_available()
+
+
+def train_batched(cfgs: list[TrainConfig], device: str | None = None) -> list[RunResult]:
+    """Train these runs (one architecture) as one stacked model; one RunResult each, as `train` returns.
+    The stacked model trains on `device` (default: CUDA when there is one); each run's own model,
+    evaluation and checkpoints stay on the CPU, as `train` keeps them."""
     cfgs = [check_config(dataclasses.replace(c)) for c in cfgs]
     if why := batchable(cfgs):
         raise ValueError(f"these runs cannot train as one batched model: {why}")
@@ -111,10 +121,11 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
     runs = [Run(c, i) for i, c in enumerate(cfgs)]
     if len({r.cfg.run_id for r in runs}) < len(runs):
         raise ValueError("batched runs need distinct run names")
-    for run in runs:
-        run.start()
-    params = stack_params([r.model for r in runs])  # {name: (N, ...)} leaf tensors
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    params = stack_params([r.model for r in runs], device)  # {name: (N, ...)} leaf tensors
     names = list(params)
+    for run in runs:  # refused (above) before anything is written
+        run.start()
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls([params[n] for n in names], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     mask_id = runs[0].tokenizer.mask_id
@@ -127,7 +138,7 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
         return mdm_loss_given(model, ids, maskable, t, masked, mask_id)
 
     try:
-        _loop(runs, cfg, params, names, optimizer, batched_loss, mask_id)
+        _loop(runs, cfg, params, names, optimizer, batched_loss, mask_id, device)
     except BaseException:
         for run in runs:
             if not run.done:
@@ -141,7 +152,7 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
 
 
 def _loop(runs: list[Run], cfg: TrainConfig, params: dict, names: list[str], optimizer, batched_loss,
-          mask_id: int) -> None:
+          mask_id: int, device: torch.device) -> None:
     filter_state, step = None, 0
     ckpt_every = cfg.checkpoint_every or cfg.eval_every
     while True:
@@ -163,7 +174,7 @@ def _loop(runs: list[Run], cfg: TrainConfig, params: dict, names: list[str], opt
             noise = (mdm_noise(ids, answer_mask, mask_id, full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator,
                                generator=run.noise) if cfg.objective == "mdm" else (answer_mask, answer_mask[:, 0], answer_mask))
             batch.append((ids, answer_mask, *noise))
-        losses = batched_loss(*(torch.stack(x) for x in zip(*batch, strict=True)))  # (N,)
+        losses = batched_loss(*(torch.stack(x).to(device) for x in zip(*batch, strict=True)))  # (N,)
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # the runs share no weights: each slice gets its own run's gradient
         grads = {n: params[n].grad for n in names}
@@ -187,20 +198,25 @@ def _run_slice(run: Run, params: dict, optimizer, filter_state) -> tuple[dict, o
     with torch.no_grad():
         for n, p in run.model.named_parameters():
             p.copy_(params[n][i])
-            p.grad = None if params[n].grad is None else params[n].grad[i].clone()
+            p.grad = None if params[n].grad is None else _own(params[n].grad[i])
     if filter_state is None:
         return None
     if cfg.grokfast == "ema":
-        return {n: e[i].clone() for n, e in filter_state.items()}
-    return {"window": {n: w[:, i].clone() for n, w in filter_state["window"].items()},
-            "sum": {n: s[i].clone() for n, s in filter_state["sum"].items()},
+        return {n: _own(e[i]) for n, e in filter_state.items()}
+    return {"window": {n: _own(w[:, i]) for n, w in filter_state["window"].items()},
+            "sum": {n: _own(s[i]) for n, s in filter_state["sum"].items()},
             "count": filter_state["count"], "next": filter_state["next"]}
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """A run's own copy of its slice, on the CPU where `train` keeps its state."""
+    return t.to("cpu", copy=True)
 
 
 def _optimizer_slice(optimizer, i: int) -> dict:
     """Run i's optimizer state in the layout of `train`'s optimizer (one tensor per parameter)."""
     full = optimizer.state_dict()
-    state = {k: {name: (v[i].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for name, v in st.items()}
+    state = {k: {name: (_own(v[i]) if torch.is_tensor(v) and v.dim() > 0 else v) for name, v in st.items()}
              for k, st in full["state"].items()}
     return {"state": state, "param_groups": full["param_groups"]}
 

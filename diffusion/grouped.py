@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from diffusion.model import Denoiser, apply_rope, rope_angles
 
 
-def stack_params(models: list[Denoiser]) -> dict[str, torch.Tensor]:
+def stack_params(models: list[Denoiser], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """The models' parameters stacked along a new leading dim: one trainable leaf per name."""
     names = [n for n, _ in models[0].named_parameters()]
     if set(names) != set(grouped_param_names(models[0].config)):
         raise ValueError(f"grouped weights know the Denoiser's own layers, not these: {sorted(names)}")
-    return {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).requires_grad_()
+    return {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).to(device).requires_grad_()
             for n in names}
 
 

@@ -96,11 +96,20 @@ def test_an_experiments_seeds_train_as_one_batch_when_they_can(tmp_path):
     from flows.experiments import train_seeds
 
     cfgs = [tiny(tmp_path, f"e{s}", seed=s, max_steps=20) for s in (0, 1, 2)]
-    results = train_seeds(cfgs)
+    results = train_seeds(cfgs, batch=True)
     assert [r.final_step for r in results] == [20, 20, 20]
     # one batched step advances every run: the three share one step time (one by one they would not)
     assert len({r.metrics["step_time"] for r in results}) == 1
     # started runs are not batched again: each resumes on its own
-    more = train_seeds([dataclasses.replace(c, max_steps=40) for c in cfgs])
+    more = train_seeds([dataclasses.replace(c, max_steps=40) for c in cfgs], batch=True)
     assert [r.final_step for r in more] == [40, 40, 40]
     assert len({r.metrics["step_time"] for r in more}) == 3
+
+
+def test_on_a_cpu_an_experiments_seeds_train_one_by_one_by_default(tmp_path, monkeypatch):
+    from flows.experiments import train_seeds
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
+    results = train_seeds([tiny(tmp_path, f"c{s}", seed=s, max_steps=10) for s in (0, 1)])
+    assert [r.final_step for r in results] == [10, 10]
+    assert len({r.metrics["step_time"] for r in results}) == 2  # each its own steps
