@@ -13,7 +13,8 @@ and one filter over the stacked tensors are exactly N independent ones. Each run
 its slice of the stack is simply no longer read.
 
 Not batched (use `train`): gradient clipping (a per-run norm), dropout (one global RNG),
-init_from, resuming.
+init_from, resuming, the Grokfast reference decoder. Where it pays: on a GPU (`batching_pays`);
+on a CPU, N batched seeds run no faster than N runs one by one, and experiments train them so.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ class Run:
 def batching_pays() -> bool:
     """Whether N seeds as one batched model beat N runs one by one here: on a GPU, yes (one kernel
     launch serves N runs); on a CPU, no. A run's step is compute-bound there: bench/throughput.py
-    measured 8 batched seeds at 0.8-1.0x the throughput of 8 sequential runs (one thread, grouped
-    weights), one run reaching a third of a plain matmul's FLOP/s, which bounds any gain."""
+    measured 8 batched seeds at 0.92x the throughput of 8 sequential runs (one thread, CPU clock),
+    one run already at half a plain matmul's FLOP/s, which bounds any gain at 2x."""
     return torch.cuda.is_available()
 
 
