@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from agents.tasks import SPLITS
-from diffusion.config import TrainConfig, apply_overrides, load_config
+from diffusion.config import TrainConfig, load_config, train_overrides
 from diffusion.plot import plot_runs
 from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import print_table
@@ -28,14 +28,17 @@ def train(
 ) -> None:
     """Train a masked-diffusion model (or objective=ar). Settings as key=value, e.g.
     `grokloop train max_steps=3000 grokfast=ema family_params='{"p": 97, "train_fraction": 0.4}'`."""
+    from diffusion.distributed import is_main  # torch: see the top
     from diffusion.train import train as train_loop  # torch: see the top
 
     overrides = list(ctx.args)
     if resume:
         cfg = load_config(resume, overrides, home=home)
     else:
-        cfg = apply_overrides(TrainConfig(home=home), overrides)
+        cfg = train_overrides(TrainConfig(home=home), overrides)
     result = train_loop(cfg, resume=bool(resume))
+    if not is_main():  # under torchrun: rank 0 reports the run
+        return
     console.print(
         f"run {result.run_id}: {result.status} at step {result.final_step}; "
         f"T_mem {result.t_mem if result.t_mem is not None else '-'}, "
