@@ -102,18 +102,26 @@ class Run:
         return run_record(self.cfg, status, self.step, self.t_mem, self.t_grok, self.dataset_id)
 
 
-def batching_pays() -> bool:
-    """Whether N seeds as one batched model beat N runs one by one here: on a GPU, yes (one kernel
+def training_device(cfg: TrainConfig) -> torch.device:
+    """Where cfg's runs train (`device`: cpu, cuda, or auto: cuda when there is one)."""
+    use_cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError("device=cuda, but torch sees no GPU here (device=cpu or auto trains without one)")
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def batching_pays(cfg: TrainConfig) -> bool:
+    """Whether N seeds as one batched model beat N runs one by one: on a GPU, yes (one kernel
     launch serves N runs); on a CPU, no. A run's step is compute-bound there: bench/throughput.py
     measured 8 batched seeds at 0.92x the throughput of 8 sequential runs (one thread, CPU clock),
     one run already at half a plain matmul's FLOP/s, which bounds any gain at 2x."""
-    return torch.cuda.is_available()
+    return training_device(cfg).type == "cuda"
 
 
-def train_batched(cfgs: list[TrainConfig], device: str | None = None) -> list[RunResult]:
+def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
     """Train these runs (one architecture) as one stacked model; one RunResult each, as `train` returns.
-    The stacked model trains on `device` (default: CUDA when there is one); each run's own model,
-    evaluation and checkpoints stay on the CPU, as `train` keeps them."""
+    The stacked model trains on the runs' `device`; each run's own model, evaluation and checkpoints
+    stay on the CPU."""
     cfgs = [check_config(dataclasses.replace(c)) for c in cfgs]
     if why := batchable(cfgs):
         raise ValueError(f"these runs cannot train as one batched model: {why}")
@@ -121,7 +129,7 @@ def train_batched(cfgs: list[TrainConfig], device: str | None = None) -> list[Ru
     runs = [Run(c, i) for i, c in enumerate(cfgs)]
     if len({r.cfg.run_id for r in runs}) < len(runs):
         raise ValueError("batched runs need distinct run names")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = training_device(cfg)
     params = stack_params([r.model for r in runs], device)  # {name: (N, ...)} leaf tensors
     names = list(params)
     for run in runs:  # refused (above) before anything is written

@@ -110,6 +110,6 @@ def test_on_a_cpu_an_experiments_seeds_train_one_by_one_by_default(tmp_path, mon
     from flows.experiments import train_seeds
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
-    results = train_seeds([tiny(tmp_path, f"c{s}", seed=s, max_steps=10) for s in (0, 1)])
+    results = train_seeds([tiny(tmp_path, f"c{s}", seed=s, max_steps=10, device="auto") for s in (0, 1)])
     assert [r.final_step for r in results] == [10, 10]
     assert len({r.metrics["step_time"] for r in results}) == 2  # each its own steps
