@@ -16,7 +16,6 @@ import duckdb
 import pytest
 import torch
 
-from agents.spool import published_segments, read_records
 from diffusion.train import TrainConfig
 from flows import steps
 from flows.config import LoopConfig
@@ -24,6 +23,7 @@ from flows.experiments import train_runs, train_sweep
 from flows.flows import collect_flow
 from flows.runners import Runner
 from storage.home import store_path
+from storage.spool import published_segments, read_records
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

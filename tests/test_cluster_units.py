@@ -8,11 +8,11 @@ import fsspec
 import pytest
 
 from agents.sdk import TrajectoryLogger
-from agents.spool import published_segments, read_records, remove_stale_tmp, write_segment
 from flows.config import LoopConfig
 from flows.runners import Runner
 from storage.home import is_url, spool_location
 from storage.ingest import ingest_spool
+from storage.spool import published_segments, read_records, remove_stale_tmp, write_segment
 from storage.store import open_store
 
 
