@@ -499,13 +499,15 @@ def _markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]
     return lines
 
 
-def train_seeds(cfgs: list) -> list:
+def train_seeds(cfgs: list, batch: bool | None = None) -> list:
     """The seeds of one setting: as one batched model (diffusion/batched.py) when they share an
-    architecture and none has been started yet, else one by one (resuming any that exist)."""
-    from diffusion.batched import batchable, train_batched
+    architecture, none has been started yet and `batch` says so (default: where batching pays, when
+    they train on a GPU; on a CPU it does not), else one by one (resuming any that exist)."""
+    from diffusion.batched import batchable, batching_pays, train_batched
     from diffusion.train import train
 
-    if len(cfgs) > 1 and batchable(cfgs) is None and not any(_has_run(c) for c in cfgs):
+    batch = batching_pays(cfgs[0]) if batch is None else batch
+    if batch and len(cfgs) > 1 and batchable(cfgs) is None and not any(_has_run(c) for c in cfgs):
         return train_batched(cfgs)
     return [train(cfg, resume=_has_run(cfg)) for cfg in cfgs]
 

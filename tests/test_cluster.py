@@ -148,7 +148,7 @@ def one_thread():
 
 
 def test_a_four_run_sweep_across_the_workers_records_the_runs_the_local_sweep_does(cluster, tmp_path, one_thread):
-    def sweep(home, runner):  # as an experiment runs it: one task per setting, its 2 seeds batched
+    def sweep(home, runner):  # as an experiment runs it: one task per setting (train_seeds: its 2 seeds)
         groups = [[tiny(home, f"sweep-s{seed}-{opt}", seed=seed, grokfast=opt) for seed in (0, 1)]
                   for opt in ("ema", "none")]
         return [dataclasses.asdict(r) for results in train_sweep(groups, runner) for r in results]
