@@ -13,8 +13,7 @@ from diffusion.plot import plot_runs
 from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import print_table
 from flows.config import LoopConfig
-from flows.runners import Runner
-from storage.home import grokloop_home, store_path
+from storage.home import grokloop_home, store_location
 
 # The flows import Prefect, and training torch (seconds each): each command imports them when it
 # runs, so `grokloop --help` and the store's commands do not wait for them.
@@ -55,7 +54,7 @@ def run_loop(settings: list[str] | None = SETTINGS, home: str = HOME) -> None:
     plot = plot_runs([p["run"]["run_id"] for p in summary.values()], grokloop_home(cfg.home) / "runs" / "loop.png",
                      home=cfg.home)
     console.print(_reading(summary, plot), soft_wrap=True)
-    console.print(f"{'store:':<21} {store_path(cfg.home)}   (try: grokloop sql \"SELECT * FROM success_rate\")")
+    console.print(f"{'store:':<21} {store_location(cfg.home)}   (try: grokloop sql \"SELECT * FROM success_rate\")")
     for family, part in summary.items():
         console.print(f"{family + ' dataset:':<21} {part['dataset']['path']}", soft_wrap=True)
         console.print(f"{family + ' checkpoint:':<21} {part['run']['checkpoint_dir']}", soft_wrap=True)
@@ -169,10 +168,12 @@ def experiment(
     setups: str = typer.Option("", help="grokfast only: a subset, e.g. baseline,ema"),
     objectives: str = typer.Option("", help="grokfast only: a subset, e.g. mdm-count,ar"),
     init: str = typer.Option("", help="grokfast only: torch (the published init, default) or small"),
-    runner: str = typer.Option("local", help="where the runs train: local (in turn) | dask (side by side)"),
+    runner: str = typer.Option("local", help="where the runs train: local (in turn) | dask | ray (side by side)"),
     dask_address: str = typer.Option("", help="runner dask: an existing scheduler (tcp://host:8786); "
                                               "none starts a local cluster"),
-    dask_workers: int = typer.Option(2, help="runner dask without an address: worker processes"),
+    dask_workers: int = typer.Option(2, help="runner dask (ray) without an address: worker processes (CPUs)"),
+    ray_address: str = typer.Option("", help="runner ray: an existing cluster (ray://host:10001, auto); "
+                                             "none starts a local Ray"),
     home: str = HOME,
 ) -> None:
     """Run a named experiment: runs recorded in the store, a plot and docs/results/NAME.md."""
@@ -182,7 +183,8 @@ def experiment(
     options |= {"init": init} if init else {}
     if options and name != "grokfast":
         raise ValueError("--setups, --objectives and --init apply to the grokfast experiment only")
-    where = Runner(runner, dask_address or None, dask_workers)
+    where = LoopConfig(runner=runner, dask_address=dask_address or None, dask_workers=dask_workers,
+                       ray_address=ray_address or None).runner_settings()
     result = run_experiment(name, quick=quick, seeds=seeds or None, max_steps=max_steps or None,
                             out_dir=out, home=home, runner=where, **options)
     console.print(f"summary: {result['summary']}\nplot:    {result['plot']}")

@@ -24,7 +24,7 @@ from rich.console import Console
 from flows import steps
 from flows.config import LoopConfig
 from flows.runners import Runner, fan_out
-from storage.home import grokloop_home, store_path
+from storage.home import grokloop_home, store_location, store_path
 from storage.store import open_store
 
 console = Console()
@@ -255,7 +255,7 @@ HELD_OUT = "x*y"
 
 
 def clusters(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
-    cfg = LoopConfig(home=home, runner=runner.kind, dask_address=runner.address, dask_workers=runner.n_workers, families=["modular"], family_params={"modular": size.params},
+    cfg = LoopConfig(home=home, **runner.loop_settings(), families=["modular"], family_params={"modular": size.params},
                      n_agents=2, episodes=_episodes_to_cover(size.params), policy="solver",
                      cluster_method="column", cluster_column="operation",
                      train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
@@ -322,8 +322,8 @@ def self_improve(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[
     rounds, episodes, proposals = p.pop("rounds"), p.pop("episodes"), p.pop("proposals")
     table, runs = [], []
     for seed in range(size.seeds):
-        cfg = LoopConfig(home=home, seed=seed, runner=runner.kind, dask_address=runner.address,
-                         dask_workers=runner.n_workers, families=["modular"], family_params={"modular": p}, n_agents=2,
+        cfg = LoopConfig(home=home, seed=seed, **runner.loop_settings(), families=["modular"],
+                         family_params={"modular": p}, n_agents=2,
                          episodes=episodes, policy="solver",
                          train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
                                           "mdm_estimator": "count", "progress": False, **size.train})
@@ -499,13 +499,15 @@ def _markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]
     return lines
 
 
-def train_seeds(cfgs: list) -> list:
+def train_seeds(cfgs: list, batch: bool | None = None) -> list:
     """The seeds of one setting: as one batched model (diffusion/batched.py) when they share an
-    architecture and none has been started yet, else one by one (resuming any that exist)."""
-    from diffusion.batched import batchable, train_batched
+    architecture, none has been started yet and `batch` says so (default: where batching pays, when
+    they train on a GPU; on a CPU it does not), else one by one (resuming any that exist)."""
+    from diffusion.batched import batchable, batching_pays, train_batched
     from diffusion.train import train
 
-    if len(cfgs) > 1 and batchable(cfgs) is None and not any(_has_run(c) for c in cfgs):
+    batch = batching_pays(cfgs[0]) if batch is None else batch
+    if batch and len(cfgs) > 1 and batchable(cfgs) is None and not any(_has_run(c) for c in cfgs):
         return train_batched(cfgs)
     return [train(cfg, resume=_has_run(cfg)) for cfg in cfgs]
 
@@ -517,14 +519,15 @@ def _has_run(cfg) -> bool:
 
 
 def _run_status(run_id: str, home: str | None) -> str | None:
-    if not store_path(home).is_file():
+    store = store_location(home)
+    if isinstance(store, Path) and not store.is_file():
         return None
     rows = _query("SELECT status FROM runs WHERE run_id = ?", [run_id], home)
     return rows[0][0] if rows else None
 
 
 def _query(sql: str, params: list, home: str | None) -> list[tuple]:
-    with open_store(store_path(home), read_only=True) as con:
+    with open_store(store_location(home), read_only=True) as con:
         return con.execute(sql, params).fetchall()
 
 

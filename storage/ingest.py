@@ -14,7 +14,9 @@ changed by a later record: a start, step or outcome that conflicts with a stored
 earlier one in the same batch) goes to quarantine with a reason naming what it conflicts with;
 an identical copy changes nothing.
 `ingest_segments` can open the store once per batch (`Writer`), so readers wait for one batch at
-most, not a whole ingest. How records map to tables is in `agents/sdk.py`'s docstring and
+most, not a whole ingest. On the shared store (DuckLake, `storage/lake.py`) several ingest workers
+run at once: each batch first claims its segments (`storage.store.claimed`), has no primary keys
+to lean on (duplicates are always looked for), and runs again when a concurrent commit conflicts. How records map to tables is in `agents/sdk.py`'s docstring and
 there.
 """
 
@@ -35,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
+from storage import lake
 from storage.spool import (
     REJECTED_SUFFIX,
     SCHEMA,
@@ -47,7 +50,7 @@ from storage.spool import (
     read_segment,
     remove_stale_tmp,
 )
-from storage.store import StoreError, sql_blocks
+from storage.store import StoreError, claimed, has_keys, sql_blocks
 
 MAX_RECORD_BYTES = 1 << 20   # a record larger than this is quarantined as oversized
 BATCH_BYTES = 64 << 20       # segments per transaction: bounded memory, few commits
@@ -62,6 +65,7 @@ class IngestReport:
     trajectories: int = 0    # new trajectories
     steps: int = 0           # new steps
     quarantined: int = 0     # records sent to quarantine
+    held: int = 0            # segments another ingest worker was ingesting (the shared store): its own
     seconds: float = 0.0
 
     def __iadd__(self, other: IngestReport) -> IngestReport:
@@ -112,7 +116,17 @@ _ROW_TABLES = {"trajectory": "raw_starts", "step": "raw_steps", "outcome": "raw_
 def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_record_bytes: int
                  ) -> IngestReport:
     """One batch of new segments into the store, in one transaction: the named steps of
-    `storage/sql/ingest.sql`, in order. Any error rolls the whole batch back (nothing stored)."""
+    `storage/sql/ingest.sql`, in order. Any error rolls the whole batch back (nothing stored).
+    On the shared store (DuckLake) other ingest workers commit meanwhile: a batch whose commit
+    conflicts with theirs runs again on a fresh snapshot (`lake.retry_conflicts`)."""
+    if has_keys(con):
+        return _ingest_batch(con, batch, max_record_bytes, shared=False)
+    return lake.retry_conflicts(lambda: _ingest_batch(con, batch, max_record_bytes, shared=True),
+                                f"ingest of {len(batch)} segment(s)")
+
+
+def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_record_bytes: int,
+                  *, shared: bool) -> IngestReport:
     start = time.perf_counter()
     report = IngestReport(segments=len(batch))
 
@@ -136,7 +150,9 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_recor
         run("duplicates")                               # the same key twice in the batch
         run("stored_conflicts")                         # a key already stored, with other content
         run("outcomes")                                 # which outcome completes which trajectory
-        run("insert_agents_and_tasks")
+        new_keys = run("insert_agents") + run("insert_tasks")
+        if shared and new_keys:  # DuckLake has no keys: batches that add agents or tasks conflict
+            lake.serialize_new_keys(con)
         report.trajectories = run("insert_trajectories")
         run("complete_trajectories")                    # outcomes for trajectories stored earlier
         report.steps = run("insert_steps")
@@ -145,7 +161,8 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_recor
         run("cleanup")
         con.execute("COMMIT").fetchall()
     except BaseException as err:
-        con.execute("ROLLBACK").fetchall()
+        with contextlib.suppress(duckdb.TransactionException):  # a failed COMMIT ended it already
+            con.execute("ROLLBACK").fetchall()
         if not isinstance(err, duckdb.Error):
             raise
         sources = ", ".join(s.source for s in batch[:3]) + (" ..." if len(batch) > 3 else "")
@@ -331,12 +348,15 @@ def ingest_segments(
     start = time.perf_counter()
     batch: list[Segment] = []
     seen: set[str] = set()
+    refused: set[str] = set()  # the shared store: producers another worker was ingesting
 
     def flush() -> None:
         nonlocal batch
         if not batch:
             return
-        with _writing(con) as writer:
+        with _writing(con) as writer, claimed(writer, [(s.digest, s.source) for s in batch], refused) as mine:
+            total.held += sum(s.digest not in mine for s in batch)  # left to the worker holding them
+            batch = [s for s in batch if s.digest in mine]
             known = _already_ingested(writer, [s.digest for s in batch])
             fresh = [s for s in batch if s.digest not in known]
             report = ingest_batch(writer, fresh, max_record_bytes) if fresh else None
@@ -420,7 +440,8 @@ def ingest_spool(
 
     def move(segments: list[Segment], report: IngestReport) -> None:
         for segment in segments:
-            move_published(by_name[segment.source], INGESTED_DIR)
+            with contextlib.suppress(FileNotFoundError):  # another ingest worker moved it first
+                move_published(by_name[segment.source], INGESTED_DIR)
         if on_batch:
             on_batch(segments, report)
 

@@ -46,7 +46,7 @@ from storage.datasets.catalog import (
     show_snapshot,
     snapshot_rows,
 )
-from storage.datasets.export import dataset_card, write_export
+from storage.datasets.export import dataset_card, publish_snapshot, write_export
 from storage.datasets.select import select_trajectories
 from storage.datasets.spec import (
     CURATION_VERSION,
@@ -61,6 +61,6 @@ from storage.datasets.spec import (
 __all__ = [
     "CURATION_VERSION", "ROW_SCHEMA", "SPLITS", "ClusterAssignments", "Curated", "Snapshot", "SnapshotSpec",
     "TaskFamily", "build_snapshot", "curate_rows", "dataset_card", "export_snapshot", "find_snapshot",
-    "fingerprint", "list_snapshots", "resolve_id", "select_trajectories", "show_snapshot", "snapshot_rows",
+    "fingerprint", "list_snapshots", "publish_snapshot", "resolve_id", "select_trajectories", "show_snapshot", "snapshot_rows",
     "write_export",
 ]

@@ -4,11 +4,15 @@
 
 -- name: record_clustering
 -- A clustering is shared by the snapshots that differ only after it (dedup, balance, hold out).
-INSERT OR IGNORE INTO clusterings (clustering_id, method, params, n_clusters) VALUES (?, ?, ?, ?);
+-- Anti joins rather than INSERT OR IGNORE: no primary key needed, so the shared store (DuckLake) runs it too.
+INSERT INTO clusterings (clustering_id, method, params, n_clusters)
+SELECT $1, $2, $3, $4 WHERE NOT EXISTS (FROM clusterings WHERE clustering_id = $1);
 
 -- name: record_assignments
-INSERT OR IGNORE INTO cluster_assignments BY NAME
-SELECT clustering_id, trajectory_id::UUID AS trajectory_id, cluster, distance FROM assignment_rows;
+INSERT INTO cluster_assignments BY NAME
+SELECT clustering_id, trajectory_id::UUID AS trajectory_id, cluster, distance FROM assignment_rows a
+WHERE NOT EXISTS (FROM cluster_assignments c
+                  WHERE c.clustering_id = a.clustering_id AND c.trajectory_id = a.trajectory_id::UUID);
 
 -- name: record_dataset
 INSERT INTO datasets (dataset_id, name, params, clustering_id, n_rows, export_path) VALUES (?, ?, ?, ?, ?, ?);

@@ -234,8 +234,11 @@ SELECT seg, line_no, "type", reason FROM (
 -- Arrow records are one table per type, so a step that wants the trajectory starts never scans
 -- the steps (with one table of every record and a filter on `type`, a batch of 200,000 SDK steps
 -- took 568 ms of SQL CPU time instead of 541).
+-- The id goes through text: DuckDB 1.5.5 cannot push a join's filter on a UUID column into the
+-- scan of a registered Arrow table ("Unimplemented type UUID for Arrow Filter Pushdown"), and a
+-- filter on the cast value stays above the scan (the stored side's scans still get it).
 CREATE OR REPLACE TEMP MACRO arrow_records(records, record_type) AS TABLE
-SELECT seg, line_no, record_type AS rtype, trajectory_id,
+SELECT seg, line_no, record_type AS rtype, trajectory_id::VARCHAR::UUID AS trajectory_id,
     -- steps
     "index" AS idx, coalesce(kind, 'tool_call') AS kind, observation, tool_name, arguments, result,
     reward, coalesce(status, 'ok') AS status, error, metadata, start_time, end_time,
@@ -393,9 +396,10 @@ SELECT o.*, CASE WHEN NOT (o.stored OR o.started) THEN 'outcome for unknown traj
        (o.stored OR o.started) AND NOT o.stored_outcome AND l.seg IS NULL AS applies
 FROM o LEFT JOIN against_stored a USING (seg, line_no) LEFT JOIN later l USING (seg, line_no);
 
--- name: insert_agents_and_tasks
--- New agents and tasks, one row per key already (GROUP BY), so an anti join does what INSERT OR
--- IGNORE would without the second grouping of the new rows that it plans (a third of the step).
+-- name: insert_agents
+-- New agents and tasks (this step and the next), one row per key already (GROUP BY), so an anti
+-- join does what INSERT OR IGNORE would without the second grouping of the new rows that it plans
+-- (a third of the step).
 INSERT INTO agents BY NAME
 SELECT * FROM (
     SELECT agent_name || '@' || agent_version AS agent_id, any_value(agent_name) AS name,
@@ -403,6 +407,7 @@ SELECT * FROM (
            any_value(checkpoint) AS checkpoint
     FROM checked_starts WHERE reason IS NULL GROUP BY agent_id
 ) ANTI JOIN agents USING (agent_id);
+-- name: insert_tasks
 -- A task's first description in the batch wins; one already in the store is left as it is.
 INSERT INTO tasks BY NAME
 SELECT * FROM (
@@ -475,7 +480,9 @@ SELECT s.source, b.line_no, b.raw, b.reason FROM bad b JOIN raw_segs s USING (se
 -- name: record_segments
 -- Per segment: its records (as Python counted them, plus the ones rejected before SQL), the good
 -- trajectory starts and steps (a duplicate step not counted), and what went to quarantine.
-INSERT OR IGNORE INTO ingest_log BY NAME
+-- No segment here is in ingest_log yet: ingest_segments left those out, holding the store's lock
+-- (or, on DuckLake, the segments' claims).
+INSERT INTO ingest_log BY NAME
 WITH good AS (
     SELECT seg, rtype, count(*) AS n FROM checked_lines WHERE reason IS NULL GROUP BY ALL
     UNION ALL SELECT seg, 'trajectory', count(*) FROM raw_starts GROUP BY seg
