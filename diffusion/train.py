@@ -72,6 +72,7 @@ class TrainConfig:
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
+    share_layers: bool = False             # denoiser: one block applied num_layers times (Wang et al. 2024)
     mlp_ratio: int = 4
     dropout: float = 0.0                   # grokking setups use none
     init: str = "small"                    # small: N(0, 0.02) | torch: PyTorch defaults (groks late)
@@ -197,7 +198,8 @@ def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser | Grokfast
                                   mlp_ratio=cfg.mlp_ratio, mask_token_id=tokenizer.mask_id)
     return Denoiser(vocab_size=tokenizer.vocab_size, max_seq_len=tokenizer.seq_len,
                     hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-                    mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=tokenizer.mask_id, init=cfg.init)
+                    mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=tokenizer.mask_id, init=cfg.init,
+                    share_layers=cfg.share_layers)
 
 
 def run_record(cfg: TrainConfig, status: str, step: int, t_mem: int | None, t_grok: int | None,
