@@ -105,6 +105,7 @@ class TrainConfig:
     mem_threshold: float = 0.99            # T_mem: first eval with train acc >= this (two_hop: inferred facts)
     grok_threshold: float = 0.95           # T_grok: first eval with test_id acc >= this
     patience: int = 0                      # stop this many steps after T_grok; 0 = run to max_steps
+    mem_multiple: float = 0.0              # with patience: also run to at least this many times T_mem
     # bookkeeping
     seed: int = 0                          # init, data order, masking noise
     run_name: str | None = None            # also the run id when given (a retry resumes the same run)
@@ -468,7 +469,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
             bar = progress.add_task(cfg.run_id, total=cfg.max_steps, completed=step, info="")
             while True:
                 # evaluate, log and maybe stop (each step once, even across restarts)
-                done = step >= cfg.max_steps or _patience_over(cfg, step, t_grok)
+                done = step >= cfg.max_steps or _patience_over(cfg, step, t_grok, t_mem)
                 rows = []
                 evaluate_now = (is_eval_step(cfg, step) or done) and evaluated < step
                 if evaluate_now:
@@ -482,7 +483,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                     progress.console.print(_eval_line(step, metrics, t_mem, t_grok) + pace.line(step))
                     progress.update(bar, info=f"train {metrics.get('train/acc', 0):.3f} "
                                               f"test {metrics.get('test_id/acc', 0):.3f}")
-                    done = done or _patience_over(cfg, step, t_grok)
+                    done = done or _patience_over(cfg, step, t_grok, t_mem)
                 # Checkpoint on its own schedule (and at the end), once per step even across restarts.
                 # It carries this eval's rows: a kill before the store write below is repaired on
                 # resume (the write is idempotent), never a gap in the metrics.
@@ -606,8 +607,12 @@ def _pending_line(run_id: str, run_dir: Path, done: bool) -> str:
             f"`grokloop ingest` writes them when the store is free")
 
 
-def _patience_over(cfg: TrainConfig, step: int, t_grok: int | None) -> bool:
-    return bool(cfg.patience) and t_grok is not None and step - t_grok >= cfg.patience
+def _patience_over(cfg: TrainConfig, step: int, t_grok: int | None, t_mem: int | None = None) -> bool:
+    """Grokked `patience` steps ago, and (mem_multiple) past that multiple of T_mem: a grokking
+    run shows its delay on a log axis only when it runs well past memorisation."""
+    if not cfg.patience or t_grok is None or step - t_grok < cfg.patience:
+        return False
+    return not cfg.mem_multiple or (t_mem is not None and step >= cfg.mem_multiple * t_mem)
 
 
 def _eval_line(step: int, m: dict[str, float], t_mem: int | None, t_grok: int | None) -> str:
