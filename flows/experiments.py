@@ -386,57 +386,110 @@ def _series(run_id: str, names: list[str], home: str | None) -> dict[str, list[t
 
 # ---- clusters -----------------------------------------------------------------------------------
 
+# The main job's grokking recipe (flows/config.py: PyTorch's init, Adam with L2 decay 0.005, no filter,
+# masked diffusion with the `count` estimator), on three operations mod p clustered by operation.
+CLUSTER_TRAIN = {"init": "torch", "optimizer": "adam", "weight_decay": 0.005, "grokfast": "none",
+                 "mdm_estimator": "count", "batch_size": 512, "eval_schedule": "log", "keep_checkpoints": 1,
+                 "progress": False}
 CLUSTER_SIZES = {
-    "quick": Size(seeds=1, max_steps=150, eval_every=50,
+    "quick": Size(seeds=1, max_steps=40, eval_every=20,
                   params={"p": 11, "operations": ["x+y", "x-y", "x*y"], "train_fraction": 0.6},
-                  train={"batch_size": 64, "hidden_size": 64}),
-    "full": Size(seeds=2, max_steps=10000, eval_every=200,
-                 params={"p": 31, "operations": ["x+y", "x-y", "x*y"], "train_fraction": 0.5}),
+                  train={"batch_size": 64, "hidden_size": 32, "eval_max_rows": 256}),
+    "full": Size(seeds=3, max_steps=10000, eval_every=500,
+                 params={"p": 97, "operations": ["x+y", "x-y", "x*y"], "train_fraction": 0.5},
+                 train={"eval_max_rows": 3000, "patience": 1000}),
 }
 HELD_OUT = "x*y"
+CLUSTER_KS = (1, 4, 16, 64)
 
 
-def clusters(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
-    cfg = LoopConfig(home=home, runner=runner.kind, dask_address=runner.address, dask_workers=runner.n_workers, families=["modular"], family_params={"modular": size.params},
+def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
+             report_only: bool = False) -> tuple[list[dict], list[str], str]:
+    """A cluster-balanced snapshot; the `x*y` cluster removed from train; then k = 1, 4, 16, 64 of its
+    examples (and 1% of them) added back. Each variant x seed trains in turn (continued from its
+    checkpoint when it has one); the held-out cluster's TEST accuracy is logged at every evaluation.
+    `report_only`: train nothing, report what the store has."""
+    cfg = LoopConfig(home=home, runner=runner.kind, dask_address=runner.address, dask_workers=runner.n_workers,
+                     families=["modular"], family_params={"modular": size.params},
                      n_agents=2, episodes=_episodes_to_cover(size.params), policy="solver",
                      cluster_method="column", cluster_column="operation",
-                     train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
-                                      "grokfast": "ema", "progress": False, **size.train})
-    steps.collect(cfg, "modular")
-    steps.ingest(cfg)
-    variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in (1, 4, 16)]
-    table, runs, keys, train_cfgs = [], [], [], []
+                     train_overrides={**CLUSTER_TRAIN, "max_steps": size.max_steps, "eval_every": size.eval_every,
+                                      **size.train})
+    if not report_only:
+        steps.collect(cfg, "modular")
+        steps.ingest(cfg)
+    balanced = steps.curate(cfg, "modular", name="clusters-balanced")
+    one_percent = max(1, round(0.01 * balanced["clusters"]["train"][HELD_OUT]))
+    variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] \
+        + [(f"1% (k={one_percent})", one_percent)]
+    keys, train_cfgs = [], []
     for label, keep_k in variants:
-        holdout = [] if keep_k is None else [HELD_OUT]
-        snap = steps.curate(cfg, "modular", holdout=holdout, keep_k=keep_k or 0,
-                            name=f"clusters-{label.replace(' ', '-').replace('=', '')}")
+        snap = balanced if keep_k is None else steps.curate(
+            cfg, "modular", holdout=[HELD_OUT], keep_k=keep_k, name=f"clusters-heldout-k{keep_k}")
         for seed in range(size.seeds):
-            keys.append((label, seed))
+            keys.append((label, seed, snap))
             train_cfgs.append(steps.train_config(cfg, "modular", snap["path"], seed=seed,
-                                                 run_name=f"clusters-{label.replace(' ', '').replace('=', '')}"
-                                                          f"-s{seed}-{snap['dataset_id'][:8]}"))
-    for (label, seed), run in zip(keys, train_runs(train_cfgs, runner), strict=True):
-        evaluation = steps.evaluate(cfg, run["checkpoint_dir"])
-        # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed
-        # with its (memorised) train rows.
-        groks_at = _first_step_at(run["run_id"], f"test_id/cluster:{HELD_OUT}/acc", 0.95, home)
-        table.append({"variant": label, "seed": seed, "run_id": run["run_id"],
-                      "test_id_acc": evaluation.get("test_id"),
-                      f"{HELD_OUT}_acc": evaluation.get(f"test_id/cluster:{HELD_OUT}"),
-                      f"{HELD_OUT}_groks_at": groks_at, "t_grok": run.get("t_grok")})
+                                                 run_name=f"clusters-{_slug(label)}-s{seed}-{snap['dataset_id'][:8]}"))
+    if not report_only:
+        train_runs(train_cfgs, runner)
+    table, runs = [], []
+    metric = f"test_id/cluster:{HELD_OUT}/acc"
+    for (label, seed, snap), tcfg in zip(keys, train_cfgs, strict=True):
+        # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed with its
+        # (memorised) train rows, at every evaluation of the run.
+        series = _series(tcfg.run_name, [metric, "test_id/acc"], home) if store_path(home).is_file() else {}
+        if not series.get("test_id/acc"):
+            continue
+        status = _run_status(tcfg.run_name, home)
+        held = series.get(metric, [])
+        best = max(held, key=lambda p: p[1]) if held else (None, None)
+        table.append({"variant": label, "seed": seed, "run_id": tcfg.run_name, "status": status,
+                      "step": series["test_id/acc"][-1][0], "train_rows": snap["counts"]["train"],
+                      f"{HELD_OUT}_train_rows": snap["clusters"]["train"].get(HELD_OUT, 0),
+                      "test_id_acc": series["test_id/acc"][-1][1],
+                      f"{HELD_OUT}_acc": held[-1][1] if held else None,
+                      f"best_{HELD_OUT}_acc": best[1], f"{HELD_OUT}_groks_at": next(
+                          (step for step, v in held if v >= 0.95), None),
+                      "t_grok": _query("SELECT t_grok FROM runs WHERE run_id = ?", [tcfg.run_name], home)[0][0]})
         if seed == 0:
-            runs.append(run["run_id"])
-        console.print(f"[clusters] {label} seed {seed}: held-out cluster acc "
-                      f"{table[-1][f'{HELD_OUT}_acc']}, overall {table[-1]['test_id_acc']}")
-    lines = _markdown_table(table, ["variant", "seed", "test_id_acc", f"{HELD_OUT}_acc",
-                                    f"{HELD_OUT}_groks_at", "t_grok"])
-    notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, clustered by "
-             f"operation. The `{HELD_OUT}` cluster is removed from train, then k of its examples are added "
-             "back; accuracy (the task's verifier) on its test_id items and overall, masked diffusion "
-             "with the `count` estimator. Carvalho et al. 2025 report that with an "
-             "under-sampled subclass removed the model never grokked, and 1% of it restored late "
+            runs.append(tcfg.run_name)
+        console.print(f"[clusters] {label} seed {seed}: {status} at {table[-1]['step']}, held-out cluster test "
+                      f"acc {table[-1][f'{HELD_OUT}_acc']}, overall {table[-1]['test_id_acc']}")
+    summary = []
+    for label in dict.fromkeys(r["variant"] for r in table):
+        group = [r for r in table if r["variant"] == label]
+        groks = [r[f"{HELD_OUT}_groks_at"] for r in group if r[f"{HELD_OUT}_groks_at"] is not None]
+        summary.append({"variant": label, "finished": f"{sum(r['status'] == 'finished' for r in group)}/{len(group)}",
+                        f"{HELD_OUT}_train_rows": group[0][f"{HELD_OUT}_train_rows"],
+                        **{k: _mean_std_n([r[k] for r in group]) for k in
+                           ("test_id_acc", f"{HELD_OUT}_acc", f"best_{HELD_OUT}_acc", "t_grok")},
+                        f"{HELD_OUT}_grokked": f"{len(groks)}/{len(group)}",
+                        f"{HELD_OUT}_groks_at": _mean_std_n(groks)})
+    lines = _markdown_table(summary, ["variant", "finished", f"{HELD_OUT}_train_rows", "test_id_acc", "t_grok",
+                                      f"{HELD_OUT}_acc", f"best_{HELD_OUT}_acc", f"{HELD_OUT}_grokked",
+                                      f"{HELD_OUT}_groks_at"])
+    per_run = _markdown_table(table, ["variant", "seed", "status", "step", "train_rows", f"{HELD_OUT}_train_rows",
+                                      "test_id_acc", "t_grok", f"{HELD_OUT}_acc", f"best_{HELD_OUT}_acc",
+                                      f"{HELD_OUT}_groks_at"])
+    first = train_cfgs[0]
+    notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, train fraction "
+             f"{size.params['train_fraction']}, clustered by operation; {size.seeds} seed(s) per variant (init and "
+             f"data order; one task world). The `{HELD_OUT}` cluster is removed from train, then k of its "
+             f"examples are added back (1% = {one_percent} of its {balanced['clusters']['train'][HELD_OUT]} "
+             f"training rows). Masked diffusion with the `{first.mdm_estimator}` estimator, width "
+             f"{first.hidden_size}, {first.num_layers} layers, init `{first.init}`, {first.optimizer} weight decay "
+             f"{first.weight_decay:g}, batch {first.batch_size}, step cap {size.max_steps}, stop {first.patience} "
+             f"steps after T_grok. `{HELD_OUT}_acc`: the task's verifier on the cluster's test_id rows only (a "
+             f"seeded sample of up to {first.eval_max_rows} test rows), at the last evaluation; "
+             f"`{HELD_OUT}_groks_at`: the first evaluation where it is >= 0.95. Carvalho et al. 2025 report that "
+             "with an under-sampled subclass removed the model never grokked it, and 1% of it restored late "
              "generalization.")
-    return table, runs, notes + "\n\n" + "\n".join(lines)
+    body = "\n".join(["Mean ± std over seeds (n = runs):", "", *lines, "", "Per run:", "", *per_run])
+    return table, runs, notes + "\n\n" + body
+
+
+def _slug(label: str) -> str:
+    return "".join(c for c in label.replace("%", "pct") if c.isalnum() or c == "-") or "run"
 
 
 # ---- self_improve -------------------------------------------------------------------------------
@@ -679,16 +732,6 @@ def _run_status(run_id: str, home: str | None) -> str | None:
 def _query(sql: str, params: list, home: str | None) -> list[tuple]:
     with open_store(store_path(home), read_only=True) as con:
         return con.execute(sql, params).fetchall()
-
-
-def _best_metrics(run_id: str, home: str | None) -> dict[str, float]:
-    return dict(_query("SELECT name, max(value) FROM metrics WHERE run_id = ? GROUP BY name", [run_id], home))
-
-
-def _first_step_at(run_id: str, metric: str, threshold: float, home: str | None) -> int | None:
-    rows = _query("SELECT min(step) FROM metrics WHERE run_id = ? AND name = ? AND value >= ?",
-                  [run_id, metric, threshold], home)
-    return rows[0][0] if rows else None
 
 
 def _rounds_from_store(loop_id: str, home: str | None) -> list[dict[str, Any]]:
