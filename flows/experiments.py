@@ -225,10 +225,10 @@ COMPOSITION_SIZES = {
         "two_hop": ("two_hop", {"n_entities": 40, "n_relations": 8, "relations_per_entity": 8, "phi": 2.0,
                                 "ood_fraction": 0.4, "test_size": 500}),
         "programs": ("programs", {"train_per_program": 4, "test_per_program": 2})}),
-    "full": Size(seeds=3, max_steps=60000, eval_every=1000,
+    "full": Size(seeds=3, max_steps=50000, eval_every=1000,
                  train={"batch_size": 256, "hidden_size": 64, "num_layers": 4, "eval_max_rows": 1000,
                         "patience": 5000}, params={
-        "two_hop": ("two_hop", {"n_entities": 64, "n_relations": 20, "relations_per_entity": 20, "phi": 12.0,
+        "two_hop": ("two_hop", {"n_entities": 40, "n_relations": 28, "relations_per_entity": 28, "phi": 18.0,
                                 "ood_fraction": 0.15, "test_size": 3000}),
         "programs": ("programs", {})}),
     # Wang et al. 2024's own world (2,000 entities, 200 relations, 20 per entity, 5% OOD atomic facts)
@@ -243,7 +243,8 @@ COMPOSITION_SIZES = {
 
 
 def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARMS)) -> list[tuple[str, str, Any]]:
-    """(setting, arm, TrainConfig) of every run, seed by seed (so a partial grid has whole seeds).
+    """(setting, arm, TrainConfig) of every run: setting by setting (two_hop first), then seed by seed,
+    so a partial grid has whole seeds of the first setting.
     Seed s is its own world and its own init. A run's name carries a hash of everything but its step
     cap: the same command continues it, a larger --max-steps extends it, another size is another run."""
     from diffusion.train import TrainConfig
@@ -252,8 +253,8 @@ def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARM
         raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(COMPOSITION_ARMS)}")
     settings = {**COMPOSITION_TRAIN, **size.train}
     out = []
-    for seed in range(size.seeds):
-        for name, (family, world) in size.params.items():
+    for name, (family, world) in size.params.items():
+        for seed in range(size.seeds):
             for arm in arms:
                 overrides = {**settings, **COMPOSITION_ARMS[arm]}
                 if overrides.get("share_layers"):
