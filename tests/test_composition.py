@@ -92,3 +92,34 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     assert [c[:2] for c in calls] == [(first_run, True), (plan[1][2].run_name, True)]
     assert checkpoints == {p: p.stat().st_mtime_ns for p in home.glob("runs/*/checkpoints/*/*")}
     assert [r["t_grok"] for r in again["table"]] == [r["t_grok"] for r in result["table"]]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["composition", "--size", "huge"], "error: experiment 'composition' has no size 'huge'; sizes: quick, full, "
+                                        "published"),
+    (["composition", "--quick", "--arms", "ar,diffusion"], "error: unknown arm(s) ['diffusion']; known: ar, mdm, "
+                                                           "mdm-full, ar-shared"),
+    (["clusters", "--report-only"], "error: nothing to report: no store at "),
+])
+def test_experiment_command_errors_are_one_line_and_start_nothing(tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("GROKLOOP_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["experiment", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.output.startswith(message), result.output
+    assert not (tmp_path / "home" / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_arms_and_sizes_belong_to_their_experiments(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("GROKLOOP_HOME", str(tmp_path / "home"))
+    for args, message in ((["clusters", "--arms", "ar"], "--arms applies to the composition experiment only"),
+                          (["composition", "--quick", "--size", "full"], "--quick and --size full disagree")):
+        result = CliRunner().invoke(app, ["experiment", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "home").exists()
