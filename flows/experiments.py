@@ -211,8 +211,9 @@ COMPOSITION_ARMS: dict[str, dict[str, Any]] = {
     "ar-shared": {"objective": "ar", "share_layers": True},
 }
 # Optimisation of every arm (Wang et al. 2024: AdamW, weight decay 0.1, no Grokfast; lr 1e-3 for a
-# small model on a CPU). Runs stop 20% of their steps after grokking (and not before 10 x T_mem), or
-# at the cap; evals on the log schedule place T_mem and T_grok on a log-step axis.
+# small model on a CPU). Runs stop `patience` steps after grokking once past 10 x T_mem, or at the cap
+# (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5); evals on the log
+# schedule place T_mem and T_grok on a log-step axis.
 COMPOSITION_TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "grokfast": "none",
                      "warmup_steps": 10, "eval_schedule": "log", "mem_multiple": 10.0, "keep_checkpoints": 1}
 
@@ -225,7 +226,7 @@ COMPOSITION_SIZES = {
         "two_hop": ("two_hop", {"n_entities": 40, "n_relations": 8, "relations_per_entity": 8, "phi": 2.0,
                                 "ood_fraction": 0.4, "test_size": 500}),
         "programs": ("programs", {"train_per_program": 4, "test_per_program": 2})}),
-    "full": Size(seeds=3, max_steps=50000, eval_every=1000,
+    "full": Size(seeds=3, max_steps=100000, eval_every=1000,
                  train={"batch_size": 256, "hidden_size": 64, "num_layers": 4, "eval_max_rows": 1000,
                         "patience": 5000}, params={
         "two_hop": ("two_hop", {"n_entities": 40, "n_relations": 28, "relations_per_entity": 28, "phi": 18.0,
