@@ -25,27 +25,26 @@ import time
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from diffusion.checkpoint import (
+    checkpoint_info,
+    latest_checkpoint,
+    rng_state,
+    run_eval_rows,
+    save_checkpoint,
+)
+from diffusion.config import TrainConfig, check_config, config_to_json, run_id_of
 from diffusion.data import BatchSampler, load_family, load_splits, read_snapshot_meta
 from diffusion.grokfast import ema_filter_, ma_filter_
 from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
 from diffusion.train import (
     RunResult,
-    TrainConfig,
-    _eval_line,
-    _patience_over,
-    check_config,
-    checkpoint_meta,
-    config_to_json,
+    eval_line,
     evaluation,
     initial_model,
     is_eval_step,
-    latest_checkpoint,
     metrics_board,
-    rng_state,
-    run_eval_rows,
-    run_id_of,
+    patience_over,
     run_record,
-    save_checkpoint,
     update_diagnostics,
 )
 from storage.home import grokloop_home, runs_dir
@@ -210,7 +209,7 @@ def _optimizer_slice(optimizer, i: int) -> dict:
 def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_state, ckpt_every: int) -> None:
     """`train`'s loop top for one run: evaluate, T_mem / T_grok, checkpoint, store, stop."""
     cfg = run.cfg
-    done = step >= cfg.max_steps or _patience_over(cfg, step, run.t_grok)
+    done = step >= cfg.max_steps or patience_over(cfg, step, run.t_grok)
     evaluate_now = is_eval_step(cfg, step) or done  # the schedule `train` keeps (log included)
     checkpoint_now = step % ckpt_every == 0 or done
     if not (evaluate_now or checkpoint_now):
@@ -226,15 +225,15 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
         rows = [(step, k, float(v)) for k, v in sorted(m.items())]
         run.metrics, run.evaluated = m, step
         if cfg.progress:
-            print(_eval_line(step, m, run.t_mem, run.t_grok), flush=True)
-        done = done or _patience_over(cfg, step, run.t_grok)
+            print(eval_line(step, m, run.t_mem, run.t_grok), flush=True)
+        done = done or patience_over(cfg, step, run.t_grok)
     ckpts = []
     if checkpoint_now or done:
         state = {"pending_rows": rows, "step": step, "optimizer": _optimizer_slice(optimizer, run.index),
                  "sampler": run.sampler.state_dict(), "noise": run.noise.get_state(), "rng": rng_state(),
                  "grokfast": grokfast_state, "t_mem": run.t_mem, "t_grok": run.t_grok, "evaluated": run.evaluated,
                  "accum": dict(run.accum), "config": dataclasses.asdict(cfg)}
-        ckpts = [(step, save_checkpoint(run.dir, step, run.model, state, checkpoint_meta(cfg, step),
+        ckpts = [(step, save_checkpoint(run.dir, step, run.model, state, checkpoint_info(cfg, step),
                                         cfg.keep_checkpoints))]
     record_run(run.home, run.row("finished" if done else "running"), rows, ckpts, final=done)
     run.done = done

@@ -1,13 +1,15 @@
-"""`key=value` settings, typed and checked before any work starts: one parser for every command.
+"""A training run's settings (`TrainConfig`), and `key=value` settings typed and checked before any
+work starts: one parser for every command (the loop's `LoopConfig` in flows/config.py uses it too).
 
     cfg = apply_overrides(TrainConfig(), ["max_steps=3000", "betas=[0.9,0.98]"], what="training")
+    cfg = train_overrides(TrainConfig(), ["max_steps=3000"])   # the same, then the choices checked
     params = parse_settings(ModularFamily, ["p=23", 'operations=["x+y"]'], what="modular")
 
 The settings of a dataclass are its fields; of a class or function, its keyword parameters. A value
 is read as its annotated type: text as written (`run_name=123` is "123"), everything else as JSON
 (`max_steps=3000`, `family_params='{"p": 97}'`, `betas=[0.9,0.98]`), `none`/`null` for an optional
 setting. A bad key or value raises ValueError in one line naming the setting, the value and what it
-accepts. No exec/eval. This module imports neither flows nor prefect: diffusion and agents use it too.
+accepts. No exec/eval. This module imports neither flows nor prefect, nor torch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import json
 import types
 import typing
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from storage.home import grokloop_home, runs_dir
 
 _NONE = ("none", "None", "null")
 
@@ -184,3 +189,114 @@ def check_at_least(cfg: Any, minimums: Mapping[str, float]) -> None:
     for name, low in minimums.items():
         if getattr(cfg, name) is not None and getattr(cfg, name) < low:
             raise ValueError(f"{name} must be >= {low}, got {getattr(cfg, name)!r}")
+
+
+# --- a training run's settings -------------------------------------------------------------------
+
+def _modular_default() -> dict[str, Any]:
+    return {"p": 97, "operations": ["x*y"], "train_fraction": 0.4, "seed": 0}
+
+
+@dataclass
+class TrainConfig:
+    # what to learn
+    objective: str = "mdm"                 # mdm (masked diffusion) | ar (same backbone, causal)
+    family: str = "modular"                # task family; its tokenizer is always used
+    family_params: dict = field(default_factory=_modular_default)  # incl. "seed" of the task world
+    dataset: str | None = None             # snapshot directory; None trains from the family's generator
+    full_sequence: bool = False            # mdm: also noise the prompt (unconditional) instead of answer only
+    mdm_estimator: str = "count"           # count: t integrated out (less variance) | t: 1/t-weighted Bernoulli(t) masks
+    # model (2-layer width-128 groks a*b mod 97 in ~2.5k steps with Grokfast-EMA)
+    arch: str = "denoiser"                 # denoiser (ours: RoPE, pre-LN) | grokfast_ref (the Grokfast
+                                           # reference code's decoder; PyTorch's init whatever `init` says)
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    share_layers: bool = False             # denoiser: one block applied num_layers times (Wang et al. 2024)
+    mlp_ratio: int = 4
+    dropout: float = 0.0                   # grokking setups use none
+    init: str = "small"                    # small: N(0, 0.02) | torch: PyTorch defaults (groks late)
+    init_from: str | None = None           # checkpoint dir to start the weights from (next round)
+    # optimization
+    optimizer: str = "adamw"               # adamw (decoupled decay) | adam (L2 decay, the Grokfast paper's)
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 1.0              # strong decay is what makes grokking happen at all
+    warmup_steps: int = 10                 # linear LR warmup, as in the Grokfast code
+    reference_loop: bool = False           # the Grokfast code's loop: each epoch's last, partial batch is a
+                                           # step; warmup gives the first update lr 0
+    grad_clip: float = 0.0                 # 0 = no clipping (grokking papers do not clip)
+    batch_size: int = 512
+    max_steps: int = 5000
+    # Grokfast (Lee et al. 2024)
+    grokfast: str = "ema"                  # none | ema | ma
+    grokfast_alpha: float = 0.98           # ema momentum
+    grokfast_lamb: float = 2.0             # amplification of the slow gradient (paper: 2 for ema, 5 for ma)
+    grokfast_window: int = 100             # ma window
+    grokfast_filter: str = "mean"          # ma: mean | sum
+    # evaluation and stopping
+    eval_every: int = 100                  # steps between metrics (and checkpoints by default)
+    eval_schedule: str = "linear"          # linear: every eval_every | log: also ~10 per decade below it (log-axis plots)
+    checkpoint_every: int = 0              # 0 = every eval
+    keep_checkpoints: int = 3              # older ones are deleted (the latest always kept)
+    eval_max_rows: int = 4096              # rows per split used for metrics (a seeded sample); 0 = all
+    sampler_steps: int = 8                 # denoising steps when sampling answers (capped at answer length)
+    sampler_threshold: float = 0.95        # commit anything this confident early
+    mem_threshold: float = 0.99            # T_mem: first eval with train acc >= this (two_hop: inferred facts)
+    grok_threshold: float = 0.95           # T_grok: first eval with test_id acc >= this
+    patience: int = 0                      # stop this many steps after T_grok; 0 = run to max_steps
+    mem_multiple: float = 0.0              # with patience: also run to at least this many times T_mem
+    # bookkeeping
+    seed: int = 0                          # init, data order, masking noise
+    run_name: str | None = None            # also the run id when given (a retry resumes the same run)
+    run_id: str | None = None              # set on creation; resume uses it
+    home: str | None = None                # grokloop home; None = $GROKLOOP_HOME or ./.grokloop
+    progress: bool = True                  # rich progress bar
+    compile: bool = False                  # torch.compile the training forward (see bench/throughput.py --compile)
+
+
+TRAIN_CHOICES = {"objective": ("mdm", "ar"), "grokfast": ("none", "ema", "ma"), "optimizer": ("adamw", "adam"),
+                 "grokfast_filter": ("mean", "sum"), "mdm_estimator": ("t", "count"), "init": ("small", "torch"),
+                 "eval_schedule": ("linear", "log"), "arch": ("denoiser", "grokfast_ref")}
+TRAIN_MINIMUMS = {"batch_size": 1, "eval_every": 1, "sampler_steps": 1, "hidden_size": 1, "num_layers": 1,
+                  "num_heads": 1, "max_steps": 0}
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    check_choices(cfg, TRAIN_CHOICES)
+    check_at_least(cfg, TRAIN_MINIMUMS)
+    if cfg.dataset is None and not cfg.family:
+        raise ValueError("set family (train from its generator) or dataset (a snapshot directory)")
+    return cfg
+
+
+def train_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
+    """`key=value` (or `--key=value`) pairs typed by TrainConfig's fields, then checked."""
+    return check_config(apply_overrides(cfg, overrides, what="training"))
+
+
+def config_to_json(cfg: TrainConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True)
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """A saved config (config.json, a checkpoint's state); settings this version no longer has are dropped."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    data = {k: v for k, v in data.items() if k in known}
+    if "betas" in data:
+        data["betas"] = tuple(data["betas"])
+    return check_config(TrainConfig(**data))
+
+
+def run_id_of(cfg: TrainConfig) -> str | None:
+    return cfg.run_id or cfg.run_name
+
+
+def load_config(run_id: str, overrides: Iterable[str] = (), home: str | None = None) -> TrainConfig:
+    """The saved config of a run (for resuming), with overrides applied."""
+    path = runs_dir(home) / run_id / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no run {run_id!r} under {runs_dir(home)} (no config.json)")
+    cfg = config_from_dict(json.loads(path.read_text()))
+    cfg.home = str(grokloop_home(home)) if home else cfg.home
+    return train_overrides(cfg, overrides)

@@ -1,5 +1,5 @@
 """Accuracy: the task family's verifier on the decoded answer. One definition, used by training
-metrics (`diffusion.train.estimate`), checkpoint evaluation and the experiments' tables.
+metrics (`estimate`), checkpoint evaluation and the experiments' tables.
 
 Per split it reports (names as in the store's `evaluations.split` / `metrics.name` without "/acc"):
     <split>                  verified accuracy over the split's rows
@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from agents.tasks import SPLITS, TaskFamily, Tokenizer
+from diffusion.checkpoint import checkpoint_meta, load_model, resolve_checkpoint
+from diffusion.config import TrainConfig
 from diffusion.data import (
     EncodedSplit,
     family_from_params,
@@ -27,32 +29,7 @@ from diffusion.data import (
 )
 from diffusion.objective import never_predict_mask, objective_loss
 from diffusion.sample import answer_columns, exact_match, predict, sampler_info
-from storage.home import runs_dir
 from storage.runs import record_evaluation
-
-
-def resolve_checkpoint(ref: str | Path, home: str | Path | None = None) -> Path:
-    """A checkpoint directory from a step directory, a run directory or a run id (its latest)."""
-    from diffusion.train import latest_checkpoint
-
-    path = Path(ref)
-    if (path / "grokloop.json").is_file():
-        return path
-    for run_dir in (path, runs_dir(home) / str(ref)):
-        if (run_dir / "latest").is_file():
-            found = latest_checkpoint(run_dir)
-            if found is not None:
-                return found
-    raise FileNotFoundError(f"{ref!r} is neither a checkpoint directory nor a run with a checkpoint "
-                            f"(looked under {runs_dir(home)})")
-
-
-def checkpoint_meta(checkpoint_dir: str | Path) -> dict:
-    """What a checkpoint is: run_id, step, objective, family, family_params, dataset, sampler_steps."""
-    path = Path(checkpoint_dir) / "grokloop.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{checkpoint_dir} is not a grokloop checkpoint (no grokloop.json)")
-    return json.loads(path.read_text())
 
 
 def checkpoint_splits(meta: dict):
@@ -143,17 +120,45 @@ def loss_and_prediction(
 
 def accuracy_by_split(
     objective: str, model, splits: dict[str, EncodedSplit], family: TaskFamily, tokenizer: Tokenizer, *,
-    n_steps: int, threshold: float = 0.95,
+    n_steps: int, threshold: float = 0.95, loss_seed: int | None = None, full_sequence: bool = False,
+    estimator: str = "count",
 ) -> dict[str, tuple[int, float]]:
-    """`split_accuracy` of every non-empty split, answers filled by the model (greedy)."""
+    """`split_accuracy` of every non-empty split, answers filled by the model (greedy). With `loss_seed`,
+    also each split's loss ("<split>/loss", its noise seeded by loss_seed), at no extra forward pass
+    where the answer is one token (`loss_and_prediction`)."""
     out = {}
     for name, split in splits.items():
         if len(split) == 0:
             continue
-        pred = predict(objective, model, split.ids, split.answer_mask, mask_id=tokenizer.mask_id,
-                       n_steps=n_steps, threshold=threshold)
+        if loss_seed is None:
+            pred = predict(objective, model, split.ids, split.answer_mask, mask_id=tokenizer.mask_id,
+                           n_steps=n_steps, threshold=threshold)
+        else:
+            loss, pred = loss_and_prediction(
+                objective, model, split.ids, split.answer_mask, tokenizer.mask_id, full_sequence=full_sequence,
+                estimator=estimator, generator=torch.Generator().manual_seed(loss_seed), n_steps=n_steps,
+                threshold=threshold)
+            out[f"{name}/loss"] = (len(split), loss)
         out.update(split_accuracy(family, tokenizer, name, split, pred))
     return out
+
+
+def estimate(cfg: TrainConfig, model, splits: dict[str, EncodedSplit], family: TaskFamily, tokenizer: Tokenizer,
+             step: int) -> dict[str, float]:
+    """Training metrics of a run's evaluation rows (`splits` holds only those): each split's loss, with
+    the same noise at the same step, and verified accuracy ("<group>/acc", exact match as is); the
+    weights' norm."""
+    groups = accuracy_by_split(cfg.objective, model, splits, family, tokenizer, n_steps=cfg.sampler_steps,
+                               threshold=cfg.sampler_threshold, loss_seed=cfg.seed * 1_000_003 + step,
+                               full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator)
+    out = {g if g.endswith(("/loss", "/exact")) else f"{g}/acc": value for g, (_, value) in groups.items()}
+    out["weight_norm"] = global_norm([p.detach() for p in model.parameters()])
+    return out
+
+
+def global_norm(tensors: list[torch.Tensor]) -> float:
+    """The L2 norm of all these tensors together (of the weights, of a gradient)."""
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))) if tensors else 0.0
 
 
 @torch.no_grad()
@@ -163,8 +168,6 @@ def evaluate_checkpoint(
 ) -> dict[str, float]:
     """{group: accuracy} for the checkpoint over every row of each split (see the module docstring for
     the groups), written to `evaluations` (one row per group)."""
-    from diffusion.train import load_model
-
     checkpoint_dir = resolve_checkpoint(checkpoint_dir, home)
     meta = checkpoint_meta(checkpoint_dir)
     unknown = [s for s in splits if s not in SPLITS]

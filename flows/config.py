@@ -9,7 +9,14 @@ from typing import Any
 
 from agents.runner import POLICIES
 from agents.tasks import FAMILY_NAMES
-from diffusion.config import apply_overrides, check_at_least, check_choices, check_values
+from diffusion.config import (
+    TrainConfig,
+    apply_overrides,
+    check_at_least,
+    check_choices,
+    check_config,
+    check_values,
+)
 
 
 def _small_families() -> dict[str, dict[str, Any]]:
@@ -97,8 +104,6 @@ def family_class(name: str) -> type:
 
 def check_loop_config(cfg: LoopConfig) -> LoopConfig:
     """Every setting of the loop, including the family parameters and training overrides it passes on."""
-    from diffusion.train import TrainConfig, check_config
-
     check_choices(cfg, LOOP_CHOICES)
     check_at_least(cfg, LOOP_MINIMUMS)
     if cfg.error_rate > 1:
