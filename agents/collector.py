@@ -34,10 +34,12 @@ import zlib
 from pathlib import Path
 
 import orjson
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -172,8 +174,6 @@ def make_app(spool: Path, *, token: str | None = None, max_body_bytes: int = MAX
     def reply(status: int, message: str, protobuf: bool, **headers: str) -> Response:
         # OTLP/HTTP answers errors with a google.rpc.Status; the message is what exporters log.
         if protobuf:
-            from google.rpc.status_pb2 import Status
-
             return Response(Status(code=status, message=message).SerializeToString(), status, headers,
                             media_type=_PROTOBUF)
         return JSONResponse({"code": status, "message": message}, status, headers)
@@ -223,8 +223,6 @@ def serve(spool: Path, host: str = "127.0.0.1", port: int = 4318, *, token: str 
           max_body_bytes: int = MAX_BODY_BYTES, rate: float = 200.0) -> None:
     """Run the collector until interrupted. ValueError (before listening) for a bind beyond
     loopback without a token."""
-    import uvicorn
-
     check_bind(host, token)
     app = make_app(spool, token=token, max_body_bytes=max_body_bytes, rate=rate)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

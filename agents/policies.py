@@ -6,12 +6,15 @@ the family's verifier decides the outcome.
 
 A policy's `attempt(family, task, trajectory)` returns the proposed answer (a list of
 symbols) or None to give up, and records every tool call with `trajectory.step(...)`
-(`call_tool` does both). `run_episode` buffers those steps, verifies the answer, and
-only then opens the logged trajectory, so that its metadata can carry the outcome
-(`verified`, `outcome`) next to family, operation, difficulty and split, which is
-what curation clusters on. The trajectory is logged as starting when the episode
-started (before its first step) and finishes after its last step; step start times
-are the real ones, end times are when the step was logged.
+(`call_tool` does both). Which moves solve a task is the family's to say (`family.solve`,
+`family.answer_symbols`): nothing here knows a family, so a new one needs no change here.
+
+`run_episode` buffers the steps, verifies the answer, and only then opens the logged
+trajectory, so that its metadata can carry the outcome (`verified`, `outcome`) next to
+family, operation, difficulty and split, which is what curation clusters on. The
+trajectory is logged as starting when the episode started (before its first step) and
+finishes after its last step; step start times are the real ones, end times are when
+the step was logged.
 
 Outcomes: "solved" (verified), "wrong" (an answer the verifier rejects), "gave_up"
 (no answer), "error" (the policy raised; the trajectory gets status "error").
@@ -19,14 +22,14 @@ Outcomes: "solved" (verified), "wrong" (an answer the verifier rejects), "gave_u
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from agents.sdk import TrajectoryLogger, now_iso
 from agents.tasks.base import Task, TaskFamily
-from agents.tasks.programs import PRIMITIVES, run_program
 
 Answer = list[str] | None
 
@@ -57,6 +60,30 @@ def call_tool(trajectory: Any, tools: dict[str, Callable], name: str, **argument
     return result
 
 
+class OutOfMoves(Exception):
+    """An `Environment` with `max_calls` was asked for one call more."""
+
+
+class Environment:
+    """A task's tools as a family's `solve` uses them (agents/tasks/base.py, `Moves`): every move is
+    logged as a step of `trajectory`. `max_calls` stops an agent part way (`OutOfMoves`)."""
+
+    def __init__(self, family: TaskFamily, task: Task, trajectory: Any, max_calls: int | None = None):
+        self.tools, self.trajectory, self.max_calls = family.tools(task), trajectory, max_calls
+        self.calls = 0
+        self.last: Any = None  # the last call's result
+
+    def call(self, tool: str, **arguments: Any) -> Any:
+        if self.max_calls is not None and self.calls >= self.max_calls:
+            raise OutOfMoves(tool)
+        self.calls += 1
+        self.last = call_tool(self.trajectory, self.tools, tool, **arguments)
+        return self.last
+
+    def note(self, **fields: Any) -> None:
+        self.trajectory.step(kind="message", **fields)
+
+
 class Policy:
     name: str = "policy"
     version: str = "1"
@@ -70,44 +97,12 @@ class Policy:
 
 
 class SolverPolicy(Policy):
-    """Searches with the family's tools and always succeeds."""
+    """Makes the family's moves (`family.solve`) with its tools and always succeeds."""
 
     name, kind = "solver", "solver"
 
     def attempt(self, family: TaskFamily, task: Task, trajectory: Any) -> Answer:
-        tools = family.tools(task)
-        if task.family == "modular":
-            z = call_tool(trajectory, tools, "compute", op=task.operation, x=task.prompt[0], y=task.prompt[2])
-            return None if z is None else [z]
-        if task.family == "two_hop":
-            entity = task.prompt[0]
-            for r in task.prompt[1:]:  # chain the lookups: h -r1-> bridge -r2-> tail
-                entity = call_tool(trajectory, tools, "lookup", h=entity, r=r)
-                if entity is None:
-                    return None
-            return [entity]
-        if task.family == "programs":
-            return self._synthesize(task, tools, trajectory)
-        raise ValueError(f"SolverPolicy does not know family {task.family!r}")
-
-    def _synthesize(self, task: Task, tools: dict[str, Callable], trajectory: Any) -> Answer:
-        """Enumerate compositions, shortest first; check candidates in the head, then run the one
-        that fits on every example through the environment."""
-        inputs, outputs = task.spec["inputs"], task.spec["outputs"]
-        max_len = max(task.difficulty, 1)
-        for tried, program in enumerate(_compositions(max_len), start=1):
-            if all(run_program(program, xs) == ys for xs, ys in zip(inputs, outputs, strict=True)):
-                trajectory.step(kind="message", observation={"searched": tried},
-                                result={"program": list(program)})
-                for xs in inputs:
-                    call_tool(trajectory, tools, "run", program="|".join(program), xs=xs)
-                return list(program)
-        return None
-
-
-def _compositions(max_len: int):
-    for n in range(1, max_len + 1):
-        yield from itertools.product(PRIMITIVES, repeat=n)
+        return family.solve(task, Environment(family, task, trajectory))
 
 
 class ExplorerPolicy(SolverPolicy):
@@ -132,53 +127,51 @@ class ExplorerPolicy(SolverPolicy):
             return None
         if mistake == "wrong_call":
             return self._wrong_call(family, task, trajectory)
-        answer = super().attempt(family, task, StepRecorder()) or []  # think, without acting
         if mistake == "partial":
-            return self._partial(family, task, answer, trajectory)
-        return self._perturb(family, answer)
+            return self._partial(family, task, trajectory)
+        answer = super().attempt(family, task, StepRecorder()) or []  # think, without acting
+        return self._perturb(family, task, answer)
 
     def _wrong_call(self, family: TaskFamily, task: Task, trajectory: Any) -> Answer:
-        """Act on a corrupted prompt: one symbol swapped for another of the family's vocabulary."""
-        vocab = family.tokenizer().vocab[3:]
+        """Act on a misread prompt: one symbol swapped for another of the family's vocabulary."""
+        vocab = family.tokenizer().vocab[3:]  # past [PAD] [MASK] [UNK]
         prompt = list(task.prompt)
         i = self.rng.randrange(len(prompt))
         prompt[i] = self.rng.choice(vocab)
-        corrupted = Task(task.family, task.task_id, task.split, tuple(prompt), task.answer,
-                         task.operation, task.difficulty, task.spec)
-        if task.family == "programs":  # a wrong primitive applied to the first example
-            prim = self.rng.choice(list(PRIMITIVES))
-            out = call_tool(trajectory, family.tools(task), "apply", primitive=prim, xs=task.spec["inputs"][0])
-            return [prim] if out is not None else None
-        if task.family == "modular":  # wrong operand or unknown operation
-            tools = family.tools(task)
-            z = call_tool(trajectory, tools, "compute", op=prompt[1] if i == 1 else task.operation,
-                          x=prompt[0], y=prompt[2])
-            return None if z is None else [z]
-        return SolverPolicy.attempt(self, family, corrupted, trajectory)
+        misread = dataclasses.replace(task, prompt=tuple(prompt))
+        return family.solve(misread, Environment(family, task, trajectory))
 
-    def _partial(self, family: TaskFamily, task: Task, answer: list[str], trajectory: Any) -> Answer:
-        if task.family == "two_hop" and len(task.prompt) > 2:  # stop after the first hop
-            bridge = call_tool(trajectory, family.tools(task), "lookup", h=task.prompt[0], r=task.prompt[1])
-            return None if bridge is None else [bridge]
-        return answer[:-1] if len(answer) > 1 else self._perturb(family, answer)
+    def _partial(self, family: TaskFamily, task: Task, trajectory: Any) -> Answer:
+        """Stop one move short and answer what the last move made returned (two_hop: the bridge
+        entity); where that is not an answer, or one move solves the task, the answer cut short."""
+        thought = Environment(family, task, StepRecorder())  # think, without acting
+        answer = family.solve(task, thought) or []
+        if thought.calls > 1:
+            acted = Environment(family, task, trajectory, max_calls=thought.calls - 1)
+            with contextlib.suppress(OutOfMoves):
+                family.solve(task, acted)
+            early = _as_answer(acted.last, family.answer_symbols(task))
+            if early is not None:
+                return early
+        return answer[:-1] if len(answer) > 1 else self._perturb(family, task, answer)
 
-    def _perturb(self, family: TaskFamily, answer: list[str]) -> list[str]:
-        """The answer with one symbol replaced by a different symbol of the same sort."""
+    def _perturb(self, family: TaskFamily, task: Task, answer: list[str]) -> list[str]:
+        """The answer with one symbol replaced by another the family's answers are made of."""
         if not answer:
             return []
-        vocab = family.tokenizer().vocab[3:]
         i = self.rng.randrange(len(answer))
-        same_sort = [s for s in vocab if s != answer[i] and _sort(s) == _sort(answer[i])]
-        return answer[:i] + [self.rng.choice(same_sort or vocab)] + answer[i + 1:]
+        symbols = family.answer_symbols(task)
+        others = [s for s in symbols if s != answer[i]]
+        return answer[:i] + [self.rng.choice(others or symbols)] + answer[i + 1:]
 
 
-def _sort(symbol: str) -> str:
-    """Coarse symbol sort, so a perturbed answer stays well-formed (an entity for an entity)."""
-    if symbol.isdigit():
-        return "int"
-    if symbol[0] in "er" and symbol[1:].isdigit():
-        return symbol[0]
-    return "primitive" if symbol in PRIMITIVES else "other"
+def _as_answer(observation: Any, symbols: Sequence[str]) -> Answer:
+    """A tool's result read as an answer (a symbol or a list of symbols of the family's answers),
+    or None if it is not one."""
+    candidate = [observation] if isinstance(observation, str) else observation
+    if isinstance(candidate, list) and candidate and all(isinstance(s, str) and s in symbols for s in candidate):
+        return list(candidate)
+    return None
 
 
 ProposeFn = Callable[[Sequence[Task], int], list[list[list[str]]]]

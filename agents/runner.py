@@ -22,7 +22,16 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+from agents.policies import ExplorerPolicy, SolverPolicy, log_episode
+from agents.progress import progress_bar
+from agents.sdk import TrajectoryLogger
+from agents.tasks import FAMILY_NAMES, SPLITS, get_family
+from storage.home import is_url, spool_dir
 
 POLICIES = ("solver", "explorer", "mixed")
 _PROGRESS_EVERY = 25  # episodes per progress message: a queue put per episode costs more than the episode
@@ -73,8 +82,6 @@ def run_agents(
 
     The task world is `get_family(family, seed=seed, **family_params)` (a "seed" in
     `family_params` wins); agent randomness derives from `seed` and the process index."""
-    from storage.home import is_url, spool_dir
-
     params = _checked_params(family, policy, split, n_agents, episodes, seed, family_params)
     spool = spool or spool_dir()
     if not is_url(spool):  # an unwritable home fails here, once, not in every agent process
@@ -99,8 +106,6 @@ def run_shard(family: str, index: int, *, episodes: int = 100, policy: str = "mi
     on a cluster worker runs (a Dask worker is a daemon process and may not start its own). The
     same index logs the same trajectories as in `run_agents`. Returns that process's summary;
     `shard_report` adds them up."""
-    from storage.home import spool_dir
-
     params = _checked_params(family, policy, split, index + 1, episodes, seed, family_params)
     return _agent_process(index, family, params, policy, error_rate, seed, episodes, split,
                           str(spool or spool_dir()), None)
@@ -126,8 +131,6 @@ def _checked_params(family: str, policy: str, split: str, n_agents: int, episode
                     family_params: dict | None) -> dict[str, Any]:
     """The task world's parameters, after checking the settings; builds the world once so bad
     parameters or an empty split fail before any agent starts."""
-    from agents.tasks import FAMILY_NAMES, SPLITS, get_family
-
     if family not in FAMILY_NAMES:
         raise ValueError(f"unknown task family {family!r}; known: {', '.join(FAMILY_NAMES)}")
     if policy not in POLICIES:
@@ -145,12 +148,6 @@ def _checked_params(family: str, policy: str, split: str, n_agents: int, episode
 
 def _follow(queue, futures, total: int, label: str, progress: bool) -> None:
     """Drain progress messages until every process is done."""
-    from queue import Empty
-
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-    from agents.progress import progress_bar
-
     # A bar in a terminal; in a log, a line every few seconds.
     bar = progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), disable=not progress)
@@ -168,10 +165,6 @@ def _follow(queue, futures, total: int, label: str, progress: bool) -> None:
 def _agent_process(index: int, family: str, params: dict, policy: str, error_rate: float, seed: int,
                    episodes: int, split: str, spool: str, queue) -> dict[str, Any]:
     """One agent process: its own task world, RNG and loggers."""
-    from agents.policies import ExplorerPolicy, SolverPolicy, log_episode
-    from agents.sdk import TrajectoryLogger
-    from agents.tasks import get_family
-
     fam = get_family(family, **params)
     tasks = fam.splits()[split]
     rng = random.Random(f"runner/{seed}/{index}")
@@ -197,5 +190,6 @@ def _agent_process(index: int, family: str, params: dict, policy: str, error_rat
             lg.close()
         if queue is not None:
             queue.put(pending)
-    return {"index": index, "seconds": time.perf_counter() - start, "trajectories": episodes, "verified": outcomes["solved"], "outcomes": dict(outcomes),
-            "by_agent": dict(by_agent), "segments": sum(lg.segments_written for lg in loggers)}
+    return {"index": index, "seconds": time.perf_counter() - start, "trajectories": episodes,
+            "verified": outcomes["solved"], "outcomes": dict(outcomes), "by_agent": dict(by_agent),
+            "segments": sum(lg.segments_written for lg in loggers)}

@@ -204,11 +204,15 @@ class TrainConfig:
     family: str = "modular"                # task family; its tokenizer is always used
     family_params: dict = field(default_factory=_modular_default)  # incl. "seed" of the task world
     dataset: str | None = None             # snapshot directory; None trains from the family's generator
+    stream: bool = False                   # read the snapshot's rows memory-mapped from its HF `datasets`
+                                           # export (hf/), a batch at a time: for data larger than memory
     full_sequence: bool = False            # mdm: also noise the prompt (unconditional) instead of answer only
     mdm_estimator: str = "count"           # count: t integrated out (less variance) | t: 1/t-weighted Bernoulli(t) masks
     # model (2-layer width-128 groks a*b mod 97 in ~2.5k steps with Grokfast-EMA)
     arch: str = "denoiser"                 # denoiser (ours: RoPE, pre-LN) | grokfast_ref (the Grokfast
                                            # reference code's decoder; PyTorch's init whatever `init` says)
+    size: str | None = None                # a preset shape for the three below: small (these defaults) |
+                                           # base (768 x 12 layers, 12 heads: BERT/GPT-2 base) | large
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
@@ -253,9 +257,15 @@ class TrainConfig:
     home: str | None = None                # grokloop home; None = $GROKLOOP_HOME or ./.grokloop
     progress: bool = True                  # rich progress bar
     compile: bool = False                  # torch.compile the training forward (see bench/throughput.py --compile)
+    device: str = "cpu"                    # cpu | cuda | auto (cuda when there is one); under torchrun each
+                                           # process takes its LOCAL_RANK's GPU (diffusion/distributed.py)
 
 
-TRAIN_CHOICES = {"objective": ("mdm", "ar"), "grokfast": ("none", "ema", "ma"), "optimizer": ("adamw", "adam"),
+# size -> (hidden_size, num_layers, num_heads); mlp_ratio stays 4
+SIZES = {"small": (128, 2, 4), "base": (768, 12, 12), "large": (1024, 24, 16)}
+SIZED = ("hidden_size", "num_layers", "num_heads")
+
+TRAIN_CHOICES = {"device": ("cpu", "cuda", "auto"), "objective": ("mdm", "ar"), "grokfast": ("none", "ema", "ma"), "optimizer": ("adamw", "adam"),
                  "grokfast_filter": ("mean", "sum"), "mdm_estimator": ("t", "count"), "init": ("small", "torch"),
                  "eval_schedule": ("linear", "log"), "arch": ("denoiser", "grokfast_ref")}
 TRAIN_MINIMUMS = {"batch_size": 1, "eval_every": 1, "sampler_steps": 1, "hidden_size": 1, "num_layers": 1,
@@ -267,12 +277,33 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     check_at_least(cfg, TRAIN_MINIMUMS)
     if cfg.dataset is None and not cfg.family:
         raise ValueError("set family (train from its generator) or dataset (a snapshot directory)")
+    if cfg.stream and not cfg.dataset:
+        raise ValueError("stream=true reads a snapshot: set dataset (a snapshot directory) too")
+    if cfg.size is not None and cfg.size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {cfg.size!r}")
+    if cfg.size and (cfg.hidden_size, cfg.num_layers, cfg.num_heads) != SIZES[cfg.size]:
+        raise ValueError(f"size={cfg.size} is hidden_size, num_layers, num_heads = {SIZES[cfg.size]}; "
+                         f"got {(cfg.hidden_size, cfg.num_layers, cfg.num_heads)} (set either size or those)")
+    if cfg.hidden_size % cfg.num_heads:
+        raise ValueError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_heads}")
     return cfg
 
 
 def train_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
-    """`key=value` (or `--key=value`) pairs typed by TrainConfig's fields, then checked."""
-    return check_config(apply_overrides(cfg, overrides, what="training"))
+    """`key=value` (or `--key=value`) pairs typed by TrainConfig's fields, then checked. `size=<preset>`
+    sets hidden_size, num_layers and num_heads (naming one of them as well is refused)."""
+    settings = parse_settings(cfg, overrides, what="training")
+    if settings.get("size"):
+        given = [k for k in SIZED if k in settings]
+        if given:
+            raise ValueError(f"size={settings['size']} sets {', '.join(SIZED)}; drop {', '.join(given)} "
+                             "or drop size")
+        if settings["size"] not in SIZES:
+            raise ValueError(f"size must be one of {', '.join(SIZES)}, got {settings['size']!r}")
+        settings.update(zip(SIZED, SIZES[settings["size"]], strict=True))
+    elif any(k in settings for k in SIZED):
+        settings.setdefault("size", None)  # a shape of its own is no longer the preset
+    return check_config(dataclasses.replace(cfg, **settings))
 
 
 def config_to_json(cfg: TrainConfig) -> str:

@@ -36,6 +36,10 @@ class EncodedSplit:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, answer_mask) of these rows: a training batch."""
+        return self.ids[idx], self.answer_mask[idx]
+
     def subset(self, rows: Sequence[int]) -> EncodedSplit:
         """These rows, in this order."""
         rows = list(rows)
@@ -135,19 +139,70 @@ def splits_from_snapshot(directory: str | Path) -> tuple[Tokenizer, dict[str, En
         if not path.is_file():
             raise FileNotFoundError(f"snapshot {directory} has no {split}.parquet")
         table = pq.read_table(path)
-        missing = [c for c in SNAPSHOT_COLUMNS if c not in table.column_names]
-        if missing:
-            raise ValueError(f"{path} lacks column(s) {', '.join(missing)}")
-        cols = table.select(list(SNAPSHOT_COLUMNS)).to_pydict()
-        tasks = []
-        for task_id, prompt, answer in zip(cols["task_id"], cols["prompt"], cols["answer"], strict=True):
-            try:
-                tasks.append(family.task_from_prompt(prompt, answer, task_id=task_id, split=split))
-            except ValueError as err:
-                raise ValueError(f"{path}: row {task_id!r}: {err}") from err
-        out[split] = encode_rows(tokenizer, cols["prompt"], cols["answer"], cols["task_id"], cols["cluster"],
-                                 tasks=tasks)
+        _check_columns(table.column_names, path)
+        out[split] = encode_snapshot_rows(table.select(list(SNAPSHOT_COLUMNS)).to_pydict(), family, tokenizer,
+                                          split, path)
     return tokenizer, out, meta
+
+
+def encode_snapshot_rows(cols: dict[str, list], family: TaskFamily, tokenizer: Tokenizer, split: str,
+                         source: Path) -> EncodedSplit:
+    """Snapshot rows (columns as lists) encoded, each with the task its verifier checks."""
+    tasks = []
+    for task_id, prompt, answer in zip(cols["task_id"], cols["prompt"], cols["answer"], strict=True):
+        try:
+            tasks.append(family.task_from_prompt(prompt, answer, task_id=task_id, split=split))
+        except ValueError as err:
+            raise ValueError(f"{source}: row {task_id!r}: {err}") from err
+    return encode_rows(tokenizer, cols["prompt"], cols["answer"], cols["task_id"], cols["cluster"], tasks=tasks)
+
+
+def _check_columns(names: Sequence[str], source: Path) -> None:
+    missing = [c for c in SNAPSHOT_COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"{source} lacks column(s) {', '.join(missing)}")
+
+
+class StreamedSplit:
+    """A snapshot split read from its HF `datasets` export (hf/: Arrow files, memory-mapped), encoded a
+    batch at a time: the rows stay on disk, so a snapshot larger than memory trains like one that fits
+    (the same batches, the same numbers). Evaluation rows are encoded once (`subset`)."""
+
+    def __init__(self, rows, family: TaskFamily, tokenizer: Tokenizer, split: str, source: Path):
+        self.rows, self.family, self.tokenizer, self.split, self.source = rows, family, tokenizer, split, source
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cols = self.rows[idx.tolist()]
+        encoded = encode_rows(self.tokenizer, cols["prompt"], cols["answer"], cols["task_id"])
+        return encoded.ids, encoded.answer_mask
+
+    def subset(self, rows: Sequence[int]) -> EncodedSplit:
+        return encode_snapshot_rows(self.rows[list(rows)], self.family, self.tokenizer, self.split, self.source)
+
+
+def streamed_snapshot(directory: str | Path) -> tuple[Tokenizer, dict[str, StreamedSplit]]:
+    """The snapshot's splits from its hf/ export (`datasets.load_from_disk` memory-maps them)."""
+    # imported here: HF datasets takes a second to import, and only a streamed run needs it
+    from datasets import load_from_disk
+
+    directory = Path(directory)
+    meta = read_snapshot_meta(directory)
+    family = family_from_params(meta["family"], meta["family_params"])
+    hf = directory / "hf"
+    if not (hf / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"snapshot {directory} has no hf/ export to stream from "
+                                "(`grokloop dataset build` writes one beside the Parquet files)")
+    parts = load_from_disk(str(hf))
+    missing = [s for s in SPLITS if s not in parts]
+    if missing:
+        raise ValueError(f"{hf} lacks split(s) {', '.join(missing)}")
+    tokenizer = family.tokenizer()
+    for split in SPLITS:
+        _check_columns(parts[split].column_names, hf / split)
+    return tokenizer, {s: StreamedSplit(parts[s], family, tokenizer, s, hf / s) for s in SPLITS}
 
 
 def load_family(cfg) -> TaskFamily:
@@ -158,8 +213,11 @@ def load_family(cfg) -> TaskFamily:
     return family_from_params(cfg.family, cfg.family_params)
 
 
-def load_splits(cfg) -> tuple[Tokenizer, dict[str, EncodedSplit]]:
-    """The tokenizer and {train, test_id, test_ood} for a TrainConfig (snapshot if `cfg.dataset`)."""
+def load_splits(cfg) -> tuple[Tokenizer, dict[str, EncodedSplit | StreamedSplit]]:
+    """The tokenizer and {train, test_id, test_ood} for a TrainConfig (snapshot if `cfg.dataset`, read
+    a batch at a time if `cfg.stream`)."""
+    if cfg.dataset and cfg.stream:
+        return streamed_snapshot(cfg.dataset)
     if cfg.dataset:
         tokenizer, splits, _ = splits_from_snapshot(cfg.dataset)
         return tokenizer, splits

@@ -127,19 +127,21 @@ def accuracy_by_split(
     also each split's loss ("<split>/loss", its noise seeded by loss_seed), at no extra forward pass
     where the answer is one token (`loss_and_prediction`)."""
     out = {}
+    device = next(model.parameters()).device
     for name, split in splits.items():
         if len(split) == 0:
             continue
+        ids, answer_mask = split.ids.to(device), split.answer_mask.to(device)
         if loss_seed is None:
-            pred = predict(objective, model, split.ids, split.answer_mask, mask_id=tokenizer.mask_id,
-                           n_steps=n_steps, threshold=threshold)
+            pred = predict(objective, model, ids, answer_mask, mask_id=tokenizer.mask_id, n_steps=n_steps,
+                           threshold=threshold)
         else:
             loss, pred = loss_and_prediction(
-                objective, model, split.ids, split.answer_mask, tokenizer.mask_id, full_sequence=full_sequence,
+                objective, model, ids, answer_mask, tokenizer.mask_id, full_sequence=full_sequence,
                 estimator=estimator, generator=torch.Generator().manual_seed(loss_seed), n_steps=n_steps,
                 threshold=threshold)
             out[f"{name}/loss"] = (len(split), loss)
-        out.update(split_accuracy(family, tokenizer, name, split, pred))
+        out.update(split_accuracy(family, tokenizer, name, split, pred.cpu()))
     return out
 
 

@@ -112,10 +112,16 @@ def ar_loss(model, ids: torch.Tensor, answer_mask: torch.Tensor, mask_id: int) -
 def objective_loss(
     objective: str, model, ids: torch.Tensor, answer_mask: torch.Tensor, mask_id: int, *,
     full_sequence: bool = False, estimator: str = "count", generator: torch.Generator | None = None,
+    rows: slice = slice(None),
 ) -> torch.Tensor:
+    """The loss of `rows` of the batch (data parallel: each process takes its slice). The masking noise
+    is drawn for the whole batch, on the CPU from `generator`, so N processes together take the step
+    one process would, on any device: the rows go to the device of `ids` after the draw."""
     if objective == "mdm":
-        return mdm_loss(model, ids, answer_mask, mask_id, full_sequence=full_sequence,
-                        estimator=estimator, generator=generator)
+        maskable, t, masked = mdm_noise(ids.cpu(), answer_mask.cpu(), mask_id, full_sequence=full_sequence,
+                                        estimator=estimator, generator=generator)
+        maskable, t, masked = (x[rows].to(ids.device) for x in (maskable, t, masked))
+        return mdm_loss_given(model, ids[rows], maskable, t, masked, mask_id)
     if objective == "ar":
-        return ar_loss(model, ids, answer_mask, mask_id)
+        return ar_loss(model, ids[rows], answer_mask[rows], mask_id)
     raise ValueError(f"unknown objective {objective!r}; expected 'mdm' or 'ar'")

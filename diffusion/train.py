@@ -36,6 +36,7 @@ from rich.text import Text
 
 from agents.progress import output_console, progress_bar
 from agents.tasks import TaskFamily, Tokenizer
+from diffusion import distributed
 from diffusion.checkpoint import (
     TrainState,
     has_checkpoint,
@@ -88,29 +89,38 @@ class RunResult:
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     cfg = check_config(dataclasses.replace(cfg))
+    procs = distributed.setup(cfg.device)  # one process, or this one of torchrun's
     home = grokloop_home(cfg.home)
     cfg.home = str(home)
-    cfg.run_id = run_id_of(cfg) or f"{cfg.objective}-{cfg.family}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    default_id = f"{cfg.objective}-{cfg.family}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    cfg.run_id = procs.from_main(run_id_of(cfg) or default_id)
     run_dir = runs_dir(home) / cfg.run_id
-    if not resume and (run_dir / "config.json").exists():
+    if procs.is_main and not resume and (run_dir / "config.json").exists():
         raise FileExistsError(f"run {cfg.run_id!r} already exists at {run_dir}; "
                               f"resume it (grokloop train --resume {cfg.run_id}) or pick another run_name")
-    console = output_console(quiet=not cfg.progress)  # a log gets whole lines, a progress line every 10 s
+    # a log gets whole lines, a progress line every 10 s; only rank 0 prints
+    console = output_console(quiet=not (cfg.progress and procs.is_main))
 
     # data and model (bad data fails here, before anything is written)
     tokenizer, splits = load_splits(cfg)
     family = load_family(cfg)
     train_rows = splits["train"]
+    if procs.world_size > min(cfg.batch_size, len(train_rows)):
+        raise ValueError(f"a batch of {min(cfg.batch_size, len(train_rows))} rows cannot be split over "
+                         f"{procs.world_size} processes")
     dataset_id = read_snapshot_meta(cfg.dataset)["dataset_id"] if cfg.dataset else None
-    model = initial_model(cfg, tokenizer)
-    forward = torch.compile(model) if cfg.compile else model  # same parameters; eval and saving use `model`
+    model = initial_model(cfg, tokenizer).to(procs.device)
+    forward = procs.wrap(model)  # DDP under torchrun; the same parameters: eval and saving use `model`
+    forward = torch.compile(forward) if cfg.compile else forward
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sampler = BatchSampler(len(train_rows), cfg.batch_size, seed=cfg.seed, keep_last=cfg.reference_loop)
     noise = torch.Generator().manual_seed(cfg.seed + 1)  # masking noise, separate from data order
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config_to_json(cfg))
-    eval_splits = {name: splits[name].subset(idx) for name, idx in run_eval_rows(run_dir, cfg, splits).items()}
+    with procs.main_first():  # rank 0 writes the run directory, the others read it
+        if procs.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(config_to_json(cfg))
+        eval_splits = {name: splits[name].subset(idx) for name, idx in run_eval_rows(run_dir, cfg, splits).items()}
 
     # the loop's state: new, or all of it from the latest checkpoint
     state, repaired_rows = TrainState(), []
@@ -123,7 +133,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
 
     ckpt_every = cfg.checkpoint_every or cfg.eval_every
     metrics: dict[str, float] = {}
-    board = metrics_board(run_dir, purge_step=state.step if resume_from is not None else None)
+    board = None  # TensorBoard: rank 0's
+    if procs.is_main:
+        board = metrics_board(run_dir, purge_step=state.step if resume_from is not None else None)
     progress = progress_display(cfg, console)
     pace = Pace(state.step, cfg.max_steps)
     model.train()
@@ -131,12 +143,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
         with progress, sigterm_stops() as sigterm:
             bar = progress.add_task(cfg.run_id, total=cfg.max_steps, completed=state.step, info="")
             while True:
-                step, stopping = state.step, sigterm.is_set()
+                step, stopping = state.step, procs.any(sigterm.is_set())  # every process stops at one step
                 done = step >= cfg.max_steps or patience_over(cfg, step, state.t_grok, state.t_mem)
 
                 # evaluate on the schedule and at the end, each step once even across restarts
                 rows = []
                 if (is_eval_step(cfg, step) or done) and state.evaluated < step:
+                    state.accum["loss"] = procs.mean(state.accum["loss"])  # each process's slice: the batch's
                     diagnostics = update_diagnostics(cfg, model, state.grokfast, state.clip_norm)
                     metrics, state.t_mem, state.t_grok = evaluation(
                         cfg, model, eval_splits, family, tokenizer, step, optimizer.param_groups[0]["lr"],
@@ -151,8 +164,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                 # checkpoint on its schedule, at the end and on SIGTERM; it carries this evaluation's rows
                 checkpoints = []
                 if (step % ckpt_every == 0 or done or stopping) and state.saved < step:
-                    path = save_training_checkpoint(run_dir, cfg, model, optimizer, sampler, noise, state, rows)
-                    checkpoints, state.saved = [(step, path)], step
+                    state.accum["loss"] = procs.mean(state.accum["loss"])  # what every process resumes with
+                    if procs.is_main:  # every process resumes from rank 0's checkpoint
+                        path = save_training_checkpoint(run_dir, cfg, model, optimizer, sampler, noise, state, rows)
+                        checkpoints = [(step, path)]
+                    state.saved = step
 
                 status = "finished" if done else "stopped" if stopping else "running"
                 wrote = rows or checkpoints or status != "running"
@@ -167,12 +183,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                 if optimizer.param_groups[0]["lr"] != lr:  # warmup, or a resumed run given a new lr
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                idx = sampler.next()
-                loss = objective_loss(cfg.objective, forward, train_rows.ids[idx], train_rows.answer_mask[idx],
-                                      tokenizer.mask_id, full_sequence=cfg.full_sequence,
-                                      estimator=cfg.mdm_estimator, generator=noise)
+                idx = sampler.next()  # the global batch: every process draws the same rows and noise
+                ids, answer_mask = (x.to(procs.device) for x in train_rows.batch(idx))
+                mine = procs.rows(len(idx))  # and computes the loss of its own slice
+                loss = procs.share(objective_loss(cfg.objective, forward, ids, answer_mask, tokenizer.mask_id,
+                                                  full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator,
+                                                  generator=noise, rows=mine), mine, len(idx))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # DDP: the gradient averaged over processes, which Grokfast then filters
                 if cfg.grokfast == "ema":
                     state.grokfast = gradfilter_ema(model, state.grokfast, cfg.grokfast_alpha, cfg.grokfast_lamb)
                 elif cfg.grokfast == "ma":
@@ -190,7 +208,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
         record(cfg, state, dataset_id, "failed")
         raise
     finally:
-        board.close()
+        if board is not None:
+            board.close()
     if status == "stopped":
         # Exit as SIGTERM would (143): a caller looping over runs (an experiment, a flow) must stop too.
         console.print(f"SIGTERM: saved step {state.step}; resume with --resume {cfg.run_id}")
@@ -291,9 +310,10 @@ def evaluation(cfg: TrainConfig, model: Denoiser, eval_splits: dict[str, Encoded
         t_mem = step
     if t_grok is None and metrics.get("test_id/acc", 0.0) >= cfg.grok_threshold:
         t_grok = step
-    for name, value in sorted(metrics.items()):
-        board.add_scalar(name, value, step)
-    board.flush()
+    if board is not None:  # rank 0's (distributed.py)
+        for name, value in sorted(metrics.items()):
+            board.add_scalar(name, value, step)
+        board.flush()
     return metrics, t_mem, t_grok
 
 
@@ -328,7 +348,10 @@ def record(cfg: TrainConfig, state: TrainState, dataset_id: str | None, status: 
            rows: Sequence = (), checkpoints: Sequence = ()) -> bool:
     """The loop's one way to the store (storage/runs.py): the run row at this step, with these metric
     rows and checkpoints. A busy store never fails the run: the records wait in the run directory; the
-    last write (finished) waits longer so the final status lands. True if it reached the store."""
+    last write (finished) waits longer so the final status lands. True if it reached the store. Under
+    torchrun only rank 0 writes."""
+    if not distributed.is_main():
+        return True
     row = run_record(cfg, status, state.step, state.t_mem, state.t_grok, dataset_id)
     return record_run(cfg.home, row, rows, checkpoints, final=status == "finished")
 
@@ -362,7 +385,7 @@ class StepsPerSecond(ProgressColumn):
 def progress_display(cfg: TrainConfig, console):
     return progress_bar(TextColumn(f"[bold]{cfg.run_id}"), BarColumn(), MofNCompleteColumn(), StepsPerSecond(),
                         TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
-                        disable=not cfg.progress)
+                        disable=console.quiet)
 
 
 class Pace:

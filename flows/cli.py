@@ -14,16 +14,8 @@ from flows import (
     cli_train,
 )
 
-
-class _App(typer.Typer):
-    """The app, with errors a person can fix as one line (flows/cli_common.py) wherever raised."""
-
-    def __call__(self, *args, **kwargs):
-        with cli_common.one_line_errors():
-            return super().__call__(*args, **kwargs)
-
-
-app = _App(
+app = typer.Typer(
+    cls=cli_common.OneLineErrors,  # an error a person can fix: one line, exit 2 (flows/cli_common.py)
     name="grokloop",
     help="Agent experience -> DuckDB store -> balanced datasets -> masked-diffusion grokking runs.",
     no_args_is_help=True,

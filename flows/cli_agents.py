@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.table import Table
 
-from flows.cli_common import console, err_console, fail, user_errors
+from agents.runner import run_agents
+from agents.tasks import FAMILY_NAMES, get_family
+from flows.cli_common import FAMILY, HOME, OneLineErrors, console, err_console, family_params
 from flows.cli_output import print_table
+from flows.config import LoopConfig
+from storage.home import spool_dir, store_path
+from storage.ingest import ingest_spool
+from storage.store import open_store
 
-app = typer.Typer(help="Agents that attempt tasks and log verified (and failed) trajectories.",
+app = typer.Typer(cls=OneLineErrors,
+                  help="Agents that attempt tasks and log verified (and failed) trajectories.",
                   no_args_is_help=True)
-
-
-def _params(family: str, items: list[str] | None) -> dict:
-    """`key=value` family parameters, typed by the family's constructor (`n_entities=60`)."""
-    from diffusion.config import parse_settings
-    from flows.config import family_class
-
-    return parse_settings(family_class(family), items or [], what=f"{family} family")
 
 
 @app.command("run")
 def run(
-    family: str = typer.Option(..., "--family", "-f", help="modular | two_hop | programs"),
+    family: str = FAMILY,
     agents: int = typer.Option(4, "--agents", "-n", help="agent processes"),
     episodes: int = typer.Option(100, "--episodes", "-e", help="episodes per agent process"),
     policy: str = typer.Option("mixed", help="solver | explorer | mixed"),
@@ -32,19 +29,15 @@ def run(
     seed: int = typer.Option(0, help="task world and agent randomness"),
     split: str = typer.Option("train", help="split the agents draw tasks from"),
     param: list[str] = typer.Option(None, "--param", "-p", help="family parameter key=value, repeatable"),
-    home: Path = typer.Option(None, help="grokloop home (default $GROKLOOP_HOME or ./.grokloop)"),
+    home: str = HOME,
     ingest: bool = typer.Option(True, "--ingest/--no-ingest", help="ingest the spool into the store after"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Run agents in parallel processes, then ingest what they logged."""
-    from agents.runner import run_agents
-    from storage.home import spool_dir, store_path
-    from storage.store import open_store
-
-    with user_errors():  # bad settings: one line, before any agent process starts
-        report = run_agents(family, n_agents=agents, episodes=episodes, policy=policy,
-                            error_rate=error_rate, seed=seed, family_params=_params(family, param),
-                            spool=spool_dir(home), split=split, progress=progress)
+    # bad settings raise here, before any agent process starts
+    report = run_agents(family, n_agents=agents, episodes=episodes, policy=policy,
+                        error_rate=error_rate, seed=seed, family_params=family_params(family, param),
+                        spool=spool_dir(home), split=split, progress=progress)
     table = Table(title=f"agents on {family} ({policy}, split {split})")
     for col in ("trajectories", "verified", "outcomes", "segments", "seconds", "traj/s"):
         table.add_column(col)
@@ -53,8 +46,6 @@ def run(
                   str(report.segments), f"{report.seconds:.2f}", f"{report.rate:.0f}")
     print_table(table, console, err_console)
     if ingest:
-        from storage.ingest import ingest_spool
-
         with open_store(store_path(home)) as con:
             result = ingest_spool(con, spool_dir(home))
         console.print(f"ingested: {result}")
@@ -69,14 +60,11 @@ def families(
                                          help="the families' own default sizes instead of the loop's"),
 ) -> None:
     """List the task families with their split sizes and vocabulary, at the sizes `grokloop run loop` uses."""
-    from agents.tasks import FAMILY_NAMES, get_family
-    from flows.config import LoopConfig
-
     per_family: dict[str, list[str]] = {name: [] for name in FAMILY_NAMES}
     for item in param or []:
         name, sep, kv = item.partition(":")
         if not sep or name not in per_family:
-            fail(ValueError(f"{item!r}: expected family:key=value with family in {', '.join(FAMILY_NAMES)}"))
+            raise ValueError(f"{item!r}: expected family:key=value with family in {', '.join(FAMILY_NAMES)}")
         per_family[name].append(kv)
     loop_params = {} if family_defaults else LoopConfig().family_params
     sizes_of = "family defaults" if family_defaults else "the loop's sizes"
@@ -84,9 +72,8 @@ def families(
     for col in ("family", "train", "test_id", "test_ood", "vocab", "prompt+answer", "parameters"):
         table.add_column(col)
     for name in FAMILY_NAMES:
-        with user_errors():
-            params = {**loop_params.get(name, {}), **_params(name, per_family[name])}
-            fam = get_family(name, seed=seed, **params)
+        params = {**loop_params.get(name, {}), **family_params(name, per_family[name])}
+        fam = get_family(name, seed=seed, **params)
         sizes = {k: len(v) for k, v in fam.splits().items()}
         tok = fam.tokenizer()
         table.add_row(name, str(sizes["train"]), str(sizes["test_id"]), str(sizes["test_ood"]),

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from flows.cli_common import console, user_errors
+from flows.cli_common import HOME, OneLineErrors, console
+from storage.home import spool_dir
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True)
 
 
 @app.command()
@@ -18,16 +19,16 @@ def collector(
     token_file: Path = typer.Option(None, help="file holding the bearer token (default $GROKLOOP_COLLECTOR_TOKEN)"),
     max_body_bytes: int = typer.Option(8 << 20, help="a larger request (compressed or not) gets 413"),
     rate: float = typer.Option(200.0, help="requests per second, all clients together; more get 429"),
+    home: str = HOME,
 ) -> None:
     """Serve POST /v1/traces: spans become spool segments, durable before the request is
     acknowledged; `grokloop ingest` stores them."""
+    # FastAPI and protobuf take about a second to import: only when the collector runs.
     from agents.collector import check_bind, read_token, serve
-    from storage.home import spool_dir
 
-    with user_errors():
-        token = read_token(token_file)
-        check_bind(host, token)
-        spool = spool_dir()
-        console.print(f"collector on http://{host}:{port}/v1/traces -> {spool}"
-                      + ("" if token else " (no token: loopback only)"))
-        serve(spool, host, port, token=token, max_body_bytes=max_body_bytes, rate=rate)
+    token = read_token(token_file)
+    check_bind(host, token)
+    spool = spool_dir(home)
+    console.print(f"collector on http://{host}:{port}/v1/traces -> {spool}"
+                  + ("" if token else " (no token: loopback only)"))
+    serve(spool, host, port, token=token, max_body_bytes=max_body_bytes, rate=rate)

@@ -1,29 +1,33 @@
 """What every `grokloop` sub-command shares: consoles, the --home option, one way to report errors.
 
-Errors a person can fix (bad input, a missing file, a locked store, permissions, a full disk, a
-home that is not a directory) are one line on stderr naming the problem and the way out, exit
-code 2: `explain` turns an exception into that line, `one_line_errors` (around the whole app, in
-flows/cli.py) prints it. Anything else is a bug and keeps its traceback; `grokloop --debug ...`
-shows the traceback for every error.
+Errors a person can fix (a mistyped option or setting, bad input, a missing file, a locked store,
+permissions, a full disk, a home that is not a directory) are one line on stderr naming the
+problem and the way out, exit code 2, wherever they are raised: `OneLineErrors`, the app's root
+command, catches them and `explain` says them. Commands just raise. Anything else is a bug and
+keeps its traceback; `grokloop --debug ...` shows the traceback for every error.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sys
 
 import duckdb
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from agents.progress import output_console
+from agents.tasks import FAMILY_NAMES, family_class
+from diffusion.config import parse_settings
+from storage.store import StoreError
 
 # Piped to a file or a CI log: no wrapping or cutting (agents/progress.py).
 console = output_console()
 err_console = output_console(stderr=True)
 
 HOME = typer.Option(None, "--home", help="grokloop home (default $GROKLOOP_HOME or ./.grokloop)")
+FAMILY = typer.Option(..., "--family", "-f", help=" | ".join(FAMILY_NAMES))
 DEBUG = False  # set by `grokloop --debug`: tracebacks for every error
 
 _HOME_HINT = "or set GROKLOOP_HOME (--home) to another directory"
@@ -43,10 +47,14 @@ _DUCKDB_TEXTS = {  # DuckDB's IO errors carry the OS's words, not an errno
 }
 
 
+def family_params(family: str, items: list[str] | None) -> dict:
+    """`--param key=value` family parameters, typed by the family's constructor (`n_entities=60`,
+    `operations='["x+y"]'`)."""
+    return parse_settings(family_class(family), items or [], what=f"{family} family")
+
+
 def explain(err: BaseException) -> str | None:
     """The one line for an error a person can fix, None for anything else (a bug)."""
-    from storage.store import StoreError
-
     chain, seen = [], err
     while seen is not None and seen not in chain:
         chain.append(seen)
@@ -58,42 +66,42 @@ def explain(err: BaseException) -> str | None:
             what, way_out = _OS_ERRORS[code]
             where = getattr(e, "filename", None) or str(e).splitlines()[0]
             return f"{what}: {where}; {way_out}"
+    if isinstance(err, typer.TyperException):  # an unknown option, a missing argument, a bad value
+        where = f" (see {err.ctx.command_path} --help)" if getattr(err, "ctx", None) else ""
+        return " ".join(err.format_message().split()) + where
     if isinstance(err, (StoreError, ValueError, FileNotFoundError, FileExistsError)):
         return str(err)
     return None
 
 
 def print_error(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # one line, never wrapped
+    # One line, never wrapped: a message of several lines (DuckDB's, with the query under it) is joined.
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    err_console.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
 
 
-def fail(err: Exception) -> None:
-    """One line naming the problem, exit code 2; never a traceback for input a person can fix."""
-    if DEBUG:
-        raise err
-    print_error(explain(err) or str(err))
-    raise typer.Exit(2) from err
+class OneLineErrors(TyperGroup):
+    """The root `grokloop` command: an error a person can fix, raised anywhere in any command
+    (or by click while reading the command line), comes out as one line and exit code 2."""
 
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Bad input (unknown setting, missing run or snapshot, refused SQL, locked store) -> `fail`."""
-    from storage.store import StoreError
-
-    try:
-        yield
-    except (ValueError, FileNotFoundError, FileExistsError, StoreError) as err:
-        fail(err)
-
-
-@contextmanager
-def one_line_errors() -> Iterator[None]:
-    """Around the whole app: an error a person can fix anywhere -> one line, exit 2."""
-    try:
-        yield
-    except Exception as err:
-        message = None if DEBUG else explain(err)
-        if message is None:
-            raise
-        print_error(message)
-        raise SystemExit(2) from None
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # a caller that wants the exceptions
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as err:
+            # `grokloop` alone: typer has printed the help (its class is private; typer checks the name too)
+            if type(err).__name__ == "NoArgsIsHelpError":
+                sys.exit(err.exit_code)
+            print_error(explain(err))
+            sys.exit(2)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        except Exception as err:
+            message = None if DEBUG else explain(err)
+            if message is None:
+                raise
+            print_error(message)
+            sys.exit(2)
+        sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(n) comes back as n

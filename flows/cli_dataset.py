@@ -7,24 +7,21 @@ import json
 import typer
 from rich.table import Column, Table
 
-from flows.cli_common import HOME, console, err_console
-from flows.cli_common import user_errors as _user_errors
+from flows.cli_common import FAMILY, HOME, OneLineErrors, console, err_console, family_params
 from flows.cli_output import print_table
+from storage.home import store_path
+from storage.store import open_store
 
-app = typer.Typer(no_args_is_help=True, help="Cluster-balanced dataset snapshots of the store.")
+# storage.datasets takes over a second to import (scipy, clustering): each command imports
+# it when it runs, so `grokloop --help` and the other commands do not wait for it.
 
-
-def _params(family: str, items: list[str] | None) -> dict:
-    """`key=value` family parameters, typed by the family's constructor (p=23, operations='["x+y"]')."""
-    from diffusion.config import parse_settings
-    from flows.config import family_class
-
-    return parse_settings(family_class(family), items or [], what=f"{family} family")
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True,
+                  help="Cluster-balanced dataset snapshots of the store.")
 
 
 @app.command()
 def build(
-    family: str = typer.Option(..., "--family", "-f", help="modular | two_hop | programs"),
+    family: str = FAMILY,
     param: list[str] = typer.Option(None, "--param", "-p", help="family parameter key=value (repeatable)"),
     family_seed: int = typer.Option(0, "--family-seed", help="seed of the task world (its splits)"),
     method: str = typer.Option("column", "--method", help="column | kmeans | hkmeans"),
@@ -49,21 +46,18 @@ def build(
     home: str = HOME,
 ) -> None:
     """Select, cluster, dedup, balance and hold out; record the snapshot and export it."""
-    from storage.datasets import SnapshotSpec, build_snapshot
-    from storage.home import store_path
-    from storage.store import open_store
+    from storage.datasets import SnapshotSpec, build_snapshot  # slow import: see the top
 
-    with _user_errors():
-        spec = SnapshotSpec(
-            family=family, family_params={**_params(family, param), "seed": family_seed},
-            verified_only=not include_unverified, outcomes=outcome or None, agents=agent or None,
-            since=since, until=until, where=where, where_params=list(where_param or []),
-            cluster_method=method, cluster_column=column, n_clusters=k, n_subclusters=k_sub, dedup=dedup,
-            balance_cap=cap, temperature=temperature, balance_total=total,
-            holdout_clusters=list(holdout or []), holdout_keep_k=keep_k, seed=seed, name=name,
-        )
-        with open_store(store_path(home)) as con:
-            snap = build_snapshot(con, spec, home=home, progress=True)
+    spec = SnapshotSpec(
+        family=family, family_params={**family_params(family, param), "seed": family_seed},
+        verified_only=not include_unverified, outcomes=outcome or None, agents=agent or None,
+        since=since, until=until, where=where, where_params=list(where_param or []),
+        cluster_method=method, cluster_column=column, n_clusters=k, n_subclusters=k_sub, dedup=dedup,
+        balance_cap=cap, temperature=temperature, balance_total=total,
+        holdout_clusters=list(holdout or []), holdout_keep_k=keep_k, seed=seed, name=name,
+    )
+    with open_store(store_path(home)) as con:
+        snap = build_snapshot(con, spec, home=home, progress=True)
     verb = "built" if snap.built else "already recorded"
     console.print(f"snapshot [bold]{snap.dataset_id}[/bold] {verb}: {snap.counts['train']} train, "
                   f"{snap.counts['test_id']} test_id, {snap.counts['test_ood']} test_ood rows\n{snap.path}")
@@ -73,11 +67,9 @@ def build(
 @app.command("list")
 def list_(home: str = HOME) -> None:
     """Every recorded snapshot, oldest first."""
-    from storage.datasets import list_snapshots
-    from storage.home import store_path
-    from storage.store import open_store
+    from storage.datasets import list_snapshots  # slow import: see the top
 
-    with _user_errors(), open_store(store_path(home), read_only=True) as con:
+    with open_store(store_path(home), read_only=True) as con:
         snaps = list_snapshots(con)
     table = Table("name", "family", "train", "test_id", "test_ood", "created")
     table.columns.insert(0, Column("dataset_id", no_wrap=True, min_width=20))   # ids are copied from here
@@ -94,11 +86,9 @@ def show(
     home: str = HOME,
 ) -> None:
     """A snapshot's spec, curation counts and cluster sizes before/after balancing."""
-    from storage.datasets import show_snapshot
-    from storage.home import store_path
-    from storage.store import open_store
+    from storage.datasets import show_snapshot  # slow import: see the top
 
-    with _user_errors(), open_store(store_path(home), read_only=True) as con:
+    with open_store(store_path(home), read_only=True) as con:
         meta = show_snapshot(con, dataset_id)
     if as_json:
         console.print_json(json.dumps(meta, default=str))
@@ -120,11 +110,9 @@ def export(
     home: str = HOME,
 ) -> None:
     """Write a recorded snapshot from the store as Parquet (+ meta.json, README.md) or an HF DatasetDict."""
-    from storage.datasets import export_snapshot
-    from storage.home import store_path
-    from storage.store import open_store
+    from storage.datasets import export_snapshot  # slow import: see the top
 
-    with _user_errors(), open_store(store_path(home), read_only=True) as con:
+    with open_store(store_path(home), read_only=True) as con:
         out = export_snapshot(con, dataset_id, out_dir, format=fmt)
     console.print(f"exported to {out}")
 

@@ -8,35 +8,42 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli_common import console, err_console, user_errors
+from diffusion.config import TrainConfig
+from diffusion.plot import plot_runs
+from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import print_table
+from flows.config import LoopConfig
+from flows.runners import Runner
+from storage.home import grokloop_home, store_path
 
-app = typer.Typer()
-run_app = typer.Typer(help="Run a flow once, now (Prefect's local ephemeral server unless PREFECT_API_URL is set).",
+# The flows import Prefect, and training torch (seconds each): each command imports them when it
+# runs, so `grokloop --help` and the store's commands do not wait for them.
+
+app = typer.Typer(cls=OneLineErrors)
+run_app = typer.Typer(cls=OneLineErrors,
+                      help="Run a flow once, now (Prefect's local ephemeral server unless PREFECT_API_URL is set).",
                       no_args_is_help=True)
 app.add_typer(run_app, name="run")
 
 SETTINGS = typer.Argument(None, help="LoopConfig overrides as key=value (JSON values), e.g. episodes=200")
 
 
-def _cfg(settings: list[str] | None):
-    """Every setting typed and checked here, before a flow (or any agent) starts: one line, exit 2."""
-    from flows.config import LoopConfig
-
-    with user_errors():
-        return LoopConfig.from_overrides(settings or [])
+def _cfg(settings: list[str] | None, home: str | None) -> LoopConfig:
+    """Every setting typed and checked here, before a flow (or any agent) starts; `--home` is the
+    `home=` setting."""
+    if home and any(s.startswith("home=") for s in settings or []):
+        raise ValueError("the home is given twice (--home and home=): give one")
+    return LoopConfig.from_overrides([*(settings or []), *([f"home={json.dumps(home)}"] if home else [])])
 
 
 @run_app.command("loop")
-def run_loop(settings: list[str] | None = SETTINGS) -> None:
+def run_loop(settings: list[str] | None = SETTINGS, home: str = HOME) -> None:
     """The main job: collect -> curate -> train -> evaluate for every family."""
-    from flows.flows import loop_flow
-    from storage.home import grokloop_home, store_path
+    from flows.flows import loop_flow  # Prefect: see the top
 
-    cfg = _cfg(settings)
+    cfg = _cfg(settings, home)
     console.print(_expected_time(cfg), soft_wrap=True)
     summary = loop_flow(cfg=cfg)
-    home = grokloop_home(cfg.home)
     table = Table(title="grokloop loop")
     for col in ("family", "train rows", "run", "T_mem", "T_grok", "ID acc", "OOD acc"):
         table.add_column(col)
@@ -45,7 +52,8 @@ def run_loop(settings: list[str] | None = SETTINGS) -> None:
         table.add_row(family, str(part["dataset"]["counts"].get("train", "?")), run["run_id"],
                       _step(run["t_mem"]), _step(run["t_grok"]), _pct(ev.get("test_id")), _pct(ev.get("test_ood")))
     console.print(table)
-    plot = _plot([p["run"]["run_id"] for p in summary.values()], home / "runs" / "loop.png", cfg.home)
+    plot = plot_runs([p["run"]["run_id"] for p in summary.values()], grokloop_home(cfg.home) / "runs" / "loop.png",
+                     home=cfg.home)
     console.print(_reading(summary, plot), soft_wrap=True)
     console.print(f"{'store:':<21} {store_path(cfg.home)}   (try: grokloop sql \"SELECT * FROM success_rate\")")
     for family, part in summary.items():
@@ -63,7 +71,7 @@ SECONDS_OUTSIDE_TRAINING = 40.0
 
 
 def _expected_time(cfg) -> str:
-    from flows.steps import train_config
+    from flows.steps import train_config  # torch: see the top
 
     steps = {f: train_config(cfg, f, None, run_name="-").max_steps for f in cfg.families}
     seconds = SECONDS_OUTSIDE_TRAINING + sum(
@@ -75,7 +83,6 @@ def _expected_time(cfg) -> str:
 
 def _reading(summary: dict, plot: Path) -> str:
     """What the table means, in words: the thresholds, and for each run whether it grokked."""
-    from diffusion.train import TrainConfig
 
     t = TrainConfig()
     lines = [f"T_mem: first evaluation with train accuracy >= {t.mem_threshold:.0%} (memorised). "
@@ -101,19 +108,19 @@ def _reading(summary: dict, plot: Path) -> str:
 
 
 @run_app.command("collect")
-def run_collect(settings: list[str] | None = SETTINGS) -> None:
+def run_collect(settings: list[str] | None = SETTINGS, home: str = HOME) -> None:
     """Agents -> spool -> store."""
-    from flows.flows import collect_flow
+    from flows.flows import collect_flow  # Prefect: see the top
 
-    console.print_json(json.dumps(collect_flow(cfg=_cfg(settings)), default=str))
+    console.print_json(json.dumps(collect_flow(cfg=_cfg(settings, home)), default=str))
 
 
 @run_app.command("curate")
-def run_curate(settings: list[str] | None = SETTINGS) -> None:
+def run_curate(settings: list[str] | None = SETTINGS, home: str = HOME) -> None:
     """One snapshot per family (the same store and settings give the same snapshot back)."""
-    from flows.flows import curate_flow
+    from flows.flows import curate_flow  # Prefect: see the top
 
-    console.print_json(json.dumps(curate_flow(cfg=_cfg(settings)), default=str))
+    console.print_json(json.dumps(curate_flow(cfg=_cfg(settings, home)), default=str))
 
 
 @run_app.command("self-improve")
@@ -123,11 +130,12 @@ def run_self_improve(
     episodes: int = typer.Option(200, help="model-agent attempts per round"),
     loop_id: str = typer.Option("self-improve"),
     settings: list[str] | None = SETTINGS,
+    home: str = HOME,
 ) -> None:
     """Rounds of model agent -> verifier -> ingest -> curate -> train on -> evaluate."""
-    from flows.flows import self_improve_flow
+    from flows.flows import self_improve_flow  # Prefect: see the top
 
-    history = self_improve_flow(cfg=_cfg(settings), family=family, rounds=rounds, episodes=episodes,
+    history = self_improve_flow(cfg=_cfg(settings, home), family=family, rounds=rounds, episodes=episodes,
                                 loop_id=loop_id)
     table = Table(title=f"self-improve {loop_id} ({family})")
     for col in ("round", "proposed", "verified", "ID acc", "OOD acc", "run"):
@@ -143,11 +151,12 @@ def serve(
     collect_cron: str = typer.Option("0 * * * *", help="collect: hourly"),
     train_cron: str = typer.Option("0 2 * * *", help="curate + train + evaluate: nightly"),
     settings: list[str] | None = SETTINGS,
+    home: str = HOME,
 ) -> None:
     """Serve the deployments on cron schedules until interrupted (Ctrl-C)."""
-    from flows.deploy import serve_deployments
+    from flows.deploy import serve_deployments  # Prefect: see the top
 
-    serve_deployments(_cfg(settings), collect_cron=collect_cron, train_cron=train_cron)
+    serve_deployments(_cfg(settings, home), collect_cron=collect_cron, train_cron=train_cron)
 
 
 @app.command()
@@ -169,38 +178,27 @@ def experiment(
     dask_address: str = typer.Option("", help="runner dask: an existing scheduler (tcp://host:8786); "
                                               "none starts a local cluster"),
     dask_workers: int = typer.Option(2, help="runner dask without an address: worker processes"),
+    home: str = HOME,
 ) -> None:
     """Run a named experiment: runs recorded in the store, a plot and docs/results/NAME.md."""
-    from flows.experiments import run_experiment
+    from flows.experiments import run_experiment  # torch: see the top
 
     options = {k: v.split(",") for k, v in (("setups", setups), ("objectives", objectives)) if v}
     options |= {"init": init} if init else {}
     if options and name != "grokfast":
-        raise typer.BadParameter("--setups, --objectives and --init apply to the grokfast experiment only")
+        raise ValueError("--setups, --objectives and --init apply to the grokfast experiment only")
     if arms and name != "composition":
-        raise typer.BadParameter("--arms applies to the composition experiment only")
+        raise ValueError("--arms applies to the composition experiment only")
     options |= {"arms": arms.split(",")} if arms else {}
     if report_only and name not in ("composition", "clusters"):
-        raise typer.BadParameter("--report-only applies to the composition and clusters experiments")
+        raise ValueError("--report-only applies to the composition and clusters experiments")
     options |= {"report_only": True} if report_only else {}
     if quick and size and size != "quick":
-        raise typer.BadParameter(f"--quick and --size {size} disagree: give one")
-    from flows.runners import Runner
-
-    try:
-        where = Runner(runner, dask_address or None, dask_workers)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
-    with user_errors():
-        result = run_experiment(name, quick=quick, size=size or None, seeds=seeds or None, max_steps=max_steps or None,
-                                out_dir=out, runner=where, **options)
+        raise ValueError(f"--quick and --size {size} disagree: give one")
+    where = Runner(runner, dask_address or None, dask_workers)
+    result = run_experiment(name, quick=quick, size=size or None, seeds=seeds or None, max_steps=max_steps or None,
+                            out_dir=out, home=home, runner=where, **options)
     console.print(f"summary: {result['summary']}\nplot:    {result['plot'] or '(none: no run has evaluated yet)'}")
-
-
-def _plot(run_ids: list[str], out: Path, home) -> Path:
-    from diffusion.plot import plot_runs
-
-    return plot_runs(run_ids, out, home=home)
 
 
 def _pct(x) -> str:

@@ -5,19 +5,34 @@ from __future__ import annotations
 import re
 import sys
 from enum import StrEnum
+from importlib import resources
 from pathlib import Path
 
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+from rich.table import Column, Table
+from rich.text import Text
 
-from agents.progress import LOG_WIDTH
-from flows.cli_common import console, err_console
-from flows.cli_common import fail as _fail
+from agents.progress import LOG_WIDTH, progress_bar
+from agents.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
+from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import fits, print_table
+from storage.atif import export_atif
+from storage.export import export_jsonl
+from storage.home import spool_dir, store_path
+from storage.ingest import ingest_paths, ingest_spool
+from storage.query import run_sql
+from storage.runs import flush_pending, pending_records
+from storage.store import StoreLocked, open_store, schema_version, time_limit
 
 SHOWN_ROWS = 1000  # --format table shows at most this many rows; csv, json and parquet write them all
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True)
 
 
 class OutputFormat(StrEnum):
@@ -38,22 +53,15 @@ def ingest(
     format: str = typer.Option("auto", "--format", help="auto | grokloop | atif"),
     max_record_bytes: int = typer.Option(1 << 20, help="a larger record is quarantined as oversized"),
     timeout: float = typer.Option(600.0, help="seconds to wait for the store when another process holds it"),
+    home: str = HOME,
 ) -> None:
     """Ingest the spool (or the given files) into the store, exactly once. The store is opened
     once per batch; a batch that meets another process's lock waits up to --timeout and retries."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-
-    from agents.progress import progress_bar
-    from agents.spool import published_segments
-    from storage.home import spool_dir
-    from storage.ingest import ingest_paths, ingest_spool
-    from storage.runs import flush_pending
-    from storage.store import StoreError, StoreLocked, open_store
-
     def writer():
-        return open_store(timeout=timeout)
+        return open_store(store_path(home), timeout=timeout)
 
-    total = len(paths) if paths else len(published_segments(spool_dir()))
+    spool = spool_dir(home)
+    total = len(paths) if paths else len(published_segments(spool))
     try:
         with progress_bar(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
                           console=console, transient=True) as bar:
@@ -65,13 +73,11 @@ def ingest(
             if paths:
                 report = ingest_paths(writer, paths, format, max_record_bytes=max_record_bytes, on_batch=advance)
             else:
-                report = ingest_spool(writer, max_record_bytes=max_record_bytes, on_batch=advance)
+                report = ingest_spool(writer, spool, max_record_bytes=max_record_bytes, on_batch=advance)
         with writer() as con:  # training records that waited for a busy store (storage/runs.py)
-            flush_pending(con)
+            flush_pending(con, home)
     except StoreLocked as err:
-        _fail(StoreLocked(f"{err} (what was not ingested stays in the spool for the next ingest)"))
-    except (StoreError, ValueError) as err:
-        _fail(err)
+        raise StoreLocked(f"{err} (what was not ingested stays in the spool for the next ingest)") from err
     style = "yellow" if report.quarantined else "green"
     console.print(f"[{style}]ingested[/{style}] {report.segments} segment(s), skipped {report.skipped} "
                   f"already ingested: {report.trajectories} trajectories, {report.steps} steps, "
@@ -82,8 +88,6 @@ def ingest(
 
 def view_names() -> list[str]:
     """The views `storage/sql/views.sql` creates, in its order (the help text lists them from there)."""
-    from importlib import resources
-
     text = resources.files("storage.sql").joinpath("views.sql").read_text()
     return re.findall(r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", text, re.I)
 
@@ -96,26 +100,17 @@ def sql(
     timeout: float = typer.Option(30.0, help="seconds to wait for a writer's lock"),
     max_seconds: float = typer.Option(300.0, help="stop the query after this many seconds"),
     memory_limit: str = typer.Option("2GB", help="the query's memory limit (DuckDB syntax: 500MB, 4GB)"),
+    home: str = HOME,
 ) -> None:
-    from storage.query import run_sql
-    from storage.store import StoreError
-
     if format is OutputFormat.parquet and output is None:
-        _fail(ValueError("--format parquet needs --output FILE"))
-    try:
-        table = run_sql(query, timeout=timeout, max_seconds=max_seconds, memory_limit=memory_limit)
-    except StoreError as err:
-        _fail(err)
+        raise ValueError("--format parquet needs --output FILE")
+    table = run_sql(query, path=store_path(home), timeout=timeout, max_seconds=max_seconds,
+                    memory_limit=memory_limit)
     _write_table(table, format, output)
 
 
 def _write_table(table, format: OutputFormat, output: Path | None) -> None:
-    import pyarrow as pa
-
     if format is OutputFormat.table:
-        from rich.table import Column, Table
-        from rich.text import Text
-
         shown = min(table.num_rows, SHOWN_ROWS)
         caption = f"{table.num_rows} row(s)" + (f", the first {shown} shown" if shown < table.num_rows else "")
         # Text, not markup: a value like "[x]" is data. Headers never wrap or shrink.
@@ -135,29 +130,21 @@ def _write_table(table, format: OutputFormat, output: Path | None) -> None:
                           "(--format json|csv to choose)", markup=False)
         format = OutputFormat.csv
     if format is OutputFormat.csv:
-        import pyarrow.csv as pacsv
-
         # JSON, UUID and list columns are written as their text.
         table = pa.table({n: c if _plain(c.type) else c.cast(pa.string()) if pa.types.is_binary(c.type)
                           else pa.array([None if v is None else str(v) for v in c.to_pylist()], pa.string())
                           for n, c in zip(table.column_names, table.columns, strict=True)})
         pacsv.write_csv(table, str(output) if output else sys.stdout.buffer)
     elif format is OutputFormat.json:
-        import orjson
-
         text = b"".join(orjson.dumps(row, default=str) + b"\n" for row in table.to_pylist())
         (output.write_bytes(text) if output else sys.stdout.buffer.write(text))
     else:
-        import pyarrow.parquet as pq
-
         pq.write_table(table, output)
     if output:
         console.print(f"wrote {table.num_rows} row(s) to {output}")
 
 
 def _plain(type_) -> bool:
-    import pyarrow as pa
-
     return pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_string(type_) \
         or pa.types.is_boolean(type_) or pa.types.is_timestamp(type_) or pa.types.is_large_string(type_)
 
@@ -169,31 +156,18 @@ def export(
     where: str = typer.Option(None, help="SQL condition on the trajectories table, e.g. \"family = 'modular'\""),
     max_seconds: float = typer.Option(300.0, help="stop the export's query after this many seconds"),
     memory_limit: str = typer.Option("2GB", help="the export query's memory limit (DuckDB syntax)"),
+    home: str = HOME,
 ) -> None:
     """Write trajectories out as ATIF (for other frameworks) or grokloop JSONL."""
-    from storage.atif import export_atif
-    from storage.export import export_jsonl
-    from storage.store import StoreError, open_store, time_limit
-
-    try:
-        with open_store(read_only=True, memory_limit=memory_limit) as con, time_limit(con, max_seconds):
-            n = (export_atif if format is ExportFormat.atif else export_jsonl)(con, output, where)
-    except (StoreError, ValueError) as err:
-        _fail(err)
+    with open_store(store_path(home), read_only=True, memory_limit=memory_limit) as con, time_limit(con, max_seconds):
+        n = (export_atif if format is ExportFormat.atif else export_jsonl)(con, output, where)
     console.print(f"wrote {n} trajectories to {output} ({format.value})")
 
 
 @app.command()
-def status() -> None:
+def status(home: str = HOME) -> None:
     """Where the store is, its schema version, rows per table and the spool backlog."""
-    from rich.table import Table
-
-    from agents.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
-    from storage.home import spool_dir, store_path
-    from storage.runs import pending_records
-    from storage.store import StoreError, open_store, schema_version
-
-    path, spool = store_path(), spool_dir()
+    path, spool = store_path(home), spool_dir(home)
     backlog = published_segments(spool)
     stale = remove_stale_tmp(spool)  # left by writers that died mid-write
     writing = [p for p in spool.iterdir() if p.name.endswith(TMP_SUFFIX)] if spool.exists() else []
@@ -201,20 +175,17 @@ def status() -> None:
     console.print(f"spool   {spool}: {len(backlog)} segment(s) waiting, "
                   f"{sum(p.stat().st_size for p in backlog) / 1e6:.1f} MB; {len(writing)} being written"
                   + (f"; removed {len(stale)} stale temp file(s) of writers that died" if stale else ""))
-    if waiting := pending_records():
+    if waiting := pending_records(home):
         console.print(f"runs    {waiting} training record(s) wait in runs/*/pending for a busy store; "
                       f"`grokloop ingest` writes them")
     if not path.exists():
         return
-    try:
-        with open_store(read_only=True) as con:
-            console.print(f"schema  version {schema_version(con)}")
-            tables = [r[0] for r in con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
-                "ORDER BY table_name").fetchall()]
-            counts = Table("table", "rows")
-            for name in tables:
-                counts.add_row(name, f"{con.execute(f'SELECT count(*) FROM {name}').fetchall()[0][0]:,}")
-    except StoreError as err:
-        _fail(err)
+    with open_store(path, read_only=True) as con:
+        console.print(f"schema  version {schema_version(con)}")
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            "ORDER BY table_name").fetchall()]
+        counts = Table("table", "rows")
+        for name in tables:
+            counts.add_row(name, f"{con.execute(f'SELECT count(*) FROM {name}').fetchall()[0][0]:,}")
     print_table(counts, console, err_console)

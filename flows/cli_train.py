@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from flows.cli_common import HOME, console, err_console
-from flows.cli_common import user_errors as _user_errors
+from agents.tasks import SPLITS
+from diffusion.config import TrainConfig, load_config, train_overrides
+from diffusion.plot import plot_runs
+from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import print_table
 
-app = typer.Typer(no_args_is_help=True)
+# diffusion.train, .evaluate, .checkpoint and flows.model_agent import torch (seconds): each command imports
+# them when it runs, so `grokloop --help` and the store's commands do not wait for torch.
+
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -22,16 +28,17 @@ def train(
 ) -> None:
     """Train a masked-diffusion model (or objective=ar). Settings as key=value, e.g.
     `grokloop train max_steps=3000 grokfast=ema family_params='{"p": 97, "train_fraction": 0.4}'`."""
-    from diffusion.train import TrainConfig, apply_overrides, load_config
-    from diffusion.train import train as train_loop
+    from diffusion.distributed import is_main  # torch: see the top
+    from diffusion.train import train as train_loop  # torch: see the top
 
     overrides = list(ctx.args)
-    with _user_errors():
-        if resume:
-            cfg = load_config(resume, overrides, home=home)
-        else:
-            cfg = apply_overrides(TrainConfig(home=home), overrides)
-        result = train_loop(cfg, resume=bool(resume))
+    if resume:
+        cfg = load_config(resume, overrides, home=home)
+    else:
+        cfg = train_overrides(TrainConfig(home=home), overrides)
+    result = train_loop(cfg, resume=bool(resume))
+    if not is_main():  # under torchrun: rank 0 reports the run
+        return
     console.print(
         f"run {result.run_id}: {result.status} at step {result.final_step}; "
         f"T_mem {result.t_mem if result.t_mem is not None else '-'}, "
@@ -48,11 +55,9 @@ def evaluate(
     home: str = HOME,
 ) -> None:
     """Exact-match accuracy of a run's latest checkpoint per split, recorded in `evaluations`."""
-    from agents.tasks import SPLITS
-    from diffusion.evaluate import evaluate_checkpoint
+    from diffusion.evaluate import evaluate_checkpoint  # torch: see the top
 
-    with _user_errors():
-        results = evaluate_checkpoint(run, splits=split or SPLITS, n_steps=n_steps or None, home=home)
+    results = evaluate_checkpoint(run, splits=split or SPLITS, n_steps=n_steps or None, home=home)
     table = Table("split", "rows", "metric", "accuracy", title=f"evaluation of {run}")
     for split_name, rows, metric, acc in sorted(_by_split(results), key=lambda r: r[1] != "all"):
         table.add_row(split_name, rows, metric, f"{100 * acc:.2f}%")
@@ -79,10 +84,7 @@ def plot(
     home: str = HOME,
 ) -> None:
     """Grokking curves (train vs test accuracy over log steps) from the store, as a PNG."""
-    from diffusion.plot import plot_runs
-
-    with _user_errors():
-        path = plot_runs(runs, output, home=home)
+    path = plot_runs(runs, output, home=home)
     console.print(f"wrote {path}")
 
 
@@ -99,23 +101,20 @@ def sample(
     home: str = HOME,
 ) -> None:
     """Show a few tasks, the model's sampled answers and the verifier's verdicts."""
-    import random
+    from diffusion.checkpoint import checkpoint_meta, resolve_checkpoint  # torch: see the top
+    from flows.model_agent import family_of, load_proposer
 
-    from agents.model_agent import family_of, load_proposer
-    from diffusion.evaluate import checkpoint_meta, resolve_checkpoint
-
-    with _user_errors():
-        checkpoint = resolve_checkpoint(run, home)
-        meta = checkpoint_meta(checkpoint)
-        if family and family != meta["family"]:
-            raise ValueError(f"run {run} was trained on {meta['family']!r}; its tokenizer cannot read {family!r}")
-        fam = family_of(meta)
-        pool = fam.splits().get(split)
-        if not pool:
-            raise ValueError(f"family {fam.name!r} has no {split!r} tasks")
-        tasks = random.Random(seed).sample(pool, min(n, len(pool)))
-        propose = load_proposer(checkpoint, n_steps=n_steps or None, temperature=temperature, seed=seed)
-        samples = propose(tasks, n_samples)
+    checkpoint = resolve_checkpoint(run, home)
+    meta = checkpoint_meta(checkpoint)
+    if family and family != meta["family"]:
+        raise ValueError(f"run {run} was trained on {meta['family']!r}; its tokenizer cannot read {family!r}")
+    fam = family_of(meta)
+    pool = fam.splits().get(split)
+    if not pool:
+        raise ValueError(f"family {fam.name!r} has no {split!r} tasks")
+    tasks = random.Random(seed).sample(pool, min(n, len(pool)))
+    propose = load_proposer(checkpoint, n_steps=n_steps or None, temperature=temperature, seed=seed)
+    samples = propose(tasks, n_samples)
     table = Table("prompt", "expected", "samples (✓ verified)", title=f"{meta['run_id']} step {meta['step']}")
     for task, answers in zip(tasks, samples, strict=True):
         shown = [" ".join(a) + (" ✓" if fam.verify(task, a) else " ✗") for a in answers]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.runner import POLICIES
-from agents.tasks import FAMILY_NAMES
+from agents.tasks import FAMILY_NAMES, family_class
 from diffusion.config import (
     TrainConfig,
     apply_overrides,
@@ -17,6 +17,7 @@ from diffusion.config import (
     check_config,
     check_values,
 )
+from flows.runners import Runner
 
 
 def _small_families() -> dict[str, dict[str, Any]]:
@@ -70,8 +71,6 @@ class LoopConfig:
 
     def runner_settings(self):
         """Where fanned-out tasks run (`flows.runners.Runner`); a bad setting fails here."""
-        from flows.runners import Runner
-
         return Runner(self.runner, self.dask_address, self.dask_workers)
 
     def to_json(self) -> str:
@@ -88,18 +87,6 @@ LOOP_CHOICES = {"families": FAMILY_NAMES, "policy": POLICIES, "cluster_method": 
                 "objective": ("mdm", "ar")}
 LOOP_MINIMUMS = {"n_agents": 1, "episodes": 0, "error_rate": 0.0, "n_clusters": 1, "balance_cap": 1,
                  "temperature": 0.0, "sampler_steps": 1, "n_samples": 1}
-
-
-def family_class(name: str) -> type:
-    """The class whose keyword parameters are a family's settings (without building its task world)."""
-    from agents.tasks.modular import ModularFamily
-    from agents.tasks.programs import ProgramsFamily
-    from agents.tasks.two_hop import TwoHopFamily
-
-    classes = {"modular": ModularFamily, "two_hop": TwoHopFamily, "programs": ProgramsFamily}
-    if name not in classes:
-        raise ValueError(f"unknown task family {name!r}; known: {', '.join(FAMILY_NAMES)}")
-    return classes[name]
 
 
 def check_loop_config(cfg: LoopConfig) -> LoopConfig:

@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+import secrets
 import time
+import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from flows import steps
@@ -51,11 +54,6 @@ def _config(cfg: LoopConfig | None) -> LoopConfig:
 def run_seed() -> int:
     """A draw seed of this flow run's own: from its Prefect id (so a retry of the run draws the same
     tasks again), or random outside a flow run. Recorded in the flow's result."""
-    import secrets
-    import uuid
-
-    from prefect.runtime import flow_run
-
     run_id = flow_run.id
     return uuid.UUID(run_id).int % 2**31 if run_id else secrets.randbelow(2**31)
 

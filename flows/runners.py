@@ -13,6 +13,9 @@ checkpoint on the shared home). Ray fits the same seam (`prefect-ray`'s `RayTask
 
 One task per agent shard (agent process) and one per training run: those are the units worth a
 worker. Ingest, curation and evaluation stay in the flow's own process, next to the store.
+
+Prefect is imported inside the functions that use it: it takes seconds, and `Runner` is read by
+`LoopConfig`, which the CLI checks before anything starts.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def task_runner(runner: Runner):
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=1)
-    try:
+    try:  # an optional extra
         from prefect_dask import DaskTaskRunner
     except ImportError as err:
         raise ImportError("runner=dask needs prefect-dask: pip install 'grokloop[cluster]'") from err

@@ -10,8 +10,16 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from agents.runner import run_agents, run_shard, shard_report
+from diffusion import train as training  # training.train looked up per call: tests wrap it
+from diffusion.checkpoint import has_checkpoint
+from diffusion.config import TrainConfig
+from diffusion.evaluate import evaluate_checkpoint
 from flows.config import LoopConfig
+from flows.model_agent import run_model_agent
+from storage.datasets import SnapshotSpec, build_snapshot
 from storage.home import grokloop_home, spool_location, store_path
+from storage.ingest import ingest_spool
 from storage.store import open_store
 
 
@@ -22,8 +30,6 @@ def collect(cfg: LoopConfig, family: str, *, policy: str | None = None, seed: in
     The task world is always `cfg.seed`'s; `seed` (default `cfg.seed`) only draws which tasks the
     agents attempt and their mistakes, so another seed adds new trajectories to the same world
     rather than repeating the last collect's."""
-    from agents.runner import run_agents
-
     report = run_agents(
         family,
         n_agents=cfg.n_agents,
@@ -42,8 +48,6 @@ def collect_shard(cfg: LoopConfig, family: str, index: int, seed: int | None = N
                   policy: str | None = None) -> dict[str, Any]:
     """Agent process `index` of `collect`, run in this process (one task on a cluster worker):
     the same trajectories that process logs under `collect`. `collect_report` adds shards up."""
-    from agents.runner import run_shard
-
     return run_shard(family, index, episodes=cfg.episodes, policy=policy or cfg.policy,
                      error_rate=cfg.error_rate, seed=cfg.seed if seed is None else seed,
                      family_params={**cfg.family_params.get(family, {}), "seed": cfg.seed},
@@ -53,8 +57,6 @@ def collect_shard(cfg: LoopConfig, family: str, index: int, seed: int | None = N
 def collect_report(cfg: LoopConfig, family: str, shards: list[dict[str, Any]], seconds: float,
                    *, policy: str | None = None) -> dict[str, Any]:
     """`collect`'s report for one family's shards (`collect_shard`)."""
-    from agents.runner import shard_report
-
     return _as_dict(shard_report(shards, family=family, policy=policy or cfg.policy, split="train",
                                  episodes=cfg.episodes, seconds=seconds,
                                  spool=spool_location(cfg.spool, cfg.home)))
@@ -62,8 +64,6 @@ def collect_report(cfg: LoopConfig, family: str, shards: list[dict[str, Any]], s
 
 def ingest(cfg: LoopConfig) -> dict[str, Any]:
     """Spool -> store, exactly once per segment. Runs where the store is, whatever the spool."""
-    from storage.ingest import ingest_spool
-
     # The store is opened once per batch, so a researcher's query waits for one batch, not the
     # whole ingest, and a batch that meets a reader's lock waits for it (storage/ingest.py).
     path = store_path(cfg.home)
@@ -73,8 +73,6 @@ def ingest(cfg: LoopConfig) -> dict[str, Any]:
 
 def snapshot_spec(cfg: LoopConfig, family: str, *, holdout: list[str] | None = None, keep_k: int = 0,
                   name: str | None = None, agents: list[str] | None = None):
-    from storage.datasets import SnapshotSpec
-
     return SnapshotSpec(
         family=family,
         family_params={**cfg.family_params.get(family, {}), "seed": cfg.seed},
@@ -93,8 +91,6 @@ def snapshot_spec(cfg: LoopConfig, family: str, *, holdout: list[str] | None = N
 
 def curate(cfg: LoopConfig, family: str, **spec_changes: Any) -> dict[str, Any]:
     """Build (or find: same fingerprint, same snapshot) a cluster-balanced dataset snapshot."""
-    from storage.datasets import build_snapshot
-
     spec = snapshot_spec(cfg, family, **spec_changes)
     with open_store(store_path(cfg.home)) as con:
         snap = build_snapshot(con, spec, home=cfg.home)
@@ -104,8 +100,6 @@ def curate(cfg: LoopConfig, family: str, **spec_changes: Any) -> dict[str, Any]:
 def train_config(cfg: LoopConfig, family: str, dataset_dir: str | None, *, run_name: str,
                  init_from: str | None = None, **overrides: Any):
     """The TrainConfig of one family's run: loop settings, then `cfg.train_overrides`, then `overrides`."""
-    from diffusion.train import TrainConfig
-
     settings = {
         "objective": cfg.objective,
         "family": family,
@@ -122,17 +116,12 @@ def train_config(cfg: LoopConfig, family: str, dataset_dir: str | None, *, run_n
 
 def train(train_cfg) -> dict[str, Any]:
     """Train, resuming the run if it already has a checkpoint (so a retry continues, never restarts)."""
-    from diffusion.train import has_checkpoint
-    from diffusion.train import train as train_loop
-
     resume = has_checkpoint(train_cfg)
-    return _as_dict(train_loop(train_cfg, resume=resume))
+    return _as_dict(training.train(train_cfg, resume=resume))
 
 
 def evaluate(cfg: LoopConfig, checkpoint_dir: str) -> dict[str, Any]:
     """ID / OOD accuracy of a checkpoint, written to the store's `evaluations`."""
-    from diffusion.evaluate import evaluate_checkpoint
-
     return evaluate_checkpoint(checkpoint_dir, n_steps=cfg.sampler_steps, home=cfg.home)
 
 
@@ -140,8 +129,6 @@ def propose(cfg: LoopConfig, family: str, checkpoint_dir: str, *, episodes: int,
             seed: int | None = None) -> dict[str, Any]:
     """The model agent attempts training tasks drawn with `seed` (default `cfg.seed`; a self-improvement
     round passes its own, so each round meets fresh tasks); the verifier decides; attempts go to the spool."""
-    from agents.model_agent import run_model_agent
-
     return _as_dict(run_model_agent(
         checkpoint_dir, family=family, family_params={**cfg.family_params.get(family, {}), "seed": cfg.seed},
         episodes=episodes, n_samples=cfg.n_samples, n_steps=cfg.sampler_steps,

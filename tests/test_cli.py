@@ -35,7 +35,7 @@ def test_run_loop_refuses_a_bad_setting_in_one_line_before_any_agent_starts(tmp_
 
 
 @pytest.mark.parametrize(("setting", "message"), [
-    ('families=["twohop"]', "error: families may only list modular, two_hop, programs, got 'twohop'"),
+    ('families=["twohop"]', "error: families may only list modular, two_hop, programs, strings, got 'twohop'"),
     ("families=[modular]", "error: families must be a JSON list of text, got '[modular]'"),  # not markup
     ('train_overrides={"max_step": 5}', "error: train_overrides: unknown training setting 'max_step'"),
 ])

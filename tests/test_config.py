@@ -46,7 +46,7 @@ def test_a_bad_setting_is_one_line_naming_it_its_value_and_what_it_takes(target,
 
 @pytest.mark.parametrize(("item", "message"), [
     ("episodes=abc", "episodes must be an integer, got 'abc'"),
-    ('families=["twohop"]', "families may only list modular, two_hop, programs, got 'twohop'"),
+    ('families=["twohop"]', "families may only list modular, two_hop, programs, strings, got 'twohop'"),
     ("families=[]", "families must name at least one of"),
     ("policy=greedy", "policy must be one of solver, explorer, mixed, got 'greedy'"),
     ("episodes=-1", "episodes must be >= 0, got -1"),

@@ -1,3 +1,5 @@
+import dataclasses
+
 import orjson
 import pytest
 
@@ -11,6 +13,7 @@ FAMILIES = {
     "modular": {"p": 31, "operations": ("x/y", "x^3+x*y")},
     "two_hop": {"n_entities": 60, "n_relations": 8, "relations_per_entity": 6, "ood_fraction": 0.2, "phi": 3.0},
     "programs": {},
+    "strings": {"n_letters": 3, "word_len": 3},  # the fourth family: no line of agents/policies.py knows it
 }
 
 
@@ -138,3 +141,35 @@ def test_render_bytes_round_trips_a_logged_trajectory(tmp_path):
     assert render_bytes(reordered) == ids  # key order does not change the tokens
     assert render_bytes(record, max_len=10) == ids[:10]
     assert render_bytes("é") == [0xC3 + 3, 0xA9 + 3]
+
+
+def test_explorer_mistakes_come_from_the_family_moves_not_from_family_names():
+    """Stopping one move short answers what that move returned where it is an answer (two_hop: the
+    bridge entity; strings: the word after the first operation), else a wrong symbol of the right
+    sort (modular: another residue); a misread prompt makes the moves on what was misread."""
+    from agents.policies import Environment, StepRecorder
+
+    explorer = ExplorerPolicy(error_rate=1.0, seed=3)
+    two_hop = get_family("two_hop", **FAMILIES["two_hop"])
+    task = two_hop.splits()["test_ood"][0]
+    steps = StepRecorder()
+    bridge = two_hop.lookup(task.prompt[0], task.prompt[1])
+    assert explorer._partial(two_hop, task, steps) == [bridge]
+    assert [(s["tool_name"], s["arguments"]) for s in steps.steps] == [
+        ("lookup", {"h": task.prompt[0], "r": task.prompt[1]})]
+
+    strings = get_family("strings", **FAMILIES["strings"])
+    task = next(t for t in strings.splits()["test_ood"] if t.answer != tuple(strings.run(t.prompt[3:4], t.prompt[:3])))
+    assert explorer._partial(strings, task, StepRecorder()) == strings.run(task.prompt[3:4], task.prompt[:3])
+
+    modular = get_family("modular", **FAMILIES["modular"])
+    task = modular.splits()["train"][0]
+    steps = StepRecorder()
+    wrong = explorer._partial(modular, task, steps)
+    assert len(wrong) == 1 and wrong != list(task.answer) and int(wrong[0]) < modular.p
+    assert steps.steps == []  # one move solves it: nothing acted, the answer made wrong in the head
+
+    misread = dataclasses.replace(task, prompt=("3", "x^3+x*y", "4", "="))  # what `_wrong_call` hands on
+    steps = StepRecorder()
+    assert modular.solve(misread, Environment(modular, task, steps)) == [str((3**3 + 3 * 4) % modular.p)]
+    assert steps.steps[0]["arguments"] == {"op": "x^3+x*y", "x": "3", "y": "4"}

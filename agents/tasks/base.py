@@ -1,4 +1,6 @@
-"""What every task family provides: tasks with splits, a verifier, a tokenizer, tools.
+"""What every task family provides: tasks with splits, a verifier, a tokenizer, tools, and the
+moves that solve a task with those tools (what the agents' policies use; agents/policies.py has
+no family-specific code, so a new family plugs in here and nowhere else).
 
 A task is rendered as symbols: `prompt` (what the model/agent is given) and
 `answer` (the canonical solution). The tokenizer maps symbols to ids over a
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 SPLITS = ("train", "test_id", "test_ood")
 PAD, MASK, UNK = "[PAD]", "[MASK]", "[UNK]"
@@ -84,6 +86,16 @@ class Tokenizer:
         return ids, mask
 
 
+class Moves(Protocol):
+    """How a family's `solve` acts: the policy passes one in and logs every move as a step."""
+
+    def call(self, tool: str, **arguments: Any) -> Any:
+        """Call one of the task's tools; its result, or None if the call failed."""
+
+    def note(self, **fields: Any) -> None:
+        """A step that is not a tool call (kind "message"), e.g. how long a search took."""
+
+
 class TaskFamily:
     """Subclasses generate all tasks from `seed` and their size parameters in `__init__`."""
 
@@ -118,6 +130,17 @@ class TaskFamily:
     def tools(self, task: Task) -> dict[str, Callable[..., Any]]:
         """The environment an agent acts in: tool name -> callable returning the observation."""
         raise NotImplementedError
+
+    def solve(self, task: Task, moves: Moves) -> list[str] | None:
+        """The moves that solve `task`, made through `moves.call(tool, ...)`; the answer, or None when a
+        move failed. It reads only `task.prompt` (what an agent is shown), so a policy that corrupts
+        the prompt gets the moves a mistaken agent would make."""
+        raise NotImplementedError
+
+    def answer_symbols(self, task: Task) -> list[str]:
+        """The symbols an answer to `task` is made of (a policy's wrong answer stays well-formed: an
+        entity for an entity). Default: the whole vocabulary but the special tokens."""
+        return [s for s in self.tokenizer().vocab if s not in (PAD, MASK, UNK)]
 
     def task_from_ref(self, ref: dict) -> Task:
         """Rebuild a Task from what the SDK logged (its `ref()`)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from agents.tasks.base import Task, TaskFamily, Tokenizer
+from agents.tasks.base import Moves, Task, TaskFamily, Tokenizer
 
 
 def _div(x: int, y: int, p: int) -> int | None:
@@ -39,6 +39,8 @@ OPERATIONS: dict[str, tuple[str, Callable[[int, int, int], int | None]]] = {
     "x^3+x*y": ("x^3+x*y", lambda x, y, p: (x ** 3 + x * y) % p),
     "x^3+x*y^2+y": ("x^3+x*y^2+y", lambda x, y, p: (x ** 3 + x * y * y + y) % p),
 }
+
+OPERATION_OF_SYMBOL = {symbol: op for op, (symbol, _) in OPERATIONS.items()}
 
 
 class ModularFamily(TaskFamily):
@@ -130,3 +132,12 @@ class ModularFamily(TaskFamily):
             z = OPERATIONS[op][1](int(x) % self.p, int(y) % self.p, self.p)
             return None if z is None else str(z)
         return {"compute": compute}
+
+    def solve(self, task: Task, moves: Moves) -> list[str] | None:
+        """One call of the calculator on what the prompt `x op y =` says."""
+        x, symbol, y = task.prompt[:3]
+        z = moves.call("compute", op=OPERATION_OF_SYMBOL.get(symbol, symbol), x=x, y=y)
+        return None if z is None else [z]
+
+    def answer_symbols(self, task: Task) -> list[str]:
+        return [str(i) for i in range(self.p)]

@@ -23,7 +23,7 @@ import itertools
 import random
 from collections.abc import Callable, Sequence
 
-from agents.tasks.base import Task, TaskFamily, Tokenizer
+from agents.tasks.base import Moves, Task, TaskFamily, Tokenizer
 
 MAPS: dict[str, Callable[[int], int]] = {
     "+1": lambda v: v + 1, "+2": lambda v: v + 2, "+3": lambda v: v + 3, "*2": lambda v: v * 2,
@@ -154,26 +154,10 @@ class ProgramsFamily(TaskFamily):
     def task_from_prompt(self, prompt: Sequence[str], answer: Sequence[str] = (), *, task_id: str = "",
                          split: str = "train") -> Task:
         """Parse "xs -> ys ; xs -> ys ; ..." back into the examples the verifier checks."""
-        inputs: list[list[int]] = []
-        outputs: list[list[int]] = []
-        current: list[int] = []
-        for symbol in prompt:
-            if symbol == ARROW and len(inputs) == len(outputs):
-                inputs.append(current)
-                current = []
-            elif symbol == SEP and len(inputs) == len(outputs) + 1:
-                outputs.append(current)
-                current = []
-            elif symbol.isdigit():
-                current.append(int(symbol))
-            else:
-                break
-        else:
-            if inputs and not current and len(inputs) == len(outputs):
-                return Task(family=self.name, task_id=task_id, split=split, prompt=tuple(prompt),
-                            answer=tuple(answer), operation="|".join(answer), difficulty=len(answer),
-                            spec={"inputs": inputs, "outputs": outputs})
-        raise ValueError(f"programs: {list(prompt)} is not 'xs -> ys ;' examples")
+        inputs, outputs = read_examples(prompt)
+        return Task(family=self.name, task_id=task_id, split=split, prompt=tuple(prompt),
+                    answer=tuple(answer), operation="|".join(answer), difficulty=len(answer),
+                    spec={"inputs": inputs, "outputs": outputs})
 
     def tokenizer(self) -> Tokenizer:
         top = self.max_value
@@ -198,3 +182,50 @@ class ProgramsFamily(TaskFamily):
             "apply": lambda primitive, xs: run_program([primitive], xs),
             "run": lambda program, xs: run_program(parse_program(program), xs),
         }
+
+    def solve(self, task: Task, moves: Moves) -> list[str] | None:
+        """Enumerate compositions, shortest first; check candidates in the head, then run the one that
+        fits every example through the environment."""
+        try:
+            inputs, outputs = read_examples(task.prompt)
+        except ValueError as err:
+            moves.note(observation={"unreadable": str(err)})
+            return None
+        for tried, program in enumerate(compositions(self.max_len), start=1):
+            if all(run_program(program, xs) == ys for xs, ys in zip(inputs, outputs, strict=True)):
+                moves.note(observation={"searched": tried}, result={"program": list(program)})
+                for xs in inputs:
+                    moves.call("run", program="|".join(program), xs=xs)
+                return list(program)
+        return None
+
+    def answer_symbols(self, task: Task) -> list[str]:
+        return list(PRIMITIVES)
+
+
+def compositions(max_len: int):
+    """Every program of 1 .. max_len primitives, shortest first."""
+    for n in range(1, max_len + 1):
+        yield from itertools.product(PRIMITIVES, repeat=n)
+
+
+def read_examples(prompt: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """(inputs, outputs) of a prompt "xs -> ys ; xs -> ys ; ..."; anything else -> ValueError."""
+    inputs: list[list[int]] = []
+    outputs: list[list[int]] = []
+    current: list[int] = []
+    for symbol in prompt:
+        if symbol == ARROW and len(inputs) == len(outputs):
+            inputs.append(current)
+            current = []
+        elif symbol == SEP and len(inputs) == len(outputs) + 1:
+            outputs.append(current)
+            current = []
+        elif symbol.isdigit():
+            current.append(int(symbol))
+        else:
+            break
+    else:
+        if inputs and not current and len(inputs) == len(outputs):
+            return inputs, outputs
+    raise ValueError(f"programs: {list(prompt)} is not 'xs -> ys ;' examples")

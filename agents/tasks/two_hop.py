@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from agents.tasks.base import Task, TaskFamily, Tokenizer
+from agents.tasks.base import Moves, Task, TaskFamily, Tokenizer
 
 
 class TwoHopFamily(TaskFamily):
@@ -164,6 +164,18 @@ class TwoHopFamily(TaskFamily):
     def tools(self, task: Task) -> dict[str, Callable]:
         """`lookup(h, r) -> t | None`: query one atomic fact of the knowledge graph."""
         return {"lookup": self.lookup}
+
+    def solve(self, task: Task, moves: Moves) -> list[str] | None:
+        """Chain the lookups: h -r1-> bridge -r2-> tail."""
+        entity = task.prompt[0]
+        for r in task.prompt[1:]:
+            entity = moves.call("lookup", h=entity, r=r)
+            if entity is None:
+                return None
+        return [entity]
+
+    def answer_symbols(self, task: Task) -> list[str]:
+        return [f"e{i}" for i in range(self.n_entities)]
 
 
 def _is(symbol: str, prefix: str, n: int) -> bool:

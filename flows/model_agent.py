@@ -1,5 +1,8 @@
 """The trained model as an agent: it proposes answers, the family's verifier decides, the SDK logs.
 
+It lives in flows/, above both things it uses: it samples a model (diffusion/) and logs through
+the SDK (agents/), and agents/ may not import diffusion/ (docs/ARCHITECTURE.md, the layers).
+
     propose = load_proposer("runs/<run>/checkpoints/step_3000", n_steps=4, temperature=1.0)
     propose(tasks, 4)      # -> per task, 4 sampled answers (lists of symbols)
     policy = model_policy("runs/<run>/checkpoints/step_3000", n_samples=4)
@@ -16,9 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from agents.policies import ModelPolicy, ProposeFn, log_episode
 from agents.sdk import TrajectoryLogger
 from agents.tasks import Task, get_family
+from diffusion.checkpoint import checkpoint_meta, load_model, resolve_checkpoint
+from diffusion.sample import answer_columns, predict
 
 
 def family_of(meta: dict, family: str | None = None, family_params: dict | None = None):
@@ -32,12 +39,6 @@ def load_proposer(
     batch_size: int = 4096,
 ) -> ProposeFn:
     """`propose(tasks, n_samples)` sampling answers from the checkpoint (diffusion or AR)."""
-    import torch
-
-    from diffusion.evaluate import checkpoint_meta, resolve_checkpoint
-    from diffusion.sample import answer_columns, predict
-    from diffusion.train import load_model
-
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)
     meta = checkpoint_meta(checkpoint_dir)
     tokenizer = family_of(meta).tokenizer()
@@ -68,8 +69,6 @@ def model_policy(
     temperature: float = 1.0, seed: int = 0, name: str = "model",
 ) -> ModelPolicy:
     """A ModelPolicy (kind "model") that samples from the checkpoint and remembers its path."""
-    from diffusion.evaluate import checkpoint_meta, resolve_checkpoint
-
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)
     meta = checkpoint_meta(checkpoint_dir)
     propose = load_proposer(checkpoint_dir, n_steps=n_steps, temperature=temperature, seed=seed)
@@ -94,8 +93,6 @@ def run_model_agent(
 ) -> ModelAgentReport:
     """The model attempts `episodes` tasks of `split` (drawn with `seed`); each attempt is verified
     and logged to the spool like any agent's."""
-    from diffusion.evaluate import checkpoint_meta, resolve_checkpoint
-
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)
     meta = checkpoint_meta(checkpoint_dir)
     fam = family_of(meta, family, family_params)
