@@ -4,7 +4,7 @@
 
 `POST /v1/traces` takes an `ExportTraceServiceRequest`, protobuf (`application/x-protobuf`) or
 OTLP JSON (`application/json`), plain or gzip. Its spans become our records (`agents/otlp.py`)
-and are published as one JSONL spool segment (write, fsync, atomic rename: `agents.spool.
+and are published as one JSONL spool segment (write, fsync, atomic rename: `storage.spool.
 write_segment`, as the SDK publishes) before the response goes out, so a request the collector
 acknowledged is on disk even if the process is killed the next instant; `grokloop ingest` stores
 them like any other segment.
@@ -47,7 +47,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from starlette.concurrency import run_in_threadpool
 
 from agents.otlp import records_jsonl, request_records
-from agents.spool import JSONL_SUFFIX, REJECTED_SUFFIX, write_segment
+from storage.spool import JSONL_SUFFIX, REJECTED_SUFFIX, write_segment
 
 MAX_BODY_BYTES = 8 << 20
 TOKEN_ENV = "GROKLOOP_COLLECTOR_TOKEN"

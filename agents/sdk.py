@@ -8,72 +8,25 @@
         t.finish(answer=["e7"], verified=True, reward=1.0)
     log.close()   # also runs at interpreter exit, and on SIGTERM / SIGINT
 
-Exit. Every open logger is flushed at interpreter exit and when the process gets SIGTERM or
-SIGINT; the signal then goes on to the handler that was there before (the default: the process
-ends as it would have, exit status 143 / 130; a program's own handler, installed before the first
-logger, is called). A program that installs its own SIGTERM handler after creating a logger
-replaces ours: it should call `log.close()` in it. A final flush that fails (a full disk, a spool
-that is not writable) prints one line saying what was lost and exits 1, not 0. Only SIGKILL
-loses the unflushed buffer.
+Records are buffered a list per field, and each flush (by size, by age, at close) publishes them as
+one spool segment (`storage/spool.py`: `RECORDS` holds each record type's fields and types).
+Free-form values (observation, arguments, result, metadata, answer, task spec) are encoded by orjson
+when logged (numpy values as numbers, sets and tuples as lists, other objects as their repr()); a
+value of another type in a text field (an exception as `error`) is stored as its str(). A reward,
+token count, cost or time that is not one raises ValueError at the call. Identity is made here: a
+trajectory's id is a UUIDv7 (time-ordered: the store lists trajectories oldest first by id), a step
+is (trajectory_id, index), so ingesting the same records twice is a no-op.
 
-Times. A trajectory starts before its first step and ends after its last: its start_time is
-when `trajectory()` is called (or the `start_time=` given there, for an agent that decides what to
-log only after acting: take `now_iso()` before the first action and pass it), every step's
-start_time is at or after it (a step given an earlier one is refused with ValueError), a step's
-end_time is when `step()` is called, and the outcome's end_time is when `finish()` is called.
-So durations computed from the store (step, trajectory, time to first step) are real.
+Times. A trajectory starts when `trajectory()` is called, or at its `start_time=` (an agent that
+decides what to log only after acting takes `now_iso()` before its first action); a step's
+start_time is at or after that (an earlier one is refused), its end_time is when `step()` is
+called, the outcome's when `finish()` is. An exception inside the `with` block records status
+"error" with the exception text, then propagates; a block left without `finish()` records "ok".
 
-An exception inside the `with` block records the trajectory with status "error"
-and the exception text, then propagates. A block left without `finish()` is
-recorded as status "ok" with no answer. A trajectory whose process dies before
-its outcome record is flushed lands in the store as "incomplete".
-
-Wire format. Records are buffered column-wise and each flush publishes one spool segment, an
-Arrow IPC file (`agents/spool.py`: `SCHEMA`, segment version 3 in its metadata): one table with a
-`type` column and the union of the three record types' columns, one record batch per type:
-
-  trajectory  trajectory_id, agent_name, agent_version, agent_kind, agent_checkpoint,
-              task_family, task_id, task_split, task_operation, task_difficulty, task_spec,
-              tags, metadata, start_time, model
-  step        trajectory_id, index, kind, observation, tool_name, arguments, result, reward,
-              status, error, metadata, start_time, end_time,
-              model, input_tokens, output_tokens, cost_usd, call_id, turn
-  outcome     trajectory_id, status, answer, verified, reward, error, n_steps, end_time
-
-Usage fields are optional (null when not given): `model` (a trajectory's: the model the agent
-runs on; a step's: the model this call used), `input_tokens` / `output_tokens` int64,
-`cost_usd` float64, `call_id` (a tool call's id, as the model or framework named it) and `turn`
-int32. Parallel tool calls: each call is its own step (its tool_name, arguments, result and
-call_id), and the steps of one agent turn (the model call that asked for them and the calls
-themselves) share `turn`, the index of the turn's first step; a step with no `turn` is a turn of
-its own. Segments written before these fields existed (version 1 and 2) still ingest: the
-fields are null.
-
-Typed fields are typed columns: index, n_steps, turn and task_difficulty int32, tokens int64,
-reward and cost_usd float64 (a NaN or infinite reward is kept as it is, so ingest quarantines it
-rather than hiding it), verified
-bool, times UTC timestamps in microseconds, trajectory_id Arrow's UUID type. Free-form values
-(observation, arguments, result, metadata, answer, task spec) are JSON text, Arrow's JSON type,
-from orjson (numpy values as numbers and lists, sets and tuples as lists, other objects as their
-repr()). A value of another type in a text field (an exception as `error`) is stored as its
-str(). `start_time` is an ISO 8601 string (with "Z" or an offset; none means UTC) or a datetime;
-anything else raises ValueError at the call, as does a reward, token count or cost that is not a
-number.
-
-The same records as JSON lines are what `grokloop ingest` reads from other writers (and the
-spool accepts as `*.jsonl`), "v": 1, times as ISO 8601 strings:
-
-  {"type": "trajectory", "trajectory_id", "agent": {name, version, kind, checkpoint},
-   "task": {family, task_id, split, operation, difficulty, spec}, "tags", "metadata", "start_time",
-   "model"}
-  {"type": "step", "trajectory_id", "index", "kind", "observation", "tool_name", "arguments",
-   "result", "reward", "status", "error", "metadata", "start_time", "end_time",
-   "model", "input_tokens", "output_tokens", "cost_usd", "call_id", "turn"}
-  {"type": "outcome", "trajectory_id", "status", "answer", "verified", "reward", "error",
-   "n_steps", "end_time"}
-
-Identity is made here (UUIDv7 per trajectory; a step is (trajectory_id, index)), so ingesting
-the same records twice is a no-op.
+Exit. Open loggers are flushed at interpreter exit and on SIGTERM / SIGINT, after which the signal
+goes on to the handler that was there before (by default the process still ends, 143 / 130). A
+final flush that fails (a full disk) prints one line saying what was lost and exits 1. Only
+SIGKILL loses the unflushed buffer; its trajectories land in the store as "incomplete".
 """
 
 from __future__ import annotations
@@ -84,55 +37,45 @@ import signal
 import sys
 import threading
 import time
-import uuid
-import weakref
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+# pa.array imports pandas at its first call (to look for pandas objects), a fifth of a second:
+# imported here, it is not paid inside an agent's first step, a forked agent shares it, and a first
+# flush at interpreter exit does not fail ("can't register atexit after shutdown").
+import pandas  # noqa: F401
 import pyarrow as pa
 
-from agents.spool import (
-    FORMAT_VERSION,
-    RecordBuffer,
-    segment_bytes,
-    utc_micros,
-    uuid7_bytes,
-    write_segment,
-)
 from storage.home import spool_location
+from storage.spool import FORMAT_VERSION, RECORDS, segment_bytes, utc_micros, uuid7, write_segment
 
-__all__ = ["FORMAT_VERSION", "Trajectory", "TrajectoryLogger", "now_iso", "task_ref"]
+__all__ = ["FORMAT_VERSION", "Trajectory", "TrajectoryLogger", "now_iso"]
 
-_second = (-1, "")  # (unix second, its "YYYY-MM-DDTHH:MM:SS." prefix): formatted once a second
+_ROW_BYTES = 80  # about a record's typed fields, when counting the buffer against flush_bytes
+_JSON_FIELDS = {rtype: [f.name for f in schema if f.type == pa.json_()] for rtype, schema in RECORDS.items()}
+_TEXT_FIELDS = {rtype: {f.name for f in schema if f.type in (pa.string(), pa.list_(pa.string()))}
+                for rtype, schema in RECORDS.items()}
 
 
 def now_iso() -> str:
     """The current UTC time as ISO 8601 with microseconds, e.g. "2026-01-02T03:04:05.123456Z"."""
-    global _second
-    sec, micros = divmod(time.time_ns() // 1000, 1_000_000)
-    cached_sec, prefix = _second  # one tuple, so threads never see a second with another's prefix
-    if sec != cached_sec:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
-        _second = (sec, prefix)
-    return f"{prefix}{micros:06d}Z"
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _micros(value: Any) -> int:
-    """A start time as the wire format wants it: microseconds since the epoch, UTC."""
-    if value.__class__ is str and len(value) == 27 and value[26] == "Z":
-        sec, prefix = _second  # a now_iso() from this second, the common case: no parsing
-        digits = value[20:26]
-        if value.startswith(prefix) and digits.isdigit() and digits.isascii():
-            return sec * 1_000_000 + int(digits)
-    return utc_micros(value)
+def _now() -> int:
+    return time.time_ns() // 1000  # microseconds since the epoch, as the segment's times
 
 
-_now_ns = time.time_ns
-_dumps = orjson.dumps
-_OPT = orjson.OPT_SERIALIZE_NUMPY
-_ROW_BYTES = 80  # a step's typed fields, about, when counting the buffer against flush_bytes
+def _json(value: Any) -> str | None:
+    """JSON text, kept as a str: orjson's bytes are a large allocation each, and thousands of them
+    alive in a buffer make every dumps several times slower."""
+    if value is None:
+        return None
+    return orjson.dumps(value, default=_fallback, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _fallback(obj: Any) -> Any:
@@ -140,169 +83,123 @@ def _fallback(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, Mapping):
         return dict(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return repr(obj)
-
-
-def _json(value: Any) -> bytes:
-    return b"" if value is None else _dumps(value, default=_fallback, option=_OPT)  # b"": null
+    return str(obj) if isinstance(obj, Path) else repr(obj)
 
 
 def _number(value: Any) -> float | None:
-    return value if value is None or value.__class__ is float else float(value)
+    return None if value is None else float(value)
 
 
-def _count(value: Any, what: str) -> int | None:
-    """A token count: None, or a non-negative integer (ValueError otherwise, at the call)."""
+def _int(value: Any, what: str, low: int, high: int) -> int | None:
+    """None, or a whole number in [low, high) (ValueError otherwise, at the call)."""
     if value is None:
         return None
-    if value.__class__ is not int:
-        if isinstance(value, bool) or not float(value).is_integer():
-            raise ValueError(f"{what} must be a whole number, got {value!r}")
-        value = int(value)
-    if not 0 <= value < 1 << 63:
-        raise ValueError(f"{what} must be a non-negative 64-bit integer, got {value}")
-    return value
+    if isinstance(value, bool) or not float(value).is_integer() or not low <= int(value) < high:
+        raise ValueError(f"{what} must be a whole number in [{low}, {high}), got {value!r}")
+    return int(value)
 
 
-def task_ref(task: Any) -> dict:
-    """A task as the wire format wants it: a mapping, or any object with a `.ref()` method."""
-    if task.__class__ is dict:  # the common case, before the slower look for `.ref()`
-        ref = task
-    else:
-        ref = task.ref() if hasattr(task, "ref") else task
-        ref = ref if ref.__class__ is dict else dict(ref)
-    missing = [k for k in ("family", "task_id") if not ref.get(k)]
-    if missing:
-        raise ValueError(f"task is missing {', '.join(missing)}: {ref!r}")
-    return ref
+def _empty_columns() -> dict[str, dict[str, list]]:
+    """The buffer: each record type's values, a list per field (a dict per record costs ~7% more
+    per step: the collector visits each one, and the flush must take them apart)."""
+    return {rtype: {name: [] for name in schema.names} for rtype, schema in RECORDS.items()}
+
+
+def _encode(columns: dict[str, dict[str, list]]) -> pa.Buffer:
+    try:
+        return segment_bytes(columns)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # a value of another type in a text field: its str()
+        return segment_bytes({rtype: {name: [_as_text(v) for v in values] if name in _TEXT_FIELDS[rtype] else values
+                                      for name, values in fields.items()} for rtype, fields in columns.items()})
+
+
+def _as_text(value: Any) -> Any:
+    if isinstance(value, list):  # tags
+        return [_as_text(v) for v in value]
+    return value if value is None or isinstance(value, str) else str(value)
 
 
 class TrajectoryLogger:
     """Buffers records and publishes them to the spool by size, by age and at exit."""
 
-    def __init__(
-        self,
-        agent: str,
-        version: str = "0",
-        *,
-        spool: str | Path | None = None,
-        kind: str | None = None,
-        checkpoint: str | None = None,
-        flush_bytes: int = 1 << 20,
-        flush_seconds: float = 2.0,
-    ):
+    def __init__(self, agent: str, version: str = "0", *, spool: str | Path | None = None,
+                 kind: str | None = None, checkpoint: str | None = None,
+                 flush_bytes: int = 1 << 20, flush_seconds: float = 2.0):
         self.agent = {"name": agent, "version": str(version), "kind": kind, "checkpoint": checkpoint}
-        self._agent = tuple(self.agent.values())  # as a trajectory record holds them
-        self.spool = spool_location(spool)  # a path, or a URL (s3://...): agents/spool.py
+        self.spool = spool_location(spool)  # a path, or a URL (s3://...)
         self.flush_bytes = flush_bytes
-        self.flush_seconds = flush_seconds
-        # Column-wise, one buffer per record type (agents.spool.RecordBuffer); the Arrow columns
-        # are built once per flush.
-        self._buffers = self._starts = self._steps = self._outcomes = None
-        self._new_buffers()
-        self._size = 0  # about the bytes buffered, JSON text counted exactly
-        self._last_flush = time.monotonic()
-        self._lock = threading.Lock()     # the buffer
-        self._io_lock = threading.Lock()  # publishing segments, one at a time and in order
-        self._writer: threading.Thread | None = None
-        self._writer_error: BaseException | None = None
-        self._closed = False
         self.segments_written = 0
-        # A daemon timer flushes a quiet buffer; a weakref so the logger can still be collected.
-        self._stop = threading.Event()
-        self._timer = threading.Thread(target=_flush_periodically, args=(weakref.ref(self), self._stop),
-                                       daemon=True)
-        self._timer.start()
+        self._columns = _empty_columns()
+        self._size = 0  # about the bytes buffered
+        self._closed = False
+        self._lock = threading.Lock()  # the buffer and publishing, so segments sort in write order
+        self._writer: threading.Thread | None = None  # publishing a full buffer (`flush(wait=False)`)
+        self._writer_error: BaseException | None = None
+        self._stop = threading.Event()  # a daemon timer publishes a quiet buffer every flush_seconds
+        threading.Thread(target=_flush_periodically, args=(self, flush_seconds), daemon=True).start()
         _watch(self)
 
-    def trajectory(
-        self,
-        task: Any,
-        *,
-        tags: Sequence[str] = (),
-        metadata: Mapping[str, Any] | None = None,
-        start_time: Any = None,
-        model: str | None = None,
-    ) -> Trajectory:
-        """A new trajectory; it starts now, or at `start_time` (ISO 8601 or datetime). `model`:
-        the model the agent runs on in this trajectory (each step may name its own)."""
-        return Trajectory(self, task_ref(task), list(tags), dict(metadata or {}), start_time, model)
+    def trajectory(self, task: Any, *, tags: Sequence[str] = (), metadata: Mapping[str, Any] | None = None,
+                   start_time: Any = None, model: str | None = None) -> Trajectory:
+        """A new trajectory of `task` (a mapping with family and task_id, or an object whose `.ref()`
+        returns one), starting now or at `start_time` (ISO 8601 or datetime). `model`: the model
+        the agent runs on in this trajectory (each step may name its own)."""
+        return Trajectory(self, task, tags, metadata, start_time, model)
 
-    def _new_buffers(self) -> dict[str, RecordBuffer]:
-        """Start empty buffers; returns the old ones. Each record type's is also an attribute:
-        the Trajectory methods append to them directly."""
-        old = self._buffers
-        self._buffers = {rtype: RecordBuffer(rtype) for rtype in ("trajectory", "step", "outcome")}
-        self._starts, self._steps, self._outcomes = self._buffers.values()
-        return old
+    def record(self, rtype: str, fields: dict[str, Any]) -> None:
+        """Buffer one record (all of `RECORDS[rtype]`'s fields); publish the buffer once it is full."""
+        size = _ROW_BYTES + sum(map(len, filter(None, map(fields.get, _JSON_FIELDS[rtype]))))  # its JSON texts
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("TrajectoryLogger is closed")
+            columns = self._columns[rtype]
+            for name, value in fields.items():
+                columns[name].append(value)
+            self._size += size
+            full = self._size >= self.flush_bytes
+        if full:
+            self.flush(wait=False)
 
-    def flush(self) -> Path | None:
-        """Publish the buffer now (and wait for a segment still being written); returns the new
-        segment's path, None if there was nothing to publish."""
-        return self._flush(wait=True)
-
-    def _flush(self, *, wait: bool) -> Path | None:
-        # A buffer full by size is encoded here, then written (write, fsync, rename) by a
-        # background thread so the agent keeps working meanwhile; at most one such write is in
-        # flight, and buffers are taken and written in order under `_io_lock`, so segments still
-        # sort in write order. (Encoding in that thread too would cost more than it saves: while
-        # it holds the GIL, each time the agent's thread lets go of it, it waits to get it back.)
-        with self._io_lock:
-            self._join_writer()
-            with self._lock:
-                if not self._size:
-                    self._last_flush = time.monotonic()
-                    return None
-                buffers = self._new_buffers()
-                self._size = 0
-            data = segment_bytes(buffers)
+    def flush(self, *, wait: bool = True) -> None:
+        """Publish the buffer as a segment now. Not `wait`: the segment is written (write, fsync,
+        rename: I/O the agent need not wait for) by a thread that the next flush waits for, so
+        segments are still published one at a time, in order."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.join()
+                self._writer = None
+            if self._writer_error is not None:
+                err, self._writer_error = self._writer_error, None
+                raise err
+            if not self._size:
+                return
+            columns, self._columns, self._size = self._columns, _empty_columns(), 0
+            data = _encode(columns)
             if wait:
-                return self._publish(data)
-            self._writer = threading.Thread(target=self._publish_in_background, args=(data,),
-                                            daemon=True)
-            self._writer.start()
-            return None
+                self._publish(data)
+            else:
+                self._writer = threading.Thread(target=self._publish, args=(data, True), daemon=True)
+                self._writer.start()
 
-    def _publish(self, data: pa.Buffer) -> Path:
-        path = write_segment(self.spool, data)
-        self._last_flush = time.monotonic()
-        self.segments_written += 1
-        return path
-
-    def _publish_in_background(self, data: pa.Buffer) -> None:
+    def _publish(self, data: pa.Buffer, background: bool = False) -> None:
         try:
-            self._publish(data)
-        except BaseException as err:  # raised in the agent's thread at its next flush
-            self._writer_error = err
-
-    def _join_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.join()
-            self._writer = None
-        if self._writer_error is not None:
-            err, self._writer_error = self._writer_error, None
-            raise err
+            write_segment(self.spool, data)
+            self.segments_written += 1
+        except BaseException as err:
+            if not background:
+                raise
+            self._writer_error = err  # raised in the agent's thread by the next flush
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self.flush()
         with self._lock:
-            self._closed = True
+            if self._closed:
+                return
+            self._closed = True  # records from here on are refused; the buffer is published now
         self._stop.set()
-        _LIVE.discard(self)
-
-    def _flush_if_free(self) -> bool:
-        """Flush now, from a signal handler, unless the code it interrupted holds this logger's
-        locks (it was appending a record or publishing a segment): False then, and nothing done."""
-        for lock in (self._io_lock, self._lock):
-            if not lock.acquire(blocking=False):
-                return False
-            lock.release()
-        self.flush()  # the locks may be taken meanwhile, but only by another thread: it finishes
-        return True
+        try:
+            self.flush()
+        finally:
+            _LIVE.discard(self)
 
     def __enter__(self) -> TrajectoryLogger:
         return self
@@ -314,27 +211,23 @@ class TrajectoryLogger:
 # --- exit and signals -------------------------------------------------------------------------
 
 _LIVE: set[TrajectoryLogger] = set()  # loggers not closed yet (strong refs: a buffer is never dropped)
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _previous: dict[int, Any] = {}        # the handler each signal had before ours
 _passing: set[int] = set()            # signals to hand straight on (already flushed)
-_exit_hook = None
 
 
 def _watch(logger: TrajectoryLogger) -> None:
-    """Flush `logger` at exit and on SIGTERM / SIGINT: the hooks go in with the first logger
-    (the signal handlers with the first one made in the main thread: signal.signal's rule)."""
-    global _exit_hook
-    if not _exit_hook:
-        _exit_hook = atexit.register(_close_all)
+    """Flush `logger` at exit and on SIGTERM / SIGINT (the handlers go in with the first logger
+    made in the main thread: signal.signal's rule)."""
     if not _previous and threading.current_thread() is threading.main_thread():
-        for signum in _SIGNALS:
+        for signum in (signal.SIGTERM, signal.SIGINT):
             _previous[signum] = signal.signal(signum, _on_signal)
     _LIVE.add(logger)
 
 
+@atexit.register
 def _close_all() -> None:
-    """At exit: close every logger. One that cannot publish its buffer says so in one line and
-    the process exits 1 (an exception in an atexit callback would be printed and then ignored)."""
+    """Close every logger. One that cannot publish its buffer says so in one line and the process
+    exits 1 (an exception in an atexit callback would be printed and then ignored)."""
     failed = False
     for logger in list(_LIVE):
         try:
@@ -342,7 +235,6 @@ def _close_all() -> None:
         except Exception as err:  # noqa: BLE001  (any failure to publish is reported the same way)
             failed = True
             _report_lost(logger, err)
-            _LIVE.discard(logger)
     if failed:
         sys.stdout.flush()
         os._exit(1)
@@ -350,10 +242,10 @@ def _close_all() -> None:
 
 def _on_signal(signum: int, frame: Any) -> None:
     if signum not in _passing:
-        busy = [logger for logger in list(_LIVE) if not _flush_reporting(logger, now=True)]
-        if busy:  # interrupted mid-record: flush once this thread has let go, then signal again
-            threading.Thread(target=_flush_then_signal, args=(busy, signum), daemon=True).start()
-            return
+        # This handler may have interrupted code that holds a logger's lock: flush from a thread
+        # (which waits for the lock), then send the signal again.
+        threading.Thread(target=_flush_then_signal, args=(signum,), daemon=True).start()
+        return
     _passing.discard(signum)
     previous = _previous.get(signum)
     if callable(previous):
@@ -363,23 +255,24 @@ def _on_signal(signum: int, frame: Any) -> None:
         os.kill(os.getpid(), signum)
 
 
-def _flush_then_signal(loggers: list[TrajectoryLogger], signum: int) -> None:
-    for logger in loggers:
-        _flush_reporting(logger, now=False)
+def _flush_then_signal(signum: int) -> None:
+    for logger in list(_LIVE):
+        _flush_reporting(logger)
     _passing.add(signum)
     os.kill(os.getpid(), signum)
 
 
-def _flush_reporting(logger: TrajectoryLogger, *, now: bool) -> bool:
-    """Flush for a signal (`now`: only if the interrupted code holds none of its locks). A
-    failure is one line, never an exception: the signal must still do what it would have."""
+def _flush_periodically(logger: TrajectoryLogger, seconds: float) -> None:
+    while not logger._stop.wait(seconds):
+        _flush_reporting(logger)
+
+
+def _flush_reporting(logger: TrajectoryLogger) -> None:
+    """Flush; a failure is one line, never an exception (a signal must still do what it would)."""
     try:
-        if now:
-            return logger._flush_if_free()
         logger.flush()
     except Exception as err:  # noqa: BLE001  (any failure to publish is reported the same way)
         _report_lost(logger, err)
-    return True
 
 
 def _report_lost(logger: TrajectoryLogger, err: Exception) -> None:
@@ -388,203 +281,76 @@ def _report_lost(logger: TrajectoryLogger, err: Exception) -> None:
           f"to {logger.spool} ({what}); they are lost", file=sys.stderr, flush=True)
 
 
-def _flush_periodically(ref: weakref.ref, stop: threading.Event) -> None:
-    while True:
-        logger = ref()
-        if logger is None:
-            return
-        interval = logger.flush_seconds
-        due = logger._size and time.monotonic() - logger._last_flush >= interval
-        if due and not logger._closed:
-            logger.flush()
-        del logger
-        if stop.wait(min(interval, 0.5)):
-            return
-
-
 class Trajectory:
     """One attempt at one task. Use as a context manager via `TrajectoryLogger.trajectory`."""
 
-    def __init__(self, logger: TrajectoryLogger, task: dict, tags: list[str], metadata: dict,
-                 start_time: Any = None, model: str | None = None):
-        self._start = _now_ns() // 1000 if start_time is None else _micros(start_time)
-        self.logger = logger
-        self._key = key = uuid7_bytes()  # what the segment holds; `id` is its text
-        self.task = task
-        self.n_steps = 0
-        self.finished = False
-        difficulty = task.get("difficulty")
-        if difficulty is not None:
-            difficulty = int(difficulty)
-            if not -(1 << 31) <= difficulty < 1 << 31:  # the column is int32: refused here, not at flush
-                raise ValueError(f"task difficulty {difficulty} does not fit in 32 bits")
-        m, s = _json(metadata), _json(task.get("spec"))
-        name, version, kind, checkpoint = logger._agent
-        # RecordBuffer appends inlined, as in step(): a call per column costs more than the rest.
-        with logger._lock:
-            if logger._closed:
-                raise RuntimeError("TrajectoryLogger is closed")
-            (keys, tag_lists, starts, names, versions, kinds, checkpoints, families, task_ids, splits,
-             operations, difficulties, models) = logger._starts.columns
-            keys.append(key)
-            tag_lists.append(tags)
-            starts.append(self._start)
-            names.append(name)
-            versions.append(version)
-            kinds.append(kind)
-            checkpoints.append(checkpoint)
-            families.append(task["family"])
-            task_ids.append(task["task_id"])
-            splits.append(task.get("split"))
-            operations.append(task.get("operation"))
-            difficulties.append(difficulty)
-            models.append(model)
-            m_data, s_data = logger._starts.json
-            m_ends, s_ends = logger._starts.ends
-            m_data += m
-            m_ends.append(len(m_data))
-            s_data += s
-            s_ends.append(len(s_data))
-            logger._size += _ROW_BYTES + len(m) + len(s)
-            due = logger._size >= logger.flush_bytes
-        if due:
-            logger._flush(wait=False)
+    def __init__(self, logger: TrajectoryLogger, task: Any, tags: Sequence[str] = (),
+                 metadata: Mapping[str, Any] | None = None, start_time: Any = None, model: str | None = None):
+        task = dict(task.ref() if hasattr(task, "ref") else task)
+        if missing := [k for k in ("family", "task_id") if not task.get(k)]:
+            raise ValueError(f"task is missing {', '.join(missing)}: {task!r}")
+        self.logger, self.task, self.n_steps, self.finished = logger, task, 0, False
+        self.uuid = uuid7()
+        self._key = self.uuid.bytes  # as the segment holds it
+        self.start = _now() if start_time is None else utc_micros(start_time)
+        agent = logger.agent
+        logger.record("trajectory", {
+            "trajectory_id": self._key, "agent_name": agent["name"], "agent_version": agent["version"],
+            "agent_kind": agent["kind"], "agent_checkpoint": agent["checkpoint"],
+            "task_family": task["family"], "task_id": task["task_id"], "task_split": task.get("split"),
+            "task_operation": task.get("operation"),
+            "task_difficulty": _int(task.get("difficulty"), "task difficulty", -(1 << 31), 1 << 31),
+            "task_spec": _json(task.get("spec")), "tags": list(tags), "metadata": _json(dict(metadata or {})),
+            "start_time": self.start, "model": model})
 
     @property
     def id(self) -> str:
-        return str(uuid.UUID(bytes=self._key))
+        return str(self.uuid)
 
-    def step(
-        self,
-        *,
-        kind: str = "tool_call",
-        observation: Any = None,
-        tool_name: str | None = None,
-        arguments: Any = None,
-        result: Any = None,
-        reward: float | None = None,
-        status: str = "ok",
-        error: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        start_time: str | None = None,
-        model: str | None = None,
-        input_tokens: int | None = None,
-        output_tokens: int | None = None,
-        cost_usd: float | None = None,
-        call_id: str | None = None,
-        turn: int | None = None,
-    ) -> int:
-        """Record one step; returns its index.
-
-        A model call: `model`, `input_tokens`, `output_tokens`, `cost_usd`. Parallel tool calls:
-        one step per call, each with its `call_id`, all with the `turn` of the step that asked
-        for them (that step's index)."""
+    def step(self, *, kind: str = "tool_call", observation: Any = None, tool_name: str | None = None,
+             arguments: Any = None, result: Any = None, reward: float | None = None, status: str = "ok",
+             error: str | None = None, metadata: Mapping[str, Any] | None = None, start_time: Any = None,
+             model: str | None = None, input_tokens: int | None = None, output_tokens: int | None = None,
+             cost_usd: float | None = None, call_id: str | None = None, turn: int | None = None) -> int:
+        """Record one step; returns its index. A model call: `model`, `input_tokens`,
+        `output_tokens`, `cost_usd`. Parallel tool calls: one step per call, each with its
+        `call_id`, all with the `turn` of the step that asked for them (that step's index)."""
         if self.finished:
             raise RuntimeError(f"trajectory {self.id} is finished; no more steps")
-        end = _now_ns() // 1000
-        start = end if start_time is None else _micros(start_time)  # before taking an index
-        if start_time is not None and start < self._start:
+        end = _now()
+        start = end if start_time is None else utc_micros(start_time)
+        if start < self.start and start_time is not None:
             raise ValueError(f"step start_time {start_time!r} is before its trajectory's start; "
                              "open the trajectory first, or pass trajectory(start_time=...)")
-        if reward is not None and reward.__class__ is not float:
-            reward = float(reward)
-        # The usage fields go in as one tuple (None for the common step that has none): six more
-        # appends per step cost the SDK ~15% of a step.
-        usage = None
-        if model is not None or input_tokens is not None or output_tokens is not None \
-                or cost_usd is not None or call_id is not None or turn is not None:
-            if turn is not None and not 0 <= int(turn) <= self.n_steps:
-                raise ValueError(f"turn {turn} is not the index of an earlier step (or this one)")
-            usage = (model, _count(input_tokens, "input_tokens"), _count(output_tokens, "output_tokens"),
-                     _number(cost_usd), call_id, None if turn is None else int(turn))
         index = self.n_steps
+        self.logger.record("step", {
+            "trajectory_id": self._key, "index": index, "kind": kind, "observation": _json(observation),
+            "tool_name": tool_name, "arguments": _json(arguments), "result": _json(result),
+            "reward": _number(reward), "status": status, "error": error,
+            "metadata": _json(metadata) if metadata else None, "start_time": start, "end_time": end,
+            "model": model, "input_tokens": _int(input_tokens, "input_tokens", 0, 1 << 63),
+            "output_tokens": _int(output_tokens, "output_tokens", 0, 1 << 63), "cost_usd": _number(cost_usd),
+            "call_id": call_id, "turn": _int(turn, "turn (an earlier step's index, or this one's)", 0, index + 1)})
         self.n_steps = index + 1
-        # The hot path: _json and the RecordBuffer appends inlined; calling them makes the SDK
-        # ~45% slower per step (bench/ingest.py end to end).
-        o = b"" if observation is None else _dumps(observation, default=_fallback, option=_OPT)
-        a = b"" if arguments is None else _dumps(arguments, default=_fallback, option=_OPT)
-        r = b"" if result is None else _dumps(result, default=_fallback, option=_OPT)
-        m = _dumps(metadata, default=_fallback, option=_OPT) if metadata else b""
-        logger = self.logger
-        lock = logger._lock
-        lock.acquire()  # not `with`: that costs twice as much, a tenth of this call
-        try:
-            if logger._closed:
-                raise RuntimeError("TrajectoryLogger is closed")
-            buffer = logger._steps
-            keys, indexes, kinds, tools, rewards, statuses, errors, starts, ends = buffer.columns
-            keys.append(self._key)
-            indexes.append(index)
-            kinds.append(kind)
-            tools.append(tool_name)
-            rewards.append(reward)
-            statuses.append(status)
-            errors.append(error)
-            starts.append(start)
-            ends.append(end)
-            buffer.usage.append(usage)
-            o_data, a_data, r_data, m_data = buffer.json
-            o_ends, a_ends, r_ends, m_ends = buffer.ends
-            o_data += o
-            o_ends.append(len(o_data))
-            a_data += a
-            a_ends.append(len(a_data))
-            r_data += r
-            r_ends.append(len(r_data))
-            m_data += m
-            m_ends.append(len(m_data))
-            logger._size += _ROW_BYTES + len(o) + len(a) + len(r) + len(m)
-            due = logger._size >= logger.flush_bytes
-        finally:
-            lock.release()
-        if due:
-            logger._flush(wait=False)
         return index
 
-    def finish(
-        self,
-        *,
-        answer: Any = None,
-        verified: bool | None = None,
-        reward: float | None = None,
-        status: str = "ok",
-        error: str | None = None,
-    ) -> None:
+    def finish(self, *, answer: Any = None, verified: bool | None = None, reward: float | None = None,
+               status: str = "ok", error: str | None = None) -> None:
         if self.finished:
             raise RuntimeError(f"trajectory {self.id} already finished")
-        verified = None if verified is None else bool(verified)
-        reward = _number(reward)
-        text = _json(answer)
-        self.finished = True  # only once the outcome's values are good: a refused call can be retried
-        logger = self.logger
-        with logger._lock:
-            if logger._closed:
-                raise RuntimeError("TrajectoryLogger is closed")
-            keys, statuses, verifieds, rewards, errors, n_steps, ends = logger._outcomes.columns
-            keys.append(self._key)
-            statuses.append(status)
-            verifieds.append(verified)
-            rewards.append(reward)
-            errors.append(error)
-            n_steps.append(self.n_steps)
-            ends.append(_now_ns() // 1000)
-            a_data, = logger._outcomes.json
-            a_ends, = logger._outcomes.ends
-            a_data += text
-            a_ends.append(len(a_data))
-            logger._size += _ROW_BYTES + len(text)
-            due = logger._size >= logger.flush_bytes
-        if due:
-            logger._flush(wait=False)
+        self.logger.record("outcome", {
+            "trajectory_id": self._key, "status": status, "answer": _json(answer),
+            "verified": None if verified is None else bool(verified), "reward": _number(reward),
+            "error": error, "n_steps": self.n_steps, "end_time": _now()})
+        self.finished = True  # only once recorded: a refused call can be retried
 
     def __enter__(self) -> Trajectory:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if self.finished:
-            return False
-        if exc is not None:
-            self.finish(status="error", verified=False, error=f"{exc_type.__name__}: {exc}")
-        else:
-            self.finish()
+        if not self.finished:
+            if exc is None:
+                self.finish()
+            else:
+                self.finish(status="error", verified=False, error=f"{exc_type.__name__}: {exc}")
         return False  # never swallow the agent's exception

@@ -44,7 +44,7 @@ def in_process(family: str, episodes: int, spool: Path) -> float:
 
 def main() -> None:
     from agents.runner import run_agents
-    from agents.spool import published_segments, read_records
+    from storage.spool import published_segments, read_records
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", default="all", choices=("all", *FAMILY_NAMES))

@@ -1,5 +1,5 @@
 """Agents and sweeps on a Dask cluster of this machine: 1 vs 2 worker processes, and the S3 spool's
-cost against the local spool for the same collect.
+and S3 home's cost against the local ones for the same collect and sweep.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/cluster.py                      # defaults below
     OMP_NUM_THREADS=1 .venv/bin/python bench/cluster.py --shards 4 --episodes 2000 --runs 4 --steps 200
@@ -12,6 +12,8 @@ Each figure is measured in this one run, side by side:
 - S3 spool: the same collect with the spool on moto's S3 server (127.0.0.1) against a local
   spool: agents' time and ingest time. moto is an in-process stand-in, not AWS: the figure is
   the cost of going through s3fs and HTTP per segment, not of a real network.
+- S3 home: the same sweep (2 workers) with shared_home on that server, so every checkpoint
+  (one per evaluation) is uploaded there instead of written to the run directory.
 The ratios cannot exceed the free cores (printed, with the load average): on a shared machine,
 read them with the load beside them.
 """
@@ -58,8 +60,9 @@ def collect(address: str, home: Path, spool: str | None, shards: int, episodes: 
     return {"agents_s": agents, "ingest_s": ingest, "trajectories": logged}
 
 
-def sweep(address: str, home: Path, runs: int, steps_: int) -> float:
-    """Seconds for `runs` small training runs on the cluster at `address`."""
+def sweep(address: str, home: Path, runs: int, steps_: int, shared_home: str | None = None) -> float:
+    """Seconds for `runs` small training runs on the cluster at `address` (checkpoints on
+    `shared_home` when given)."""
     from diffusion.train import TrainConfig
     from flows.experiments import train_runs
     from flows.runners import Runner
@@ -67,7 +70,8 @@ def sweep(address: str, home: Path, runs: int, steps_: int) -> float:
     cfgs = [TrainConfig(family="modular", family_params={"p": 11, "train_fraction": 0.6, "seed": 0},
                         hidden_size=64, num_layers=2, num_heads=4, batch_size=64, max_steps=steps_,
                         eval_every=max(steps_ // 2, 1), sampler_steps=1, seed=seed, home=str(home),
-                        run_name=f"bench-{seed}", progress=False) for seed in range(runs)]
+                        run_name=f"bench-{seed}", progress=False, shared_home=shared_home)
+            for seed in range(runs)]
     start = time.perf_counter()
     results = train_runs(cfgs, Runner("dask", address))
     assert all(r["status"] == "finished" for r in results)
@@ -116,6 +120,9 @@ def main() -> None:
                     rows["S3 spool, 2 worker(s)"] = collect(address, Path(tmp) / "s3", "s3://grokloop-bench/spool",
                                                             args.shards, args.episodes)
                 rows[f"sweep {n}"] = {"seconds": sweep(address, Path(tmp) / f"s{n}", args.runs, args.steps)}
+                if n == 2:
+                    rows["sweep S3"] = {"seconds": sweep(address, Path(tmp) / "s3-sweep", args.runs, args.steps,
+                                                         shared_home="s3://grokloop-bench/home")}
     server.stop()
 
     table = Table(title=f"collect: {args.shards} shards x {args.episodes} episodes (modular, mixed)")
@@ -134,6 +141,9 @@ def main() -> None:
     one, two = rows["sweep 1"]["seconds"], rows["sweep 2"]["seconds"]
     console.print(f"sweep of {args.runs} runs x {args.steps} steps: 1 worker {one:.1f} s ({3600 * args.runs / one:.0f} "
                   f"runs/hour), 2 workers {two:.1f} s ({3600 * args.runs / two:.0f} runs/hour), ratio {one / two:.2f}x")
+    s3_home = rows["sweep S3"]["seconds"]
+    console.print(f"same sweep, 2 workers, checkpoints on S3 (shared_home): {s3_home:.1f} s "
+                  f"({3600 * args.runs / s3_home:.0f} runs/hour), {s3_home / two:.2f}x the time of the local home")
     console.print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

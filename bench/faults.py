@@ -152,7 +152,7 @@ def main() -> None:
 
 
 def _published_steps(spool: Path) -> tuple[set[tuple[str, int]], int]:
-    from agents.spool import published_segments, read_records
+    from storage.spool import published_segments, read_records
 
     keys, records = set(), 0
     for folder in (spool, spool / "ingested"):

@@ -79,8 +79,8 @@ def log_steps_in_processes(spool: Path, n_steps: int, per_trajectory: int, n_age
 
 def jsonl_spool(con, tmp: Path, segment_bytes: int = 1 << 20) -> Path:
     """The store's trajectories as JSONL records, cut into spool segments at line ends."""
-    from agents.spool import JSONL_SUFFIX, write_segment
     from storage.export import export_jsonl
+    from storage.spool import JSONL_SUFFIX, write_segment
 
     export_jsonl(con, tmp / "all.jsonl")
     data, spool, start = (tmp / "all.jsonl").read_bytes(), tmp / "jsonl-spool", 0

@@ -3,8 +3,8 @@
     from diffusion.batched import train_batched
     results = train_batched([dataclasses.replace(cfg, seed=s, run_name=f"x-s{s}") for s in range(8)])
 
-The N models' weights are stacked (torch.func.stack_module_state) and one vmapped forward/backward
-computes every run's loss at once. Everything else stays per run: its data (the family's split for
+The N models' weights are stacked with a leading run dim and one grouped forward/backward
+(diffusion/grouped.py: a batched matmul per layer, one attention call) computes every run's loss at once. Everything else stays per run: its data (the family's split for
 its family seed), data order, masking noise (drawn from its own generators, as `train` draws them),
 metrics, checkpoints and store rows. AdamW and the Grokfast filters are elementwise, so one optimizer
 and one filter over the stacked tensors are exactly N independent ones. Each run is written as
@@ -13,28 +13,29 @@ and one filter over the stacked tensors are exactly N independent ones. Each run
 its slice of the stack is simply no longer read.
 
 Not batched (use `train`): gradient clipping (a per-run norm), dropout (one global RNG),
-init_from, resuming.
+init_from, resuming, the Grokfast reference decoder. Where it pays: on a GPU (`batching_pays`);
+on a CPU, N batched seeds run no faster than N runs one by one, and experiments train them so.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 
 import torch
-from torch.func import functional_call, stack_module_state, vmap
 
 from diffusion.checkpoint import (
     checkpoint_info,
     latest_checkpoint,
     rng_state,
     run_eval_rows,
+    run_location,
     save_checkpoint,
 )
 from diffusion.config import TrainConfig, check_config, config_to_json, run_id_of
 from diffusion.data import BatchSampler, load_family, load_splits, read_snapshot_meta
 from diffusion.grokfast import ema_filter_, ma_filter_
+from diffusion.grouped import grouped_forward, stack_params
 from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
 from diffusion.train import (
     RunResult,
@@ -102,8 +103,26 @@ class Run:
         return run_record(self.cfg, status, self.step, self.t_mem, self.t_grok, self.dataset_id)
 
 
+def training_device(cfg: TrainConfig) -> torch.device:
+    """Where cfg's runs train (`device`: cpu, cuda, or auto: cuda when there is one)."""
+    use_cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError("device=cuda, but torch sees no GPU here (device=cpu or auto trains without one)")
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def batching_pays(cfg: TrainConfig) -> bool:
+    """Whether N seeds as one batched model beat N runs one by one: on a GPU, yes (one kernel
+    launch serves N runs); on a CPU, no. A run's step is compute-bound there: bench/throughput.py
+    measured 8 batched seeds at 0.92x the throughput of 8 sequential runs (one thread, CPU clock),
+    one run already at half a plain matmul's FLOP/s, which bounds any gain at 2x."""
+    return training_device(cfg).type == "cuda"
+
+
 def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
-    """Train these runs (one architecture) as one stacked model; one RunResult each, as `train` returns."""
+    """Train these runs (one architecture) as one stacked model; one RunResult each, as `train` returns.
+    The stacked model trains on the runs' `device`; each run's own model, evaluation and checkpoints
+    stay on the CPU."""
     cfgs = [check_config(dataclasses.replace(c)) for c in cfgs]
     if why := batchable(cfgs):
         raise ValueError(f"these runs cannot train as one batched model: {why}")
@@ -111,38 +130,38 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
     runs = [Run(c, i) for i, c in enumerate(cfgs)]
     if len({r.cfg.run_id for r in runs}) < len(runs):
         raise ValueError("batched runs need distinct run names")
-    for run in runs:
-        run.start()
-    params, _ = stack_module_state([r.model for r in runs])  # {name: (N, ...)} leaf tensors
-    base = copy.deepcopy(runs[0].model).to("meta")  # the architecture, without weights
+    device = training_device(cfg)
+    params = stack_params([r.model for r in runs], device)  # {name: (N, ...)} leaf tensors
     names = list(params)
+    for run in runs:  # refused (above) before anything is written
+        run.start()
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls([params[n] for n in names], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     mask_id = runs[0].tokenizer.mask_id
 
-    def loss_of(p, ids, answer_mask, maskable, t, masked):
-        def model(x, **kw):
-            return functional_call(base, p, (x,), kw)
+    def batched_loss(ids, answer_mask, maskable, t, masked):  # each (N, B, ...) -> (N,) losses
+        def model(x, causal=False):
+            return grouped_forward(params, runs[0].model.config, x, causal)
         if cfg.objective == "ar":
             return ar_loss(model, ids, answer_mask, mask_id)
         return mdm_loss_given(model, ids, maskable, t, masked, mask_id)
 
     try:
-        _loop(runs, cfg, params, names, optimizer, vmap(loss_of), mask_id)
+        _loop(runs, cfg, params, names, optimizer, batched_loss, mask_id, device)
     except BaseException:
         for run in runs:
             if not run.done:
                 record_run(run.home, run.row("failed"), [], [])
                 run.board.close()
         raise
-    return [RunResult(run_id=r.cfg.run_id, run_dir=r.dir, checkpoint_dir=latest_checkpoint(r.dir),
+    return [RunResult(run_id=r.cfg.run_id, run_dir=r.dir, checkpoint_dir=latest_checkpoint(run_location(r.cfg, r.dir)),
                       status="finished", final_step=r.step, t_mem=r.t_mem, t_grok=r.t_grok,
                       grok_ratio=r.t_grok / r.t_mem if r.t_grok is not None and r.t_mem else None,
                       metrics=r.metrics) for r in runs]
 
 
 def _loop(runs: list[Run], cfg: TrainConfig, params: dict, names: list[str], optimizer, batched_loss,
-          mask_id: int) -> None:
+          mask_id: int, device: torch.device) -> None:
     filter_state, step = None, 0
     ckpt_every = cfg.checkpoint_every or cfg.eval_every
     while True:
@@ -164,7 +183,7 @@ def _loop(runs: list[Run], cfg: TrainConfig, params: dict, names: list[str], opt
             noise = (mdm_noise(ids, answer_mask, mask_id, full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator,
                                generator=run.noise) if cfg.objective == "mdm" else (answer_mask, answer_mask[:, 0], answer_mask))
             batch.append((ids, answer_mask, *noise))
-        losses = batched_loss(params, *(torch.stack(x) for x in zip(*batch, strict=True)))  # (N,)
+        losses = batched_loss(*(torch.stack(x).to(device) for x in zip(*batch, strict=True)))  # (N,)
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # the runs share no weights: each slice gets its own run's gradient
         grads = {n: params[n].grad for n in names}
@@ -188,20 +207,25 @@ def _run_slice(run: Run, params: dict, optimizer, filter_state) -> tuple[dict, o
     with torch.no_grad():
         for n, p in run.model.named_parameters():
             p.copy_(params[n][i])
-            p.grad = None if params[n].grad is None else params[n].grad[i].clone()
+            p.grad = None if params[n].grad is None else _own(params[n].grad[i])
     if filter_state is None:
         return None
     if cfg.grokfast == "ema":
-        return {n: e[i].clone() for n, e in filter_state.items()}
-    return {"window": {n: w[:, i].clone() for n, w in filter_state["window"].items()},
-            "sum": {n: s[i].clone() for n, s in filter_state["sum"].items()},
+        return {n: _own(e[i]) for n, e in filter_state.items()}
+    return {"window": {n: _own(w[:, i]) for n, w in filter_state["window"].items()},
+            "sum": {n: _own(s[i]) for n, s in filter_state["sum"].items()},
             "count": filter_state["count"], "next": filter_state["next"]}
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """A run's own copy of its slice, on the CPU where `train` keeps its state."""
+    return t.to("cpu", copy=True)
 
 
 def _optimizer_slice(optimizer, i: int) -> dict:
     """Run i's optimizer state in the layout of `train`'s optimizer (one tensor per parameter)."""
     full = optimizer.state_dict()
-    state = {k: {name: (v[i].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for name, v in st.items()}
+    state = {k: {name: (_own(v[i]) if torch.is_tensor(v) and v.dim() > 0 else v) for name, v in st.items()}
              for k, st in full["state"].items()}
     return {"state": state, "param_groups": full["param_groups"]}
 
@@ -233,7 +257,7 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
                  "sampler": run.sampler.state_dict(), "noise": run.noise.get_state(), "rng": rng_state(),
                  "grokfast": grokfast_state, "t_mem": run.t_mem, "t_grok": run.t_grok, "evaluated": run.evaluated,
                  "accum": dict(run.accum), "config": dataclasses.asdict(cfg)}
-        ckpts = [(step, save_checkpoint(run.dir, step, run.model, state, checkpoint_info(cfg, step),
+        ckpts = [(step, save_checkpoint(run_location(cfg, run.dir), step, run.model, state, checkpoint_info(cfg, step),
                                         cfg.keep_checkpoints))]
     record_run(run.home, run.row("finished" if done else "running"), rows, ckpts, final=done)
     run.done = done

@@ -11,6 +11,12 @@ Layout under <home>/runs/<run_id>/:
 A checkpoint is written to a temporary directory, fsynced, renamed into place, and only then does
 `latest` move: a process killed at any moment (SIGKILL included) leaves the previous checkpoint
 whole, and a resumed run continues to exactly the numbers it would have produced (on CPU).
+
+With `shared_home` (a URL, storage/shared.py) the checkpoints, `latest` and eval_rows.json live at
+<shared_home>/runs/<run_id>/ instead, in the same layout: each file one object written whole,
+grokloop.json last, then `latest`; so a run resumes on any machine. Such a checkpoint is read
+through a local copy (`local_checkpoint`); the rest of the run directory (config.json, TensorBoard,
+pending records) stays local.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +37,8 @@ import torch
 from diffusion.config import TrainConfig, run_id_of
 from diffusion.data import BatchSampler, EncodedSplit, eval_rows, read_snapshot_meta
 from diffusion.model import Denoiser, GrokfastRefDecoder, load_pretrained
-from storage.home import runs_dir
+from storage import shared
+from storage.home import is_url, runs_dir
 
 
 def new_accum() -> dict:
@@ -62,13 +70,21 @@ def save_training_checkpoint(run_dir: Path, cfg: TrainConfig, model: torch.nn.Mo
             "grokfast": state.grokfast, "accum": dict(state.accum), "pending_rows": rows,
             "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(), "noise": noise.get_state(),
             "rng": rng_state(), "config": dataclasses.asdict(cfg)}
-    return save_checkpoint(run_dir, state.step, model, blob, checkpoint_info(cfg, state.step), cfg.keep_checkpoints)
+    return save_checkpoint(run_location(cfg, run_dir), state.step, model, blob, checkpoint_info(cfg, state.step),
+                           cfg.keep_checkpoints)
 
 
-def load_training_checkpoint(path: Path, model: torch.nn.Module, optimizer, sampler: BatchSampler,
+def run_location(cfg: TrainConfig, run_dir: Path) -> Path | str:
+    """Where the run's checkpoints, `latest` and evaluation rows live: its directory, or
+    <shared_home>/runs/<run_id> so that the run moves between machines."""
+    return shared.join(cfg.shared_home, "runs", run_id_of(cfg)) if cfg.shared_home else run_dir
+
+
+def load_training_checkpoint(path: Path | str, model: torch.nn.Module, optimizer, sampler: BatchSampler,
                              noise: torch.Generator) -> tuple[TrainState, list]:
     """Restore weights, optimizer, data position and every RNG from a checkpoint; its TrainState and
     the metric rows it carries (see save_training_checkpoint)."""
+    path = local_checkpoint(path)
     model.load_state_dict(load_model(path).state_dict())
     blob = torch.load(path / "state.pt", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
@@ -91,18 +107,19 @@ def checkpoint_info(cfg: TrainConfig, step: int) -> dict:
             "sampler_steps": cfg.sampler_steps, "sampler_threshold": cfg.sampler_threshold}
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dict, meta: dict, keep: int) -> Path:
+def save_checkpoint(run_dir: Path | str, step: int, model: torch.nn.Module, state: dict, meta: dict,
+                    keep: int) -> Path | str:
     """Write to a temporary directory, rename it into place, then move the `latest` pointer; keep the
-    newest `keep` checkpoints (0: all)."""
+    newest `keep` checkpoints (0: all). `run_dir` a URL: `publish_checkpoint`."""
+    if is_url(run_dir):
+        return publish_checkpoint(str(run_dir), step, model, state, meta, keep)
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
     if not final.is_dir():
         tmp = root / f".tmp_step_{step}_{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        torch.save(state, tmp / "state.pt")
-        (tmp / "grokloop.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_checkpoint_files(tmp, model, state, meta)
         _fsync_dir_files(tmp)
         os.replace(tmp, final)
         _fsync_dir(root)  # the rename itself survives a power cut only once its directory is synced
@@ -118,6 +135,39 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
         if old != step:
             shutil.rmtree(root / f"step_{old}", ignore_errors=True)
     return final
+
+
+def write_checkpoint_files(directory: Path, model: torch.nn.Module, state: dict, meta: dict) -> None:
+    model.save_pretrained(directory)
+    torch.save(state, directory / "state.pt")
+    (directory / "grokloop.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def publish_checkpoint(run_url: str, step: int, model: torch.nn.Module, state: dict, meta: dict, keep: int) -> str:
+    """save_checkpoint on a URL: the files written here, uploaded one whole object each (grokloop.json
+    last: a step without it is incomplete and written again), then `latest`; the newest `keep` kept."""
+    final = shared.join(run_url, "checkpoints", f"step_{step}")
+    if not shared.exists(shared.join(final, "grokloop.json")):
+        with tempfile.TemporaryDirectory(prefix="grokloop-checkpoint-") as tmp:
+            write_checkpoint_files(Path(tmp), model, state, meta)
+            shared.publish_dir(Path(tmp), final, last="grokloop.json")
+    shared.write_bytes(shared.join(run_url, "latest"), f"step_{step}".encode())
+    steps = sorted(int(name.split("_")[1]) for name in shared.children(shared.join(run_url, "checkpoints"))
+                   if name.startswith("step_"))
+    for old in steps[:-keep] if keep > 0 else []:
+        if old != step:
+            shared.remove(shared.join(run_url, "checkpoints", f"step_{old}"))
+    return final
+
+
+def local_checkpoint(ref: str | Path) -> Path:
+    """A checkpoint as a local directory: itself, or a URL's local copy (storage/shared.py)."""
+    if not is_url(ref):
+        return Path(ref)
+    try:
+        return shared.local_copy(str(ref), "grokloop.json")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{ref} is not a grokloop checkpoint (no grokloop.json)") from err
 
 
 def _fsync_dir_files(directory: Path) -> None:
@@ -145,12 +195,16 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_model(checkpoint_dir: str | Path) -> Denoiser | GrokfastRefDecoder:
-    return load_pretrained(checkpoint_dir)
+    return load_pretrained(local_checkpoint(checkpoint_dir))
 
 
 # --- finding checkpoints ---------------------------------------------------------------------------
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def latest_checkpoint(run_dir: Path | str) -> Path | str | None:
+    """The checkpoint `latest` points to in a run directory (or run URL, see run_location)."""
+    if is_url(run_dir):
+        pointer = shared.read_bytes(shared.join(str(run_dir), "latest"))
+        return shared.join(str(run_dir), "checkpoints", pointer.decode().strip()) if pointer else None
     pointer = run_dir / "latest"
     if not pointer.is_file():
         return None
@@ -160,11 +214,19 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def has_checkpoint(cfg: TrainConfig) -> bool:
     run_id = run_id_of(cfg)
+    if run_id and cfg.shared_home:
+        return shared.exists(shared.join(run_location(cfg, Path()), "latest"))
     return bool(run_id) and (runs_dir(cfg.home) / run_id / "latest").is_file()
 
 
-def resolve_checkpoint(ref: str | Path, home: str | Path | None = None) -> Path:
-    """A checkpoint directory from a step directory, a run directory or a run id (its latest)."""
+def resolve_checkpoint(ref: str | Path, home: str | Path | None = None) -> Path | str:
+    """A checkpoint directory from a step directory, a run directory or a run id (its latest); a URL
+    of a checkpoint or of a run (<shared_home>/runs/<run_id>) stays a URL."""
+    if is_url(ref):
+        found = ref if shared.exists(shared.join(str(ref), "grokloop.json")) else latest_checkpoint(str(ref))
+        if found is None:
+            raise FileNotFoundError(f"{ref!r} is neither a checkpoint nor a run with a checkpoint")
+        return str(found)
     path = Path(ref)
     if (path / "grokloop.json").is_file():
         return path
@@ -179,7 +241,7 @@ def resolve_checkpoint(ref: str | Path, home: str | Path | None = None) -> Path:
 
 def checkpoint_meta(checkpoint_dir: str | Path) -> dict:
     """What a checkpoint is: run_id, step, objective, family, family_params, dataset, sampler_steps."""
-    path = Path(checkpoint_dir) / "grokloop.json"
+    path = local_checkpoint(checkpoint_dir) / "grokloop.json"
     if not path.is_file():
         raise FileNotFoundError(f"{checkpoint_dir} is not a grokloop checkpoint (no grokloop.json)")
     return json.loads(path.read_text())
@@ -189,10 +251,13 @@ def checkpoint_meta(checkpoint_dir: str | Path) -> dict:
 
 def run_eval_rows(run_dir: Path, cfg: TrainConfig, splits: dict[str, EncodedSplit]) -> dict[str, list[int]]:
     """The run's evaluation rows: drawn once (seeded) and kept in the run directory, so a resumed or
-    extended run is measured on the same rows whatever eval_max_rows says now."""
-    path = run_dir / "eval_rows.json"
-    if path.is_file():
-        stored = json.loads(path.read_text())
+    extended run is measured on the same rows whatever eval_max_rows says now. With shared_home they
+    are kept there, beside the checkpoints, for the machine the run resumes on."""
+    where = run_location(cfg, run_dir)
+    path = shared.join(where, "eval_rows.json") if is_url(where) else run_dir / "eval_rows.json"
+    text = shared.read_bytes(path) if is_url(where) else path.read_text() if path.is_file() else None
+    if text is not None:
+        stored = json.loads(text)
         for name, entry in stored.items():
             if name not in splits or len(splits[name]) != entry["n_rows"]:
                 have = len(splits[name]) if name in splits else "no"
@@ -200,7 +265,11 @@ def run_eval_rows(run_dir: Path, cfg: TrainConfig, splits: dict[str, EncodedSpli
                                  "the run's evaluation rows no longer fit its data")
         return {name: entry["rows"] for name, entry in stored.items()}
     rows = eval_rows(splits, cfg.eval_max_rows, cfg.seed)
+    text = json.dumps({name: {"n_rows": len(splits[name]), "rows": idx} for name, idx in rows.items()})
+    if is_url(where):
+        shared.write_bytes(path, text.encode())
+        return rows
     tmp = run_dir / f".eval_rows.{os.getpid()}"
-    tmp.write_text(json.dumps({name: {"n_rows": len(splits[name]), "rows": idx} for name, idx in rows.items()}))
+    tmp.write_text(text)
     os.replace(tmp, path)
     return rows

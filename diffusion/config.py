@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage.home import grokloop_home, runs_dir
+from storage.shared import check_shared_home
 
 _NONE = ("none", "None", "null")
 
@@ -255,6 +256,8 @@ class TrainConfig:
     run_name: str | None = None            # also the run id when given (a retry resumes the same run)
     run_id: str | None = None              # set on creation; resume uses it
     home: str | None = None                # grokloop home; None = $GROKLOOP_HOME or ./.grokloop
+    shared_home: str | None = None         # a URL (s3://bucket/prefix): checkpoints go there, so the run
+                                           # resumes on any machine (storage/shared.py); None: the run dir
     progress: bool = True                  # rich progress bar
     compile: bool = False                  # torch.compile the training forward (see bench/throughput.py --compile)
     device: str = "cpu"                    # cpu | cuda | auto (cuda when there is one); under torchrun each
@@ -286,6 +289,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
                          f"got {(cfg.hidden_size, cfg.num_layers, cfg.num_heads)} (set either size or those)")
     if cfg.hidden_size % cfg.num_heads:
         raise ValueError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_heads}")
+    check_shared_home(cfg.shared_home)
     return cfg
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from agents.tasks import SPLITS, Task, TaskFamily, Tokenizer, get_family
+from storage.home import is_url
+from storage.shared import local_copy
 
 SNAPSHOT_COLUMNS = ("task_id", "family", "split", "cluster", "prompt", "answer")
 
@@ -114,8 +116,13 @@ def splits_from_family(name: str, params: dict) -> tuple[Tokenizer, dict[str, En
     return tokenizer, out
 
 
+def snapshot_dir(directory: str | Path) -> Path:
+    """A snapshot directory, or a local copy of one published on the shared home (a URL)."""
+    return local_copy(str(directory), "meta.json") if is_url(directory) else Path(directory)
+
+
 def read_snapshot_meta(directory: str | Path) -> dict:
-    directory = Path(directory)
+    directory = snapshot_dir(directory)
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{directory} is not a dataset snapshot: no meta.json")
@@ -129,7 +136,7 @@ def read_snapshot_meta(directory: str | Path) -> dict:
 def splits_from_snapshot(directory: str | Path) -> tuple[Tokenizer, dict[str, EncodedSplit], dict]:
     import pyarrow.parquet as pq
 
-    directory = Path(directory)
+    directory = snapshot_dir(directory)
     meta = read_snapshot_meta(directory)
     family = family_from_params(meta["family"], meta["family_params"])
     tokenizer = family.tokenizer()
@@ -188,7 +195,7 @@ def streamed_snapshot(directory: str | Path) -> tuple[Tokenizer, dict[str, Strea
     # imported here: HF datasets takes a second to import, and only a streamed run needs it
     from datasets import load_from_disk
 
-    directory = Path(directory)
+    directory = snapshot_dir(directory)  # a URL's local copy: memory-mapped from this machine's disk
     meta = read_snapshot_meta(directory)
     family = family_from_params(meta["family"], meta["family_params"])
     hf = directory / "hf"

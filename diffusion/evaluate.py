@@ -29,12 +29,13 @@ from diffusion.data import (
 )
 from diffusion.objective import never_predict_mask, objective_loss
 from diffusion.sample import answer_columns, exact_match, predict, sampler_info
+from storage.home import is_url
 from storage.runs import record_evaluation
 
 
 def checkpoint_splits(meta: dict):
     """(tokenizer, splits) the checkpoint was trained on: its snapshot if still there, else its family."""
-    if meta.get("dataset") and Path(meta["dataset"]).is_dir():
+    if meta.get("dataset") and (is_url(meta["dataset"]) or Path(meta["dataset"]).is_dir()):
         tokenizer, splits, _ = splits_from_snapshot(meta["dataset"])
         return tokenizer, splits
     return splits_from_family(meta["family"], meta["family_params"])

@@ -59,13 +59,14 @@ def mdm_loss_given(
     mask_id: int,
 ) -> torch.Tensor:
     """The NELBO estimate for given noise levels `t` (B,) and mask pattern `masked` (B, T), averaged
-    over the rows that have something to mask (a row with none has no ELBO term)."""
+    over the rows that have something to mask (a row with none has no ELBO term). Leading dims
+    before (B, T) are independent runs (diffusion/grouped.py): one loss each, shape (N,)."""
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
     logits = never_predict_mask(model(noisy), mask_id)  # (B, T, V)
-    nll = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # (B, T)
-    per_row = (nll * masked).sum(dim=1) / t  # (B,): 1/t weighting
-    L = maskable.sum(dim=1)  # (B,)
-    return (per_row / L.clamp(min=1)).sum() / (L > 0).sum().clamp(min=1)
+    nll = F.cross_entropy(logits.movedim(-1, 1), ids, reduction="none")  # (B, T)
+    per_row = (nll * masked).sum(dim=-1) / t  # (B,): 1/t weighting
+    L = maskable.sum(dim=-1)  # (B,)
+    return (per_row / L.clamp(min=1)).sum(dim=-1) / (L > 0).sum(dim=-1).clamp(min=1)
 
 
 def mdm_loss(
@@ -101,12 +102,13 @@ def mdm_noise(
 
 def ar_loss(model, ids: torch.Tensor, answer_mask: torch.Tensor, mask_id: int) -> torch.Tensor:
     """Autoregressive baseline: the causal model predicts each answer token from everything before it.
-    [MASK] is out of its support too (the AR sampler never emits it), so the two losses compare."""
-    logits = never_predict_mask(model(ids[:, :-1], causal=True), mask_id)  # (B, T-1, V): j predicts j+1
-    targets = ids[:, 1:]
-    weight = answer_mask[:, 1:].float()  # (B, T-1): only answer tokens count
-    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    return (nll * weight).sum() / weight.sum().clamp(min=1)
+    [MASK] is out of its support too (the AR sampler never emits it), so the two losses compare.
+    Leading dims before (B, T) are independent runs, as in `mdm_loss_given`."""
+    logits = never_predict_mask(model(ids[..., :-1], causal=True), mask_id)  # (B, T-1, V): j predicts j+1
+    targets = ids[..., 1:]
+    weight = answer_mask[..., 1:].float()  # (B, T-1): only answer tokens count
+    nll = F.cross_entropy(logits.movedim(-1, 1), targets, reduction="none")
+    return (nll * weight).sum(dim=(-2, -1)) / weight.sum(dim=(-2, -1)).clamp(min=1)
 
 
 def objective_loss(

@@ -45,6 +45,7 @@ from diffusion.checkpoint import (
     load_training_checkpoint,
     new_accum,
     run_eval_rows,
+    run_location,
     save_training_checkpoint,
 )
 from diffusion.config import (
@@ -76,7 +77,7 @@ apply_overrides = train_overrides  # `key=value` settings, typed by TrainConfig'
 class RunResult:
     run_id: str
     run_dir: Path
-    checkpoint_dir: Path | None            # latest save_pretrained dir
+    checkpoint_dir: Path | str | None      # latest save_pretrained dir (a URL with shared_home)
     status: str                            # finished | stopped
     final_step: int
     t_mem: int | None
@@ -124,10 +125,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
 
     # the loop's state: new, or all of it from the latest checkpoint
     state, repaired_rows = TrainState(), []
-    resume_from = latest_checkpoint(run_dir) if resume else None
+    resume_from = latest_checkpoint(run_location(cfg, run_dir)) if resume else None
     if resume_from is not None:
         state, repaired_rows = load_training_checkpoint(resume_from, model, optimizer, sampler, noise)
-        console.print(f"resuming {cfg.run_id} from {resume_from.name}")
+        console.print(f"resuming {cfg.run_id} from {resume_from}")
     # The checkpoint's evaluation rows again: a kill between it and the store leaves no gap (idempotent).
     record(cfg, state, dataset_id, "running", repaired_rows)
 
@@ -217,7 +218,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     if not metrics:  # a complete run resumed: nothing left to do, its last evaluation is in the store
         metrics = stored_metrics(home, cfg.run_id, state.step)
     ratio = state.t_grok / state.t_mem if state.t_grok is not None and state.t_mem else None
-    return RunResult(run_id=cfg.run_id, run_dir=run_dir, checkpoint_dir=latest_checkpoint(run_dir),
+    return RunResult(run_id=cfg.run_id, run_dir=run_dir, checkpoint_dir=latest_checkpoint(run_location(cfg, run_dir)),
                      status=status, final_step=state.step, t_mem=state.t_mem, t_grok=state.t_grok,
                      grok_ratio=ratio, metrics=metrics)
 

@@ -13,7 +13,6 @@ from diffusion.plot import plot_runs
 from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import print_table
 from flows.config import LoopConfig
-from flows.runners import Runner
 from storage.home import grokloop_home, store_path
 
 # The flows import Prefect, and training torch (seconds each): each command imports them when it
@@ -174,10 +173,12 @@ def experiment(
     setups: str = typer.Option("", help="grokfast only: a subset, e.g. baseline,ema"),
     objectives: str = typer.Option("", help="grokfast only: a subset, e.g. mdm-count,ar"),
     init: str = typer.Option("", help="grokfast only: torch (the published init, default) or small"),
-    runner: str = typer.Option("local", help="where the runs train: local (in turn) | dask (side by side)"),
+    runner: str = typer.Option("local", help="where the runs train: local (in turn) | dask | ray (side by side)"),
     dask_address: str = typer.Option("", help="runner dask: an existing scheduler (tcp://host:8786); "
                                               "none starts a local cluster"),
-    dask_workers: int = typer.Option(2, help="runner dask without an address: worker processes"),
+    dask_workers: int = typer.Option(2, help="runner dask (ray) without an address: worker processes (CPUs)"),
+    ray_address: str = typer.Option("", help="runner ray: an existing cluster (ray://host:10001, auto); "
+                                             "none starts a local Ray"),
     home: str = HOME,
 ) -> None:
     """Run a named experiment: runs recorded in the store, a plot and docs/results/NAME.md."""
@@ -195,7 +196,8 @@ def experiment(
     options |= {"report_only": True} if report_only else {}
     if quick and size and size != "quick":
         raise ValueError(f"--quick and --size {size} disagree: give one")
-    where = Runner(runner, dask_address or None, dask_workers)
+    where = LoopConfig(runner=runner, dask_address=dask_address or None, dask_workers=dask_workers,
+                       ray_address=ray_address or None).runner_settings()
     result = run_experiment(name, quick=quick, size=size or None, seeds=seeds or None, max_steps=max_steps or None,
                             out_dir=out, home=home, runner=where, **options)
     console.print(f"summary: {result['summary']}\nplot:    {result['plot'] or '(none: no run has evaluated yet)'}")

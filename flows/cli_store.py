@@ -19,7 +19,6 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from agents.progress import LOG_WIDTH, progress_bar
-from agents.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
 from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import fits, print_table
 from storage.atif import export_atif
@@ -28,6 +27,7 @@ from storage.home import spool_dir, store_path
 from storage.ingest import ingest_paths, ingest_spool
 from storage.query import run_sql
 from storage.runs import flush_pending, pending_records
+from storage.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
 from storage.store import StoreLocked, open_store, schema_version, time_limit
 
 SHOWN_ROWS = 1000  # --format table shows at most this many rows; csv, json and parquet write them all

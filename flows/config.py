@@ -18,6 +18,7 @@ from diffusion.config import (
     check_values,
 )
 from flows.runners import Runner
+from storage.shared import check_shared_home
 
 
 def _small_families() -> dict[str, dict[str, Any]]:
@@ -37,10 +38,14 @@ def _small_families() -> dict[str, dict[str, Any]]:
 class LoopConfig:
     home: str | None = None                 # None: $GROKLOOP_HOME or ./.grokloop
     spool: str | None = None                # a path or URL (s3://bucket/prefix/spool); None: <home>/spool
-    # where agent shards and training runs go (flows/runners.py): local | dask
+    # a URL (s3://bucket/prefix): runs' checkpoints and dataset exports go there, for workers on
+    # other machines (storage/shared.py); the store stays in `home`. None: all in `home`
+    shared_home: str | None = None
+    # where agent shards and training runs go (flows/runners.py): local | dask | ray
     runner: str = "local"
     dask_address: str | None = None         # an existing Dask scheduler; None: runner=dask starts one
-    dask_workers: int = 2                   # worker processes of the Dask cluster runner=dask starts
+    dask_workers: int = 2                   # worker processes of the Dask cluster (CPUs of the Ray) started here
+    ray_address: str | None = None          # an existing Ray cluster (ray://host:10001, auto); None: runner=ray starts one
     families: list[str] = field(default_factory=lambda: ["modular"])   # also: two_hop, programs
     family_params: dict[str, dict[str, Any]] = field(default_factory=_small_families)
     seed: int = 0                           # task worlds, agents, sampling and training
@@ -69,9 +74,13 @@ class LoopConfig:
     sampler_steps: int = 4                  # denoising steps when sampling answers
     n_samples: int = 4                      # model agent samples per task
 
-    def runner_settings(self):
+    def runner_settings(self) -> Runner:
         """Where fanned-out tasks run (`flows.runners.Runner`); a bad setting fails here."""
-        return Runner(self.runner, self.dask_address, self.dask_workers)
+        for engine, address in (("dask", self.dask_address), ("ray", self.ray_address)):
+            if address and self.runner != engine:
+                raise ValueError(f"{engine}_address is set but the runner is {self.runner}; set runner={engine}")
+        address = self.ray_address if self.runner == "ray" else self.dask_address
+        return Runner(self.runner, address, self.dask_workers)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -93,6 +102,8 @@ def check_loop_config(cfg: LoopConfig) -> LoopConfig:
     """Every setting of the loop, including the family parameters and training overrides it passes on."""
     check_choices(cfg, LOOP_CHOICES)
     check_at_least(cfg, LOOP_MINIMUMS)
+    cfg.runner_settings()  # runner, dask_address, dask_workers
+    check_shared_home(cfg.shared_home)
     if cfg.error_rate > 1:
         raise ValueError(f"error_rate must be <= 1, got {cfg.error_rate!r}")
     if not cfg.families:

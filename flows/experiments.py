@@ -441,8 +441,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
     examples (and 1% of them) added back. Each variant x seed trains in turn (continued from its
     checkpoint when it has one); the held-out cluster's TEST accuracy is logged at every evaluation.
     `report_only`: train nothing, report what the store has."""
-    cfg = LoopConfig(home=home, runner=runner.kind, dask_address=runner.address, dask_workers=runner.n_workers,
-                     families=["modular"], family_params={"modular": size.params},
+    cfg = LoopConfig(home=home, **runner.loop_settings(), families=["modular"], family_params={"modular": size.params},
                      n_agents=2, episodes=_episodes_to_cover(size.params), policy="solver",
                      cluster_method="column", cluster_column="operation",
                      train_overrides={**CLUSTER_TRAIN, "max_steps": size.max_steps, "eval_every": size.eval_every,
@@ -551,8 +550,8 @@ def self_improve(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[
     rounds, episodes, proposals = p.pop("rounds"), p.pop("episodes"), p.pop("proposals")
     table, runs = [], []
     for seed in range(size.seeds):
-        cfg = LoopConfig(home=home, seed=seed, runner=runner.kind, dask_address=runner.address,
-                         dask_workers=runner.n_workers, families=["modular"], family_params={"modular": p}, n_agents=2,
+        cfg = LoopConfig(home=home, seed=seed, **runner.loop_settings(), families=["modular"],
+                         family_params={"modular": p}, n_agents=2,
                          episodes=episodes, policy="solver",
                          train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
                                           "mdm_estimator": "count", "progress": False, **size.train})
@@ -739,13 +738,15 @@ def _markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]
     return lines
 
 
-def train_seeds(cfgs: list) -> list:
+def train_seeds(cfgs: list, batch: bool | None = None) -> list:
     """The seeds of one setting: as one batched model (diffusion/batched.py) when they share an
-    architecture and none has been started yet, else one by one (resuming any that exist)."""
-    from diffusion.batched import batchable, train_batched
+    architecture, none has been started yet and `batch` says so (default: where batching pays, when
+    they train on a GPU; on a CPU it does not), else one by one (resuming any that exist)."""
+    from diffusion.batched import batchable, batching_pays, train_batched
     from diffusion.train import train
 
-    if len(cfgs) > 1 and batchable(cfgs) is None and not any(_has_run(c) for c in cfgs):
+    batch = batching_pays(cfgs[0]) if batch is None else batch
+    if batch and len(cfgs) > 1 and batchable(cfgs) is None and not any(_has_run(c) for c in cfgs):
         return train_batched(cfgs)
     return [train(cfg, resume=_has_run(cfg)) for cfg in cfgs]
 

@@ -17,7 +17,7 @@ from diffusion.config import TrainConfig
 from diffusion.evaluate import evaluate_checkpoint
 from flows.config import LoopConfig
 from flows.model_agent import run_model_agent
-from storage.datasets import SnapshotSpec, build_snapshot
+from storage.datasets import SnapshotSpec, build_snapshot, publish_snapshot
 from storage.home import grokloop_home, spool_location, store_path
 from storage.ingest import ingest_spool
 from storage.store import open_store
@@ -94,7 +94,10 @@ def curate(cfg: LoopConfig, family: str, **spec_changes: Any) -> dict[str, Any]:
     spec = snapshot_spec(cfg, family, **spec_changes)
     with open_store(store_path(cfg.home)) as con:
         snap = build_snapshot(con, spec, home=cfg.home)
-    return _as_dict(snap)
+    out = _as_dict(snap)
+    if cfg.shared_home:  # trainers on other machines read the export there
+        out["path"] = publish_snapshot(snap.path, cfg.shared_home)
+    return out
 
 
 def train_config(cfg: LoopConfig, family: str, dataset_dir: str | None, *, run_name: str,
@@ -108,6 +111,7 @@ def train_config(cfg: LoopConfig, family: str, dataset_dir: str | None, *, run_n
         "seed": cfg.seed,
         "run_name": run_name,
         "home": str(grokloop_home(cfg.home)),
+        "shared_home": cfg.shared_home,
         "sampler_steps": cfg.sampler_steps,
         "init_from": init_from,
     }

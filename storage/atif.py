@@ -46,8 +46,8 @@ from typing import Any
 import duckdb
 import orjson
 
-from agents.spool import utc_micros
 from storage.ingest import Segment, content_digest
+from storage.spool import utc_micros
 from storage.store import StoreError, one_expression
 
 ATIF_VERSION = "ATIF-v1.6"

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage import curate
+from storage import curate, shared
 from storage.home import datasets_dir
 from storage.store import READ_SECONDS, StoreError, one_expression, sandbox, time_limit
 
@@ -463,6 +463,17 @@ def write_export(rows: pa.Table, meta: dict, out: Path, formats: tuple[str, ...]
             if not quiet:
                 enable_progress_bars()
     return out
+
+
+def publish_snapshot(export_dir: str | Path, shared_home: str) -> str:
+    """The snapshot's export on the shared home (<shared_home>/datasets/<dataset_id>, storage/shared.py),
+    for trainers on other machines: every file as a whole object, meta.json last (a reader takes the
+    export as complete only with it). Published once: the same id is the same rows."""
+    export_dir = Path(export_dir)
+    url = shared.join(shared_home, "datasets", export_dir.name)
+    if not shared.exists(shared.join(url, "meta.json")):
+        shared.publish_dir(export_dir, url, last="meta.json")
+    return url
 
 
 def dataset_card(meta: dict) -> str:

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from agents.spool import (
+from storage.spool import (
     JSON_COLUMNS,
     REJECTED_SUFFIX,
     SCHEMA,
@@ -450,7 +450,7 @@ def rejected_segment(source: str, data: bytes) -> Segment:
 
 
 def _read_segment_file(path: Path | str) -> Segment | None:
-    from agents.spool import read_published
+    from storage.spool import read_published
 
     name = str(path).rsplit("/", 1)[-1]
     arrow = name.endswith(SEGMENT_SUFFIX)
@@ -486,8 +486,8 @@ def ingest_spool(
     `spool/ingested/`. Half-written `.tmp` files are left alone while their writer may be at work;
     stale ones (old, writer gone: `agents.spool.remove_stale_tmp`) are removed. The spool may be
     a URL (`s3://bucket/prefix/spool`): its objects are listed and read the same way."""
-    from agents.spool import move_published, published_segments, remove_stale_tmp
     from storage.home import spool_location
+    from storage.spool import move_published, published_segments, remove_stale_tmp
 
     spool = spool_location(spool)
     remove_stale_tmp(spool)

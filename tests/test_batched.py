@@ -1,9 +1,13 @@
 import dataclasses
 
 import pytest
+import torch
 from test_train import P5, metric_rows, run_row, tiny
 
 from diffusion.batched import batchable, train_batched
+from diffusion.grouped import grouped_forward, stack_params
+from diffusion.model import Denoiser
+from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
 from diffusion.train import load_config, train
 
 
@@ -11,6 +15,48 @@ def close_rows(a, b):
     assert [(s, n) for s, n, _ in a] == [(s, n) for s, n, _ in b]
     for (s, n, x), (_, _, y) in zip(a, b, strict=True):
         assert x == pytest.approx(y, rel=1e-3, abs=1e-4), (s, n)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_grouped_weights_compute_each_runs_own_logits_losses_and_gradients(causal):
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(Denoiser(vocab_size=11, max_seq_len=6, hidden_size=16, num_layers=2, num_heads=2,
+                               init="torch"))  # N(0, 1) embeddings: runs far apart
+    params = stack_params(models)
+    ids = torch.randint(2, 11, (3, 4, 6))  # each run its own batch, no [MASK] (id 1) in it
+    answer_mask = torch.zeros(3, 4, 6, dtype=torch.bool)
+    answer_mask[..., 3:] = True
+    answer_mask[0, 1, 4:] = False  # rows with different answer lengths: per-run normalisation counts
+    grouped = grouped_forward(params, models[0].config, ids, causal=causal)
+    alone = torch.stack([m(ids[i], causal=causal) for i, m in enumerate(models)])
+    torch.testing.assert_close(grouped, alone, rtol=1e-5, atol=1e-5)
+
+    def grouped_model(x, causal=False):
+        return grouped_forward(params, models[0].config, x, causal)
+    if causal:
+        losses = ar_loss(grouped_model, ids, answer_mask, mask_id=1)
+        singles = [ar_loss(m, ids[i], answer_mask[i], mask_id=1) for i, m in enumerate(models)]
+    else:
+        noise = [mdm_noise(ids[i], answer_mask[i], 1, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+        losses = mdm_loss_given(grouped_model, ids, *(torch.stack(x) for x in zip(*noise, strict=True)), mask_id=1)
+        singles = [mdm_loss_given(m, ids[i], *noise[i], mask_id=1) for i, m in enumerate(models)]
+    assert losses.shape == (3,)
+    torch.testing.assert_close(losses, torch.stack(singles).detach(), rtol=1e-5, atol=1e-6)
+    losses.sum().backward()
+    torch.stack(singles).sum().backward()
+    for name, p in models[1].named_parameters():  # run 1's slice of the gradient is run 1's own gradient
+        torch.testing.assert_close(params[name].grad[1], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_grouped_weights_refuse_a_model_they_do_not_know():
+    class Wider(Denoiser):
+        def __init__(self):
+            super().__init__(vocab_size=11, max_seq_len=6, hidden_size=16, num_layers=1, num_heads=2)
+            self.extra = torch.nn.Linear(16, 16)
+    with pytest.raises(ValueError, match="extra.weight"):
+        stack_params([Wider(), Wider()])
 
 
 @pytest.mark.parametrize("grokfast", ["ema", "ma"])
@@ -50,11 +96,20 @@ def test_an_experiments_seeds_train_as_one_batch_when_they_can(tmp_path):
     from flows.experiments import train_seeds
 
     cfgs = [tiny(tmp_path, f"e{s}", seed=s, max_steps=20) for s in (0, 1, 2)]
-    results = train_seeds(cfgs)
+    results = train_seeds(cfgs, batch=True)
     assert [r.final_step for r in results] == [20, 20, 20]
     # one batched step advances every run: the three share one step time (one by one they would not)
     assert len({r.metrics["step_time"] for r in results}) == 1
     # started runs are not batched again: each resumes on its own
-    more = train_seeds([dataclasses.replace(c, max_steps=40) for c in cfgs])
+    more = train_seeds([dataclasses.replace(c, max_steps=40) for c in cfgs], batch=True)
     assert [r.final_step for r in more] == [40, 40, 40]
     assert len({r.metrics["step_time"] for r in more}) == 3
+
+
+def test_on_a_cpu_an_experiments_seeds_train_one_by_one_by_default(tmp_path, monkeypatch):
+    from flows.experiments import train_seeds
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
+    results = train_seeds([tiny(tmp_path, f"c{s}", seed=s, max_steps=10, device="auto") for s in (0, 1)])
+    assert [r.final_step for r in results] == [10, 10]
+    assert len({r.metrics["step_time"] for r in results}) == 2  # each its own steps

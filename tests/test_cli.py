@@ -38,11 +38,16 @@ def test_run_loop_refuses_a_bad_setting_in_one_line_before_any_agent_starts(tmp_
     ('families=["twohop"]', "error: families may only list modular, two_hop, programs, strings, got 'twohop'"),
     ("families=[modular]", "error: families must be a JSON list of text, got '[modular]'"),  # not markup
     ('train_overrides={"max_step": 5}', "error: train_overrides: unknown training setting 'max_step'"),
+    ("runner=spark", "error: unknown runner 'spark'; known: local, dask, ray"),
+    ("dask_address=tcp://10.0.0.5:8786", "error: dask_address is set but the runner is local; set runner=dask"),
+    (["runner=dask", "dask_address=10.0.0.5"], "error: dask_address '10.0.0.5' is not a scheduler address; "
+                                          "expected tcp://host:port"),
+    (["runner=dask", "dask_workers=0"], "error: dask_workers must be >= 1, got 0"),
 ])
 def test_loop_settings_errors_are_one_line_exit_2(tmp_path, monkeypatch, setting, message):
     monkeypatch.setenv("GROKLOOP_HOME", str(tmp_path / "home"))
     for command in (["run", "loop"], ["run", "collect"], ["run", "curate"]):
-        result = CliRunner().invoke(app, [*command, setting])
+        result = CliRunner().invoke(app, [*command, *([setting] if isinstance(setting, str) else setting)])
         assert result.exit_code == 2
         assert result.output.startswith(message) and result.output.count("\n") == 1, result.output
     assert not (tmp_path / "home").exists()

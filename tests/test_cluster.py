@@ -16,14 +16,15 @@ import duckdb
 import pytest
 import torch
 
-from agents.spool import published_segments, read_records
 from diffusion.train import TrainConfig
 from flows import steps
 from flows.config import LoopConfig
 from flows.experiments import train_runs, train_sweep
 from flows.flows import collect_flow
 from flows.runners import Runner
+from storage import shared
 from storage.home import store_path
+from storage.spool import published_segments, read_records
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -147,7 +148,7 @@ def one_thread():
 
 
 def test_a_four_run_sweep_across_the_workers_records_the_runs_the_local_sweep_does(cluster, tmp_path, one_thread):
-    def sweep(home, runner):  # as an experiment runs it: one task per setting, its 2 seeds batched
+    def sweep(home, runner):  # as an experiment runs it: one task per setting (train_seeds: its 2 seeds)
         groups = [[tiny(home, f"sweep-s{seed}-{opt}", seed=seed, grokfast=opt) for seed in (0, 1)]
                   for opt in ("ema", "none")]
         return [dataclasses.asdict(r) for results in train_sweep(groups, runner) for r in results]
@@ -165,29 +166,68 @@ def test_a_four_run_sweep_across_the_workers_records_the_runs_the_local_sweep_do
     assert final(on_cluster) == final(here)
 
 
-def test_a_run_whose_worker_dies_resumes_on_the_other_from_its_checkpoint(cluster, tmp_path, one_thread):
-    cfg = tiny(tmp_path / "dask", "mover", max_steps=240, eval_every=20, keep_checkpoints=100)
+@pytest.mark.parametrize("home", ["shared dir", "runs on S3"])
+def test_a_run_whose_worker_dies_resumes_on_the_other_from_its_checkpoint(cluster, s3, tmp_path, one_thread, home):
+    """The run's checkpoints on the (local, shared) home, or only on S3 (shared_home): there the
+    worker that takes the run over has nothing of it but what S3 holds."""
+    shared_home = f"{s3}/{tmp_path.name}" if home == "runs on S3" else None
+    cfg = tiny(tmp_path / "dask", "mover", max_steps=240, eval_every=20, keep_checkpoints=100,
+               shared_home=shared_home)
     run_dir = tmp_path / "dask" / "runs" / "mover"
+    where = f"{shared_home}/runs/mover" if shared_home else run_dir
+    latest = ((lambda: (shared.read_bytes(f"{where}/latest") or b"").decode()) if shared_home else
+              (lambda: (run_dir / "latest").read_text() if (run_dir / "latest").is_file() else ""))
+
+    def written(step: int):  # when the checkpoint of `step` was written
+        if shared_home:
+            import s3fs
+
+            return s3fs.S3FileSystem().info(f"{where}/checkpoints/step_{step}/state.pt".removeprefix("s3://"),
+                                            refresh=True)["LastModified"]
+        return (run_dir / "checkpoints" / f"step_{step}").stat().st_mtime_ns
+
     pids = cluster.run(os.getpid)
     outcome: dict = {}
     sweep = threading.Thread(target=lambda: outcome.update(result=train_runs([cfg], _runner(cluster))))
     sweep.start()
     deadline = time.monotonic() + 120
-    while not (run_dir / "latest").is_file() or (run_dir / "latest").read_text() in ("step_0", "step_20"):
+    while latest() in ("", "step_0", "step_20"):
         assert time.monotonic() < deadline and sweep.is_alive(), "no checkpoint appeared"
         time.sleep(0.01)
     busy = [w for w, tasks in cluster.processing().items() if tasks]
     assert len(busy) == 1
     os.kill(pids[busy[0]], signal.SIGKILL)
-    killed_at = int((run_dir / "latest").read_text().split("_")[1])
-    killed_ckpt = run_dir / "checkpoints" / f"step_{killed_at}"
-    written = killed_ckpt.stat().st_mtime_ns
+    killed_at = int(latest().split("_")[1])
+    before = written(killed_at)
     sweep.join(timeout=240)
     assert not sweep.is_alive()
     result = outcome["result"][0]
     assert result["status"] == "finished" and result["final_step"] == 240
     assert 0 < killed_at < 240
-    assert killed_ckpt.stat().st_mtime_ns == written  # resumed from it, not rewritten by a restart
+    assert written(killed_at) == before  # resumed from it, not rewritten by a restart
+    if shared_home:  # nothing of the checkpoints on the local home: the other worker read S3
+        assert not (run_dir / "checkpoints").exists() and not (run_dir / "latest").exists()
+        assert str(result["checkpoint_dir"]) == f"{where}/checkpoints/step_240"
 
     train_runs([tiny(tmp_path / "ref", "mover", max_steps=240, eval_every=20)], Runner())
     assert _runs(tmp_path / "dask") == _runs(tmp_path / "ref")
+
+
+def test_a_sweep_on_a_local_ray_records_the_runs_the_local_sweep_does(tmp_path, one_thread):
+    """runner=ray: a Ray instance started for the sweep (2 CPUs, so both runs at once, each in a Ray
+    worker process), through prefect-ray; the same runs as made here, one after the other."""
+    import ray
+
+    def sweep(home, runner):
+        cfgs = [tiny(home, f"ray-s{seed}", seed=seed) for seed in (0, 1)]
+        return train_runs(cfgs, runner)
+
+    on_ray = sweep(tmp_path / "ray", Runner("ray", n_workers=2))
+    assert not ray.is_initialized()  # the runner stopped the Ray it started
+    here = sweep(tmp_path / "local", Runner())
+    assert [r["status"] for r in on_ray] == ["finished", "finished"]
+    runs, metrics = _runs(tmp_path / "ray")
+    assert len(runs) == 2 and len({r[0] for r in metrics}) == 2
+    assert (runs, metrics) == _runs(tmp_path / "local")
+    assert [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in on_ray] == \
+        [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in here]

@@ -3,21 +3,26 @@ for object storage (tests/test_cluster.py runs the real S3 server and Dask clust
 
 from __future__ import annotations
 
+import shutil
+
 import duckdb
 import fsspec
 import pytest
+import torch
 
 from agents.sdk import TrajectoryLogger
-from agents.spool import published_segments, read_records, remove_stale_tmp, write_segment
 from flows.config import LoopConfig
 from flows.runners import Runner
 from storage.home import is_url, spool_location
 from storage.ingest import ingest_spool
+from storage.spool import published_segments, read_records, remove_stale_tmp, write_segment
 from storage.store import open_store
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"runner": "ray"}, "unknown runner 'ray'; known: local, dask"),
+    ({"runner": "spark"}, "unknown runner 'spark'; known: local, dask, ray"),
+    ({"runner": "ray", "ray_address": "10.0.0.5"}, "ray_address '10.0.0.5' is not a Ray address"),
+    ({"runner": "ray", "dask_address": "tcp://h:8786"}, "dask_address is set but the runner is ray; set runner=dask"),
     ({"dask_address": "tcp://h:8786"}, "dask_address is set but the runner is local"),
     ({"runner": "dask", "dask_workers": 0}, "dask_workers must be >= 1, got 0"),
 ])
@@ -86,3 +91,100 @@ def test_an_empty_or_missing_url_spool_ingests_nothing(memory_spool, tmp_path):
     assert published_segments(memory_spool) == []
     with open_store(tmp_path / "store.duckdb") as con:
         assert ingest_spool(con, memory_spool).trajectories == 0
+
+
+# --- the shared home: checkpoints and dataset exports at a URL -------------------------------------
+
+@pytest.fixture
+def memory_home():
+    url = "memory://grokloop-shared-test"
+    yield url
+    fs = fsspec.filesystem("memory")
+    if fs.exists("/grokloop-shared-test"):
+        fs.rm("/grokloop-shared-test", recursive=True)
+
+
+def _tiny(home, run_name, **kw):
+    from diffusion.train import TrainConfig
+
+    base = dict(family="modular", family_params={"p": 5, "train_fraction": 0.6, "seed": 0}, hidden_size=32,
+                num_layers=1, num_heads=2, lr=3e-3, weight_decay=0.0, batch_size=8, max_steps=80, eval_every=20,
+                sampler_steps=1, grokfast="ema", home=str(home), run_name=run_name, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def _metrics(home, run_id):
+    with duckdb.connect(str(home / "store.duckdb"), read_only=True) as con:
+        return con.execute("SELECT step, name, value FROM metrics WHERE run_id = ? AND name <> 'step_time'"
+                           " ORDER BY ALL", [run_id]).fetchall()
+
+
+def test_a_run_on_the_shared_home_resumes_on_another_machine_from_its_published_checkpoint(memory_home, tmp_path):
+    """Trained from a snapshot export published on the shared home, stopped at step 40, its run
+    directory then gone (another machine): resumed from the URL, it ends where the uninterrupted run
+    made here ends."""
+    import dataclasses
+
+    from diffusion.checkpoint import latest_checkpoint, load_model, resolve_checkpoint
+    from diffusion.train import train
+    from storage import shared
+    from storage.datasets import publish_snapshot
+    from tests.test_train import write_snapshot
+
+    export = write_snapshot(tmp_path / "datasets" / "ds-test")
+    dataset = publish_snapshot(export, memory_home)
+    assert dataset == f"{memory_home}/datasets/ds-test"
+    assert shared.children(dataset) == ["meta.json", "test_id.parquet", "test_ood.parquet", "train.parquet"]
+
+    cfg = _tiny(tmp_path / "home", "mover", dataset=dataset, shared_home=memory_home, max_steps=40)
+    first = train(cfg)
+    run_url = f"{memory_home}/runs/mover"
+    assert first.checkpoint_dir == f"{run_url}/checkpoints/step_40" == latest_checkpoint(run_url)
+    assert shared.children(f"{run_url}/checkpoints") == ["step_0", "step_20", "step_40"]
+    run_dir = tmp_path / "home" / "runs" / "mover"
+    assert not (run_dir / "checkpoints").exists()  # only on the shared home
+    shutil.rmtree(run_dir)
+
+    resumed = train(dataclasses.replace(cfg, max_steps=80), resume=True)
+    assert resumed.final_step == 80 and resumed.checkpoint_dir == f"{run_url}/checkpoints/step_80"
+    reference = train(_tiny(tmp_path / "ref", "mover", dataset=str(export)))
+    assert _metrics(tmp_path / "home", "mover") == _metrics(tmp_path / "ref", "mover")
+    assert len(_metrics(tmp_path / "ref", "mover")) > 5 * 4
+    # keep_checkpoints (3) holds on the shared home too; the URL of a run resolves to its latest
+    assert shared.children(f"{run_url}/checkpoints") == ["step_40", "step_60", "step_80"]
+    assert resolve_checkpoint(run_url) == f"{run_url}/checkpoints/step_80"
+    here, there = load_model(reference.checkpoint_dir), load_model(resolve_checkpoint(run_url))
+    assert all(torch.equal(a, b) for a, b in zip(here.state_dict().values(), there.state_dict().values(),
+                                                  strict=True))
+
+
+def test_a_half_published_checkpoint_is_never_read(memory_home, tmp_path):
+    """A worker killed while uploading step_40 leaves its objects without grokloop.json (published
+    last) and `latest` at step_20: a resume takes step_20, and the half one is refused by name."""
+    from diffusion.checkpoint import has_checkpoint, latest_checkpoint, local_checkpoint
+    from diffusion.train import train
+    from storage import shared
+
+    cfg = _tiny(tmp_path, "half", shared_home=memory_home, max_steps=20)
+    assert not has_checkpoint(cfg)
+    train(cfg)
+    assert has_checkpoint(cfg)
+    run_url = f"{memory_home}/runs/half"
+    step_20 = f"{run_url}/checkpoints/step_20"
+    for name in shared.children(step_20):  # step_40, cut short before its last object
+        if name != "grokloop.json":
+            shared.write_bytes(f"{run_url}/checkpoints/step_40/{name}", shared.read_bytes(f"{step_20}/{name}"))
+    assert latest_checkpoint(run_url) == step_20
+    with pytest.raises(FileNotFoundError, match="step_40 is not a grokloop checkpoint"):
+        local_checkpoint(f"{run_url}/checkpoints/step_40")
+    assert (local_checkpoint(step_20) / "state.pt").is_file()
+
+
+def test_a_shared_home_must_be_a_url(tmp_path):
+    from diffusion.train import TrainConfig, apply_overrides
+
+    with pytest.raises(ValueError, match="shared_home must be a URL such as s3://bucket/prefix, got '/mnt/x'"):
+        LoopConfig.from_overrides(["shared_home=/mnt/x"])
+    with pytest.raises(ValueError, match="shared_home must be a URL"):
+        apply_overrides(TrainConfig(home=str(tmp_path)), ["shared_home=relative/dir"])
+    assert LoopConfig.from_overrides(["shared_home=s3://b/p"]).shared_home == "s3://b/p"

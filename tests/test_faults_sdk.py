@@ -14,14 +14,14 @@ import time
 
 import pytest
 
-from agents.spool import (
+from storage.ingest import ingest_spool
+from storage.spool import (
     TMP_SUFFIX,
     published_segments,
     read_records,
     remove_stale_tmp,
     write_segment,
 )
-from storage.ingest import ingest_spool
 from storage.store import connect
 
 LOGGING = textwrap.dedent("""
@@ -104,7 +104,7 @@ def test_a_failed_write_leaves_no_tmp_file(tmp_path, monkeypatch):
 
 KILLED_WRITER = textwrap.dedent("""
     import os, sys
-    from agents import spool
+    from storage import spool
     def stall(fd):
         print("WRITING", flush=True)
         import time; time.sleep(60)
@@ -136,3 +136,18 @@ def test_a_killed_write_leaves_a_tmp_that_ingest_and_status_remove_once_stale(tm
                             timeout=60)
     assert result.returncode == 0 and "removed 1 stale temp file" in result.stdout.replace("\n", " ")
     assert not tmp.exists()
+
+
+def test_a_failed_background_write_is_raised_by_the_next_flush(tmp_path):
+    from agents.sdk import TrajectoryLogger
+
+    blocker = tmp_path / "spool"
+    blocker.write_text("a file where the spool should be")
+    log = TrajectoryLogger("a", "1", spool=blocker, flush_bytes=1, flush_seconds=60)
+    t = log.trajectory({"family": "modular", "task_id": "m/1"})  # a full buffer: written by a thread
+    with pytest.raises(OSError):
+        log.flush()
+    t.step(result=1)
+    with pytest.raises(OSError):
+        log.close()
+    assert blocker.read_text() == "a file where the spool should be"

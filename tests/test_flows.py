@@ -189,6 +189,29 @@ def test_prefect_yaml_schedules_collect_and_loop_with_fresh_draws():
     assert fresh["collect-hourly"] is True and fresh["loop-nightly"] is True
 
 
+def test_prefect_yaml_loop_on_dask_is_a_valid_loop_config_once_deployed(monkeypatch):
+    """What `prefect deploy` makes of the cluster deployment (its {{ $VAR }} filled from the
+    environment, as prefect's deploy does) is a loop config that passes every check."""
+    import yaml
+    from prefect.utilities.templating import apply_values
+
+    from flows.config import LoopConfig, check_loop_config
+    from flows.flows import loop_flow
+
+    declared = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())["deployments"]
+    for name, value in {"GROKLOOP_DASK_ADDRESS": "tcp://10.0.0.5:8786", "GROKLOOP_S3": "s3://lab/grokloop",
+                        "GROKLOOP_HOME": "/mnt/shared/grokloop"}.items():
+        monkeypatch.setenv(name, value)
+    deployment = apply_values(next(d for d in declared if d["name"] == "loop-on-dask"), {}, remove_notset=False)
+    assert deployment["entrypoint"] == "flows/flows.py:loop_flow"
+    params = loop_flow.validate_parameters(deployment["parameters"])
+    cfg = check_loop_config(params["cfg"])
+    assert isinstance(cfg, LoopConfig) and params["fresh_seed"] is True
+    assert (cfg.runner, cfg.dask_address, cfg.spool, cfg.shared_home) == (
+        "dask", "tcp://10.0.0.5:8786", "s3://lab/grokloop/spool", "s3://lab/grokloop")
+    assert deployment["work_pool"]["job_variables"]["env"]["GROKLOOP_HOME"] == "/mnt/shared/grokloop"
+
+
 def test_run_loop_says_what_to_expect_and_reads_its_table(tmp_path):
     import json
 

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 
 from agents.sdk import TrajectoryLogger
-from agents.spool import SCHEMA, published_segments, read_records
 from storage.ingest import ingest_paths, ingest_spool
+from storage.spool import SCHEMA, published_segments, read_records
 from storage.store import connect
 
 AGENT = textwrap.dedent("""
@@ -185,7 +185,7 @@ def test_a_size_flush_publishes_in_the_background_and_flush_waits(tmp_path):
 
 
 def test_arrow_and_jsonl_segments_in_one_batch(tmp_path):
-    from agents.spool import write_segment
+    from storage.spool import write_segment
 
     spool, con = one_step_spool(tmp_path)
     tid = "01900000-0000-7000-8000-000000000003"
@@ -269,7 +269,7 @@ def test_a_version_1_segment_with_json_as_plain_strings_still_lands(tmp_path):
 def test_jsonl_times_with_an_offset_are_stored_as_utc(tmp_path):
     """Times from other writers: an offset is converted, no offset means UTC, whatever the
     session's time zone (a plain cast would keep the wall-clock time and drop the offset)."""
-    from agents.spool import write_segment
+    from storage.spool import write_segment
 
     tid = "01900000-0000-7000-8000-000000000077"
     times = ["2026-01-01T05:00:00+02:00", "2026-01-01T05:00:00Z", "2026-01-01T05:00:00.5",
@@ -291,7 +291,7 @@ def test_the_same_records_as_arrow_and_as_jsonl_in_one_batch_land_once(tmp_path)
     # A trajectory's records twice in one batch, in different bytes (an Arrow segment and the same
     # records as JSON lines): the first copy lands; the second, identical, changes nothing and is
     # not quarantined (as across batches); nothing is stored twice.
-    from agents.spool import write_segment
+    from storage.spool import write_segment
 
     spool = tmp_path / "spool"
     log = TrajectoryLogger("a", "1", spool=spool)

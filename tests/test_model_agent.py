@@ -1,9 +1,9 @@
 import pytest
 
-from agents.spool import published_segments, read_records
 from agents.tasks import get_family
 from diffusion.train import TrainConfig, train
 from flows.model_agent import load_proposer, model_policy, run_model_agent
+from storage.spool import published_segments, read_records
 
 P5 = {"p": 5, "train_fraction": 0.6, "seed": 0}
 

@@ -5,9 +5,9 @@ import pytest
 
 from agents.policies import ExplorerPolicy, ModelPolicy, SolverPolicy, log_episode, run_episode
 from agents.sdk import TrajectoryLogger
-from agents.spool import published_segments, read_records
 from agents.tasks import get_family
 from agents.tasks.render import VOCAB_SIZE, decode_bytes, render_bytes
+from storage.spool import published_segments, read_records
 
 FAMILIES = {
     "modular": {"p": 31, "operations": ("x/y", "x^3+x*y")},

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from agents.sdk import TrajectoryLogger
-from agents.spool import SCHEMA, published_segments
 from storage.ingest import ingest_paths, ingest_spool
+from storage.spool import SCHEMA, published_segments
 from storage.store import connect
 
 TID = "01900000-0000-7000-8000-00000000000a"

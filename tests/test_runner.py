@@ -4,9 +4,9 @@ import pytest
 from typer.testing import CliRunner
 
 from agents.runner import run_agents
-from agents.spool import published_segments, read_records
 from agents.tasks import get_family
 from flows.cli_agents import app
+from storage.spool import published_segments, read_records
 
 SMALL_TWO_HOP = {"n_entities": 60, "n_relations": 8, "relations_per_entity": 6, "phi": 3.0}
 

@@ -10,13 +10,14 @@ import textwrap
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from agents import spool
 from agents.sdk import TrajectoryLogger, now_iso
-from agents.spool import (
+from storage.ingest import ingest_paths
+from storage.spool import (
     SCHEMA,
     published_segments,
     read_records,
@@ -24,6 +25,7 @@ from agents.spool import (
     uuid7,
     write_segment,
 )
+from storage.store import connect
 
 
 def test_uuid7_strictly_increasing_within_a_process():
@@ -34,11 +36,10 @@ def test_uuid7_strictly_increasing_within_a_process():
 
 
 def test_uuid7_forked_processes_never_share_ids(monkeypatch):
-    # A stopped clock puts every id in one millisecond, where ids count up from the last one: a
-    # child that kept its parent's last id would make the same ids as the parent.
-    monkeypatch.setattr(time, "time_ns", lambda: 1_800_000_000_000_000_000)
-    monkeypatch.setattr(spool, "_last_uuid7", spool._last_uuid7)  # later ids: back to the real clock
-    parent = [uuid7() for _ in range(3)]
+    # A clock behind the last id makes every id count up from it: a forked child starts from the
+    # same last id as its parent, so both make the same time fields, and only fresh random bits
+    # (drawn per id from the OS, never a pool inherited from the parent) keep them apart.
+    monkeypatch.setattr(time, "time_ns", lambda: 0)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its ids to the pipe, and out without running the parent's exit hooks
@@ -47,15 +48,16 @@ def test_uuid7_forked_processes_never_share_ids(monkeypatch):
         finally:
             os._exit(0)
     os.close(write_end)
-    parent += [uuid7() for _ in range(100)]
+    parent = [uuid7() for _ in range(100)]
     with os.fdopen(read_end, "rb") as pipe:
         data = pipe.read()
     os.waitpid(pid, 0)
     child = [uuid.UUID(bytes=data[i:i + 16]) for i in range(0, len(data), 16)]
     assert len(child) == 100
-    assert all(a < b for a, b in zip(parent, parent[1:], strict=False))
-    assert not set(parent) & set(child)
-    assert {u.bytes[:6] for u in parent + child} == {(1_800_000_000_000).to_bytes(6, "big")}
+    for ids in (parent, child):
+        assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
+    assert {u.bytes[:6] for u in parent} == {u.bytes[:6] for u in child}  # the same times...
+    assert not set(parent) & set(child)                                    # ...and never the same id
 
 
 def test_records_follow_the_wire_format(tmp_path):
@@ -114,7 +116,7 @@ def test_values_of_other_types_nan_rewards_and_given_start_times(tmp_path):
 
 
 def test_text_columns_constant_or_not_and_non_ascii(tmp_path):
-    # A column with one value throughout is encoded as a repeat (kind and status usually are).
+    # A column with one value throughout (kind and status usually are), one that varies, non-ASCII.
     log = TrajectoryLogger("agënt", "1", spool=tmp_path)
     with log.trajectory({"family": "f", "task_id": "t"}) as t:
         for tool in ("café", "café", "café"):
@@ -146,19 +148,80 @@ def test_flushes_by_size_and_leaves_no_tmp(tmp_path):
 
 def test_exit_without_close_publishes_the_buffer(tmp_path):
     # The at-exit flush is the first flush here: building the segment must not need anything
-    # that cannot start during interpreter shutdown (pandas, which pa.array imports, cannot).
+    # that cannot start during interpreter shutdown (an import of pandas, which pa.array does, cannot).
     script = textwrap.dedent(f"""
-        import sys
         from agents.sdk import TrajectoryLogger
         log = TrajectoryLogger("a", "1", spool={str(tmp_path)!r}, flush_seconds=60)
         with log.trajectory({{"family": "f", "task_id": "t"}}) as t:
             t.step(result=1)
-        assert "pandas" not in sys.modules
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
     records = [r for p in published_segments(tmp_path) for r in read_records(p)]
     assert [r["type"] for r in records] == ["trajectory", "step", "outcome"]
+
+
+OLD_SEGMENT = Path(__file__).parent / "data" / "segment_v3_48d3b1b.arrow"  # by the SDK of commit 48d3b1b
+
+
+def _log_the_fixture_records(log):
+    """What made OLD_SEGMENT (with the SDK of commit 48d3b1b), logged again."""
+    with log.trajectory({"family": "modular", "task_id": "modular/add/3/4", "split": "train", "operation": "add",
+                         "difficulty": 2, "spec": {"p": 7, "a": 3, "b": 4}}, tags=["fixture", "café"],
+                        metadata={"seed": 1}, start_time="2026-01-02T03:04:05+00:00", model="m-large") as t:
+        t.step(tool_name="compute", arguments={"op": "add", "x": 3, "y": 4}, result=0, observation="3 + 4 = ?",
+               reward=0.5, start_time="2026-01-02T03:04:05.5Z", metadata={"k": [1, 2]})
+        turn = t.step(kind="llm", model="m-small", input_tokens=1200, output_tokens=80, cost_usd=0.0031)
+        t.step(tool_name="read", arguments={"path": "a.py"}, result="ünïcode", call_id="call_1", turn=turn)
+        t.step(tool_name="bad", status="error", error="ValueError: boom")
+        t.finish(answer=[0], verified=True, reward=1.0)
+    with log.trajectory({"family": "two_hop", "task_id": "q-17"}) as t:
+        t.finish(status="error", verified=False, error="gave up")
+
+
+def test_the_wire_format_is_the_old_sdks(tmp_path):
+    # A segment the previous SDK wrote still reads and ingests whole...
+    old = read_records(OLD_SEGMENT)
+    assert [r["type"] for r in old] == ["trajectory"] * 2 + ["step"] * 4 + ["outcome"] * 2
+    con = connect(tmp_path / "store.duckdb")
+    report = ingest_paths(con, [OLD_SEGMENT])
+    assert (report.trajectories, report.steps, report.quarantined) == (2, 4, 0)
+    assert con.execute("SELECT idx, tool_name, model, input_tokens, call_id, turn FROM steps ORDER BY idx"
+                       ).fetchall() == [(0, "compute", None, None, None, None), (1, None, "m-small", 1200, None, None),
+                                        (2, "read", None, None, "call_1", 1), (3, "bad", None, None, None, None)]
+    # ...and this SDK writes the same records: the same columns, types and format version, the
+    # same values but for the ids and the times taken from the clock.
+    log = TrajectoryLogger("old-sdk", "48d3b1b", spool=tmp_path / "spool", kind="solver", checkpoint="ckpt/1")
+    _log_the_fixture_records(log)
+    log.close()
+    (segment,) = published_segments(tmp_path / "spool")
+    new_schema, old_schema = (pa.ipc.open_file(pa.memory_map(str(p))).schema for p in (segment, OLD_SEGMENT))
+    assert {f.name: f.type for f in new_schema} == {f.name: f.type for f in old_schema}
+    assert new_schema.metadata == old_schema.metadata
+
+    def comparable(records):
+        clock = {"trajectory_id", "end_time"}
+        out = [{k: v for k, v in r.items() if k not in clock} for r in records]
+        for r in out:
+            if r["type"] == "step" and r["index"] > 0 or r["type"] == "trajectory" and not r["tags"]:
+                r.pop("start_time")
+        return out
+
+    new = read_records(segment)
+    assert comparable(new) == comparable(old)
+    assert [r["trajectory_id"] for r in new if r["type"] == "step"] == [new[0]["trajectory_id"]] * 4
+
+
+def test_a_start_time_in_now_isos_own_format_is_read_as_given(tmp_path):
+    # The old SDK read a 27-character "...Z" time from a per-second cache, which before the
+    # process's first now_iso() held no second: the time was stored as 1969.
+    log = TrajectoryLogger("a", "1", spool=tmp_path)
+    with log.trajectory({"family": "f", "task_id": "t"}, start_time="2026-01-02T03:04:05.000001Z") as t:
+        t.step(start_time="2026-01-02T03:04:06.000002Z")
+    log.close()
+    records = read_records(published_segments(tmp_path)[0])
+    assert [r.get("start_time") for r in records] == ["2026-01-02T03:04:05.000001Z",
+                                                      "2026-01-02T03:04:06.000002Z", None]
 
 
 def test_segment_names_sort_in_write_order(tmp_path):
@@ -169,7 +232,7 @@ def test_segment_names_sort_in_write_order(tmp_path):
 
 
 def test_a_segment_that_is_not_arrow_is_refused_by_name(tmp_path):
-    from agents.spool import SegmentError
+    from storage.spool import SegmentError
 
     with pytest.raises(SegmentError, match="x.arrow: not a readable Arrow IPC file"):
         read_segment(b"ARROW1 but cut short", "x.arrow")

@@ -10,8 +10,8 @@ import pytest
 
 import storage.store as store
 from agents.sdk import TrajectoryLogger
-from agents.spool import SCHEMA, USAGE_COLUMNS, write_segment
 from storage.ingest import ingest_paths, ingest_spool
+from storage.spool import SCHEMA, USAGE_COLUMNS, write_segment
 from storage.store import connect, schema_version
 
 TID = "01900000-0000-7000-8000-0000000000a1"
