@@ -3,10 +3,18 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup loop test lint bench clean
+.PHONY: setup postgres loop test lint bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed postgres
 	@echo "set up: 'source $(VENV)/bin/activate' puts grokloop on your PATH"
+
+# PostgreSQL (Debian's package): the shared store's catalog (storage/lake.py). Its tests and
+# bench/store.py start a server of their own on a temporary directory; none is left running.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+		echo "installing PostgreSQL (apt-get install postgresql): the shared-store tests start one"; \
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
 
 # requirements.lock pins every transitive dependency (torch==2.13.0 is the CPU wheel on this disk).
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -26,6 +34,7 @@ test: setup
 # the published setup: hours on a CPU).
 bench: setup
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/store.py
 	$(BIN)/python bench/agent_throughput.py
 	$(BIN)/python bench/collector.py
 	$(BIN)/python bench/curate.py

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.home import store_path
+from storage.home import store_location
 from storage.store import open_store
 
 # two_hop also logs train accuracy on the inferred facts alone (what T_mem is measured on)
@@ -40,7 +40,7 @@ def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
     """The runs' accuracy series, family and T_mem / T_grok, from the store."""
     if not run_ids:
         raise ValueError("name at least one run to plot")
-    with open_store(store_path(home), read_only=True) as con:
+    with open_store(store_location(home), read_only=True) as con:
         rows = con.execute(
             "SELECT run_id, step, name, value FROM metrics"
             " WHERE run_id IN (SELECT unnest(?::VARCHAR[])) AND name IN (SELECT unnest(?::VARCHAR[]))"

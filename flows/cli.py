@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from flows import (
@@ -24,8 +26,15 @@ app = typer.Typer(
 
 
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="show the traceback of any error")) -> None:
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="show the traceback of any error"),
+    store: str = typer.Option(None, "--store", envvar="GROKLOOP_STORE", show_envvar=True,
+                              help="the store: ducklake:postgres://user@host:5432/db for the shared "
+                                   "store (storage/lake.py); default <home>/store.duckdb"),
+) -> None:
     cli_common.DEBUG = debug
+    if store:  # read by storage.home.store_location, here and in the processes this one starts
+        os.environ["GROKLOOP_STORE"] = store
 
 
 app.add_typer(cli_store.app)                     # ingest, sql, export, status

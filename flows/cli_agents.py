@@ -10,7 +10,7 @@ from agents.tasks import FAMILY_NAMES, get_family
 from flows.cli_common import FAMILY, HOME, OneLineErrors, console, err_console, family_params
 from flows.cli_output import print_table
 from flows.config import LoopConfig
-from storage.home import spool_dir, store_path
+from storage.home import spool_dir, store_location
 from storage.ingest import ingest_spool
 from storage.store import open_store
 
@@ -46,7 +46,7 @@ def run(
                   str(report.segments), f"{report.seconds:.2f}", f"{report.rate:.0f}")
     print_table(table, console, err_console)
     if ingest:
-        with open_store(store_path(home)) as con:
+        with open_store(store_location(home)) as con:
             result = ingest_spool(con, spool_dir(home))
         console.print(f"ingested: {result}")
 

@@ -9,7 +9,7 @@ from rich.table import Column, Table
 
 from flows.cli_common import FAMILY, HOME, OneLineErrors, console, err_console, family_params
 from flows.cli_output import print_table
-from storage.home import store_path
+from storage.home import store_location
 from storage.store import open_store
 
 # storage.datasets takes over a second to import (scipy, clustering): each command imports
@@ -56,7 +56,7 @@ def build(
         balance_cap=cap, temperature=temperature, balance_total=total,
         holdout_clusters=list(holdout or []), holdout_keep_k=keep_k, seed=seed, name=name,
     )
-    with open_store(store_path(home)) as con:
+    with open_store(store_location(home)) as con:
         snap = build_snapshot(con, spec, home=home, progress=True)
     verb = "built" if snap.built else "already recorded"
     console.print(f"snapshot [bold]{snap.dataset_id}[/bold] {verb}: {snap.counts['train']} train, "
@@ -69,7 +69,7 @@ def list_(home: str = HOME) -> None:
     """Every recorded snapshot, oldest first."""
     from storage.datasets import list_snapshots  # slow import: see the top
 
-    with open_store(store_path(home), read_only=True) as con:
+    with open_store(store_location(home), read_only=True) as con:
         snaps = list_snapshots(con)
     table = Table("name", "family", "train", "test_id", "test_ood", "created")
     table.columns.insert(0, Column("dataset_id", no_wrap=True, min_width=20))   # ids are copied from here
@@ -88,7 +88,7 @@ def show(
     """A snapshot's spec, curation counts and cluster sizes before/after balancing."""
     from storage.datasets import show_snapshot  # slow import: see the top
 
-    with open_store(store_path(home), read_only=True) as con:
+    with open_store(store_location(home), read_only=True) as con:
         meta = show_snapshot(con, dataset_id)
     if as_json:
         console.print_json(json.dumps(meta, default=str))
@@ -112,7 +112,7 @@ def export(
     """Write a recorded snapshot from the store as Parquet (+ meta.json, README.md) or an HF DatasetDict."""
     from storage.datasets import export_snapshot  # slow import: see the top
 
-    with open_store(store_path(home), read_only=True) as con:
+    with open_store(store_location(home), read_only=True) as con:
         out = export_snapshot(con, dataset_id, out_dir, format=fmt)
     console.print(f"exported to {out}")
 

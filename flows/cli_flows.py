@@ -13,7 +13,7 @@ from diffusion.plot import plot_runs
 from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import print_table
 from flows.config import LoopConfig
-from storage.home import grokloop_home, store_path
+from storage.home import grokloop_home, store_location
 
 # The flows import Prefect, and training torch (seconds each): each command imports them when it
 # runs, so `grokloop --help` and the store's commands do not wait for them.
@@ -54,7 +54,7 @@ def run_loop(settings: list[str] | None = SETTINGS, home: str = HOME) -> None:
     plot = plot_runs([p["run"]["run_id"] for p in summary.values()], grokloop_home(cfg.home) / "runs" / "loop.png",
                      home=cfg.home)
     console.print(_reading(summary, plot), soft_wrap=True)
-    console.print(f"{'store:':<21} {store_path(cfg.home)}   (try: grokloop sql \"SELECT * FROM success_rate\")")
+    console.print(f"{'store:':<21} {store_location(cfg.home)}   (try: grokloop sql \"SELECT * FROM success_rate\")")
     for family, part in summary.items():
         console.print(f"{family + ' dataset:':<21} {part['dataset']['path']}", soft_wrap=True)
         console.print(f"{family + ' checkpoint:':<21} {part['run']['checkpoint_dir']}", soft_wrap=True)

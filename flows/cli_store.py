@@ -23,7 +23,7 @@ from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import fits, print_table
 from storage.atif import export_atif
 from storage.export import export_jsonl
-from storage.home import spool_dir, store_path
+from storage.home import spool_dir, store_location
 from storage.ingest import ingest_paths, ingest_spool
 from storage.query import run_sql
 from storage.runs import flush_pending, pending_records
@@ -58,7 +58,7 @@ def ingest(
     """Ingest the spool (or the given files) into the store, exactly once. The store is opened
     once per batch; a batch that meets another process's lock waits up to --timeout and retries."""
     def writer():
-        return open_store(store_path(home), timeout=timeout)
+        return open_store(store_location(home), timeout=timeout)
 
     spool = spool_dir(home)
     total = len(paths) if paths else len(published_segments(spool))
@@ -81,7 +81,8 @@ def ingest(
     style = "yellow" if report.quarantined else "green"
     console.print(f"[{style}]ingested[/{style}] {report.segments} segment(s), skipped {report.skipped} "
                   f"already ingested: {report.trajectories} trajectories, {report.steps} steps, "
-                  f"{report.quarantined} quarantined ({report.seconds:.2f} s)")
+                  f"{report.quarantined} quarantined ({report.seconds:.2f} s)"
+                  + (f"; {report.held} left to another ingest worker" if report.held else ""))
     if report.quarantined:
         console.print("see why: grokloop sql \"SELECT * FROM quarantine_summary\"")
 
@@ -104,7 +105,7 @@ def sql(
 ) -> None:
     if format is OutputFormat.parquet and output is None:
         raise ValueError("--format parquet needs --output FILE")
-    table = run_sql(query, path=store_path(home), timeout=timeout, max_seconds=max_seconds,
+    table = run_sql(query, path=store_location(home), timeout=timeout, max_seconds=max_seconds,
                     memory_limit=memory_limit)
     _write_table(table, format, output)
 
@@ -159,7 +160,7 @@ def export(
     home: str = HOME,
 ) -> None:
     """Write trajectories out as ATIF (for other frameworks) or grokloop JSONL."""
-    with open_store(store_path(home), read_only=True, memory_limit=memory_limit) as con, time_limit(con, max_seconds):
+    with open_store(store_location(home), read_only=True, memory_limit=memory_limit) as con, time_limit(con, max_seconds):
         n = (export_atif if format is ExportFormat.atif else export_jsonl)(con, output, where)
     console.print(f"wrote {n} trajectories to {output} ({format.value})")
 
@@ -167,24 +168,25 @@ def export(
 @app.command()
 def status(home: str = HOME) -> None:
     """Where the store is, its schema version, rows per table and the spool backlog."""
-    path, spool = store_path(home), spool_dir(home)
+    path, spool = store_location(home), spool_dir(home)
+    shared = isinstance(path, str)  # the DuckLake store (storage/lake.py): no file to look at
     backlog = published_segments(spool)
     stale = remove_stale_tmp(spool)  # left by writers that died mid-write
     writing = [p for p in spool.iterdir() if p.name.endswith(TMP_SUFFIX)] if spool.exists() else []
-    console.print(f"store   {path}" + ("" if path.exists() else "  (not created yet)"))
+    console.print(f"store   {path}" + ("" if shared or path.exists() else "  (not created yet)"))
     console.print(f"spool   {spool}: {len(backlog)} segment(s) waiting, "
                   f"{sum(p.stat().st_size for p in backlog) / 1e6:.1f} MB; {len(writing)} being written"
                   + (f"; removed {len(stale)} stale temp file(s) of writers that died" if stale else ""))
     if waiting := pending_records(home):
         console.print(f"runs    {waiting} training record(s) wait in runs/*/pending for a busy store; "
                       f"`grokloop ingest` writes them")
-    if not path.exists():
+    if not shared and not path.exists():
         return
     with open_store(path, read_only=True) as con:
         console.print(f"schema  version {schema_version(con)}")
         tables = [r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
-            "ORDER BY table_name").fetchall()]
+            "AND table_catalog = current_database() ORDER BY table_name").fetchall()]
         counts = Table("table", "rows")
         for name in tables:
             counts.add_row(name, f"{con.execute(f'SELECT count(*) FROM {name}').fetchall()[0][0]:,}")

@@ -25,7 +25,7 @@ from rich.console import Console
 from flows import steps
 from flows.config import LoopConfig
 from flows.runners import Runner, fan_out
-from storage.home import grokloop_home, store_path
+from storage.home import grokloop_home, store_location, store_path
 from storage.store import open_store
 
 console = Console()
@@ -758,14 +758,15 @@ def _has_run(cfg) -> bool:
 
 
 def _run_status(run_id: str, home: str | None) -> str | None:
-    if not store_path(home).is_file():
+    store = store_location(home)
+    if isinstance(store, Path) and not store.is_file():
         return None
     rows = _query("SELECT status FROM runs WHERE run_id = ?", [run_id], home)
     return rows[0][0] if rows else None
 
 
 def _query(sql: str, params: list, home: str | None) -> list[tuple]:
-    with open_store(store_path(home), read_only=True) as con:
+    with open_store(store_location(home), read_only=True) as con:
         return con.execute(sql, params).fetchall()
 
 

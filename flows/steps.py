@@ -18,7 +18,7 @@ from diffusion.evaluate import evaluate_checkpoint
 from flows.config import LoopConfig
 from flows.model_agent import run_model_agent
 from storage.datasets import SnapshotSpec, build_snapshot, publish_snapshot
-from storage.home import grokloop_home, spool_location, store_path
+from storage.home import grokloop_home, spool_location, store_location
 from storage.ingest import ingest_spool
 from storage.store import open_store
 
@@ -66,7 +66,7 @@ def ingest(cfg: LoopConfig) -> dict[str, Any]:
     """Spool -> store, exactly once per segment. Runs where the store is, whatever the spool."""
     # The store is opened once per batch, so a researcher's query waits for one batch, not the
     # whole ingest, and a batch that meets a reader's lock waits for it (storage/ingest.py).
-    path = store_path(cfg.home)
+    path = store_location(cfg.home)
     return _as_dict(ingest_spool(lambda: open_store(path, timeout=600.0),
                                  spool_location(cfg.spool, cfg.home)))
 
@@ -92,7 +92,7 @@ def snapshot_spec(cfg: LoopConfig, family: str, *, holdout: list[str] | None = N
 def curate(cfg: LoopConfig, family: str, **spec_changes: Any) -> dict[str, Any]:
     """Build (or find: same fingerprint, same snapshot) a cluster-balanced dataset snapshot."""
     spec = snapshot_spec(cfg, family, **spec_changes)
-    with open_store(store_path(cfg.home)) as con:
+    with open_store(store_location(cfg.home)) as con:
         snap = build_snapshot(con, spec, home=cfg.home)
     out = _as_dict(snap)
     if cfg.shared_home:  # trainers on other machines read the export there
@@ -159,11 +159,16 @@ def record_round(cfg: LoopConfig, loop_id: str, round_: int, run: dict, snap: di
         "n_proposed": (proposed or {}).get("attempts", 0), "n_verified": (proposed or {}).get("verified", 0),
         "test_id_acc": evaluation.get("test_id"), "test_ood_acc": evaluation.get("test_ood"),
     }
-    with open_store(store_path(cfg.home)) as con:
+    with open_store(store_location(cfg.home)) as con:
         con.execute(
-            "INSERT OR REPLACE INTO self_improve_rounds BY NAME SELECT * FROM (SELECT ?::VARCHAR AS loop_id,"
+            # MERGE (no primary key needed): the same statement on the shared store (DuckLake).
+            "MERGE INTO self_improve_rounds USING (SELECT ?::VARCHAR AS loop_id,"
             " ?::INTEGER AS round, ?::VARCHAR AS run_id, ?::VARCHAR AS dataset_id, ?::INTEGER AS n_proposed,"
-            " ?::INTEGER AS n_verified, ?::DOUBLE AS test_id_acc, ?::DOUBLE AS test_ood_acc)",
+            " ?::INTEGER AS n_verified, ?::DOUBLE AS test_id_acc, ?::DOUBLE AS test_ood_acc) AS r"
+            " ON self_improve_rounds.loop_id = r.loop_id AND self_improve_rounds.round = r.round"
+            " WHEN MATCHED THEN UPDATE SET run_id = r.run_id, dataset_id = r.dataset_id, n_proposed = r.n_proposed,"
+            " n_verified = r.n_verified, test_id_acc = r.test_id_acc, test_ood_acc = r.test_ood_acc"
+            " WHEN NOT MATCHED THEN INSERT BY NAME",
             list(row.values()),
         )
     return row

@@ -406,12 +406,15 @@ def _record_and_export(con, rows: pa.Table, meta: dict, clustering: _Clustered, 
         "clustering_id", pa.array([meta["clustering_id"]] * clustering.pool.num_rows, pa.string()))
     try:
         con.execute("BEGIN")
-        con.execute("INSERT OR IGNORE INTO clusterings (clustering_id, method, params, n_clusters) "
-                    "VALUES (?, ?, ?, ?)", [meta["clustering_id"], clustering.method,
-                                            json.dumps(clustering.params), clustering.n_clusters])
+        # Anti joins rather than INSERT OR IGNORE: no primary key needed, so DuckLake runs it too.
+        con.execute("INSERT INTO clusterings (clustering_id, method, params, n_clusters) "
+                    "SELECT $1, $2, $3, $4 WHERE NOT EXISTS (FROM clusterings WHERE clustering_id = $1)",
+                    [meta["clustering_id"], clustering.method, json.dumps(clustering.params), clustering.n_clusters])
         con.register("_grokloop_assignments", assignments)
-        con.execute("INSERT OR IGNORE INTO cluster_assignments BY NAME SELECT clustering_id, "
-                    "trajectory_id::UUID AS trajectory_id, cluster, distance FROM _grokloop_assignments")
+        con.execute("INSERT INTO cluster_assignments BY NAME SELECT clustering_id, "
+                    "trajectory_id::UUID AS trajectory_id, cluster, distance FROM _grokloop_assignments a "
+                    "WHERE NOT EXISTS (FROM cluster_assignments c WHERE c.clustering_id = a.clustering_id "
+                    "AND c.trajectory_id = a.trajectory_id::UUID)")
         con.execute("INSERT INTO datasets (dataset_id, name, params, clustering_id, n_rows, export_path) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     [meta["dataset_id"], spec.name, json.dumps(meta, default=str),

@@ -39,7 +39,17 @@ def spool_location(spool: str | os.PathLike | None = None, home: str | os.PathLi
 
 
 def store_path(home: str | os.PathLike | None = None) -> Path:
+    """The embedded store's file (the default store)."""
     return grokloop_home(home) / "store.duckdb"
+
+
+def store_location(home: str | os.PathLike | None = None) -> Path | str:
+    """The store to open: $GROKLOOP_STORE when set (`ducklake:postgres://...`, the shared store
+    of storage/lake.py, or a DuckDB file), else the embedded file <home>/store.duckdb."""
+    chosen = os.environ.get("GROKLOOP_STORE")
+    if chosen:
+        return chosen if chosen.startswith("ducklake:") else Path(chosen).expanduser().resolve()
+    return store_path(home)
 
 
 def spool_dir(home: str | os.PathLike | None = None) -> Path:

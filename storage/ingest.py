@@ -13,7 +13,9 @@ Parsing, validation, the quarantine reasons and the inserts are the SQL blocks i
 outcome that conflicts with a stored one (or with an earlier one in the same batch) goes to
 quarantine with a reason naming what it conflicts with; an identical copy changes nothing.
 `ingest_segments` can open the store once per batch (`Writer`), so readers wait for one batch at
-most, not a whole ingest. How records map to tables is in `agents/sdk.py`'s docstring and
+most, not a whole ingest. On the shared store (DuckLake, `storage/lake.py`) several ingest workers
+run at once: each batch first claims its segments (`storage.store.claimed`), has no primary keys
+to lean on (duplicates are always looked for), and runs again when a concurrent commit conflicts. How records map to tables is in `agents/sdk.py`'s docstring and
 there.
 """
 
@@ -37,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
+from storage import lake
 from storage.spool import (
     JSON_COLUMNS,
     REJECTED_SUFFIX,
@@ -46,7 +49,7 @@ from storage.spool import (
     SegmentError,
     read_segment,
 )
-from storage.store import StoreError
+from storage.store import StoreError, claimed, has_keys
 
 MAX_RECORD_BYTES = 1 << 20   # a record larger than this is quarantined as oversized
 BATCH_BYTES = 64 << 20       # segments per transaction: bounded memory, few commits
@@ -61,6 +64,7 @@ class IngestReport:
     trajectories: int = 0    # new trajectories
     steps: int = 0           # new steps
     quarantined: int = 0     # records sent to quarantine
+    held: int = 0            # segments another ingest worker was ingesting (the shared store): its own
     seconds: float = 0.0
 
     def __iadd__(self, other: IngestReport) -> IngestReport:
@@ -278,10 +282,15 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
     start = time.perf_counter()
     has_lines = _register_inputs(con, batch)
     try:
-        try:
-            report = _run_blocks(con, batch, has_lines, max_record_bytes, find_duplicates=False)
-        except _DuplicateKeys:  # rare: rolled back, so again, now looking for the duplicates
-            report = _run_blocks(con, batch, has_lines, max_record_bytes, find_duplicates=True)
+        if not has_keys(con):  # DuckLake: no key to refuse a duplicate, and concurrent writers
+            report = lake.retry_conflicts(lambda: _run_blocks(
+                con, batch, has_lines, max_record_bytes, find_duplicates=True, serialize_new_keys=True),
+                f"ingest of {len(batch)} segment(s)")
+        else:
+            try:
+                report = _run_blocks(con, batch, has_lines, max_record_bytes, find_duplicates=False)
+            except _DuplicateKeys:  # rare: rolled back, so again, now looking for the duplicates
+                report = _run_blocks(con, batch, has_lines, max_record_bytes, find_duplicates=True)
     finally:
         con.unregister("raw_lines")
         for name in _ROW_TABLES.values():
@@ -292,10 +301,13 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, batch: list[Segment], max_reco
 
 
 def _run_blocks(con: duckdb.DuckDBPyConnection, batch: list[Segment], has_lines: bool,
-                max_record_bytes: int, *, find_duplicates: bool) -> IngestReport:
+                max_record_bytes: int, *, find_duplicates: bool, serialize_new_keys: bool = False
+                ) -> IngestReport:
     """The SQL blocks over the registered batch, in one transaction. Raises _DuplicateKeys when
-    not `find_duplicates` and the batch has a step or a trajectory start twice (rolled back)."""
+    not `find_duplicates` and the batch has a step or a trajectory start twice (rolled back).
+    `serialize_new_keys`: a batch that adds agents or tasks says so to concurrent ones (DuckLake)."""
     report = IngestReport(segments=len(batch))
+    new_keys = 0
     keep_order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
     clean = not has_lines  # Arrow records only, none with a reason (known after check_arrow)
     con.execute("BEGIN")
@@ -319,15 +331,20 @@ def _run_blocks(con: duckdb.DuckDBPyConnection, batch: list[Segment], has_lines:
                     con.execute(f"SET preserve_insertion_order = {keep_order}")
             if name == "check_arrow":
                 clean = clean and rows[0][0] == 0
+            elif name in ("insert_agents", "insert_tasks"):
+                new_keys += rows[0][0]
             elif name == "insert_trajectories":
                 report.trajectories = rows[0][0]
             elif name == "insert_steps":
                 report.steps = rows[0][0]
             elif name == "quarantine":
                 report.quarantined = rows[0][0] if rows else 0  # the insert's count; none: no_bad
+        if serialize_new_keys and new_keys:
+            lake.serialize_new_keys(con)
         con.execute("COMMIT").fetchall()
     except duckdb.Error as err:
-        con.execute("ROLLBACK").fetchall()
+        with contextlib.suppress(duckdb.TransactionException):  # a failed COMMIT ended it already
+            con.execute("ROLLBACK").fetchall()
         if isinstance(err, duckdb.ConstraintException) and not find_duplicates:
             raise _DuplicateKeys from err
         sources = ", ".join(s.source for s in batch[:3]) + (" ..." if len(batch) > 3 else "")
@@ -403,12 +420,15 @@ def ingest_segments(
     start = time.perf_counter()
     batch: list[Segment] = []
     seen: set[str] = set()
+    refused: set[str] = set()  # the shared store: producers another worker was ingesting
 
     def flush() -> None:
         nonlocal batch
         if not batch:
             return
-        with _writing(con) as writer:
+        with _writing(con) as writer, claimed(writer, [(s.digest, s.source) for s in batch], refused) as mine:
+            total.held += sum(s.digest not in mine for s in batch)  # left to the worker holding them
+            batch = [s for s in batch if s.digest in mine]
             known = _already_ingested(writer, [s.digest for s in batch])
             fresh = [s for s in batch if s.digest not in known]
             report = _ingest_batch(writer, fresh, max_record_bytes) if fresh else None
@@ -495,7 +515,8 @@ def ingest_spool(
 
     def move(segments: list[Segment], report: IngestReport) -> None:
         for segment in segments:
-            move_published(by_name[segment.source], INGESTED_DIR)
+            with contextlib.suppress(FileNotFoundError):  # another ingest worker moved it first
+                move_published(by_name[segment.source], INGESTED_DIR)
         if on_batch:
             on_batch(segments, report)
 

@@ -9,6 +9,7 @@ as Arrow / pandas / polars (`duckdb.connect(path, read_only=True).sql(q).pl()`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,13 @@ _WRITE_HINT = ("`grokloop sql` is read-only: it runs SELECT, SHOW, DESCRIBE, EXP
 # store's own WAL file and ATTACH of the store itself, which DuckDB allows (the database file is
 # always on its allow-list): so they are refused by type, before DuckDB sees them.
 _READ_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL"}
+# Logging and profiling change settings, which DuckDB 2.0 refuses with the configuration locked;
+# 1.5.5 lets `PRAGMA enable_profiling` through and checks `enable_logging`'s file access where its
+# error cannot be caught (the process aborts). So they are refused by name, before DuckDB sees them.
+_REFUSED_CALLS = re.compile(r"\b(enable_logging|disable_logging|enable_profil\w*|disable_profil\w*|"
+                            r"profil\w*_output|profiling_mode)\b", re.I)
+_SETTINGS_FIXED = ("refused: settings are fixed for read-only queries (SET, PRAGMA, logging, "
+                   "profiling); `grokloop sql --memory-limit/--max-seconds` set the limits.")
 
 
 def _check_statements(sql: str) -> None:
@@ -35,6 +43,8 @@ def _check_statements(sql: str) -> None:
         raise StoreError(f"query failed: {err}") from err
     for statement in statements:
         kind = statement.type.name
+        if _REFUSED_CALLS.search(statement.query):
+            raise StoreError(_SETTINGS_FIXED)
         if kind not in _READ_STATEMENTS:
             raise StoreError(f"refused: {kind} statement. {_WRITE_HINT} Use `grokloop sql --output FILE` "
                              f"to save a result.")
@@ -72,9 +82,7 @@ def run_sql(
                              f"(COPY ... TO, ATTACH, read_csv, INSTALL, LOAD ...). {_WRITE_HINT} Use "
                              f"`grokloop sql --output FILE` to save a result. {said}") from err
         if "configuration has been locked" in text:
-            raise StoreError(f"refused: settings are fixed for read-only queries (SET, PRAGMA, "
-                             f"logging, profiling); `grokloop sql --memory-limit/--max-seconds` set "
-                             f"the limits. {said}") from err
+            raise StoreError(f"{_SETTINGS_FIXED} {said}") from err
         if isinstance(err, duckdb.OutOfMemoryException):
             raise StoreError(f"query needs more than its memory limit of {memory_limit} (raise it "
                              f"with --memory-limit, or aggregate in SQL). {said}") from err

@@ -23,7 +23,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.home import runs_dir, store_path
+from storage import lake
+from storage.home import runs_dir, store_location
 from storage.store import StoreLocked, connect, open_store, sql_blocks
 
 WRITE_TIMEOUT = 5.0     # a run's write waits this long for the store, then waits as a file instead
@@ -55,7 +56,7 @@ def stored_metrics(home, run_id: str, step: int) -> dict[str, float]:
     what a resumed, already complete run reports."""
     found = {}
     try:
-        with open_store(store_path(home), read_only=True, timeout=WRITE_TIMEOUT) as con:
+        with open_store(store_location(home), read_only=True, timeout=WRITE_TIMEOUT) as con:
             found = dict(con.execute(_SQL["select_metrics"], [run_id, step]).fetchall())
     except StoreLocked:
         pass
@@ -83,13 +84,15 @@ def pending_records(home=None) -> int:
 def _write(home, run_id: str, record: dict, timeout: float) -> bool:
     run_dir = runs_dir(home) / run_id
     try:
-        con = connect(store_path(home), timeout=timeout)
+        con = connect(store_location(home), timeout=timeout)
     except StoreLocked:
         _save_pending(run_dir, record)
         return False
     try:
         pending = _pending(run_dir)  # earlier records first, so the newest run row wins
-        _apply_all(con, [*map(_load, pending), record])
+        records = [*map(_load, pending), record]
+        # On DuckLake a concurrent run's commit may conflict with this one: run it again.
+        lake.retry_conflicts(lambda: _apply_all(con, records), f"recording run {run_id}")
     finally:
         con.close()
     for path in pending:

@@ -20,7 +20,9 @@ DuckDB allows one read-write process per file, or any number of read-only ones, 
   (`one_expression`) and evaluated only on such sandboxes.
 
 Why not readers on a snapshot (a copy of the file per query): copying a large store per query
-costs more than the waits it saves, and DuckLake is the way to many writers and readers (DESIGN 10).
+costs more than the waits it saves, and DuckLake is the way to many writers and readers (DESIGN 10):
+`GROKLOOP_STORE=ducklake:postgres://...` opens that instead (`storage/lake.py`), with the same
+migrations, views and sandbox; there readers read a snapshot and nobody waits for a lock.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from pathlib import Path
 
 import duckdb
 
-from storage.home import store_path
+from storage import lake
+from storage.home import grokloop_home, store_location
 
 
 class StoreError(RuntimeError):
@@ -66,33 +69,71 @@ def views_sql() -> str:
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     exists = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+        " AND table_catalog = current_database()"
     ).fetchall()[0][0]
     if not exists:
         return 0
     return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
 
 
+def has_keys(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the store enforces its primary keys (the embedded file) or not (DuckLake)."""
+    return con.execute("SELECT type FROM duckdb_databases() WHERE database_name = current_database()"
+                       ).fetchall()[0][0] != "ducklake"
+
+
+@contextlib.contextmanager
+def claimed(con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]],
+            refused: set[str]) -> Iterator[set[str]]:
+    """The digests of (digest, source) segments this writer may ingest now: all of them in the
+    embedded store (its lock makes this the only writer); on DuckLake the ones it claimed from
+    concurrent workers (`lake.claimed`; `refused` carries what others held from batch to batch),
+    released on the way out."""
+    if has_keys(con):
+        yield {digest for digest, _ in segments}
+    else:
+        with lake.claimed(con, segments, refused) as mine:
+            yield mine
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
-    """Apply every migration newer than the store's version, each in its own transaction."""
-    con.execute(
+    """Apply every migration newer than the store's version, each in its own transaction. On
+    DuckLake the key clauses are left out (`lake.without_keys`) and a migration that meets another
+    writer's (the same one, made at the same moment) runs again from the version stored then."""
+    keys = has_keys(con)
+    ddl = (lambda sql: sql) if keys else lake.without_keys
+    if not keys:
+        return lake.retry_conflicts(lambda: _migrate(con, ddl, keys), "migrating the store")
+    return _migrate(con, ddl, keys)
+
+
+def _migrate(con: duckdb.DuckDBPyConnection, ddl, keys: bool) -> int:
+    con.execute(ddl(
         "CREATE TABLE IF NOT EXISTS schema_version ("
         " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
         " applied_at TIMESTAMP NOT NULL DEFAULT now())"
-    )
+    ))
     current = schema_version(con)
     for version, name, sql in migrations():
         if version <= current:
             continue
         con.execute("BEGIN")
         try:
-            con.execute(sql)
+            con.execute(ddl(sql))
             con.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", [version, name])
             con.execute("COMMIT")
         except duckdb.Error as err:
-            con.execute("ROLLBACK")
+            with contextlib.suppress(duckdb.TransactionException):  # a failed COMMIT ended it already
+                con.execute("ROLLBACK")
+            if lake.is_conflict(err):
+                raise
             raise StoreError(f"migration {version:04d}_{name}.sql failed: {err}") from err
-    # Views are recreated every open so a newer grokloop's views replace older ones.
-    con.execute(views_sql())
+    if keys:
+        # Views are recreated every open so a newer grokloop's views replace older ones.
+        con.execute(views_sql())
+    else:
+        lake.ensure_lake_tables(con)
+        lake.ensure_views(con, views_sql())
     return schema_version(con)
 
 
@@ -175,9 +216,27 @@ def connect(
     timeout: float = 30.0,
     memory_limit: str = READ_MEMORY_LIMIT,
 ) -> duckdb.DuckDBPyConnection:
-    """Open the store. Writers migrate it; readers get `reader_config`. Either waits up to
-    `timeout` s for another process's lock, then raises StoreLocked naming it."""
-    path = Path(path) if path else store_path()
+    """Open the store: `path`, else `storage.home.store_location()` ($GROKLOOP_STORE or the home's
+    file). Writers migrate it; readers get `reader_config`. The embedded file waits up to
+    `timeout` s for another process's lock, then raises StoreLocked naming it; a DuckLake store
+    (`ducklake:...`) has no lock to wait for."""
+    location = path or store_location()
+    if lake.is_lake(location):
+        try:
+            con = lake.connect(str(location), read_only=read_only, home=grokloop_home(),
+                               reader_config=reader_config(memory_limit))
+        except lake.LakeError as err:
+            raise StoreError(str(err)) from err
+        if not read_only:
+            try:
+                migrate(con)
+            except BaseException as err:
+                con.close()
+                if isinstance(err, lake.LakeError):
+                    raise StoreError(str(err)) from err
+                raise
+        return con
+    path = Path(location)
     if read_only and not path.exists():
         raise StoreError(f"no store at {path}: run `grokloop ingest` or `grokloop run loop` first")
     if not read_only:

@@ -18,3 +18,25 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of our own (Debian's package: `make setup` installs it), on a temporary
+    data directory and a free port on 127.0.0.1, stopped at the end: the DuckLake catalog."""
+    from tests.postgres_server import PostgresServer
+
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def lake_store(postgres, home, monkeypatch):
+    """A fresh DuckLake store (its own database on the test server, data under `home`), set as
+    $GROKLOOP_STORE: its URL."""
+    url = postgres.new_store()
+    monkeypatch.setenv("GROKLOOP_STORE", url)
+    return url

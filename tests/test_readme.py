@@ -83,9 +83,11 @@ def test_every_readme_block_runs(tmp_path, monkeypatch, prefect_server):
             assert "accelerate" not in out.stderr
             snippets += 1
     assert snippets == 3 and len(ran) >= 17
-    # Skipped: only set-up, CI itself, servers (Prefect's, a Dask cluster's), the experiments
-    # tests/test_experiments.py runs, and multi-GPU launches (tests/test_distributed.py runs torchrun on CPU).
+    # Skipped: only set-up, CI itself, servers (Prefect's, a Dask cluster's, PostgreSQL's for the
+    # shared store, which tests/test_lake.py starts), the experiments tests/test_experiments.py runs,
+    # and multi-GPU launches (tests/test_distributed.py runs torchrun on CPU).
     assert {shlex.split(s, comments=True)[0] for s in skipped} <= {"make", "prefect", "grokloop", "dask", "torchrun",
+                                                                    "createdb",
                                                                     "PREFECT_API_URL=http://127.0.0.1:4200/api"}
     assert all(f"{NOT_IN_CI}:" in s for s in skipped)
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "out_dir").is_dir()

@@ -237,8 +237,11 @@ SELECT seg, line_no, "type", reason FROM (
 
 -- name: arrow_records
 -- An Arrow record table's rows as the columns of the `checked` views (below).
+-- The id goes through text: DuckDB 1.5.5 cannot push a join's filter on a UUID column into the
+-- scan of a registered Arrow table ("Unimplemented type UUID for Arrow Filter Pushdown"), and a
+-- filter on the cast value stays above the scan (the stored side's scans still get it).
 CREATE OR REPLACE TEMP MACRO arrow_records(records, record_type) AS TABLE
-SELECT seg, line_no, record_type AS rtype, trajectory_id,
+SELECT seg, line_no, record_type AS rtype, trajectory_id::VARCHAR::UUID AS trajectory_id,
     -- steps
     "index" AS idx, coalesce(kind, 'tool_call') AS kind, observation, tool_name, arguments, result,
     reward, coalesce(status, 'ok') AS status, error, metadata, start_time, end_time,
@@ -493,8 +496,9 @@ SELECT s.source, b.line_no, b.raw, b.reason FROM bad b JOIN raw_segs s USING (se
 -- Per segment: its records (as Python counted them, plus the ones rejected before SQL), the good
 -- trajectory starts and steps (a duplicate step not counted), and what went to quarantine. The
 -- Arrow counts come from Python too, less the records with a reason: counting the checked views
--- again would plan and scan every input table once more.
-INSERT OR IGNORE INTO ingest_log BY NAME
+-- again would plan and scan every input table once more. No segment here is in ingest_log yet:
+-- ingest_segments left those out, holding the store's lock (or, on DuckLake, the segments' claims).
+INSERT INTO ingest_log BY NAME
 WITH good AS (
     SELECT seg, rtype, count(*) AS n FROM checked_lines WHERE reason IS NULL GROUP BY ALL
     UNION ALL SELECT seg, 'trajectory', arrow_starts FROM raw_segs

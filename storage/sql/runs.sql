@@ -4,23 +4,36 @@
 
 -- name: upsert_run
 -- `updated_at` is when the record was made, not when it reached the store: a record that waited
--- as a file (the store was busy) never replaces a newer one.
-INSERT INTO runs (run_id, name, objective, dataset_id, config, status, parent_run_id, t_mem, t_grok,
-                  grok_ratio, grok_delay, final_step, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (run_id) DO UPDATE SET config = excluded.config, status = excluded.status,
-    t_mem = excluded.t_mem, t_grok = excluded.t_grok, grok_ratio = excluded.grok_ratio,
-    grok_delay = excluded.grok_delay, final_step = excluded.final_step, updated_at = excluded.updated_at
-WHERE excluded.updated_at >= runs.updated_at;
+-- as a file (the store was busy) never replaces a newer one. MERGE, not INSERT ... ON CONFLICT:
+-- it needs no primary key, so the same statement runs on DuckLake (storage/lake.py).
+MERGE INTO runs USING (
+    SELECT ?::VARCHAR AS run_id, ?::VARCHAR AS name, ?::VARCHAR AS objective, ?::VARCHAR AS dataset_id,
+           ?::JSON AS config, ?::VARCHAR AS status, ?::VARCHAR AS parent_run_id, ?::INTEGER AS t_mem,
+           ?::INTEGER AS t_grok, ?::DOUBLE AS grok_ratio, ?::INTEGER AS grok_delay,
+           ?::INTEGER AS final_step, ?::TIMESTAMP AS updated_at
+) AS r ON runs.run_id = r.run_id
+WHEN MATCHED AND r.updated_at >= runs.updated_at THEN UPDATE SET config = r.config, status = r.status,
+    t_mem = r.t_mem, t_grok = r.t_grok, grok_ratio = r.grok_ratio, grok_delay = r.grok_delay,
+    final_step = r.final_step, updated_at = r.updated_at
+WHEN NOT MATCHED THEN INSERT BY NAME;
 
 -- name: insert_metrics
-INSERT OR REPLACE INTO metrics BY NAME SELECT * FROM metric_rows;
+MERGE INTO metrics USING metric_rows AS r
+ON metrics.run_id = r.run_id AND metrics.step = r.step AND metrics.name = r.name
+WHEN MATCHED THEN UPDATE SET value = r.value
+WHEN NOT MATCHED THEN INSERT BY NAME;
 
 -- name: insert_checkpoints
-INSERT OR REPLACE INTO checkpoints BY NAME SELECT * FROM checkpoint_rows;
+MERGE INTO checkpoints USING checkpoint_rows AS r ON checkpoints.run_id = r.run_id AND checkpoints.step = r.step
+WHEN MATCHED THEN UPDATE SET path = r.path
+WHEN NOT MATCHED THEN INSERT BY NAME;
 
 -- name: insert_evaluations
-INSERT OR REPLACE INTO evaluations BY NAME SELECT * FROM evaluation_rows;
+MERGE INTO evaluations USING evaluation_rows AS r
+ON evaluations.run_id = r.run_id AND evaluations.step = r.step AND evaluations.family = r.family
+   AND evaluations.split = r.split
+WHEN MATCHED THEN UPDATE SET n = r.n, accuracy = r.accuracy, sampler = r.sampler
+WHEN NOT MATCHED THEN INSERT BY NAME;
 
 -- name: select_metrics
 SELECT name, value FROM metrics WHERE run_id = ? AND step = ?;
