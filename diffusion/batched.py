@@ -61,8 +61,8 @@ def batchable(cfgs: list[TrainConfig]) -> str | None:
     for cfg in cfgs:
         if cfg.grad_clip or cfg.dropout or cfg.init_from:
             return "grad_clip, dropout and init_from are per-run state the batched step does not have"
-        if cfg.arch != "denoiser" or cfg.reference_loop:
-            return "the Grokfast reference decoder and loop (arch, reference_loop) train one by one"
+        if cfg.arch != "denoiser" or cfg.reference_loop or cfg.share_layers:
+            return "the Grokfast reference decoder and loop (arch, reference_loop) and shared layers train one by one"
         diff = {k for k, v in dataclasses.asdict(cfg).items() if k not in PER_RUN and v != first[k]}
         if diff:
             return f"runs differ in {', '.join(sorted(diff))}"

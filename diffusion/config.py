@@ -217,6 +217,7 @@ class TrainConfig:
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
+    share_layers: bool = False             # denoiser: one block applied num_layers times (Wang et al. 2024)
     mlp_ratio: int = 4
     dropout: float = 0.0                   # grokking setups use none
     init: str = "small"                    # small: N(0, 0.02) | torch: PyTorch defaults (groks late)
@@ -249,6 +250,7 @@ class TrainConfig:
     mem_threshold: float = 0.99            # T_mem: first eval with train acc >= this (two_hop: inferred facts)
     grok_threshold: float = 0.95           # T_grok: first eval with test_id acc >= this
     patience: int = 0                      # stop this many steps after T_grok; 0 = run to max_steps
+    mem_multiple: float = 0.0              # with patience: also run to at least this many times T_mem
     # bookkeeping
     seed: int = 0                          # init, data order, masking noise
     run_name: str | None = None            # also the run id when given (a retry resumes the same run)

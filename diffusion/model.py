@@ -8,6 +8,7 @@ parameters, so the comparison is fair.
     logits = model(input_ids)                 # (B, T, V), bidirectional
     logits = model(input_ids, causal=True)    # (B, T, V), position t sees only <= t
     model.save_pretrained(path); Denoiser.from_pretrained(path)
+    Denoiser(..., num_layers=4, share_layers=True)   # one block applied 4 times (cross-layer sharing)
 
 `GrokfastRefDecoder` is the Grokfast reference code's decoder (ironjr/grokfast, commit 93b2248) with
 the same interface, for `TrainConfig(arch="grokfast_ref")`: the published setup, run by our trainer.
@@ -88,6 +89,7 @@ class Denoiser(ModelMixin, ConfigMixin):
         rope_base: float = 10000.0,
         mask_token_id: int = 1,
         init: str = "small",
+        share_layers: bool = False,
     ):
         super().__init__()
         if hidden_size % num_heads or (hidden_size // num_heads) % 2:
@@ -95,8 +97,10 @@ class Denoiser(ModelMixin, ConfigMixin):
                 f"hidden_size {hidden_size} must split into {num_heads} heads of even size (RoPE pairs)"
             )
         self.embed = nn.Embedding(vocab_size, hidden_size)
+        # share_layers: one block's weights applied num_layers times, the cross-layer sharing Wang et al.
+        # 2024 point at for out-of-distribution composition (the second hop can reuse the first hop's lookup).
         self.blocks = nn.ModuleList(
-            Block(hidden_size, num_heads, mlp_ratio, dropout) for _ in range(num_layers)
+            Block(hidden_size, num_heads, mlp_ratio, dropout) for _ in range(1 if share_layers else num_layers)
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.head = nn.Linear(hidden_size, vocab_size, bias=False)
@@ -131,15 +135,44 @@ class Denoiser(ModelMixin, ConfigMixin):
         head_dim = self.config.hidden_size // self.config.num_heads
         cos, sin = rope_angles(T, head_dim, self.config.rope_base, input_ids.device)
         x = self.embed(input_ids)  # (B, T, C)
-        for block in self.blocks:
-            x = block(x, cos, sin, causal)
+        for layer in range(self.config.num_layers):
+            x = self.blocks[layer % len(self.blocks)](x, cos, sin, causal)
         return self.head(self.norm(x))  # (B, T, V)
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token (forward + backward ~ 6 N plus attention), for throughput figures."""
-        n = sum(p.numel() for p in self.parameters() if p.dim() > 1 and p is not self.embed.weight)
-        T, C, L = self.config.max_seq_len, self.config.hidden_size, self.config.num_layers
+        """Training FLOPs per token (forward + backward ~ 6 N plus attention), for throughput figures.
+        A shared block costs its FLOPs at every layer it is applied."""
+        L = self.config.num_layers
+        n = sum(p.numel() * (L // len(self.blocks) if any(p is q for q in self.blocks.parameters()) else 1)
+                for p in self.parameters() if p.dim() > 1 and p is not self.embed.weight)
+        T, C = self.config.max_seq_len, self.config.hidden_size
         return 6 * n + 12 * L * T * C
+
+
+def parameter_count(**config) -> int:
+    """Trainable parameters of a Denoiser with these arguments (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in Denoiser(**config).parameters())
+
+
+def shared_width(*, vocab_size: int, max_seq_len: int, hidden_size: int, num_layers: int, num_heads: int,
+                 mlp_ratio: int = 4) -> int:
+    """The width at which a `share_layers` Denoiser has as many parameters as the unshared one of
+    `hidden_size`: the shared arm of a comparison at equal parameters (one wider block, applied
+    num_layers times). The nearest width that splits into num_heads heads of even size."""
+    shape = {"vocab_size": vocab_size, "max_seq_len": max_seq_len, "num_layers": num_layers,
+             "num_heads": num_heads, "mlp_ratio": mlp_ratio}
+    target = parameter_count(hidden_size=hidden_size, **shape)
+    step = 2 * num_heads
+    lo, hi = 1, num_layers * hidden_size // step + 1   # in units of `step`; the count grows with width
+    while lo < hi:                                      # the first width at or above the target
+        mid = (lo + hi) // 2
+        if parameter_count(hidden_size=mid * step, share_layers=True, **shape) < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    below, above = max(lo - 1, 1) * step, lo * step
+    return min((below, above), key=lambda w: abs(parameter_count(hidden_size=w, share_layers=True, **shape) - target))
 
 
 class RefBlock(nn.Module):
@@ -223,4 +256,5 @@ def load_pretrained(directory) -> Denoiser | GrokfastRefDecoder:
     return MODEL_CLASSES[name].from_pretrained(str(directory), low_cpu_mem_usage=False)
 
 
-__all__ = ["Denoiser", "GrokfastRefDecoder", "MODEL_CLASSES", "apply_rope", "load_pretrained", "rope_angles"]
+__all__ = ["Denoiser", "GrokfastRefDecoder", "MODEL_CLASSES", "apply_rope", "load_pretrained", "parameter_count",
+           "rope_angles", "shared_width"]

@@ -145,7 +145,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
             bar = progress.add_task(cfg.run_id, total=cfg.max_steps, completed=state.step, info="")
             while True:
                 step, stopping = state.step, procs.any(sigterm.is_set())  # every process stops at one step
-                done = step >= cfg.max_steps or patience_over(cfg, step, state.t_grok)
+                done = step >= cfg.max_steps or patience_over(cfg, step, state.t_grok, state.t_mem)
 
                 # evaluate on the schedule and at the end, each step once even across restarts
                 rows = []
@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
                     progress.console.print(eval_line(step, metrics, state.t_mem, state.t_grok) + pace.line(step))
                     progress.update(bar, info=f"train {metrics.get('train/acc', 0):.3f} "
                                               f"test {metrics.get('test_id/acc', 0):.3f}")
-                    done = done or patience_over(cfg, step, state.t_grok)
+                    done = done or patience_over(cfg, step, state.t_grok, state.t_mem)
 
                 # checkpoint on its schedule, at the end and on SIGTERM; it carries this evaluation's rows
                 checkpoints = []
@@ -240,7 +240,8 @@ def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser | Grokfast
                                   mlp_ratio=cfg.mlp_ratio, mask_token_id=tokenizer.mask_id)
     return Denoiser(vocab_size=tokenizer.vocab_size, max_seq_len=tokenizer.seq_len,
                     hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-                    mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=tokenizer.mask_id, init=cfg.init)
+                    mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mask_token_id=tokenizer.mask_id, init=cfg.init,
+                    share_layers=cfg.share_layers)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -268,8 +269,12 @@ def _log_steps(below: int) -> set[int]:
     return steps
 
 
-def patience_over(cfg: TrainConfig, step: int, t_grok: int | None) -> bool:
-    return bool(cfg.patience) and t_grok is not None and step - t_grok >= cfg.patience
+def patience_over(cfg: TrainConfig, step: int, t_grok: int | None, t_mem: int | None = None) -> bool:
+    """Grokked `patience` steps ago, and (mem_multiple) past that multiple of T_mem: a grokking
+    run shows its delay on a log axis only when it runs well past memorisation."""
+    if not cfg.patience or t_grok is None or step - t_grok < cfg.patience:
+        return False
+    return not cfg.mem_multiple or (t_mem is not None and step >= cfg.mem_multiple * t_mem)
 
 
 @contextlib.contextmanager

@@ -161,7 +161,12 @@ def serve(
 @app.command()
 def experiment(
     name: str = typer.Argument(..., help="grokfast | composition | clusters | self_improve"),
-    quick: bool = typer.Option(False, "--quick", help="the few-minute size"),
+    quick: bool = typer.Option(False, "--quick", help="the few-minute size (--size quick)"),
+    size: str = typer.Option("", help="quick | full (the default: this CPU's size) | published (composition: "
+                                      "Wang et al.'s two_hop world and model, for a GPU)"),
+    arms: str = typer.Option("", help="composition only: a subset of ar,mdm,mdm-full,ar-shared"),
+    report_only: bool = typer.Option(False, "--report-only", help="train nothing: write the summary and plot "
+                                                                  "from what the store has now (runs may go on)"),
     seeds: int = typer.Option(0, help="override the number of seeds (0: the size's default)"),
     max_steps: int = typer.Option(0, help="override the step cap per run (0: the size's default)"),
     out: Path = typer.Option(Path("docs/results"), help="where NAME.md and NAME.png go"),
@@ -183,11 +188,19 @@ def experiment(
     options |= {"init": init} if init else {}
     if options and name != "grokfast":
         raise ValueError("--setups, --objectives and --init apply to the grokfast experiment only")
+    if arms and name != "composition":
+        raise ValueError("--arms applies to the composition experiment only")
+    options |= {"arms": arms.split(",")} if arms else {}
+    if report_only and name not in ("composition", "clusters"):
+        raise ValueError("--report-only applies to the composition and clusters experiments")
+    options |= {"report_only": True} if report_only else {}
+    if quick and size and size != "quick":
+        raise ValueError(f"--quick and --size {size} disagree: give one")
     where = LoopConfig(runner=runner, dask_address=dask_address or None, dask_workers=dask_workers,
                        ray_address=ray_address or None).runner_settings()
-    result = run_experiment(name, quick=quick, seeds=seeds or None, max_steps=max_steps or None,
+    result = run_experiment(name, quick=quick, size=size or None, seeds=seeds or None, max_steps=max_steps or None,
                             out_dir=out, home=home, runner=where, **options)
-    console.print(f"summary: {result['summary']}\nplot:    {result['plot']}")
+    console.print(f"summary: {result['summary']}\nplot:    {result['plot'] or '(none: no run has evaluated yet)'}")
 
 
 def _pct(x) -> str:

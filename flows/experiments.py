@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,104 +198,331 @@ def grokfast(size: Size, home: str | None, setups=tuple(GROKFAST_SETUPS),
 
 # ---- composition --------------------------------------------------------------------------------
 
+# The arms, at equal parameters, data and steps. "mdm": masked diffusion on the answer given the
+# prompt (the `count` estimator: with a one-token answer, cross-entropy on it with bidirectional
+# attention); "mdm-full": the same ELBO over the whole sequence (it also learns the head from the
+# relations and the tail, ...), where diffusion's objective itself differs from AR's; "ar-shared": the
+# AR transformer with one block applied num_layers times, widened to the same parameter count
+# (diffusion.model.shared_width): the cross-layer sharing Wang et al. 2024 point at for OOD composition.
+COMPOSITION_ARMS: dict[str, dict[str, Any]] = {
+    "ar": {"objective": "ar"},
+    "mdm": {"objective": "mdm", "mdm_estimator": "count"},
+    "mdm-full": {"objective": "mdm", "mdm_estimator": "count", "full_sequence": True},
+    "ar-shared": {"objective": "ar", "share_layers": True},
+}
+# Optimisation of every arm (Wang et al. 2024: AdamW, weight decay 0.1, no Grokfast; lr 1e-3 for a
+# small model on a CPU). Runs stop `patience` steps after grokking once past 10 x T_mem, or at the cap
+# (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5); evals on the log
+# schedule place T_mem and T_grok on a log-step axis.
+COMPOSITION_TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "grokfast": "none",
+                     "warmup_steps": 10, "eval_schedule": "log", "mem_multiple": 10.0, "keep_checkpoints": 1}
+
+# Settings: name -> (family, world). The default ("full") is the CPU size; see docs/results/composition.md
+# for why two_hop's world is this one (phi, not size, sets how fast it groks: Wang et al. 2024, Fig. 3).
 COMPOSITION_SIZES = {
-    "quick": Size(seeds=1, max_steps=150, eval_every=50,
-                  train={"batch_size": 64, "hidden_size": 64, "eval_max_rows": 256}, params={
-        "two_hop": {"n_entities": 60, "n_relations": 10, "relations_per_entity": 8, "phi": 4.0,
-                    "ood_fraction": 0.2, "test_size": 500},
-        "programs": {}}),
-    "full": Size(seeds=2, max_steps=20000, eval_every=250, params={
-        "two_hop": {"n_entities": 200, "n_relations": 20, "relations_per_entity": 12, "phi": 7.2,
-                    "ood_fraction": 0.1, "test_size": 1000},
-        "programs": {}}),
+    "quick": Size(seeds=1, max_steps=60, eval_every=20,
+                  train={"batch_size": 64, "hidden_size": 32, "num_layers": 2, "eval_max_rows": 128,
+                         "patience": 20}, params={
+        "two_hop": ("two_hop", {"n_entities": 40, "n_relations": 8, "relations_per_entity": 8, "phi": 2.0,
+                                "ood_fraction": 0.4, "test_size": 500}),
+        "programs": ("programs", {"train_per_program": 4, "test_per_program": 2})}),
+    "full": Size(seeds=3, max_steps=100000, eval_every=1000,
+                 train={"batch_size": 256, "hidden_size": 64, "num_layers": 4, "eval_max_rows": 1000,
+                        "patience": 5000}, params={
+        "two_hop": ("two_hop", {"n_entities": 40, "n_relations": 28, "relations_per_entity": 28, "phi": 18.0,
+                                "ood_fraction": 0.15, "test_size": 3000}),
+        "programs": ("programs", {})}),
+    # Wang et al. 2024's own world (2,000 entities, 200 relations, 20 per entity, 5% OOD atomic facts)
+    # at two of its phi, and its model (8 layers, width 768): a GPU's size.
+    "published": Size(seeds=3, max_steps=200000, eval_every=5000,
+                      train={"batch_size": 512, "hidden_size": 768, "num_layers": 8, "num_heads": 12,
+                             "lr": 1e-4, "eval_max_rows": 3000, "patience": 20000}, params={
+        f"two_hop-phi{phi:g}": ("two_hop", {"n_entities": 2000, "n_relations": 200, "relations_per_entity": 20,
+                                            "phi": phi, "ood_fraction": 0.05, "test_size": 3000})
+        for phi in (7.2, 18.0)}),
 }
 
 
-def composition(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
+# Why the CPU world is the one it is (written into docs/results/composition.md).
+CPU_SIZE_REASON = (
+    "Why this two_hop size: Wang et al. 2024 (§3.2, Fig. 3) find that how fast a transformer groks two-hop "
+    "composition is set by φ, the ratio of inferred to atomic facts, not by the size of the graph: at equal φ, "
+    "graphs of different sizes generalise at about the same step, and a larger φ groks sooner. So the CPU "
+    "world keeps the published φ = 18 (the largest they report, the fastest) and shrinks the graph (40 "
+    "entities instead of 2,000) and the model (4 layers of width 64 instead of 8 of 768, batch 256, lr "
+    "1e-3). Every entity has all 28 "
+    "relations so that φ = 18 x |all atomic facts| (20,160 inferred train facts) still leaves 2,485 ID test "
+    "facts; 15% of the atomic facts are OOD (Wang et al.: 5%) so that test_ood has 741 items (at 5% it would "
+    "have 82). Short probes on this shared 2-core CPU (1 thread, load 5-18 from other work) chose it: "
+    "|E| = 100 with width 128 ran 3 steps/s, too slow for 10^4-10^5-step runs; |E| = 64 at φ = 12 with width "
+    "64 ran 6-7 steps/s and had 33% of its train facts by step 2,000; this world ran 2.6 steps/s at load ~15, "
+    "17% of train facts by step 1,000. None of the probes ran long enough to memorise: whether the AR arm "
+    "groks within the cap at this size is what the runs below measure, not something a probe showed.")
+
+
+def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARMS)) -> list[tuple[str, str, Any]]:
+    """(setting, arm, TrainConfig) of every run: setting by setting (two_hop first), then seed by seed,
+    so a partial grid has whole seeds of the first setting.
+    Seed s is its own world and its own init. A run's name carries a hash of everything but its step
+    cap: the same command continues it, a larger --max-steps extends it, another size is another run."""
     from diffusion.train import TrainConfig
 
-    settings = {"weight_decay": 0.1, "grokfast": "none", "batch_size": 256, **size.train}
-    kinds = [(family, objective) for family in size.params for objective in ("mdm", "ar")]
-    groups = [[TrainConfig(objective=objective, family=family, family_params={**size.params[family], "seed": 0},
-                           max_steps=size.max_steps, eval_every=size.eval_every, seed=seed, home=home,
-                           run_name=f"composition-{family}-{objective}-s{seed}-{size.max_steps}",
-                           progress=False, **settings) for seed in range(size.seeds)] for family, objective in kinds]
-    table = []
-    for (family, objective), cfgs, results in zip(kinds, groups, train_sweep(groups, runner), strict=True):
-        for seed, (cfg, result) in enumerate(zip(cfgs, results, strict=True)):
-            best = _best_metrics(result.run_id, home)
-            table.append({"family": family, "objective": objective,
-                          "estimator": cfg.mdm_estimator if objective == "mdm" else "—",
-                          "seed": seed, "run_id": result.run_id,
-                          "train_acc": result.metrics.get("train/acc"),
-                          "test_id_acc": result.metrics.get("test_id/acc"),
-                          "test_ood_acc": result.metrics.get("test_ood/acc"),
-                          "best_ood_acc": best.get("test_ood/acc"),
-                          "t_mem": result.t_mem, "t_grok": result.t_grok})
-            console.print(f"[composition] {family}/{objective} seed {seed}: "
-                          f"ID {table[-1]['test_id_acc']} OOD {table[-1]['test_ood_acc']}")
-    lines = _markdown_table(table, ["family", "objective", "estimator", "seed", "train_acc", "test_id_acc",
-                                    "test_ood_acc", "best_ood_acc", "t_mem", "t_grok"])
-    notes = (f"Equal parameters, data and steps ({size.max_steps}) for the masked-diffusion and AR readings "
-             "of one backbone (masked diffusion with the `count` estimator, TrainConfig's default). "
-             "Accuracy is the task's verifier on the decoded answer. ID = held-out compositions of seen pieces; OOD = compositions involving "
-             "atomic facts / primitive pairs never seen composed in training. Grokking is judged on ID.")
-    return table, [r["run_id"] for r in table if r["seed"] == 0], notes + "\n\n" + "\n".join(lines)
+    if unknown := [a for a in arms if a not in COMPOSITION_ARMS]:
+        raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(COMPOSITION_ARMS)}")
+    settings = {**COMPOSITION_TRAIN, **size.train}
+    out = []
+    for name, (family, world) in size.params.items():
+        for seed in range(size.seeds):
+            for arm in arms:
+                overrides = {**settings, **COMPOSITION_ARMS[arm]}
+                if overrides.get("share_layers"):
+                    overrides["hidden_size"] = _shared_width(family, world, overrides)
+                params = {**world, "seed": seed}
+                tag = _digest({"family": family, "params": params, "train": overrides,
+                               "eval_every": size.eval_every})
+                out.append((name, arm, TrainConfig(
+                    family=family, family_params=params, seed=seed, home=home, progress=False,
+                    max_steps=size.max_steps, eval_every=size.eval_every,
+                    run_name=f"composition-{name}-{arm}-s{seed}-{tag}", **overrides)))
+    return out
+
+
+def _shared_width(family: str, world: dict, overrides: dict) -> int:
+    from agents.tasks import get_family
+    from diffusion.model import shared_width
+    from diffusion.train import TrainConfig
+
+    tok = get_family(family, **world).tokenizer()
+    base = TrainConfig()
+    return shared_width(vocab_size=tok.vocab_size, max_seq_len=tok.seq_len,
+                        **{k: overrides.get(k, getattr(base, k)) for k in ("hidden_size", "num_layers", "num_heads",
+                                                                           "mlp_ratio")})
+
+
+def _digest(obj: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple(COMPOSITION_ARMS),
+                report_only: bool = False) -> tuple[list[dict], list[str], str]:
+    """Every (seed, setting, arm) run in turn (one process, one at a time: batching seeds is slower on
+    a small CPU), each continued from its checkpoint when it has one; then the table from the store.
+    `report_only`: train nothing, report what the store has (finished or not, marked)."""
+    plan = composition_configs(size, home, arms)
+    if not report_only:
+        train_runs([cfg for _, _, cfg in plan], runner)
+    table = [row for name, arm, cfg in plan if (row := _composition_row(name, arm, cfg, home))]
+    for row in table:
+        console.print(f"[composition] {row['setting']}/{row['arm']} seed {row['seed']}: {row['status']} at "
+                      f"{row['step']}, T_mem {row['t_mem']} T_grok {row['t_grok']} ID {row['test_id_acc']} "
+                      f"OOD {row['test_ood_acc']}")
+    summary = _markdown_table(composition_summary(table),
+                              ["setting", "arm", "finished", "t_mem", "t_grok", "grokked", "train_inferred_acc",
+                               "test_id_acc", "test_ood_acc", "best_ood_acc", "ood_at_t_grok", "n_eval",
+                               "train_min"])
+    per_run = _markdown_table(table, ["setting", "arm", "seed", "status", "step", "t_mem", "t_grok",
+                                      "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
+                                      "best_ood_step", "ood_at_t_grok", "n_eval", "train_min"])
+    first = plan[0][2]
+    notes = (f"{size.seeds} seed(s) per arm (seed s: world seed s and init seed s), arms {', '.join(arms)} "
+             f"at equal parameters, data and steps: {first.num_layers} layers, width {first.hidden_size} "
+             f"(`ar-shared`: one block applied {first.num_layers} times, widened to the same parameter "
+             f"count), batch {first.batch_size}, AdamW lr {first.lr:g}, weight decay {first.weight_decay:g}, "
+             f"no Grokfast; masked diffusion with the `count` estimator. Worlds: "
+             + "; ".join(f"`{n}` = {fam} {world}" for n, (fam, world) in size.params.items())
+             + f". Step cap {size.max_steps}; a run stops {first.patience} steps after T_grok once past "
+             f"{first.mem_multiple:g} x T_mem. Accuracy is the task's verifier on the decoded answer, on a "
+             "seeded sample of each split fixed for the run (`n_eval`: train / test_id / test_ood rows). "
+             "T_mem: first eval with train accuracy >= 0.99 (two_hop: on the inferred train facts); "
+             "T_grok: first eval with test_id accuracy >= 0.95 (— = never, within the steps run). "
+             "ID = held-out compositions of seen pieces; OOD = compositions of atomic facts / primitive "
+             "pairs never seen composed in training. best OOD is over every evaluation of the run. `train_min`: "
+             "minutes of optimisation steps on this CPU (the summary: all of an arm's runs together).")
+    if size.params.get("two_hop") == COMPOSITION_SIZES["full"].params["two_hop"]:
+        notes += "\n\n" + CPU_SIZE_REASON
+    body = "\n".join(["Mean ± std over seeds (n = runs; T_mem / T_grok over the runs that reached them):", "",
+                      *summary, "", "Per run:", "", *per_run])
+    return table, [row["run_id"] for row in table if row["seed"] == 0], notes + "\n\n" + body
+
+
+def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str, Any] | None:
+    """One run's line from the store (None when it has not evaluated yet)."""
+    import json
+
+    from storage.home import runs_dir
+
+    found = _query("SELECT status, final_step, t_mem, t_grok FROM runs WHERE run_id = ?", [cfg.run_name], home) \
+        if store_path(home).is_file() else []
+    if not found:
+        return None
+    status, step, t_mem, t_grok = found[0]
+    series = _series(cfg.run_name, ["train_inferred/acc", "train/acc", "test_id/acc", "test_ood/acc", "step_time"],
+                     home)
+    if not series.get("test_id/acc"):
+        return None
+    last = {name: points[-1][1] for name, points in series.items()}
+    ood = series.get("test_ood/acc", [])
+    best = max(ood, key=lambda p: p[1]) if ood else (None, None)
+    at_grok = dict(ood).get(t_grok) if t_grok is not None else None
+    rows_file = runs_dir(home) / cfg.run_name / "eval_rows.json"
+    n_eval = ("/".join(str(len(v["rows"])) for v in json.loads(rows_file.read_text()).values())
+              if rows_file.is_file() else None)
+    return {"setting": setting, "arm": arm, "seed": cfg.seed, "run_id": cfg.run_name, "status": status,
+            "step": max(p[0] for p in series["test_id/acc"]), "cap": cfg.max_steps, "t_mem": t_mem, "t_grok": t_grok,
+            "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
+            "test_id_acc": last.get("test_id/acc"), "test_ood_acc": last.get("test_ood/acc"),
+            "best_ood_acc": best[1], "best_ood_step": best[0], "ood_at_t_grok": at_grok, "n_eval": n_eval,
+            "train_min": _training_minutes(series.get("step_time", []), series["test_id/acc"])}
+
+
+def _training_minutes(step_times: list[tuple[int, float]], evals: list[tuple[int, float]]) -> float:
+    """Minutes spent in optimisation steps (each eval's mean step time x the steps since the previous
+    eval; evaluations themselves and pauses between sessions not counted)."""
+    previous = dict(zip([s for s, _ in evals[1:]], [s for s, _ in evals[:-1]], strict=True))
+    return sum(t * (step - previous.get(step, 0)) for step, t in step_times) / 60
+
+
+def composition_summary(table: list[dict]) -> list[dict]:
+    """Per (setting, arm): mean ± std of each measure over its runs, and how many finished / grokked."""
+    out = []
+    for key in dict.fromkeys((r["setting"], r["arm"]) for r in table):
+        group = [r for r in table if (r["setting"], r["arm"]) == key]
+        grokked = [r for r in group if r["t_grok"] is not None]
+        out.append({"setting": key[0], "arm": key[1],
+                    "finished": f"{sum(r['status'] == 'finished' for r in group)}/{len(group)}",
+                    "grokked": f"{len(grokked)}/{len(group)}",
+                    **{k: _mean_std_n([r[k] for r in group]) for k in
+                       ("t_mem", "t_grok", "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
+                        "ood_at_t_grok")},
+                    "n_eval": group[0]["n_eval"], "train_min": sum(r["train_min"] for r in group)})
+    return out
+
+
+def _mean_std_n(values: list) -> str | None:
+    """'mean ± std (n)' of the values that exist."""
+    present = [v for v in values if v is not None]
+    return f"{_mean_std(present)} (n={len(present)})" if present else None
+
+
+def _series(run_id: str, names: list[str], home: str | None) -> dict[str, list[tuple[int, float]]]:
+    rows = _query("SELECT name, step, value FROM metrics WHERE run_id = ? AND name IN (SELECT unnest(?::VARCHAR[]))"
+                  " ORDER BY name, step", [run_id, names], home)
+    out: dict[str, list[tuple[int, float]]] = {}
+    for name, step, value in rows:
+        out.setdefault(name, []).append((step, value))
+    return out
 
 
 # ---- clusters -----------------------------------------------------------------------------------
 
+# The main job's grokking recipe (flows/config.py: PyTorch's init, Adam with L2 decay 0.005, no filter,
+# masked diffusion with the `count` estimator), on three operations mod p clustered by operation.
+CLUSTER_TRAIN = {"init": "torch", "optimizer": "adam", "weight_decay": 0.005, "grokfast": "none",
+                 "mdm_estimator": "count", "batch_size": 512, "eval_schedule": "log", "keep_checkpoints": 1,
+                 "progress": False}
 CLUSTER_SIZES = {
-    "quick": Size(seeds=1, max_steps=150, eval_every=50,
+    "quick": Size(seeds=1, max_steps=40, eval_every=20,
                   params={"p": 11, "operations": ["x+y", "x-y", "x*y"], "train_fraction": 0.6},
-                  train={"batch_size": 64, "hidden_size": 64}),
-    "full": Size(seeds=2, max_steps=10000, eval_every=200,
-                 params={"p": 31, "operations": ["x+y", "x-y", "x*y"], "train_fraction": 0.5}),
+                  train={"batch_size": 64, "hidden_size": 32, "eval_max_rows": 256}),
+    "full": Size(seeds=3, max_steps=10000, eval_every=500,
+                 params={"p": 97, "operations": ["x+y", "x-y", "x*y"], "train_fraction": 0.5},
+                 train={"eval_max_rows": 3000, "patience": 1000}),
 }
 HELD_OUT = "x*y"
+CLUSTER_KS = (1, 4, 16, 64)
 
 
-def clusters(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[list[dict], list[str], str]:
+def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
+             report_only: bool = False) -> tuple[list[dict], list[str], str]:
+    """A cluster-balanced snapshot; the `x*y` cluster removed from train; then k = 1, 4, 16, 64 of its
+    examples (and 1% of them) added back. Each variant x seed trains in turn (continued from its
+    checkpoint when it has one); the held-out cluster's TEST accuracy is logged at every evaluation.
+    `report_only`: train nothing, report what the store has."""
     cfg = LoopConfig(home=home, **runner.loop_settings(), families=["modular"], family_params={"modular": size.params},
                      n_agents=2, episodes=_episodes_to_cover(size.params), policy="solver",
                      cluster_method="column", cluster_column="operation",
-                     train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
-                                      "grokfast": "ema", "progress": False, **size.train})
-    steps.collect(cfg, "modular")
-    steps.ingest(cfg)
-    variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in (1, 4, 16)]
-    table, runs, keys, train_cfgs = [], [], [], []
+                     train_overrides={**CLUSTER_TRAIN, "max_steps": size.max_steps, "eval_every": size.eval_every,
+                                      **size.train})
+    if report_only and not store_path(home).is_file():
+        raise ValueError(f"nothing to report: no store at {store_path(home)} (run the experiment first)")
+    if not report_only:
+        steps.collect(cfg, "modular")
+        steps.ingest(cfg)
+    balanced = steps.curate(cfg, "modular", name="clusters-balanced")
+    one_percent = max(1, round(0.01 * balanced["clusters"]["train"][HELD_OUT]))
+    variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] \
+        + [(f"1% (k={one_percent})", one_percent)]
+    keys, train_cfgs = [], []
     for label, keep_k in variants:
-        holdout = [] if keep_k is None else [HELD_OUT]
-        snap = steps.curate(cfg, "modular", holdout=holdout, keep_k=keep_k or 0,
-                            name=f"clusters-{label.replace(' ', '-').replace('=', '')}")
+        snap = balanced if keep_k is None else steps.curate(
+            cfg, "modular", holdout=[HELD_OUT], keep_k=keep_k, name=f"clusters-heldout-k{keep_k}")
         for seed in range(size.seeds):
-            keys.append((label, seed))
+            keys.append((label, seed, snap))
             train_cfgs.append(steps.train_config(cfg, "modular", snap["path"], seed=seed,
-                                                 run_name=f"clusters-{label.replace(' ', '').replace('=', '')}"
-                                                          f"-s{seed}-{snap['dataset_id'][:8]}"))
-    for (label, seed), run in zip(keys, train_runs(train_cfgs, runner), strict=True):
-        evaluation = steps.evaluate(cfg, run["checkpoint_dir"])
-        # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed
-        # with its (memorised) train rows.
-        groks_at = _first_step_at(run["run_id"], f"test_id/cluster:{HELD_OUT}/acc", 0.95, home)
-        table.append({"variant": label, "seed": seed, "run_id": run["run_id"],
-                      "test_id_acc": evaluation.get("test_id"),
-                      f"{HELD_OUT}_acc": evaluation.get(f"test_id/cluster:{HELD_OUT}"),
-                      f"{HELD_OUT}_groks_at": groks_at, "t_grok": run.get("t_grok")})
+                                                 run_name=f"clusters-{_slug(label)}-s{seed}-{snap['dataset_id'][:8]}"))
+    if not report_only:
+        train_runs(train_cfgs, runner)
+    table, runs = [], []
+    metric = f"test_id/cluster:{HELD_OUT}/acc"
+    for (label, seed, snap), tcfg in zip(keys, train_cfgs, strict=True):
+        # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed with its
+        # (memorised) train rows, at every evaluation of the run.
+        series = _series(tcfg.run_name, [metric, "test_id/acc"], home) if store_path(home).is_file() else {}
+        if not series.get("test_id/acc"):
+            continue
+        status = _run_status(tcfg.run_name, home)
+        held = series.get(metric, [])
+        best = max(held, key=lambda p: p[1]) if held else (None, None)
+        table.append({"variant": label, "seed": seed, "run_id": tcfg.run_name, "status": status,
+                      "step": series["test_id/acc"][-1][0], "train_rows": snap["counts"]["train"],
+                      f"{HELD_OUT}_train_rows": snap["clusters"]["train"].get(HELD_OUT, 0),
+                      "test_id_acc": series["test_id/acc"][-1][1],
+                      f"{HELD_OUT}_acc": held[-1][1] if held else None,
+                      f"best_{HELD_OUT}_acc": best[1], f"{HELD_OUT}_groks_at": next(
+                          (step for step, v in held if v >= 0.95), None),
+                      "t_grok": _query("SELECT t_grok FROM runs WHERE run_id = ?", [tcfg.run_name], home)[0][0]})
         if seed == 0:
-            runs.append(run["run_id"])
-        console.print(f"[clusters] {label} seed {seed}: held-out cluster acc "
-                      f"{table[-1][f'{HELD_OUT}_acc']}, overall {table[-1]['test_id_acc']}")
-    lines = _markdown_table(table, ["variant", "seed", "test_id_acc", f"{HELD_OUT}_acc",
-                                    f"{HELD_OUT}_groks_at", "t_grok"])
-    notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, clustered by "
-             f"operation. The `{HELD_OUT}` cluster is removed from train, then k of its examples are added "
-             "back; accuracy (the task's verifier) on its test_id items and overall, masked diffusion "
-             "with the `count` estimator. Carvalho et al. 2025 report that with an "
-             "under-sampled subclass removed the model never grokked, and 1% of it restored late "
+            runs.append(tcfg.run_name)
+        console.print(f"[clusters] {label} seed {seed}: {status} at {table[-1]['step']}, held-out cluster test "
+                      f"acc {table[-1][f'{HELD_OUT}_acc']}, overall {table[-1]['test_id_acc']}")
+    summary = []
+    for label in dict.fromkeys(r["variant"] for r in table):
+        group = [r for r in table if r["variant"] == label]
+        groks = [r[f"{HELD_OUT}_groks_at"] for r in group if r[f"{HELD_OUT}_groks_at"] is not None]
+        summary.append({"variant": label, "finished": f"{sum(r['status'] == 'finished' for r in group)}/{len(group)}",
+                        f"{HELD_OUT}_train_rows": group[0][f"{HELD_OUT}_train_rows"],
+                        **{k: _mean_std_n([r[k] for r in group]) for k in
+                           ("test_id_acc", f"{HELD_OUT}_acc", f"best_{HELD_OUT}_acc", "t_grok")},
+                        f"{HELD_OUT}_grokked": f"{len(groks)}/{len(group)}",
+                        f"{HELD_OUT}_groks_at": _mean_std_n(groks)})
+    lines = _markdown_table(summary, ["variant", "finished", f"{HELD_OUT}_train_rows", "test_id_acc", "t_grok",
+                                      f"{HELD_OUT}_acc", f"best_{HELD_OUT}_acc", f"{HELD_OUT}_grokked",
+                                      f"{HELD_OUT}_groks_at"])
+    per_run = _markdown_table(table, ["variant", "seed", "status", "step", "train_rows", f"{HELD_OUT}_train_rows",
+                                      "test_id_acc", "t_grok", f"{HELD_OUT}_acc", f"best_{HELD_OUT}_acc",
+                                      f"{HELD_OUT}_groks_at"])
+    first = train_cfgs[0]
+    notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, train fraction "
+             f"{size.params['train_fraction']}, clustered by operation; {size.seeds} seed(s) per variant (init and "
+             f"data order; one task world). The `{HELD_OUT}` cluster is removed from train, then k of its "
+             f"examples are added back (1% = {one_percent} of its {balanced['clusters']['train'][HELD_OUT]} "
+             f"training rows). Masked diffusion with the `{first.mdm_estimator}` estimator, width "
+             f"{first.hidden_size}, {first.num_layers} layers, init `{first.init}`, {first.optimizer} weight decay "
+             f"{first.weight_decay:g}, batch {first.batch_size}, step cap {size.max_steps}, stop {first.patience} "
+             f"steps after T_grok. `{HELD_OUT}_acc`: the task's verifier on the cluster's test_id rows only (a "
+             f"seeded sample of up to {first.eval_max_rows} test rows), at the last evaluation; "
+             f"`{HELD_OUT}_groks_at`: the first evaluation where it is >= 0.95. Carvalho et al. 2025 report that "
+             "with an under-sampled subclass removed the model never grokked it, and 1% of it restored late "
              "generalization.")
-    return table, runs, notes + "\n\n" + "\n".join(lines)
+    body = "\n".join(["Mean ± std over seeds (n = runs):", "", *lines, "", "Per run:", "", *per_run])
+    return table, runs, notes + "\n\n" + body
+
+
+def _slug(label: str) -> str:
+    return "".join(c for c in label.replace("%", "pct") if c.isalnum() or c == "-") or "run"
 
 
 # ---- self_improve -------------------------------------------------------------------------------
@@ -440,40 +668,51 @@ EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size]]] = {
 }
 
 
-def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None, max_steps: int | None = None,
-                   out_dir: str | Path = "docs/results", home: str | None = None, runner: Runner = LOCAL,
-                   **options: Any) -> dict[str, Any]:
-    """Run experiment `name` at its quick or full size (`seeds` / `max_steps` override that size's;
-    `options` go to the experiment, e.g. grokfast's `setups` / `objectives` subsets);
-    returns {"table", "runs", "summary": md path, "plot": png path}."""
+def run_experiment(name: str, *, quick: bool = False, size: str | None = None, seeds: int | None = None,
+                   max_steps: int | None = None, out_dir: str | Path = "docs/results", home: str | None = None,
+                   runner: Runner = LOCAL, **options: Any) -> dict[str, Any]:
+    """Run experiment `name` at a size of its own (`size`: "quick", "full" (the default) or, where the
+    experiment has one, "published"; `quick=True` is size "quick"); `seeds` / `max_steps` override that
+    size's; `options` go to the experiment (grokfast's `setups` / `objectives`, composition's `arms`,
+    `report_only`); returns {"table", "runs", "summary": md path, "plot": png path}."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     fn, sizes = EXPERIMENTS[name]
-    size = dataclasses.replace(sizes["quick" if quick else "full"])
+    size_name = size or ("quick" if quick else "full")
+    if size_name not in sizes:
+        raise ValueError(f"experiment {name!r} has no size {size_name!r}; sizes: {', '.join(sizes)}")
+    chosen = dataclasses.replace(sizes[size_name])
     if seeds:
-        size.seeds = seeds
+        chosen.seeds = seeds
     if max_steps:
-        size.max_steps = max_steps
+        chosen.max_steps = max_steps
     home = str(grokloop_home(home))
-    table, runs, body = fn(size, home, runner=runner, **options)
+    started = time.perf_counter()
+    table, runs, body = fn(chosen, home, runner=runner, **options)
+    wall = time.perf_counter() - started
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from diffusion.plot import plot_runs
 
     curves = {"train/acc": "-", "test_id/acc": "--", "test_ood/acc": ":"}
+    if name == "composition":  # two_hop's T_mem is on its inferred train facts: drawn dash-dot beside train
+        curves = None
     if name == "clusters":  # the question is the held-out cluster's own test accuracy
         curves = {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{HELD_OUT}/acc": ":"}
-    plot = plot_runs(runs, out / f"{name}.png", home=home, curves=curves)
+    plot = plot_runs(runs, out / f"{name}.png", home=home, curves=curves) if runs else None
     summary = out / f"{name}.md"
-    command = " ".join([f"grokloop experiment {name}", *(["--quick"] if quick else []),
+    shown_options = {k: v for k, v in options.items() if k != "report_only"}
+    command = " ".join([f"grokloop experiment {name}", *([f"--size {size_name}"] if size_name != "full" else []),
                         *([f"--seeds {seeds}"] if seeds else []), *([f"--max-steps {max_steps}"] if max_steps else []),
-                        *(f"--{k} {v if isinstance(v, str) else ','.join(v)}" for k, v in options.items())])
+                        *(f"--{k} {v if isinstance(v, str) else ','.join(v)}" for k, v in shown_options.items())])
+    how = ("this report was written from the store with `--report-only` (training goes on elsewhere; "
+           f"{wall:.0f} s to write it)" if options.get("report_only") else f"wall time {wall / 60:.1f} min")
     summary.write_text(
-        f"# Experiment: {name} ({'quick' if quick else 'full'} size, {size.seeds} seed(s), "
-        f"at most {size.max_steps} steps per run)\n\n"
-        f"Reproduce: `{command}`. Runs: "
+        f"# Experiment: {name} ({size_name} size, {chosen.seeds} seed(s), "
+        f"at most {chosen.max_steps} steps per run)\n\n"
+        f"Reproduce: `{command}` ({how}). Runs: "
         f"{', '.join(f'`{r}`' for r in runs)} (in `{_shown(store_path(home))}`).\n\n"
-        f"{body}\n\n![{name}]({plot.name})\n"
+        f"{body}\n\n" + (f"![{name}]({plot.name})\n" if plot else "No run has evaluated yet: no plot.\n")
     )
     return {"table": table, "runs": runs, "summary": summary, "plot": plot}
 
@@ -529,16 +768,6 @@ def _run_status(run_id: str, home: str | None) -> str | None:
 def _query(sql: str, params: list, home: str | None) -> list[tuple]:
     with open_store(store_location(home), read_only=True) as con:
         return con.execute(sql, params).fetchall()
-
-
-def _best_metrics(run_id: str, home: str | None) -> dict[str, float]:
-    return dict(_query("SELECT name, max(value) FROM metrics WHERE run_id = ? GROUP BY name", [run_id], home))
-
-
-def _first_step_at(run_id: str, metric: str, threshold: float, home: str | None) -> int | None:
-    rows = _query("SELECT min(step) FROM metrics WHERE run_id = ? AND name = ? AND value >= ?",
-                  [run_id, metric, threshold], home)
-    return rows[0][0] if rows else None
 
 
 def _rounds_from_store(loop_id: str, home: str | None) -> list[dict[str, Any]]:

@@ -31,9 +31,20 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
             if "run_id" in row and "t_grok" in row:
                 assert row["t_grok"] == stored[row["run_id"]]
         if name == "clusters":  # the held-out cluster's accuracy is its test_id rows' (never train rows')
+            variants = [row["variant"] for row in result["table"]]
+            assert variants[:6] == ["balanced", "held out", "k=1", "k=4", "k=16", "k=64"]
+            assert variants[6].startswith("1% (k=")
             for row in result["table"]:
-                (acc,) = con.execute("SELECT accuracy FROM evaluations WHERE run_id = ? AND split = ?",
-                                     [row["run_id"], "test_id/cluster:x*y"]).fetchone()
+                (acc,) = con.execute("SELECT value FROM metrics WHERE run_id = ? AND name = ? ORDER BY step DESC "
+                                     "LIMIT 1", [row["run_id"], "test_id/cluster:x*y/acc"]).fetchone()
                 assert row["x*y_acc"] == acc
-        if name == "composition":  # a diffusion-vs-AR comparison names its estimator
-            assert {row["estimator"] for row in result["table"] if row["objective"] == "mdm"} == {"count"}
+            held_out = next(r for r in result["table"] if r["variant"] == "held out")
+            assert held_out["x*y_train_rows"] == 0 and held_out["x*y_groks_at"] is None
+        if name == "composition":  # every arm of every setting, the OOD measures from the run's whole curve
+            assert {(r["setting"], r["arm"]) for r in result["table"]} == {
+                (s, a) for s in ("two_hop", "programs") for a in ("ar", "mdm", "mdm-full", "ar-shared")}
+            for row in result["table"]:
+                ood = [v for (v,) in con.execute("SELECT value FROM metrics WHERE run_id = ? AND name = "
+                                                 "'test_ood/acc' ORDER BY step", [row["run_id"]]).fetchall()]
+                assert len(ood) > 3 and row["test_ood_acc"] == ood[-1] and row["best_ood_acc"] == max(ood)
+            assert "mdm-full" in text and "`count` estimator" in text

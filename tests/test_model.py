@@ -58,3 +58,40 @@ def test_init_scale_is_a_config_choice_that_round_trips(tmp_path):
     assert Denoiser.from_pretrained(tmp_path, low_cpu_mem_usage=False).config.init == "torch"
     with pytest.raises(ValueError, match="init must be"):
         tiny(init="xavier")
+
+
+def test_shared_layers_apply_one_block_num_layers_times_and_round_trip(tmp_path):
+    from diffusion.model import load_pretrained
+
+    shared = tiny(num_layers=3, share_layers=True).eval()
+    assert len(shared.blocks) == 1
+    ids = torch.randint(0, 13, (4, 6))
+    with torch.no_grad():  # the same block three times over, by hand
+        from diffusion.model import rope_angles
+
+        cos, sin = rope_angles(6, 16, 10000.0, ids.device)
+        x = shared.embed(ids)
+        for _ in range(3):
+            x = shared.blocks[0](x, cos, sin, False)
+        assert torch.allclose(shared(ids), shared.head(shared.norm(x)))
+    one_layer = tiny(num_layers=1)
+    one_layer.load_state_dict(shared.state_dict())
+    assert not torch.allclose(one_layer.eval()(ids), shared(ids))  # depth 3 is not depth 1
+    shared.save_pretrained(tmp_path)
+    loaded = load_pretrained(tmp_path).eval()
+    assert loaded.config.share_layers and len(loaded.blocks) == 1
+    assert torch.equal(loaded(ids, causal=True), shared(ids, causal=True))
+
+
+def test_shared_width_matches_the_unshared_parameter_count():
+    from diffusion.model import parameter_count, shared_width
+
+    shape = {"vocab_size": 87, "max_seq_len": 4, "num_layers": 4, "num_heads": 4}
+    unshared = parameter_count(hidden_size=64, **shape)
+    width = shared_width(hidden_size=64, **shape)
+    assert width > 64 and width % 8 == 0
+    shared = parameter_count(hidden_size=width, share_layers=True, **shape)
+    assert abs(shared - unshared) / unshared < 0.06  # widths come in steps of 2 * num_heads
+    # the next width that splits into heads is further from the target on the side it lies
+    for other in (width - 8, width + 8):
+        assert abs(parameter_count(hidden_size=other, share_layers=True, **shape) - unshared) >= abs(shared - unshared)

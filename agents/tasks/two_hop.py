@@ -10,8 +10,9 @@ The atomic facts (the edges) are split disjointly into ID and OOD
 (`ood_fraction`). Inferred facts (h, r1, r2) -> t chain two atomic facts through
 a bridge entity b: (h, r1) -> b, (b, r2) -> t.
 
-- train:    every atomic fact (ID and OOD) + phi * |ID atomic| inferred facts whose
-            two hops are both ID (all of them if fewer exist).
+- train:    every atomic fact (ID and OOD) + phi * |all atomic facts| inferred facts
+            whose two hops are both ID (all of them if fewer exist); phi is Wang et al.'s
+            inferred/atomic ratio, over all atomic facts as there.
 - test_id:  held-out ID inferred facts whose two atomic facts each appear in some
             trained inferred fact (up to `test_size`).
 - test_ood: inferred facts whose two hops are both OOD atomic facts, which by
@@ -87,7 +88,7 @@ class TwoHopFamily(TaskFamily):
         id_chains = np.flatnonzero(~ood1 & ~ood2)
         ood_chains = np.flatnonzero(ood1 & ood2)
 
-        n_train = min(round(self.phi * int((~self.is_ood).sum())), len(id_chains))
+        n_train = min(round(self.phi * len(self.is_ood)), len(id_chains))  # phi x |all atomic facts|
         order = rng.permutation(id_chains)
         train_ix, rest = order[:n_train], order[n_train:]
         # ID test: only chains whose two atomic facts each occur (as either hop) in a trained chain.

@@ -1,0 +1,125 @@
+"""The composition experiment's plan and its continuation: an interrupted grid, run again, continues
+every unfinished run from its checkpoint and leaves finished runs alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.experiments import COMPOSITION_SIZES, composition_configs, run_experiment
+
+ARGS = {"quick": True, "max_steps": 200, "arms": ["ar"]}
+
+
+def test_arms_have_equal_parameters_and_the_published_size_is_wang_et_al():
+    from agents.tasks import get_family
+    from diffusion.model import parameter_count
+
+    plan = composition_configs(COMPOSITION_SIZES["full"], home=None)
+    two_hop = {arm: cfg for name, arm, cfg in plan if name == "two_hop" and cfg.seed == 0}
+    tok = get_family("two_hop", **two_hop["ar"].family_params).tokenizer()
+    counts = {arm: parameter_count(vocab_size=tok.vocab_size, max_seq_len=tok.seq_len, hidden_size=c.hidden_size,
+                                   num_layers=c.num_layers, num_heads=c.num_heads, share_layers=c.share_layers)
+              for arm, c in two_hop.items()}
+    assert counts["ar"] == counts["mdm"] == counts["mdm-full"]
+    assert abs(counts["ar-shared"] - counts["ar"]) / counts["ar"] < 0.06 and two_hop["ar-shared"].share_layers
+    assert {c.mdm_estimator for c in two_hop.values() if c.objective == "mdm"} == {"count"}
+    assert len({(c.max_steps, c.batch_size, c.lr, c.weight_decay) for c in two_hop.values()}) == 1
+    assert {cfg.seed for _, _, cfg in plan} == {0, 1, 2}
+    # the CPU world has >= 500 OOD items and phi x |all atomic facts| inferred train facts
+    fam = get_family("two_hop", **two_hop["ar"].family_params)
+    splits = fam.splits()
+    assert len(splits["test_ood"]) >= 500
+    assert sum(t.difficulty == 2 for t in splits["train"]) == round(fam.phi * fam.n_entities * fam.k)
+    published = {cfg.family_params["phi"]: cfg for _, _, cfg in composition_configs(COMPOSITION_SIZES["published"],
+                                                                                     home=None)}
+    assert set(published) == {7.2, 18.0}
+    world = published[18.0].family_params
+    assert (world["n_entities"], world["n_relations"], world["relations_per_entity"]) == (2000, 200, 20)
+
+
+def test_a_bad_arm_or_size_is_named():
+    with pytest.raises(ValueError, match=r"unknown arm\(s\) \['diffusion'\]"):
+        composition_configs(COMPOSITION_SIZES["quick"], home=None, arms=["diffusion"])
+    with pytest.raises(ValueError, match="has no size 'published'"):
+        run_experiment("clusters", size="published")
+
+
+def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, monkeypatch, prefect_server):
+    home = tmp_path / "home"
+    plan = composition_configs(COMPOSITION_SIZES["quick"], str(home), arms=ARGS["arms"])
+    first_run = plan[0][2].run_name
+    code = ("from flows.experiments import run_experiment; "
+            f"run_experiment('composition', quick=True, max_steps={ARGS['max_steps']}, arms={ARGS['arms']!r}, "
+            f"out_dir={str(tmp_path / 'out')!r}, home={str(home)!r})")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    latest = home / "runs" / first_run / "latest"
+    deadline = time.time() + 300
+    while not (latest.is_file() and latest.read_text() not in ("", "step_0")):  # a checkpoint past the start
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # the trainer finishes its step, checkpoints, exits 143
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    saved = int(latest.read_text().removeprefix("step_"))
+    assert 0 < saved < ARGS["max_steps"]
+    assert not (home / "runs" / plan[1][2].run_name).exists()  # the grid stopped there
+
+    import diffusion.train as train_module
+
+    calls, real_train = [], train_module.train
+
+    def spy(cfg, *, resume=False):
+        run_dir = home / "runs" / cfg.run_name
+        calls.append((cfg.run_name, resume, (run_dir / "latest").read_text() if resume else None))
+        return real_train(cfg, resume=resume)
+
+    monkeypatch.setattr(train_module, "train", spy)
+    result = run_experiment("composition", out_dir=tmp_path / "out", home=str(home), **ARGS)
+    assert calls == [(first_run, True, f"step_{saved}"), (plan[1][2].run_name, False, None)]
+    assert all(r["status"] == "finished" and r["step"] == ARGS["max_steps"] for r in result["table"])
+
+    # run again: every run is finished, nothing trains, nothing is rewritten
+    checkpoints = {p: p.stat().st_mtime_ns for p in home.glob("runs/*/checkpoints/*/*")}
+    calls.clear()
+    again = run_experiment("composition", out_dir=tmp_path / "out", home=str(home), **ARGS)
+    assert [c[:2] for c in calls] == [(first_run, True), (plan[1][2].run_name, True)]
+    assert checkpoints == {p: p.stat().st_mtime_ns for p in home.glob("runs/*/checkpoints/*/*")}
+    assert [r["t_grok"] for r in again["table"]] == [r["t_grok"] for r in result["table"]]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["composition", "--size", "huge"], "error: experiment 'composition' has no size 'huge'; sizes: quick, full, "
+                                        "published"),
+    (["composition", "--quick", "--arms", "ar,diffusion"], "error: unknown arm(s) ['diffusion']; known: ar, mdm, "
+                                                           "mdm-full, ar-shared"),
+    (["clusters", "--report-only"], "error: nothing to report: no store at "),
+])
+def test_experiment_command_errors_are_one_line_and_start_nothing(tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("GROKLOOP_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["experiment", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.output.startswith(message), result.output
+    assert not (tmp_path / "home" / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_arms_and_sizes_belong_to_their_experiments(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("GROKLOOP_HOME", str(tmp_path / "home"))
+    for args, message in ((["clusters", "--arms", "ar"], "--arms applies to the composition experiment only"),
+                          (["composition", "--quick", "--size", "full"], "--quick and --size full disagree")):
+        result = CliRunner().invoke(app, ["experiment", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "home").exists()
