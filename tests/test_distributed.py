@@ -7,12 +7,11 @@ import subprocess
 import sys
 import time
 
-import duckdb
 import psutil
 import pytest
+from test_train import metric_rows
 
 from diffusion.distributed import Processes
-from storage.home import store_path
 
 TINY = ['family_params={"p": 5, "train_fraction": 0.6}', "hidden_size=32", "num_layers=1", "num_heads=2",
         "batch_size=8", "max_steps=50", "eval_every=1", "checkpoint_every=10", "keep_checkpoints=0",
@@ -31,15 +30,6 @@ def finish(proc, timeout=300):
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
     return out
-
-
-def metric_rows(home, run_id):
-    con = duckdb.connect(str(store_path(home)), read_only=True)
-    try:
-        return con.execute("SELECT step, name, value FROM metrics WHERE run_id = ? AND name != 'step_time' "
-                           "ORDER BY step, name", [run_id]).fetchall()
-    finally:
-        con.close()
 
 
 def test_the_slices_of_a_batch_cover_it_once_and_weigh_as_its_mean():

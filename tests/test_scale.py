@@ -2,18 +2,17 @@
 
 import json
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from test_train import metric_rows
 
 from agents.tasks import get_family
 from diffusion.config import TrainConfig, train_overrides
 from diffusion.data import EncodedSplit, StreamedSplit, load_splits
 from diffusion.train import initial_model, train
-from storage.home import store_path
 
 P5 = {"p": 5, "train_fraction": 0.6, "seed": 0}
 
@@ -65,15 +64,6 @@ def write_snapshot(directory):
     DatasetDict({s: Dataset(t) for s, t in parts.items()}).save_to_disk(str(directory / "hf"),
                                                                         num_shards={s: 1 for s in parts})
     return directory
-
-
-def metric_rows(home, run_id):
-    con = duckdb.connect(str(store_path(home)), read_only=True)
-    try:
-        return con.execute("SELECT step, name, value FROM metrics WHERE run_id = ? AND name != 'step_time' "
-                           "ORDER BY step, name", [run_id]).fetchall()
-    finally:
-        con.close()
 
 
 def test_a_streamed_snapshot_trains_exactly_as_one_in_memory(tmp_path):
