@@ -253,6 +253,11 @@ def connect(
             con = duckdb.connect(str(path), read_only=read_only, config=config)
             break
         except duckdb.Error as err:
+            if "newer version of DuckDB" in str(err):  # grokloop pinned DuckDB 2.0 before 1.5.5
+                raise StoreError(
+                    f"store {path} was written by a newer DuckDB (grokloop used 2.0 before it pinned "
+                    f"{duckdb.__version__}); nothing in it was changed. Move it with that DuckDB: "
+                    f"EXPORT DATABASE 'dir', then IMPORT DATABASE 'dir' here (README: Upgrading)") from err
             if not _is_lock_error(err):
                 raise StoreError(f"cannot open store {path}: {str(err).splitlines()[0]}") from err
             if time.monotonic() >= deadline:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
 import duckdb
 import pytest
 
 import storage.store as store
-from storage.store import StoreError, connect, schema_version
+from storage.store import StoreError, connect, open_store, schema_version
 
 
 def test_empty_file_at_version_0_migrates_to_latest(tmp_path):
@@ -44,3 +47,17 @@ def test_a_failing_migration_rolls_back_and_says_which(tmp_path, monkeypatch):
     con = connect(path, read_only=True)
     assert schema_version(con) == store.migrations()[-1][0]
     assert "x" not in [c[0] for c in con.execute("DESCRIBE agents").fetchall()]
+
+
+def test_a_store_written_by_duckdb_2_is_refused_in_one_line_and_left_as_it_was(tmp_path):
+    # grokloop used DuckDB 2.0 before it pinned 1.5.5 (the DuckLake extension wheels): such a
+    # store cannot be read here. The fixture is a store file DuckDB 2.0 wrote.
+    data = gzip.decompress((Path(__file__).parent / "data" / "store_duckdb_2.0.duckdb.gz").read_bytes())
+    path = tmp_path / "store.duckdb"
+    path.write_bytes(data)
+    for read_only in (True, False):
+        with pytest.raises(StoreError) as err, open_store(path, read_only=read_only):
+            pass
+        message = str(err.value)
+        assert "\n" not in message and "newer DuckDB" in message and "EXPORT DATABASE" in message
+    assert path.read_bytes() == data
