@@ -745,6 +745,8 @@ def train_seeds(cfgs: list, batch: bool | None = None) -> list:
     from diffusion.batched import batchable, batching_pays, train_batched
     from diffusion.train import train
 
+    if not cfgs:  # every seed of the setting left out (finished_only, or all finished)
+        return []
     batch = batching_pays(cfgs[0]) if batch is None else batch
     if batch and len(cfgs) > 1 and batchable(cfgs) is None and not any(_has_run(c) for c in cfgs):
         return train_batched(cfgs)
