@@ -25,7 +25,7 @@ from rich.console import Console
 from flows import steps
 from flows.config import LoopConfig
 from flows.runners import Runner, fan_out
-from storage.home import grokloop_home, store_location, store_path
+from storage.home import grokloop_home, store_location
 from storage.store import open_store
 
 console = Console()
@@ -355,7 +355,7 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
     from storage.home import runs_dir
 
     found = _query("SELECT status, final_step, t_mem, t_grok FROM runs WHERE run_id = ?", [cfg.run_name], home) \
-        if store_path(home).is_file() else []
+        if _has_store(home) else []
     if not found:
         return None
     status, step, t_mem, t_grok = found[0]
@@ -446,8 +446,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
                      cluster_method="column", cluster_column="operation",
                      train_overrides={**CLUSTER_TRAIN, "max_steps": size.max_steps, "eval_every": size.eval_every,
                                       **size.train})
-    if report_only and not store_path(home).is_file():
-        raise ValueError(f"nothing to report: no store at {store_path(home)} (run the experiment first)")
+    if report_only and not _has_store(home):
+        raise ValueError(f"nothing to report: no store at {store_location(home)} (run the experiment first)")
     if not report_only:
         steps.collect(cfg, "modular")
         steps.ingest(cfg)
@@ -470,7 +470,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
     for (label, seed, snap), tcfg in zip(keys, train_cfgs, strict=True):
         # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed with its
         # (memorised) train rows, at every evaluation of the run.
-        series = _series(tcfg.run_name, [metric, "test_id/acc"], home) if store_path(home).is_file() else {}
+        series = _series(tcfg.run_name, [metric, "test_id/acc"], home) if _has_store(home) else {}
         if not series.get("test_id/acc"):
             continue
         status = _run_status(tcfg.run_name, home)
@@ -711,14 +711,17 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
         f"# Experiment: {name} ({size_name} size, {chosen.seeds} seed(s), "
         f"at most {chosen.max_steps} steps per run)\n\n"
         f"Reproduce: `{command}` ({how}). Runs: "
-        f"{', '.join(f'`{r}`' for r in runs)} (in `{_shown(store_path(home))}`).\n\n"
+        f"{', '.join(f'`{r}`' for r in runs)} (in `{_shown(store_location(home))}`).\n\n"
         f"{body}\n\n" + (f"![{name}]({plot.name})\n" if plot else "No run has evaluated yet: no plot.\n")
     )
     return {"table": table, "runs": runs, "summary": summary, "plot": plot}
 
 
-def _shown(path: Path) -> str:
-    """A path as a reader of the summary would type it: relative to here when it is below here."""
+def _shown(path: Path | str) -> str:
+    """A path as a reader of the summary would type it: relative to here when it is below here (a
+    shared store's URL as it is)."""
+    if isinstance(path, str):
+        return path
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
@@ -759,9 +762,15 @@ def _has_run(cfg) -> bool:
     return has_checkpoint(cfg)
 
 
-def _run_status(run_id: str, home: str | None) -> str | None:
+def _has_store(home: str | None) -> bool:
+    """Whether there is a store to read: the embedded file exists, or $GROKLOOP_STORE names a
+    shared one (storage/lake.py)."""
     store = store_location(home)
-    if isinstance(store, Path) and not store.is_file():
+    return not isinstance(store, Path) or store.is_file()
+
+
+def _run_status(run_id: str, home: str | None) -> str | None:
+    if not _has_store(home):
         return None
     rows = _query("SELECT status FROM runs WHERE run_id = ?", [run_id], home)
     return rows[0][0] if rows else None
