@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from diffusion.model import Denoiser, apply_rope, rope_angles
+from diffusion.model import Denoiser, apply_rope, rope_rotation
 
 
 def stack_params(models: list[Denoiser], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -56,7 +56,7 @@ def grouped_forward(params: dict[str, torch.Tensor], config, input_ids: torch.Te
     C, H = config.hidden_size, config.num_heads
     if input_ids.shape[-1] > config.max_seq_len:
         raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {config.max_seq_len}")
-    cos, sin = rope_angles(T, C // H, config.rope_base, input_ids.device)
+    rotation = rope_rotation(T, C // H, config.rope_base, input_ids.device)
     table = params["embed.weight"]  # (N, V, C): the N tables end to end, run i's ids offset by i*V
     offsets = torch.arange(N, device=input_ids.device).view(N, 1) * table.shape[1]
     x = F.embedding(input_ids.reshape(N, B * T) + offsets, table.reshape(-1, C))  # (N, B*T, C)
@@ -65,7 +65,7 @@ def grouped_forward(params: dict[str, torch.Tensor], config, input_ids: torch.Te
         h = layer_norm(x, p["norm1.weight"], p["norm1.bias"])
         # the runs folded into the batch: one attention call for all of them
         q, k, v = linear(h, p["attn.qkv.weight"]).view(N * B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (N*B, H, T, D)
+        q, k = apply_rope(q, rotation), apply_rope(k, rotation)  # (N*B, H, T, D)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         x = x + linear(y.transpose(1, 2).reshape(N, B * T, C), p["attn.proj.weight"])
         h = layer_norm(x, p["norm2.weight"], p["norm2.bias"])

@@ -93,6 +93,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     procs = distributed.setup(cfg.device)  # one process, or this one of torchrun's
     home = grokloop_home(cfg.home)
     cfg.home = str(home)
+    if cfg.dataset:  # the snapshot says which family its rows are: the run's name and config.json say the same
+        meta = read_snapshot_meta(cfg.dataset)
+        cfg.family, cfg.family_params = meta["family"], meta["family_params"]
     default_id = f"{cfg.objective}-{cfg.family}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     cfg.run_id = procs.from_main(run_id_of(cfg) or default_id)
     run_dir = runs_dir(home) / cfg.run_id

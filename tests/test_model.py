@@ -43,6 +43,19 @@ def test_rope_makes_position_matter():
     assert not torch.allclose(logits[0, 0], logits[0, 2])
 
 
+def test_rope_rotates_interleaved_channel_pairs_by_position():
+    # The convention every saved checkpoint was trained with: channels (2j, 2j+1) rotated by angle
+    # t * base^(-2j/D) at position t. A change of pairing would silently change what a loaded model computes.
+    from diffusion.model import apply_rope, rope_rotation
+
+    T, D, base = 5, 8, 10000.0
+    x = torch.randn(3, 2, T, D)
+    angle = torch.arange(T).float()[:, None] * base ** (-torch.arange(0, D, 2).float() / D)  # (T, D/2)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    expected = torch.stack((x1 * angle.cos() - x2 * angle.sin(), x1 * angle.sin() + x2 * angle.cos()), -1)
+    assert torch.allclose(apply_rope(x, rope_rotation(T, D, base, x.device)), expected.flatten(-2), atol=1e-6)
+
+
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="heads"):
         tiny(hidden_size=30, num_heads=4)
@@ -67,12 +80,12 @@ def test_shared_layers_apply_one_block_num_layers_times_and_round_trip(tmp_path)
     assert len(shared.blocks) == 1
     ids = torch.randint(0, 13, (4, 6))
     with torch.no_grad():  # the same block three times over, by hand
-        from diffusion.model import rope_angles
+        from diffusion.model import rope_rotation
 
-        cos, sin = rope_angles(6, 16, 10000.0, ids.device)
+        rotation = rope_rotation(6, 16, 10000.0, ids.device)
         x = shared.embed(ids)
         for _ in range(3):
-            x = shared.blocks[0](x, cos, sin, False)
+            x = shared.blocks[0](x, rotation, False)
         assert torch.allclose(shared(ids), shared.head(shared.norm(x)))
     one_layer = tiny(num_layers=1)
     one_layer.load_state_dict(shared.state_dict())

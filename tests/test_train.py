@@ -80,6 +80,15 @@ def write_snapshot(directory, *, clusters=True, drop_column=None):
     return directory
 
 
+def test_a_run_from_a_snapshot_is_named_and_configured_by_the_snapshot_family(tmp_path):
+    snap = write_snapshot(tmp_path / "snap")  # modular rows, p=5
+    cfg = tiny(tmp_path, None, dataset=str(snap), family="two_hop", family_params={}, max_steps=2)
+    result = train(cfg)
+    assert result.run_id.startswith("mdm-modular-")
+    saved = json.loads((tmp_path / "runs" / result.run_id / "config.json").read_text())
+    assert saved["family"] == "modular" and saved["family_params"] == P5
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """One uninterrupted run every restart test compares against."""
