@@ -94,7 +94,8 @@ def fetch_dir(url: str, local: Path) -> Path:
 def local_copy(url: str, complete: str) -> Path:
     """A published directory (a checkpoint, an export) as a local one: fetched into this machine's
     temporary directory once `complete` (the file published last) is there, and reused while that
-    file is the same object (its checksum is in the copy's name: a re-published one is fetched anew)."""
+    file is the same object (its checksum is in the copy's name: a re-published one is fetched anew,
+    and the copies of its earlier versions are removed, so the cache holds one copy per URL)."""
     marker = join(url, complete)
     fs, path = _fs(marker)
     fs.invalidate_cache(path)
@@ -102,11 +103,15 @@ def local_copy(url: str, complete: str) -> Path:
         version = str(fs.checksum(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"{url} has no {complete}: not published, or not completely") from None
-    key = hashlib.sha256(f"{url}\n{version}".encode()).hexdigest()[:16]
-    local = Path(tempfile.gettempdir()) / "grokloop-shared" / f"{key}-{url.rstrip('/').rsplit('/', 1)[-1]}"
+    url_key, version_key = (hashlib.sha256(k.encode()).hexdigest()[:12] for k in (url, f"{url}\n{version}"))
+    cache = Path(tempfile.gettempdir()) / "grokloop-shared"
+    local = cache / f"{url_key}-{version_key}-{url.rstrip('/').rsplit('/', 1)[-1]}"
     if not (local / complete).is_file():
-        local.parent.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
         fetch_dir(url, local)
+        for stale in cache.glob(f"{url_key}-*"):
+            if stale != local:
+                shutil.rmtree(stale, ignore_errors=True)
     return local
 
 

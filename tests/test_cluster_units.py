@@ -188,3 +188,17 @@ def test_a_shared_home_must_be_a_url(tmp_path):
     with pytest.raises(ValueError, match="shared_home must be a URL"):
         apply_overrides(TrainConfig(home=str(tmp_path)), ["shared_home=relative/dir"])
     assert LoopConfig.from_overrides(["shared_home=s3://b/p"]).shared_home == "s3://b/p"
+
+
+def test_a_republished_directory_replaces_its_local_copy(memory_home, tmp_path, monkeypatch):
+    from storage import shared
+
+    monkeypatch.setattr(shared.tempfile, "gettempdir", lambda: str(tmp_path))
+    fs, url = fsspec.filesystem("memory"), f"{memory_home}/export"
+    fs.pipe({"/grokloop-shared-test/export/rows.txt": b"v1", "/grokloop-shared-test/export/meta.json": b"{}"})
+    first = shared.local_copy(url, "meta.json")
+    assert (first / "rows.txt").read_bytes() == b"v1" and shared.local_copy(url, "meta.json") == first
+    fs.pipe({"/grokloop-shared-test/export/rows.txt": b"v2", "/grokloop-shared-test/export/meta.json": b'{"v": 2}'})
+    second = shared.local_copy(url, "meta.json")
+    assert second != first and (second / "rows.txt").read_bytes() == b"v2"
+    assert sorted((tmp_path / "grokloop-shared").iterdir()) == [second]  # the stale copy is gone
