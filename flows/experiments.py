@@ -22,10 +22,15 @@ from typing import Any
 
 from rich.console import Console
 
+from agents.tasks import get_family
+from diffusion.model import shared_width
+from diffusion.plot import plot_runs
+from diffusion.train import TrainConfig
 from flows import steps
 from flows.config import LoopConfig
+from flows.flows import self_improve_flow, train_seeds_task, train_task
 from flows.runners import Runner, fan_out
-from storage.home import grokloop_home, store_location
+from storage.home import grokloop_home, runs_dir, store_location
 from storage.store import open_store
 
 console = Console()
@@ -99,16 +104,12 @@ def train_sweep(groups: list[list], runner: Runner = LOCAL) -> list[list]:
     """Every setting's seeds (`train_seeds`: one batched model when they can be): in turn here,
     or one task per setting, side by side on a cluster's workers (`runner`, flows/runners.py).
     Results per group, in order."""
-    from flows.flows import train_seeds_task
-
     return fan_out(runner, train_seeds_task, [(cfgs,) for cfgs in groups], name="sweep")
 
 
 def train_runs(cfgs: list, runner: Runner = LOCAL) -> list[dict[str, Any]]:
     """Train (or resume) every run of a sweep: in turn here, or side by side on a cluster's workers
     (`runner`, flows/runners.py). Results in `cfgs`' order, as `steps.train` returns them."""
-    from flows.flows import train_task
-
     return fan_out(runner, train_task, [(cfg,) for cfg in cfgs], name="sweep")
 
 
@@ -120,8 +121,6 @@ def grokfast_runs(size: Size, *, home: str | None, objectives=GROKFAST_DEFAULT_O
     Each seed is a different train/test split and initialisation; a run stops soon after it groks.
     `arch="grokfast_ref"`: the reference code's decoder (pair it with GROKFAST_REF_SIZES).
     `finished_only`: train nothing; report the runs of this grid that the store has as finished."""
-    from diffusion.train import TrainConfig
-
     for given, known in ((setups, GROKFAST_SETUPS), (objectives, GROKFAST_OBJECTIVES)):
         if unknown := [x for x in given if x not in known]:
             raise ValueError(f"unknown {unknown}; known: {', '.join(known)}")
@@ -265,8 +264,6 @@ def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARM
     so a partial grid has whole seeds of the first setting.
     Seed s is its own world and its own init. A run's name carries a hash of everything but its step
     cap: the same command continues it, a larger --max-steps extends it, another size is another run."""
-    from diffusion.train import TrainConfig
-
     if unknown := [a for a in arms if a not in COMPOSITION_ARMS]:
         raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(COMPOSITION_ARMS)}")
     settings = {**COMPOSITION_TRAIN, **size.train}
@@ -288,10 +285,6 @@ def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARM
 
 
 def _shared_width(family: str, world: dict, overrides: dict) -> int:
-    from agents.tasks import get_family
-    from diffusion.model import shared_width
-    from diffusion.train import TrainConfig
-
     tok = get_family(family, **world).tokenizer()
     base = TrainConfig()
     return shared_width(vocab_size=tok.vocab_size, max_seq_len=tok.seq_len,
@@ -351,8 +344,6 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
 def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str, Any] | None:
     """One run's line from the store (None when it has not evaluated yet)."""
     import json
-
-    from storage.home import runs_dir
 
     found = _query("SELECT status, final_step, t_mem, t_grok FROM runs WHERE run_id = ?", [cfg.run_name], home) \
         if _has_store(home) else []
@@ -544,8 +535,6 @@ def self_improve(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[
     control instead gets as many prompts labelled by the solver agent (drawn afresh too), and trains
     on for the same steps from its own previous round. Beside the model's hit rate: the rate at which
     random guesses (best-of-n_samples, uniform over the family's answers) pass the verifier."""
-    from flows.flows import self_improve_flow
-
     p = dict(size.params)
     rounds, episodes, proposals = p.pop("rounds"), p.pop("episodes"), p.pop("proposals")
     table, runs = [], []
@@ -619,8 +608,6 @@ def chance_hit_rate(cfg: LoopConfig, n_tasks: int, seed: int) -> float:
     `cfg.n_samples` answers drawn uniformly from the family's distinct answers passes the verifier."""
     import random
 
-    from agents.tasks import get_family
-
     family = get_family("modular", **{**cfg.family_params["modular"], "seed": cfg.seed})
     pool = family.splits()["train"]
     answers = sorted({tuple(t.answer) for split in family.splits().values() for t in split})
@@ -692,8 +679,6 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     wall = time.perf_counter() - started
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from diffusion.plot import plot_runs
-
     curves = {"train/acc": "-", "test_id/acc": "--", "test_ood/acc": ":"}
     if name == "composition":  # two_hop's T_mem is on its inferred train facts: drawn dash-dot beside train
         curves = None
@@ -739,27 +724,6 @@ def _markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return lines
-
-
-def train_seeds(cfgs: list, batch: bool | None = None) -> list:
-    """The seeds of one setting: as one batched model (diffusion/batched.py) when they share an
-    architecture, none has been started yet and `batch` says so (default: where batching pays, when
-    they train on a GPU; on a CPU it does not), else one by one (resuming any that exist)."""
-    from diffusion.batched import batchable, batching_pays, train_batched
-    from diffusion.train import train
-
-    if not cfgs:  # every seed of the setting left out (finished_only, or all finished)
-        return []
-    batch = batching_pays(cfgs[0]) if batch is None else batch
-    if batch and len(cfgs) > 1 and batchable(cfgs) is None and not any(_has_run(c) for c in cfgs):
-        return train_batched(cfgs)
-    return [train(cfg, resume=_has_run(cfg)) for cfg in cfgs]
-
-
-def _has_run(cfg) -> bool:
-    from diffusion.train import has_checkpoint
-
-    return has_checkpoint(cfg)
 
 
 def _has_store(home: str | None) -> bool:

@@ -22,7 +22,6 @@ from prefect.tasks import exponential_backoff
 
 from flows import steps
 from flows.config import LoopConfig
-from flows.experiments import train_seeds
 from flows.runners import fan_out
 
 # Every step reads or writes the store, whose contents change between calls with equal arguments,
@@ -39,8 +38,8 @@ curate_task = task(steps.curate, name="curate", cache_policy=NONE, retries=2,
 train_task = task(steps.train, name="train", cache_policy=NONE, retries=2, retry_delay_seconds=1)
 evaluate_task = task(steps.evaluate, name="evaluate", cache_policy=NONE, retries=2,
                      retry_delay_seconds=exponential_backoff(1))
-# The seeds of one experiment setting (flows/experiments.py: `train_seeds`), one task on a worker.
-train_seeds_task = task(train_seeds, name="train-seeds", cache_policy=NONE, retries=2, retry_delay_seconds=1)
+# The seeds of one experiment setting (steps.train_seeds), one task on a worker.
+train_seeds_task = task(steps.train_seeds, name="train-seeds", cache_policy=NONE, retries=2, retry_delay_seconds=1)
 # One agent process's share of a collect, for a cluster worker (flows/runners.py). No retry: a
 # rerun logs new trajectories (new ids) beside what the first attempt flushed.
 collect_shard_task = task(steps.collect_shard, name="collect-shard", cache_policy=NONE)

@@ -13,6 +13,7 @@ from typing import Any
 from agents.runner import run_agents, run_shard, shard_report
 from agents.tasks import get_family
 from diffusion import train as training  # training.train looked up per call: tests wrap it
+from diffusion.batched import batchable, batching_pays, train_batched
 from diffusion.checkpoint import has_checkpoint
 from diffusion.config import TrainConfig
 from diffusion.evaluate import evaluate_checkpoint
@@ -123,6 +124,18 @@ def train(train_cfg) -> dict[str, Any]:
     """Train, resuming the run if it already has a checkpoint (so a retry continues, never restarts)."""
     resume = has_checkpoint(train_cfg)
     return _as_dict(training.train(train_cfg, resume=resume))
+
+
+def train_seeds(cfgs: list, batch: bool | None = None) -> list:
+    """The seeds of one setting: as one batched model (diffusion/batched.py) when they share an
+    architecture, none has been started yet and `batch` says so (default: where batching pays, when
+    they train on a GPU; on a CPU it does not), else one by one (resuming any that exist)."""
+    if not cfgs:  # every seed of the setting left out (finished_only, or all finished)
+        return []
+    batch = batching_pays(cfgs[0]) if batch is None else batch
+    if batch and len(cfgs) > 1 and batchable(cfgs) is None and not any(has_checkpoint(c) for c in cfgs):
+        return train_batched(cfgs)
+    return [training.train(cfg, resume=has_checkpoint(cfg)) for cfg in cfgs]
 
 
 def evaluate(cfg: LoopConfig, checkpoint_dir: str) -> dict[str, Any]:

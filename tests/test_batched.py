@@ -93,7 +93,7 @@ def test_runs_that_differ_in_architecture_or_need_per_run_clipping_are_refused(t
 
 
 def test_an_experiments_seeds_train_as_one_batch_when_they_can(tmp_path):
-    from flows.experiments import train_seeds
+    from flows.steps import train_seeds
 
     cfgs = [tiny(tmp_path, f"e{s}", seed=s, max_steps=20) for s in (0, 1, 2)]
     results = train_seeds(cfgs, batch=True)
@@ -107,7 +107,7 @@ def test_an_experiments_seeds_train_as_one_batch_when_they_can(tmp_path):
 
 
 def test_on_a_cpu_an_experiments_seeds_train_one_by_one_by_default(tmp_path, monkeypatch):
-    from flows.experiments import train_seeds
+    from flows.steps import train_seeds
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
     results = train_seeds([tiny(tmp_path, f"c{s}", seed=s, max_steps=10, device="auto") for s in (0, 1)])
