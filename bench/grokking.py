@@ -8,7 +8,9 @@ block, biases, PyTorch's init), its data (a*b mod 97 with y = 0 left out: 9,312 
 training), its loop (`reference_loop`: the last partial batch of each epoch is a step, warmup from
 lr 0), Adam lr 1e-3, betas (0.9, 0.98), batch 512, AR on the answer token, validation accuracy on the
 whole held-out half; then our architecture (`arch=denoiser`: RoPE, pre-LN, no biases) on the same
-data, loop and settings. Steps to 95% beside the published figures (EMA 910, MA 790, baseline
+data, loop and settings; and beside both, the reference code itself, re-created
+(diffusion/grokfast_reference.py: its decoder, data, split and loop, validation every epoch of 10
+steps), on the same seeds and caps. Steps to 95% beside the published figures (EMA 910, MA 790, baseline
 39,890), mean +- std over seeds; a capped run counts at its cap, so its mean is a lower bound. Then,
 for the final checkpoint of every run, test accuracy by where the test item's commuted pair (y, x)
 is: a model that has memorised the training half and knows x*y = y*x scores on the items whose pair
@@ -33,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -51,7 +55,33 @@ from flows.experiments import (
 
 PUBLISHED = {"baseline": 39890, "ema": 910, "ma": 790}
 COMMUTED_GROUPS = ("(y,x) in train", "(y,x) in test", "(y,x) not in data", "x = y")
-ARCHS = {"grokfast_ref": "reference decoder", "denoiser": "ours (RoPE, pre-LN)"}
+ARCHS = {"grokfast_ref": "reference decoder, our trainer", "denoiser": "ours (RoPE, pre-LN), our trainer"}
+REFERENCE_CODE = "reference code (re-created)"
+
+
+def reference_code_runs(setups: list[str], seeds: int, caps: dict[str, int], home: str, *, p: int,
+                        batch_size: int) -> list[dict]:
+    """The re-created reference loop for every (setup, seed), each kept in HOME/reference_code as
+    JSON so that a rerun reports it without training it again."""
+    from diffusion.grokfast_reference import reference_run
+
+    rows = []
+    for setup in setups:
+        s = GROKFAST_SETUPS[setup]
+        for seed in range(seeds):
+            path = Path(home) / "reference_code" / f"{setup}-s{seed}-p{p}-b{batch_size}-{caps[setup]}.json"
+            if not path.is_file():
+                run = reference_run(seed=seed, weight_decay=s["weight_decay"], grokfast=s["grokfast"],
+                                    alpha=s.get("grokfast_alpha", 0.98), lamb=s.get("grokfast_lamb", 2.0),
+                                    window=s.get("grokfast_window", 100), budget=caps[setup], p=p,
+                                    batch_size=batch_size)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(dataclasses.asdict(run)))
+            run = json.loads(path.read_text())
+            rows.append({"arch": "reference_code", "objective": "ar", "setup": setup, "seed": seed,
+                         "t_mem": run["t_mem"], "t_grok": run["steps_to_95"], "cap": caps[setup]})
+            print(f" reference code {setup} seed {seed}: steps to 95% {run['steps_to_95']} T_mem {run['t_mem']}")
+    return rows
 
 
 def commuted_accuracy(checkpoint_dir, family_params: dict, objective: str) -> dict[str, tuple[float, int]]:
@@ -96,21 +126,31 @@ def reference(args) -> None:
                                   objectives=objectives, setups=[setup], arch=arch, finished_only=args.existing)
     if not rows:
         raise SystemExit(f"no finished runs of this grid in {home}")
+    caps = {s: (slow_size if s in ("baseline", "wd") else size).max_steps for s in setups}
+    reference_rows = [] if args.no_reference_code else reference_code_runs(
+        setups, size.seeds, caps, home, p=size.params["p"], batch_size=size.train.get("batch_size", 512))
 
     p = size.params["p"]
     title = (f"Published setup: steps to 95% val accuracy, a*b mod {p} without y = 0 ({p * (p - 1)} equations, "
              f"half for training), AR on the answer token, eval every {size.eval_every} steps on the whole val "
              f"half, cap {size.max_steps} (baseline, wd: {slow_size.max_steps}), seeds 0..{size.seeds - 1}")
     steps_rows = []
-    for arch, label in ARCHS.items():
-        for r in speedups([r for r in rows if r["arch"] == arch]) if arch in archs else []:
+    labels = {"reference_code": REFERENCE_CODE, **{a: ARCHS[a] for a in archs}}
+    for arch, label in labels.items():
+        arch_rows = reference_rows if arch == "reference_code" else [r for r in rows if r["arch"] == arch]
+        for r in speedups(arch_rows):
+            per_seed = [g["t_grok"] for g in arch_rows if (g["objective"], g["setup"]) == (r["objective"], r["setup"])]
             steps_rows.append({
                 "architecture": label, "objective": r["objective"], "setup": r["setup"], "reached": r["reached"],
                 "steps mean ± std": f"{'≥ ' if r['capped'] else ''}{r['steps_mean']:.0f} ± {r['steps_std']:.0f}",
+                "per seed": ", ".join("-" if t is None else str(t) for t in per_seed),
                 "n": r["reached"].split("/")[1],
                 "published": f"{PUBLISHED[r['setup']]:,}" if r["setup"] in PUBLISHED else "-"})
     # no speed-up column: a CPU run caps the baseline far below 39,890, so any ratio would mean nothing
-    steps_note = ("A run that never reached 95% counts at its cap, so a mean marked ≥ is a lower bound. "
+    steps_note = ("A run that never reached 95% counts at its cap (\"-\" per seed), so a mean marked ≥ is a lower "
+                  "bound. The reference code checks validation accuracy after every epoch "
+                  f"({math.ceil(p * (p - 1) // 2 / size.train.get('batch_size', 512))} steps), our trainer every "
+                  f"{size.eval_every} steps. "
                   "Published (ironjr/grokfast README, one run each): EMA 910, MA 790, baseline 39,890 iterations.")
 
     commuted_title = ("Test accuracy of each run's final checkpoint, split by whether the commuted pair (y, x) "
@@ -193,6 +233,8 @@ def main() -> None:
     parser.add_argument("--existing", action="store_true",
                         help="--ref: train nothing, report the finished runs in --home")
     parser.add_argument("--ref", action="store_true", help="the published setup (reference decoder), then ours")
+    parser.add_argument("--no-reference-code", action="store_true",
+                        help="--ref: leave out the re-created reference code's own runs")
     parser.add_argument("--quick", action="store_true", help="p=23, 1 seed, a few hundred steps: a smoke run")
     args = parser.parse_args()
     if args.ref:

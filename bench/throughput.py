@@ -45,6 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.grokfast_reference import (
+    RefDecoder,
+    multiplication_data,
+    ref_gradfilter_ema,
+    ref_gradfilter_ma,
+)
+
 P, WINDOW = 97, 100
 clock = time.process_time  # see the module docstring
 
@@ -63,71 +70,13 @@ def cpu_clock(*modules):
             m.time = t
 
 
-# --- the Grokfast reference (Lee et al. 2024, github.com/ironjr/grokfast), re-created --------------
-
-class RefBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.ln_1, self.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim * 4), nn.GELU(), nn.Linear(dim * 4, dim))
-
-    def forward(self, x):
-        attn_mask = torch.triu(torch.full((len(x), len(x)), -float("inf"), dtype=x.dtype), diagonal=1)
-        x = self.ln_1(x)
-        a, _ = self.attn(x, x, x, attn_mask=attn_mask, need_weights=False)
-        x = x + a
-        return x + self.mlp(self.ln_2(x))
-
-
-class RefDecoder(nn.Module):
-    """The reference's Decoder: sequence-first (T, B), learned positions, causal."""
-
-    def __init__(self, dim=128, num_layers=2, num_heads=4, num_tokens=P + 2, seq_len=5):
-        super().__init__()
-        self.token_embeddings = nn.Embedding(num_tokens, dim)
-        self.position_embeddings = nn.Embedding(seq_len, dim)
-        self.layers = nn.ModuleList([RefBlock(dim, num_heads) for _ in range(num_layers)])
-        self.ln_f = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_tokens, bias=False)
-
-    def forward(self, x):
-        h = self.token_embeddings(x)
-        positions = torch.arange(x.shape[0]).unsqueeze(-1)
-        h = h + self.position_embeddings(positions).expand_as(h)
-        for layer in self.layers:
-            h = layer(h)
-        return self.head(self.ln_f(h))
-
-
-def ref_gradfilter_ema(m, grads=None, alpha=0.98, lamb=2.0):
-    if grads is None:
-        grads = {n: p.grad.data.detach() for n, p in m.named_parameters() if p.requires_grad}
-    for n, p in m.named_parameters():
-        if p.requires_grad:
-            grads[n] = grads[n] * alpha + p.grad.data.detach() * (1 - alpha)
-            p.grad.data = p.grad.data + grads[n] * lamb
-    return grads
-
-
-def ref_gradfilter_ma(m, grads=None, window_size=100, lamb=5.0):
-    if grads is None:
-        grads = {n: deque(maxlen=window_size) for n, p in m.named_parameters() if p.requires_grad}
-    for n, p in m.named_parameters():
-        if p.requires_grad:
-            grads[n].append(p.grad.data.detach())
-    for n, p in m.named_parameters():
-        if p.requires_grad and len(grads[n]) == window_size:
-            p.grad.data = p.grad.data + sum(grads[n]) / len(grads[n]) * lamb
-    return grads
-
+# --- the Grokfast reference (diffusion/grokfast_reference.py): its training step, timed ---------------
 
 def reference_loop(cfg, steps: int) -> float:
     """Seconds per step of the reference's training loop (Adam, LambdaLR warmup, loss on the last position)."""
     grokfast, batch_size = cfg.grokfast, cfg.batch_size
     torch.manual_seed(0)
-    x, y = torch.cartesian_prod(torch.arange(P), torch.arange(1, P)).T
-    data = torch.stack([x, torch.full_like(x, P + 1), y, torch.full_like(x, P), x * y % P])  # (5, N)
+    data = multiplication_data(P)  # (5, N)
     model = RefDecoder()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.005)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda update: min(update / 10, 1))

@@ -8,6 +8,7 @@ import torch
 
 from agents.tasks import get_family
 from diffusion.data import BatchSampler
+from diffusion.grokfast_reference import RefDecoder, multiplication_data, reference_run
 from diffusion.model import Block, Denoiser, GrokfastRefDecoder, RefBlock, load_pretrained
 from diffusion.train import TrainConfig, load_config, load_model, train
 from storage.home import store_path
@@ -35,6 +36,33 @@ def test_reference_decoder_has_the_reference_parameters():
     assert sum(p.numel() for p in model.parameters()) == 422_784  # what the reference prints
     # PyTorch's default init, as there: embeddings N(0, 1)
     assert 0.9 < model.token_embeddings.weight.std() < 1.1
+
+
+def test_our_reference_decoder_is_the_re_created_reference_decoder():
+    # Built from the same seed they draw the same weights (the same modules in the same order) and,
+    # one sequence-first and one batch-first, compute the same logits: what the reference trains is
+    # what arch=grokfast_ref trains.
+    torch.manual_seed(3)
+    reference = RefDecoder(num_tokens=99).eval()
+    torch.manual_seed(3)
+    ours = GrokfastRefDecoder(vocab_size=99, max_seq_len=5).eval()
+    mine = ours.state_dict()
+    assert mine.keys() == reference.state_dict().keys()
+    assert all(torch.equal(w, mine[name]) for name, w in reference.state_dict().items())
+    ids = multiplication_data(97)[:4, :64]  # (T, B): a, op, b, =
+    with torch.no_grad():
+        assert torch.allclose(reference(ids).transpose(0, 1), ours(ids.T, causal=True), atol=1e-5)
+
+
+def test_the_re_created_reference_loop_is_seeded_and_counts_whole_epochs():
+    run = reference_run(seed=1, weight_decay=0.005, grokfast="ema", budget=25, p=11, batch_size=16,
+                        stop_at_95=False)
+    again = reference_run(seed=1, weight_decay=0.005, grokfast="ema", budget=25, p=11, batch_size=16,
+                          stop_at_95=False)
+    assert run.curve == again.curve
+    # 110 equations, 55 to train on in batches of 16: 4 steps an epoch (the last partial), 6 epochs
+    assert [step for step, _, _ in run.curve] == [4, 8, 12, 16, 20, 24] and run.steps == 24
+    assert all(0.0 <= a <= 1.0 for _, train_acc, val_acc in run.curve for a in (train_acc, val_acc))
 
 
 def test_reference_block_replaces_the_stream_with_its_norm():
