@@ -210,7 +210,7 @@ def write_summary(out: Path, home: str, rows: list[dict], title: str, steps_rows
             shown.append(arg)
     command = "python bench/grokking.py " + " ".join(shown)
     out.with_suffix(".md").write_text(
-        f"# The published Grokfast setup on our trainer\n\nReproduce: `{command}` (CPU, one thread per run). "
+        f"# The published Grokfast setup: the reference code and our trainer, side by side\n\nReproduce: `{command}` (CPU, one thread per run). "
         f"Seed-0 runs: {', '.join(f'`{r}`' for r in runs)}.\n\n{title}.\n\n{markdown(steps_rows)}\n\n"
         f"{steps_note}\n\n{commuted_title}.\n\n{markdown(commuted_rows)}\n\n![grokfast_ref]({plot.name})\n")
 
