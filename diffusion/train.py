@@ -93,9 +93,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     procs = distributed.setup(cfg.device)  # one process, or this one of torchrun's
     home = grokloop_home(cfg.home)
     cfg.home = str(home)
-    if cfg.dataset:  # the snapshot says which family its rows are: the run's name and config.json say the same
-        meta = read_snapshot_meta(cfg.dataset)
-        cfg.family, cfg.family_params = meta["family"], meta["family_params"]
+    snapshot = read_snapshot_meta(cfg.dataset) if cfg.dataset else None
+    if snapshot:  # the snapshot says which family its rows are: the run's name and config.json say the same
+        cfg.family, cfg.family_params = snapshot["family"], snapshot["family_params"]
     default_id = f"{cfg.objective}-{cfg.family}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     cfg.run_id = procs.from_main(run_id_of(cfg) or default_id)
     run_dir = runs_dir(home) / cfg.run_id
@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     if procs.world_size > min(cfg.batch_size, len(train_rows)):
         raise ValueError(f"a batch of {min(cfg.batch_size, len(train_rows))} rows cannot be split over "
                          f"{procs.world_size} processes")
-    dataset_id = read_snapshot_meta(cfg.dataset)["dataset_id"] if cfg.dataset else None
+    dataset_id = snapshot["dataset_id"] if snapshot else None
     model = initial_model(cfg, tokenizer).to(procs.device)
     forward = procs.wrap(model)  # DDP under torchrun; the same parameters: eval and saving use `model`
     forward = torch.compile(forward) if cfg.compile else forward

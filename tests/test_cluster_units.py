@@ -44,13 +44,17 @@ def test_urls_and_paths(tmp_path):
     assert spool_location(None, tmp_path) == tmp_path / "spool"
 
 
+def _memory_tree(root: str, path: str = ""):
+    """A URL under memory://ROOT for one test; ROOT is removed afterwards."""
+    yield f"memory://{root}{path}"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(f"/{root}"):
+        fs.rm(f"/{root}", recursive=True)
+
+
 @pytest.fixture
 def memory_spool():
-    url = "memory://grokloop-test/spool"
-    yield url
-    fs = fsspec.filesystem("memory")
-    if fs.exists("/grokloop-test"):
-        fs.rm("/grokloop-test", recursive=True)
+    yield from _memory_tree("grokloop-test", "/spool")
 
 
 def _log(spool, n: int) -> set[str]:
@@ -97,11 +101,7 @@ def test_an_empty_or_missing_url_spool_ingests_nothing(memory_spool, tmp_path):
 
 @pytest.fixture
 def memory_home():
-    url = "memory://grokloop-shared-test"
-    yield url
-    fs = fsspec.filesystem("memory")
-    if fs.exists("/grokloop-shared-test"):
-        fs.rm("/grokloop-shared-test", recursive=True)
+    yield from _memory_tree("grokloop-shared-test")
 
 
 def _tiny(home, run_name, **kw):
