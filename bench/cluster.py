@@ -64,7 +64,7 @@ def sweep(address: str, home: Path, runs: int, steps_: int, shared_home: str | N
     """Seconds for `runs` small training runs on the cluster at `address` (checkpoints on
     `shared_home` when given)."""
     from diffusion.train import TrainConfig
-    from flows.experiments import train_runs
+    from flows.experiments.common import train_runs
     from flows.runners import Runner
 
     cfgs = [TrainConfig(family="modular", family_params={"p": 11, "train_fraction": 0.6, "seed": 0},

@@ -21,7 +21,7 @@ it trained on, and only there.
 Without `--ref`: the `grokfast` experiment's grid (`grokloop experiment grokfast`) printed as a
 table: our architecture on our split (y = 0 included, 9,409 equations), the published
 hyperparameters, PyTorch's default init (`--init small`, GPT-2's N(0, 0.02), removes the grokking
-delay altogether). Setups (flows/experiments.py, GROKFAST_SETUPS):
+delay altogether). Setups (flows/experiments/grokfast.py, GROKFAST_SETUPS):
     baseline (a)  Adam, no weight decay, no filter (the published baseline)
     wd       (a') Adam, L2 weight decay 0.005, no filter (the filter's own effect)
     ema      (b)  Grokfast-EMA alpha 0.98, lamb 2.0, L2 weight decay 0.005
@@ -44,11 +44,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from flows.experiments import (
+from flows.experiments.common import Size
+from flows.experiments.grokfast import (
     GROKFAST_OBJECTIVES,
     GROKFAST_REF_SIZES,
     GROKFAST_SETUPS,
-    Size,
     grokfast_runs,
     speedups,
 )

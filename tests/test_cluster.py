@@ -19,7 +19,7 @@ import torch
 from diffusion.train import TrainConfig
 from flows import steps
 from flows.config import LoopConfig
-from flows.experiments import train_runs, train_sweep
+from flows.experiments.common import train_runs, train_sweep
 from flows.flows import collect_flow
 from flows.runners import Runner
 from storage import shared

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.experiments import COMPOSITION_SIZES, composition_configs, run_experiment
+from flows.experiments import run_experiment
+from flows.experiments.composition import COMPOSITION_SIZES, composition_configs
 
 ARGS = {"quick": True, "max_steps": 200, "arms": ["ar"]}
 

@@ -207,7 +207,7 @@ def test_commuted_pair_breakdown_partitions_the_test_split(tmp_path):
 
 
 def test_the_reference_grid_runs_and_reports_only_finished_runs(tmp_path):
-    from flows.experiments import GROKFAST_REF_SIZES, grokfast_runs
+    from flows.experiments.grokfast import GROKFAST_REF_SIZES, grokfast_runs
 
     size = GROKFAST_REF_SIZES["quick"]
     home = str(tmp_path / "home")

@@ -1,0 +1,91 @@
+"""Named experiments: `grokloop experiment NAME [--quick]`, one module each.
+
+Each runs its configurations and seeds through the same plain functions as the loop
+(`flows.steps`, `diffusion.train`), so every run, metric and evaluation lands in the store;
+then it writes `docs/results/NAME.png` and `docs/results/NAME.md` with the table of results.
+The numbers in the tables are read back from the store, not from memory.
+
+    grokfast      a*b mod 97: Adam baseline vs weight decay vs Grokfast-EMA / -MA, diffusion vs AR
+    composition   two_hop and programs: ID and OOD accuracy, masked diffusion vs AR at equal params/steps
+    clusters      a cluster-balanced snapshot, one cluster held out, then k = 1, 4, 16, 64 and 1% of it back
+    self_improve  rounds of the model agent's verified data vs as many agent-labelled prompts
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from diffusion.plot import plot_runs
+from flows.experiments import clusters, composition, grokfast, self_improve
+from flows.experiments.common import LOCAL, Size
+from flows.runners import Runner
+from storage.home import grokloop_home, store_location
+
+EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size]]] = {
+    "grokfast": (grokfast.grokfast, grokfast.GROKFAST_SIZES),
+    "composition": (composition.composition, composition.COMPOSITION_SIZES),
+    "clusters": (clusters.clusters, clusters.CLUSTER_SIZES),
+    "self_improve": (self_improve.self_improve, self_improve.SELF_IMPROVE_SIZES),
+}
+
+
+def run_experiment(name: str, *, quick: bool = False, size: str | None = None, seeds: int | None = None,
+                   max_steps: int | None = None, out_dir: str | Path = "docs/results", home: str | None = None,
+                   runner: Runner = LOCAL, **options: Any) -> dict[str, Any]:
+    """Run experiment `name` at a size of its own (`size`: "quick", "full" (the default) or, where the
+    experiment has one, "published"; `quick=True` is size "quick"); `seeds` / `max_steps` override that
+    size's; `options` go to the experiment (grokfast's `setups` / `objectives`, composition's `arms`,
+    `report_only`); returns {"table", "runs", "summary": md path, "plot": png path}."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    fn, sizes = EXPERIMENTS[name]
+    size_name = size or ("quick" if quick else "full")
+    if size_name not in sizes:
+        raise ValueError(f"experiment {name!r} has no size {size_name!r}; sizes: {', '.join(sizes)}")
+    chosen = dataclasses.replace(sizes[size_name])
+    if seeds:
+        chosen.seeds = seeds
+    if max_steps:
+        chosen.max_steps = max_steps
+    home = str(grokloop_home(home))
+    started = time.perf_counter()
+    table, runs, body = fn(chosen, home, runner=runner, **options)
+    wall = time.perf_counter() - started
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    curves = {"train/acc": "-", "test_id/acc": "--", "test_ood/acc": ":"}
+    if name == "composition":  # two_hop's T_mem is on its inferred train facts: drawn dash-dot beside train
+        curves = None
+    if name == "clusters":  # the question is the held-out cluster's own test accuracy
+        curves = {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{clusters.HELD_OUT}/acc": ":"}
+    plot = plot_runs(runs, out / f"{name}.png", home=home, curves=curves) if runs else None
+    summary = out / f"{name}.md"
+    shown_options = {k: v for k, v in options.items() if k != "report_only"}
+    command = " ".join([f"grokloop experiment {name}", *([f"--size {size_name}"] if size_name != "full" else []),
+                        *([f"--seeds {seeds}"] if seeds else []), *([f"--max-steps {max_steps}"] if max_steps else []),
+                        *(f"--{k} {v if isinstance(v, str) else ','.join(v)}" for k, v in shown_options.items())])
+    how = ("this report was written from the store with `--report-only` (training goes on elsewhere; "
+           f"{wall:.0f} s to write it)" if options.get("report_only") else f"wall time {wall / 60:.1f} min")
+    summary.write_text(
+        f"# Experiment: {name} ({size_name} size, {chosen.seeds} seed(s), "
+        f"at most {chosen.max_steps} steps per run)\n\n"
+        f"Reproduce: `{command}` ({how}). Runs: "
+        f"{', '.join(f'`{r}`' for r in runs)} (in `{_shown(store_location(home))}`).\n\n"
+        f"{body}\n\n" + (f"![{name}]({plot.name})\n" if plot else "No run has evaluated yet: no plot.\n")
+    )
+    return {"table": table, "runs": runs, "summary": summary, "plot": plot}
+
+
+def _shown(path: Path | str) -> str:
+    """A path as a reader of the summary would type it: relative to here when it is below here (a
+    shared store's URL as it is)."""
+    if isinstance(path, str):
+        return path
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,106 @@
+"""What every experiment shares: its size, how its runs train (in turn or on a cluster's workers),
+and reading its results back from the store."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from flows.flows import train_seeds_task, train_task
+from flows.runners import Runner, fan_out
+from storage.home import store_location
+from storage.store import open_store
+
+console = Console()
+LOCAL = Runner()  # runs in turn, in this process: as before there were runners
+
+
+@dataclasses.dataclass
+class Size:
+    seeds: int
+    max_steps: int
+    eval_every: int
+    params: dict[str, Any]                  # the task world
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)  # TrainConfig overrides of this size
+
+
+def train_sweep(groups: list[list], runner: Runner = LOCAL) -> list[list]:
+    """Every setting's seeds (`train_seeds`: one batched model when they can be): in turn here,
+    or one task per setting, side by side on a cluster's workers (`runner`, flows/runners.py).
+    Results per group, in order."""
+    return fan_out(runner, train_seeds_task, [(cfgs,) for cfgs in groups], name="sweep")
+
+
+def train_runs(cfgs: list, runner: Runner = LOCAL) -> list[dict[str, Any]]:
+    """Train (or resume) every run of a sweep: in turn here, or side by side on a cluster's workers
+    (`runner`, flows/runners.py). Results in `cfgs`' order, as `steps.train` returns them."""
+    return fan_out(runner, train_task, [(cfg,) for cfg in cfgs], name="sweep")
+
+
+def metric_series(run_id: str, names: list[str], home: str | None) -> dict[str, list[tuple[int, float]]]:
+    rows = query("SELECT name, step, value FROM metrics WHERE run_id = ? AND name IN (SELECT unnest(?::VARCHAR[]))"
+                 " ORDER BY name, step", [run_id, names], home)
+    out: dict[str, list[tuple[int, float]]] = {}
+    for name, step, value in rows:
+        out.setdefault(name, []).append((step, value))
+    return out
+
+
+def query(sql: str, params: list, home: str | None) -> list[tuple]:
+    with open_store(store_location(home), read_only=True) as con:
+        return con.execute(sql, params).fetchall()
+
+
+def has_store(home: str | None) -> bool:
+    """Whether there is a store to read: the embedded file exists, or $GROKLOOP_STORE names a
+    shared one (storage/lake.py)."""
+    store = store_location(home)
+    return not isinstance(store, Path) or store.is_file()
+
+
+def run_status(run_id: str, home: str | None) -> str | None:
+    if not has_store(home):
+        return None
+    rows = query("SELECT status FROM runs WHERE run_id = ?", [run_id], home)
+    return rows[0][0] if rows else None
+
+
+def checkpoint_of(run_id: str, home: str | None) -> str:
+    return query("SELECT path FROM checkpoints WHERE run_id = ? ORDER BY step DESC LIMIT 1", [run_id], home)[0][0]
+
+
+def train_rows(dataset_id: str, home: str | None) -> int:
+    return query("SELECT count(*) FROM dataset_rows WHERE dataset_id = ? AND split = 'train'",
+                 [dataset_id], home)[0][0]
+
+
+def mean_std(values: list) -> str | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.0f} ± {std:.0f}" if mean >= 10 else f"{mean:.3f} ± {std:.3f}"
+
+
+def mean_std_n(values: list) -> str | None:
+    """'mean ± std (n)' of the values that exist."""
+    present = [v for v in values if v is not None]
+    return f"{mean_std(present)} (n={len(present)})" if present else None
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            return f"{v:.3f}" if v < 10 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return lines
