@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flows.experiments import EXPERIMENTS, run_experiment
+from flows.experiments.clusters import _first_step_all_above
 from storage.store import open_store
 
 
@@ -40,6 +41,7 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
                 assert row["x*y_acc"] == acc
             held_out = next(r for r in result["table"] if r["variant"] == "held out")
             assert held_out["x*y_train_rows"] == 0 and held_out["x*y_groks_at"] is None
+            assert "others_grok_at" in text
         if name == "composition":  # every arm of every setting, the OOD measures from the run's whole curve
             assert {(r["setting"], r["arm"]) for r in result["table"]} == {
                 (s, a) for s in ("two_hop", "programs") for a in ("ar", "mdm", "mdm-full", "ar-shared")}
@@ -48,3 +50,11 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
                                                  "'test_ood/acc' ORDER BY step", [row["run_id"]]).fetchall()]
                 assert len(ood) > 3 and row["test_ood_acc"] == ood[-1] and row["best_ood_acc"] == max(ood)
             assert "mdm-full" in text and "`count` estimator" in text
+
+
+def test_the_other_clusters_grok_at_the_first_step_where_every_one_of_them_is_above_the_level():
+    x_plus_y = [(100, 0.5), (200, 0.97), (300, 0.99), (400, 0.96)]
+    x_minus_y = [(100, 0.96), (200, 0.90), (300, 0.95), (400, 0.99)]
+    assert _first_step_all_above([x_plus_y, x_minus_y], 0.95) == 300
+    assert _first_step_all_above([x_plus_y, [(100, 0.1), (400, 0.2)]], 0.95) is None
+    assert _first_step_all_above([], 0.95) is None
