@@ -43,42 +43,46 @@ HELD_OUT = "x*y"
 CLUSTER_KS = (1, 4, 16, 64)
 
 
-def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
-             report_only: bool = False) -> tuple[list[dict], list[str], str]:
-    """A cluster-balanced snapshot; the `x*y` cluster removed from train; then k = 1, 4, 16, 64 of its
-    examples (and 1% of them) added back. Each variant x seed trains in turn (continued from its
-    checkpoint when it has one); the held-out cluster's TEST accuracy is logged at every evaluation.
-    `report_only`: train nothing, report what the store has."""
+def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: bool = True) -> tuple[list, dict]:
+    """([(variant, seed, snapshot, TrainConfig)], the balanced snapshot) of every run of the grid, seed by
+    seed (an interrupted grid has every variant at its first seeds rather than some at all three).
+    `collect`: the agents collect and the store ingests first (the same tasks each time)."""
     cfg = LoopConfig(home=home, **runner.loop_settings(), families=["modular"], family_params={"modular": size.params},
                      n_agents=2, episodes=_episodes_to_cover(size.params), policy="solver",
                      cluster_method="column", cluster_column="operation",
                      train_overrides={**CLUSTER_TRAIN, "max_steps": size.max_steps, "eval_every": size.eval_every,
                                       **size.train})
-    if report_only and not has_store(home):
-        raise ValueError(f"nothing to report: no store at {store_location(home)} (run the experiment first)")
-    if not report_only:
+    if collect:
         steps.collect(cfg, "modular")
         steps.ingest(cfg)
     balanced = steps.curate(cfg, "modular", name="clusters-balanced")
-    one_percent = max(1, round(0.01 * balanced["clusters"]["train"][HELD_OUT]))
+    one_percent = _one_percent(balanced)
     variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] \
         + [(f"1% (k={one_percent})", one_percent)]
     snaps = {label: balanced if keep_k is None else steps.curate(
         cfg, "modular", holdout=[HELD_OUT], keep_k=keep_k, name=f"clusters-heldout-k{keep_k}")
         for label, keep_k in variants}
-    keys, train_cfgs = [], []
-    # Seed-major: an interrupted grid has every variant at its first seeds rather than some at all three.
-    for seed in range(size.seeds):
-        for label, snap in snaps.items():
-            keys.append((label, seed, snap))
-            train_cfgs.append(steps.train_config(cfg, "modular", snap["path"], seed=seed,
-                                                 run_name=f"clusters-{_slug(label)}-s{seed}-{snap['dataset_id'][:8]}"))
+    return [(label, seed, snap, steps.train_config(cfg, "modular", snap["path"], seed=seed,
+                                                   run_name=f"clusters-{_slug(label)}-s{seed}-{snap['dataset_id'][:8]}"))
+            for seed in range(size.seeds) for label, snap in snaps.items()], balanced
+
+
+def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
+             report_only: bool = False) -> tuple[list[dict], list[str], str]:
+    """A cluster-balanced snapshot; the `x*y` cluster removed from train; then k = 1, 4, 16, 64 of its
+    examples (and 1% of them) added back. Every variant x seed trains (continued from its checkpoint
+    when it has one); the held-out cluster's TEST accuracy is logged at every evaluation.
+    `report_only`: train nothing, report what the store has."""
+    if report_only and not has_store(home):
+        raise ValueError(f"nothing to report: no store at {store_location(home)} (run the experiment first)")
+    plan, balanced = cluster_plan(size, home, runner, collect=not report_only)
+    train_cfgs = [tcfg for *_, tcfg in plan]
     if not report_only:
         train_runs(train_cfgs, runner)
     table, runs = [], []
     metric = f"test_id/cluster:{HELD_OUT}/acc"
     others = [f"test_id/cluster:{op}/acc" for op in size.params["operations"] if op != HELD_OUT]
-    for (label, seed, snap), tcfg in zip(keys, train_cfgs, strict=True):
+    for label, seed, snap, tcfg in plan:
         # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed with its
         # (memorised) train rows, at every evaluation of the run.
         series = metric_series(tcfg.run_name, [metric, "test_id/acc", *others], home) if has_store(home) else {}
@@ -122,7 +126,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
     notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, train fraction "
              f"{size.params['train_fraction']}, clustered by operation; {size.seeds} seed(s) per variant (init and "
              f"data order; one task world). The `{HELD_OUT}` cluster is removed from train, then k of its "
-             f"examples are added back (1% = {one_percent} of its {balanced['clusters']['train'][HELD_OUT]} "
+             f"examples are added back (1% = {_one_percent(balanced)} of its {balanced['clusters']['train'][HELD_OUT]} "
              f"training rows). Masked diffusion with the `{first.mdm_estimator}` estimator, width "
              f"{first.hidden_size}, {first.num_layers} layers, init `{first.init}`, {first.optimizer} lr {first.lr:g}, "
              f"weight decay {first.weight_decay:g}, batch {first.batch_size}, step cap {size.max_steps}, stop {first.patience} "
@@ -135,6 +139,10 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
              "generalization.")
     body = "\n".join(["Mean ± std over seeds (n = runs):", "", *lines, "", "Per run:", "", *per_run])
     return table, runs, notes + "\n\n" + body
+
+
+def _one_percent(balanced: dict) -> int:
+    return max(1, round(0.01 * balanced["clusters"]["train"][HELD_OUT]))
 
 
 def _first_step_all_above(curves: list[list[tuple[int, float]]], level: float) -> int | None:
