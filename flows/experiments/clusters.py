@@ -22,12 +22,7 @@ from flows.experiments.common import (
 from flows.runners import Runner
 from storage.home import store_location
 
-# Three operations mod 47 clustered by operation, 70% of each table for training. Chosen by probes on
-# this CPU (balanced, seed 0, up to 3,000 steps): the main job's recipe (Adam, L2 0.005), which groks
-# `x*y mod 97` alone, stays at chance with two or three operations at p = 97; AdamW with weight decay 1.0
-# (Power et al. 2022) at lr 1e-3 learns, slowly (p = 97: 46% test at step 3,000; p = 47, 70% train,
-# batch 256: 55%); the latter at lr 3e-3 reaches 93% by step 1,500. So: AdamW lr 3e-3, weight decay 1.0,
-# PyTorch's init, no filter, masked diffusion with the `count` estimator, width 128, 2 layers, batch 256.
+# The CPU size's recipe; why this one is CPU_SIZE_REASON (written into docs/results/clusters.md).
 CLUSTER_TRAIN = {"init": "torch", "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1.0, "grokfast": "none",
                  "mdm_estimator": "count", "batch_size": 256, "eval_schedule": "log", "keep_checkpoints": 1,
                  "progress": False}
@@ -40,6 +35,14 @@ CLUSTER_SIZES = {
                  train={"eval_max_rows": 3000, "patience": 500}),
 }
 HELD_OUT = "x*y"
+CPU_SIZE_REASON = (
+    "Why this size: three operations mod 47, 70% of each table for training, chosen by probes on this CPU "
+    "(balanced, seed 0, up to 3,000 steps). The main job's recipe (Adam with L2 0.005), which groks `x*y mod 97` "
+    "alone, stays at chance with two or three operations at p = 97 (the first full-size run: 5,125 steps at "
+    "chance). AdamW with weight decay 1.0 (Power et al. 2022) at lr 1e-3 learns, slowly: 46% test at step 3,000 "
+    "at p = 97 (half for training, batch 512), 55% at p = 47 (70%, batch 256). The latter at lr 3e-3 reached 93% "
+    "by step 1,500. So: AdamW lr 3e-3, weight decay 1.0, PyTorch's init, no filter, masked diffusion with the "
+    "`count` estimator, width 128, 2 layers, batch 256.")
 CLUSTER_KS = (1, 4, 16, 64)
 
 
@@ -137,6 +140,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
              f"variant cannot reach it without the removed cluster). Carvalho et al. 2025 report that "
              "with an under-sampled subclass removed the model never grokked it, and 1% of it restored late "
              "generalization.")
+    if size.params == CLUSTER_SIZES["full"].params:
+        notes += "\n\n" + CPU_SIZE_REASON
     body = "\n".join(["Mean ± std over seeds (n = runs):", "", *lines, "", "Per run:", "", *per_run])
     return table, runs, notes + "\n\n" + body
 
