@@ -21,15 +21,16 @@ from typing import Any
 
 from diffusion.plot import plot_runs
 from flows.experiments import clusters, composition, grokfast, self_improve
-from flows.experiments.common import LOCAL, Size
+from flows.experiments.common import LOCAL, PLOT_CURVES, Size
 from flows.runners import Runner
 from storage.home import grokloop_home, store_location
 
-EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size]]] = {
-    "grokfast": (grokfast.grokfast, grokfast.GROKFAST_SIZES),
-    "composition": (composition.composition, composition.COMPOSITION_SIZES),
-    "clusters": (clusters.clusters, clusters.CLUSTER_SIZES),
-    "self_improve": (self_improve.self_improve, self_improve.SELF_IMPROVE_SIZES),
+# name -> (the experiment, its sizes, what its plot draws)
+EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size], dict[str, str] | None]] = {
+    "grokfast": (grokfast.grokfast, grokfast.GROKFAST_SIZES, PLOT_CURVES),
+    "composition": (composition.composition, composition.COMPOSITION_SIZES, composition.PLOT_CURVES),
+    "clusters": (clusters.clusters, clusters.CLUSTER_SIZES, clusters.PLOT_CURVES),
+    "self_improve": (self_improve.self_improve, self_improve.SELF_IMPROVE_SIZES, PLOT_CURVES),
 }
 
 
@@ -42,7 +43,7 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     `report_only`); returns {"table", "runs", "summary": md path, "plot": png path}."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
-    fn, sizes = EXPERIMENTS[name]
+    fn, sizes, curves = EXPERIMENTS[name]
     size_name = size or ("quick" if quick else "full")
     if size_name not in sizes:
         raise ValueError(f"experiment {name!r} has no size {size_name!r}; sizes: {', '.join(sizes)}")
@@ -57,11 +58,6 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     wall = time.perf_counter() - started
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    curves = {"train/acc": "-", "test_id/acc": "--", "test_ood/acc": ":"}
-    if name == "composition":  # two_hop's T_mem is on its inferred train facts: drawn dash-dot beside train
-        curves = None
-    if name == "clusters":  # the question is the held-out cluster's own test accuracy
-        curves = {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{clusters.HELD_OUT}/acc": ":"}
     plot = plot_runs(runs, out / f"{name}.png", home=home, curves=curves) if runs else None
     summary = out / f"{name}.md"
     shown_options = {k: v for k, v in options.items() if k != "report_only"}

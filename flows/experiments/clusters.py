@@ -35,6 +35,8 @@ CLUSTER_SIZES = {
                  train={"eval_max_rows": 3000, "patience": 500}),
 }
 HELD_OUT = "x*y"
+# The plot: the question is the held-out cluster's own test accuracy.
+PLOT_CURVES = {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{HELD_OUT}/acc": ":"}
 CPU_SIZE_REASON = (
     "Why this size: three operations mod 47, 70% of each table for training, chosen by probes on this CPU "
     "(balanced, seed 0, up to 3,000 steps). The main job's recipe (Adam with L2 0.005), which groks `x*y mod 97` "
@@ -99,8 +101,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
                       f"{HELD_OUT}_train_rows": snap["clusters"]["train"].get(HELD_OUT, 0),
                       "test_id_acc": series["test_id/acc"][-1][1],
                       f"{HELD_OUT}_acc": held[-1][1] if held else None,
-                      f"best_{HELD_OUT}_acc": best[1], f"{HELD_OUT}_groks_at": next(
-                          (step for step, v in held if v >= 0.95), None),
+                      f"best_{HELD_OUT}_acc": best[1], f"{HELD_OUT}_groks_at": _first_step_all_above([held], 0.95),
                       "others_grok_at": _first_step_all_above([series.get(m, []) for m in others], 0.95),
                       "t_grok": query("SELECT t_grok FROM runs WHERE run_id = ?", [tcfg.run_name], home)[0][0]})
         if seed == 0:
@@ -118,13 +119,11 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
                         f"{HELD_OUT}_grokked": f"{len(groks)}/{len(group)}",
                         f"{HELD_OUT}_groks_at": mean_std_n(groks)})
     lines = markdown_table(summary, ["variant", "finished", f"{HELD_OUT}_train_rows", "test_id_acc", "t_grok",
-                                     "others_grok_at",
-                                      f"{HELD_OUT}_acc", f"best_{HELD_OUT}_acc", f"{HELD_OUT}_grokked",
-                                      f"{HELD_OUT}_groks_at"])
+                                     "others_grok_at", f"{HELD_OUT}_acc", f"best_{HELD_OUT}_acc",
+                                     f"{HELD_OUT}_grokked", f"{HELD_OUT}_groks_at"])
     per_run = markdown_table(table, ["variant", "seed", "status", "step", "train_rows", f"{HELD_OUT}_train_rows",
-                                      "test_id_acc", "t_grok", "others_grok_at", f"{HELD_OUT}_acc",
-                                      f"best_{HELD_OUT}_acc",
-                                      f"{HELD_OUT}_groks_at"])
+                                     "test_id_acc", "t_grok", "others_grok_at", f"{HELD_OUT}_acc",
+                                     f"best_{HELD_OUT}_acc", f"{HELD_OUT}_groks_at"])
     first = train_cfgs[0]
     notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, train fraction "
              f"{size.params['train_fraction']}, clustered by operation; {size.seeds} seed(s) per variant (init and "
@@ -151,7 +150,7 @@ def _one_percent(balanced: dict) -> int:
 
 
 def _first_step_all_above(curves: list[list[tuple[int, float]]], level: float) -> int | None:
-    """The first step at which every curve (points at the same steps) is >= level."""
+    """The first step at which every curve (points at the same steps, in order) is >= level."""
     steps_ = [dict(c) for c in curves]
     common = sorted(set.intersection(*(set(s) for s in steps_))) if steps_ else []
     return next((step for step in common if all(s[step] >= level for s in steps_)), None)

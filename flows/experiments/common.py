@@ -16,6 +16,8 @@ from storage.home import store_location
 from storage.store import open_store
 
 console = Console()
+# What a results plot draws unless the experiment says otherwise: metric -> line style.
+PLOT_CURVES = {"train/acc": "-", "test_id/acc": "--", "test_ood/acc": ":"}
 LOCAL = Runner()  # runs in turn, in this process: as before there were runners
 
 

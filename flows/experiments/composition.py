@@ -44,6 +44,10 @@ COMPOSITION_ARMS: dict[str, dict[str, Any]] = {
 COMPOSITION_TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "grokfast": "none",
                      "warmup_steps": 10, "eval_schedule": "log", "mem_multiple": 10.0, "keep_checkpoints": 1}
 
+# The plot's own curves (diffusion.plot's default): two_hop's T_mem is on its inferred train facts, drawn
+# dash-dot beside train.
+PLOT_CURVES = None
+
 # Settings: name -> (family, world). The default ("full") is the CPU size; see docs/results/composition.md
 # for why two_hop's world is this one (phi, not size, sets how fast it groks: Wang et al. 2024, Fig. 3).
 COMPOSITION_SIZES = {
