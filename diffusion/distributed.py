@@ -2,8 +2,8 @@
 
     torchrun --nproc_per_node 2 -m flows.cli train family=modular batch_size=512 run_name=ddp
 
-torchrun starts N copies of the trainer and tells each its RANK and WORLD_SIZE; `setup()` joins them
-into one process group (NCCL on GPUs, gloo on CPU) and the model is wrapped in DDP, which averages
+torchrun starts N copies of the trainer and tells each its RANK and WORLD_SIZE; `processes()` joins them
+into one process group (and leaves it at the end) (NCCL on GPUs, gloo on CPU) and the model is wrapped in DDP, which averages
 the gradients across processes in backward. Every process draws the same global batch (`batch_size`
 rows) from the same seeded sampler and the same masking noise, and computes the loss on its own
 slice (`rows`), so the N processes together take exactly the step one process would (to float
@@ -95,12 +95,17 @@ class Processes:
 
 
 def is_main() -> bool:
-    """Whether this process writes: the only one without torchrun, rank 0 with it."""
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """Whether this process writes and reports: the only one without torchrun, rank 0 with it (before,
+    during and after its process group)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
-def setup(device: str = "cpu") -> Processes:
-    """This process's place among torchrun's (rank 0 of 1 without torchrun); joins the process group once."""
+@contextlib.contextmanager
+def processes(device: str = "cpu") -> Iterator[Processes]:
+    """This process's place among torchrun's (rank 0 of 1 without torchrun), for the block.
+    A process group it joins, it also leaves: after a barrier when the block ends (no process tears
+    its side down while another still uses it), at once when the block raises (a peer may be gone).
+    Left to interpreter exit, gloo's threads can outlive their peer and abort the process (SIGABRT)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
@@ -109,6 +114,13 @@ def setup(device: str = "cpu") -> Processes:
     where = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(where)
-    if world_size > 1 and not dist.is_initialized():
+    joins = world_size > 1 and not dist.is_initialized()
+    if joins:
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Processes(rank, world_size, where)
+    try:
+        yield Processes(rank, world_size, where)
+        if joins:
+            dist.barrier()
+    finally:
+        if joins:
+            dist.destroy_process_group()

@@ -90,7 +90,11 @@ class RunResult:
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
     cfg = check_config(dataclasses.replace(cfg))
-    procs = distributed.setup(cfg.device)  # one process, or this one of torchrun's
+    with distributed.processes(cfg.device) as procs:  # one process, or this one of torchrun's
+        return train_loop(cfg, procs, resume)
+
+
+def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> RunResult:
     home = grokloop_home(cfg.home)
     cfg.home = str(home)
     snapshot = read_snapshot_meta(cfg.dataset) if cfg.dataset else None

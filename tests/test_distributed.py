@@ -46,6 +46,45 @@ def test_the_slices_of_a_batch_cover_it_once_and_weigh_as_its_mean():
     assert Processes().rows(5) == slice(0, 5) and not Processes().distributed
 
 
+def _join_and_leave(rank: int, port: int, raises: bool, out) -> None:
+    import torch.distributed as dist
+
+    from diffusion.distributed import processes
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    try:
+        with processes() as procs:
+            inside = dist.is_initialized() and procs.mean(float(rank)) == 0.5
+            if raises:
+                raise RuntimeError("the block failed")
+    except RuntimeError:
+        pass
+    out.put((rank, inside, dist.is_initialized()))
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_a_process_leaves_the_process_group_it_joined(raises):
+    """Left to interpreter exit, gloo's threads can abort a process (SIGABRT) whose peer has gone."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    workers = [ctx.Process(target=_join_and_leave, args=(r, port, raises, out)) for r in range(2)]
+    for w in workers:
+        w.start()
+    results = sorted(out.get(timeout=120) for _ in workers)
+    for w in workers:
+        w.join(timeout=60)
+    assert results == [(0, True, False), (1, True, False)]  # joined, averaged, and left
+    assert [w.exitcode for w in workers] == [0, 0]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same 50 steps as one process and as two (torchrun, gloo), in one home."""
