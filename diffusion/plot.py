@@ -1,6 +1,8 @@
-"""Grokking curves from the store: one panel per task family, train vs test accuracy over steps.
+"""Grokking curves from the store: train vs test accuracy over steps, one panel per task family
+(or per group the caller names: an experiment's arms, with their seeds in one panel).
 
     plot_runs(["loop-modular-1a2b3c4d"], "loop.png")
+    plot_runs({"ar-s0": "ar", "ar-s1": "ar", "mdm-s0": "mdm"}, "arms.png")   # run -> panel
 
 Train is solid, test ID dashed, test OOD dotted; each run has its own colour. T_mem (train accuracy
 first >= 99%) and T_grok (test ID first >= 95%) are vertical lines where the run reached them, so the
@@ -12,7 +14,7 @@ linear otherwise (evenly spaced evals drawn on a log axis are one straight line 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,7 @@ class RunCurves:
     t_mem: int | None
     t_grok: int | None
     series: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)  # metric -> (steps, values)
+    seed: int | None = None
 
 
 def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
@@ -58,7 +61,8 @@ def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
         _, _, t_mem, t_grok, config, dataset_family = runs[run_id]
         config = json.loads(config)
         out.append(RunCurves(run_id, dataset_family or config.get("family", "?"),
-                             config.get("eval_schedule") == "log", _steps_before(run_id, runs), t_mem, t_grok))
+                             config.get("eval_schedule") == "log", _steps_before(run_id, runs), t_mem, t_grok,
+                             seed=config.get("seed")))
     by_id = {c.run_id: c for c in out}
     for run_id, step, name, value in rows:
         xs, ys = by_id[run_id].series.setdefault(name, ([], []))
@@ -67,29 +71,42 @@ def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
     return out
 
 
-def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = None):
-    """A matplotlib Figure: one panel per family (in order of first appearance)."""
+def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = None,
+                    panels: Mapping[str, str] | None = None):
+    """A matplotlib Figure: one panel per family (in order of first appearance), or per `panels[run_id]`;
+    up to four panels a row. Each run has its colour; in named panels of one run per seed, each seed has
+    its colour in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     curves = curves or CURVES
-    families = list(dict.fromkeys(r.family for r in runs))
-    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families) + 3, 4.2), squeeze=False,
-                             layout="constrained")
+    panel_of = {r.run_id: (panels or {}).get(r.run_id) or r.family for r in runs}
+    titles = list(dict.fromkeys(panel_of.values()))
+    in_panel = {t: [r for r in runs if panel_of[r.run_id] == t] for t in titles}
+    seeds_of = {t: [r.seed for r in panel] for t, panel in in_panel.items()}
+    # panels the caller named, of one run per seed: a colour per seed, one legend
+    by_seed = {t: bool(panels) and None not in ss and len(set(ss)) == len(ss) for t, ss in seeds_of.items()}
+    ncols = min(4, len(titles))
+    nrows = -(-len(titles) // ncols)
+    width = 4.6 * ncols + 1.2 if all(by_seed.values()) else 5.5 * ncols + 3  # room for a legend a panel
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 4.2 * nrows), squeeze=False, layout="constrained",
+                             sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, family in zip(axes[0], families, strict=True):
-        panel = [r for r in runs if r.family == family]
+    seeds: dict = {}
+    for ax, title in zip(axes.flat, titles, strict=False):
+        panel = in_panel[title]
         log_axis = any(r.log_axis for r in panel)
         for i, run in enumerate(panel):
-            color = colors[i % len(colors)]
+            color = colors[(run.seed if by_seed[title] else i) % len(colors)]
             for name, style in curves.items():
                 if name in run.series:
                     xs, ys = run.series[name]
                     if log_axis:  # step 0 has no place on a log axis
                         xs, ys = zip(*[(x, y) for x, y in zip(xs, ys, strict=True) if x > 0], strict=True)
-                    ax.plot(xs, ys, style, color=color, label=f"{name.removesuffix('/acc')} {run.run_id}")
+                    label = f"{name.removesuffix('/acc')} {run.run_id}" if not by_seed[title] else f"seed {run.seed}"
+                    ax.plot(xs, ys, style, color=color, label=label)
             for label, at, line in (("T_mem", run.t_mem, ":"), ("T_grok", run.t_grok, "-")):
                 if at is not None:
                     x = run.offset + max(at, 1 if log_axis else 0)
@@ -101,27 +118,42 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
                                 textcoords="offset points", ha="center", va="bottom", fontsize=8, color=color)
         if log_axis:
             ax.set_xscale("log")
-        ax.set_title(family, pad=16)
+        ax.set_title(title, pad=16)
         ax.set_xlabel("optimization step" + (" (log)" if log_axis else ""))
         ax.set_ylabel("accuracy (task verifier)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        if by_seed[title]:  # seed -> colour, the same in every panel (the line styles are in the title)
+            seeds.update({h.get_label(): h for h in ax.lines if h.get_label().startswith("seed")})
+        else:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for ax in axes.flat[len(titles):]:
+        ax.set_visible(False)
+    if seeds:
+        fig.legend([_solid(seeds[k]) for k in sorted(seeds)], sorted(seeds), loc="outside right upper", fontsize=8)
     drawn = [n for n in curves if any(n in r.series for r in runs)]
     fig.suptitle(", ".join(f"{n.removesuffix('/acc')} {STYLE_NAMES.get(curves[n], curves[n])}" for n in drawn)
                  + "\nvertical lines: T_mem dotted, T_grok solid", fontsize=9)
     return fig
 
 
-def plot_runs(run_ids: Sequence[str], out: str | Path, home: str | Path | None = None,
+def _solid(line):
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color=line.get_color())
+
+
+def plot_runs(run_ids: Sequence[str] | Mapping[str, str | None], out: str | Path, home: str | Path | None = None,
               curves: dict[str, str] | None = None) -> Path:
     """Accuracy curves of `run_ids` from the store into a PNG; `curves` maps metric name -> line style
-    (default: train solid, test ID dashed, test OOD dotted). A run started from another run's
-    checkpoint (a self-improvement round) is drawn from where its parent stopped."""
+    (default: train solid, test ID dashed, test OOD dotted). `run_ids` as a mapping names each run's
+    panel (None: its family's). A run started from another run's checkpoint (a self-improvement round)
+    is drawn from where its parent stopped."""
     import matplotlib.pyplot as plt
 
     curves = curves or CURVES
-    fig = grokking_figure(load_curves(run_ids, home, tuple(curves)), curves)
+    panels = run_ids if isinstance(run_ids, Mapping) else None
+    fig = grokking_figure(load_curves(list(run_ids), home, tuple(curves)), curves, panels)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

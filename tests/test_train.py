@@ -289,6 +289,24 @@ def test_grokking_figure_has_a_panel_per_family_with_t_mem_and_t_grok_marked():
     assert styles == {"train": "-", "test_id": "--"}
 
 
+def test_named_panels_hold_every_seed_of_a_group_each_seed_one_colour():
+    from diffusion.plot import RunCurves, grokking_figure
+
+    series = {"train/acc": ([1, 10, 100], [0.1, 1.0, 1.0]), "test_id/acc": ([1, 10, 100], [0.0, 0.1, 0.97])}
+    runs = [RunCurves(f"{arm}-s{seed}", "two_hop", True, 0, 10, 100, series, seed=seed)
+            for arm in ("ar", "mdm") for seed in (0, 1)] + [RunCurves("mdm-s1-again", "two_hop", True, 0, 10, None,
+                                                                      series, seed=1)]
+    panels = {"ar-s0": "ar", "ar-s1": "ar", "mdm-s0": "mdm", "mdm-s1": "mdm", "mdm-s1-again": "mdm (twice)"}
+    fig = grokking_figure(runs, panels=panels)
+    ar, mdm, twice = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["ar", "mdm", "mdm (twice)"]
+    curves = [line for ax in (ar, mdm) for line in ax.lines if not line.get_label().startswith("_")]  # not T_mem
+    assert {line.get_label() for line in curves} == {"seed 0", "seed 1"}  # runs named by seed, not run id
+    assert len({(line.get_label(), line.get_color()) for line in curves}) == 2  # a seed, one colour in both panels
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["seed 0", "seed 1"]
+    assert twice.get_legend() is None and twice.lines[0].get_label() == "seed 1"
+
+
 def test_checkpoints_follow_checkpoint_every_not_only_eval_steps(tmp_path):
     result = train(tiny(tmp_path, "ck", max_steps=100, eval_every=20, checkpoint_every=30, keep_checkpoints=0))
     kept = sorted(int(p.name.split("_")[1]) for p in (result.run_dir / "checkpoints").iterdir())

@@ -73,7 +73,7 @@ def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: 
 
 
 def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
-             report_only: bool = False) -> tuple[list[dict], list[str], str]:
+             report_only: bool = False) -> tuple[list[dict], dict[str, str], str]:
     """A cluster-balanced snapshot; the `x*y` cluster removed from train; then k = 1, 4, 16, 64 of its
     examples (and 1% of them) added back. Every variant x seed trains (continued from its checkpoint
     when it has one); the held-out cluster's TEST accuracy is logged at every evaluation.
@@ -84,7 +84,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
     train_cfgs = [tcfg for *_, tcfg in plan]
     if not report_only:
         train_runs(train_cfgs, runner)
-    table, runs = [], []
+    table, runs = [], {}
     metric = f"test_id/cluster:{HELD_OUT}/acc"
     others = [f"test_id/cluster:{op}/acc" for op in size.params["operations"] if op != HELD_OUT]
     for label, seed, snap, tcfg in plan:
@@ -104,8 +104,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
                       f"best_{HELD_OUT}_acc": best[1], f"{HELD_OUT}_groks_at": _first_step_all_above([held], 0.95),
                       "others_grok_at": _first_step_all_above([series.get(m, []) for m in others], 0.95),
                       "t_grok": query("SELECT t_grok FROM runs WHERE run_id = ?", [tcfg.run_name], home)[0][0]})
-        if seed == 0:
-            runs.append(tcfg.run_name)
+        runs[tcfg.run_name] = label  # every seed, a panel a variant
         console.print(f"[clusters] {label} seed {seed}: {status} at {table[-1]['step']}, held-out cluster test "
                       f"acc {table[-1][f'{HELD_OUT}_acc']}, overall {table[-1]['test_id_acc']}")
     summary = []

@@ -129,7 +129,7 @@ def _digest(obj: Any) -> str:
 
 
 def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple(COMPOSITION_ARMS),
-                report_only: bool = False) -> tuple[list[dict], list[str], str]:
+                report_only: bool = False) -> tuple[list[dict], dict[str, str], str]:
     """Every (seed, setting, arm) run in turn (one process, one at a time: batching seeds is slower on
     a small CPU), each continued from its checkpoint when it has one; then the table from the store.
     `report_only`: train nothing, report what the store has (finished or not, marked)."""
@@ -167,7 +167,8 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
         notes += "\n\n" + CPU_SIZE_REASON
     body = "\n".join(["Mean ± std over seeds (n = runs; T_mem / T_grok over the runs that reached them):", "",
                       *summary, "", "Per run:", "", *per_run])
-    return table, [row["run_id"] for row in table if row["seed"] == 0], notes + "\n\n" + body
+    panels = {row["run_id"]: f"{row['setting']} / {row['arm']}" for row in table}  # every seed, a panel an arm
+    return table, panels, notes + "\n\n" + body
 
 
 def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str, Any] | None:
