@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion.config import TrainConfig, run_id_of
+from diffusion.config import TrainConfig, config_to_json, run_id_of
 from diffusion.data import BatchSampler, EncodedSplit, eval_rows, read_snapshot_meta
 from diffusion.model import Denoiser, GrokfastRefDecoder, load_pretrained
 from storage import shared
@@ -78,6 +78,16 @@ def run_location(cfg: TrainConfig, run_dir: Path) -> Path | str:
     """Where the run's checkpoints, `latest` and evaluation rows live: its directory, or
     <shared_home>/runs/<run_id> so that the run moves between machines."""
     return shared.join(cfg.shared_home, "runs", run_id_of(cfg)) if cfg.shared_home else run_dir
+
+
+def write_run_config(run_dir: Path, cfg: TrainConfig) -> None:
+    """config.json in the run directory and, with shared_home, beside the run's checkpoints there:
+    what `grokloop train --resume ID shared_home=URL` reads on a machine without the directory."""
+    text = config_to_json(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(text)
+    if cfg.shared_home:
+        shared.write_bytes(shared.join(run_location(cfg, run_dir), "config.json"), text.encode())
 
 
 def load_training_checkpoint(path: Path | str, model: torch.nn.Module, optimizer, sampler: BatchSampler,

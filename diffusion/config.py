@@ -24,6 +24,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage import shared
 from storage.home import grokloop_home, runs_dir
 from storage.shared import check_shared_home
 
@@ -328,10 +329,21 @@ def run_id_of(cfg: TrainConfig) -> str | None:
 
 
 def load_config(run_id: str, overrides: Iterable[str] = (), home: str | None = None) -> TrainConfig:
-    """The saved config of a run (for resuming), with overrides applied."""
+    """The saved config of a run (for resuming), with overrides applied: the run directory's
+    config.json, or, where this machine has no such directory, the copy on the shared home that
+    `shared_home=URL` among the overrides names (the run moves between machines)."""
+    overrides = list(overrides)
     path = runs_dir(home) / run_id / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no run {run_id!r} under {runs_dir(home)} (no config.json)")
-    cfg = config_from_dict(json.loads(path.read_text()))
+    if path.is_file():
+        saved = path.read_text()
+    else:
+        url = parse_settings(TrainConfig(), [o for o in overrides if o.lstrip("-").startswith("shared_home=")],
+                             what="training").get("shared_home")
+        found = shared.join(url, "runs", run_id, "config.json") if url else None
+        saved = (shared.read_bytes(found) or b"").decode() if found else ""
+        if not saved:
+            elsewhere = f" nor at {found}" if found else "; a run on a shared home: add shared_home=URL"
+            raise FileNotFoundError(f"no run {run_id!r}: no config.json under {runs_dir(home)}{elsewhere}")
+    cfg = config_from_dict(json.loads(saved))
     cfg.home = str(grokloop_home(home)) if home else cfg.home
     return train_overrides(cfg, overrides)

@@ -47,6 +47,7 @@ from diffusion.checkpoint import (
     run_eval_rows,
     run_location,
     save_training_checkpoint,
+    write_run_config,
 )
 from diffusion.config import (
     TrainConfig,
@@ -126,8 +127,7 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
     noise = torch.Generator().manual_seed(cfg.seed + 1)  # masking noise, separate from data order
     with procs.main_first():  # rank 0 writes the run directory, the others read it
         if procs.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(config_to_json(cfg))
+            write_run_config(run_dir, cfg)
         eval_splits = {name: splits[name].subset(idx) for name, idx in run_eval_rows(run_dir, cfg, splits).items()}
 
     # the loop's state: new, or all of it from the latest checkpoint

@@ -1,7 +1,7 @@
 """The shared home: where runs' checkpoints and dataset exports go so that other machines read them.
 
     shared_home = "s3://bucket/prefix"      # any fsspec URL (s3fs for s3://); the store stays local
-    <shared_home>/runs/<run_id>/...         checkpoints, the `latest` pointer, eval_rows.json
+    <shared_home>/runs/<run_id>/...         checkpoints, the `latest` pointer, eval_rows.json, config.json
     <shared_home>/datasets/<dataset_id>/... a snapshot's export (meta.json, <split>.parquet, hf/)
 
 A file is published as one object, written whole under its final name (a PUT either completes or

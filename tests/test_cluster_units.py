@@ -126,6 +126,7 @@ def test_a_run_on_the_shared_home_resumes_on_another_machine_from_its_published_
     import dataclasses
 
     from diffusion.checkpoint import latest_checkpoint, load_model, resolve_checkpoint
+    from diffusion.config import load_config
     from diffusion.train import train
     from storage import shared
     from storage.datasets import publish_snapshot
@@ -145,7 +146,12 @@ def test_a_run_on_the_shared_home_resumes_on_another_machine_from_its_published_
     assert not (run_dir / "checkpoints").exists()  # only on the shared home
     shutil.rmtree(run_dir)
 
-    resumed = train(dataclasses.replace(cfg, max_steps=80), resume=True)
+    with pytest.raises(FileNotFoundError, match="no run 'mover': no config.json under .*add shared_home=URL"):
+        load_config("mover", ["max_steps=80"], home=str(tmp_path / "home"))
+    # what `grokloop train --resume mover shared_home=URL max_steps=80` resumes: the config the run left there
+    moved = load_config("mover", [f"shared_home={memory_home}", "max_steps=80"], home=str(tmp_path / "home"))
+    assert moved == dataclasses.replace(cfg, max_steps=80, home=str(tmp_path / "home"), run_id="mover")
+    resumed = train(moved, resume=True)
     assert resumed.final_step == 80 and resumed.checkpoint_dir == f"{run_url}/checkpoints/step_80"
     reference = train(_tiny(tmp_path / "ref", "mover", dataset=str(export)))
     assert _metrics(tmp_path / "home", "mover") == _metrics(tmp_path / "ref", "mover")
