@@ -50,6 +50,14 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
                                                  "'test_ood/acc' ORDER BY step", [row["run_id"]]).fetchall()]
                 assert len(ood) > 3 and row["test_ood_acc"] == ood[-1] and row["best_ood_acc"] == max(ood)
             assert "mdm-full" in text and "`count` estimator" in text
+            # equal parameters: the count the table states is the trained model's
+            from diffusion.checkpoint import load_model, resolve_checkpoint
+
+            two_hop = {r["arm"]: r for r in result["table"] if r["setting"] == "two_hop"}
+            trained = load_model(resolve_checkpoint(tmp_path / "home" / "runs" / two_hop["ar-shared"]["run_id"]))
+            assert two_hop["ar-shared"]["params"] == sum(p.numel() for p in trained.parameters())
+            assert two_hop["ar-shared"]["width"] > two_hop["ar"]["width"] and two_hop["mdm"]["params"] == \
+                two_hop["ar"]["params"]
 
 
 def test_the_other_clusters_grok_at_the_first_step_where_every_one_of_them_is_above_the_level():

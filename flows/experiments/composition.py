@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from agents.tasks import get_family
-from diffusion.model import shared_width
+from diffusion.model import parameter_count, shared_width
 from diffusion.train import TrainConfig
 from flows.experiments.common import (
     LOCAL,
@@ -124,6 +124,14 @@ def _shared_width(family: str, world: dict, overrides: dict) -> int:
                                                                            "mlp_ratio")})
 
 
+def _parameters(cfg: TrainConfig) -> int:
+    """The run's trainable parameters (its model built on the meta device): what "equal parameters" means."""
+    tok = get_family(cfg.family, **cfg.family_params).tokenizer()
+    return parameter_count(vocab_size=tok.vocab_size, max_seq_len=tok.seq_len, hidden_size=cfg.hidden_size,
+                           num_layers=cfg.num_layers, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+                           share_layers=cfg.share_layers)
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -142,7 +150,7 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
                       f"{row['step']}, T_mem {row['t_mem']} T_grok {row['t_grok']} ID {row['test_id_acc']} "
                       f"OOD {row['test_ood_acc']}")
     summary = markdown_table(composition_summary(table),
-                              ["setting", "arm", "finished", "t_mem", "t_grok", "grokked", "train_inferred_acc",
+                              ["setting", "arm", "params", "width", "finished", "t_mem", "t_grok", "grokked", "train_inferred_acc",
                                "test_id_acc", "test_ood_acc", "best_ood_acc", "ood_at_t_grok", "n_eval",
                                "train_min"])
     per_run = markdown_table(table, ["setting", "arm", "seed", "status", "step", "t_mem", "t_grok",
@@ -189,7 +197,8 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
     rows_file = runs_dir(home) / cfg.run_name / "eval_rows.json"
     n_eval = ("/".join(str(len(v["rows"])) for v in json.loads(rows_file.read_text()).values())
               if rows_file.is_file() else None)
-    return {"setting": setting, "arm": arm, "seed": cfg.seed, "run_id": cfg.run_name, "status": status,
+    return {"setting": setting, "arm": arm, "seed": cfg.seed, "run_id": cfg.run_name, "params": _parameters(cfg),
+            "width": cfg.hidden_size, "status": status,
             "step": max(p[0] for p in series["test_id/acc"]), "cap": cfg.max_steps, "t_mem": t_mem, "t_grok": t_grok,
             "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
             "test_id_acc": last.get("test_id/acc"), "test_ood_acc": last.get("test_ood/acc"),
@@ -210,7 +219,7 @@ def composition_summary(table: list[dict]) -> list[dict]:
     for key in dict.fromkeys((r["setting"], r["arm"]) for r in table):
         group = [r for r in table if (r["setting"], r["arm"]) == key]
         grokked = [r for r in group if r["t_grok"] is not None]
-        out.append({"setting": key[0], "arm": key[1],
+        out.append({"setting": key[0], "arm": key[1], "params": group[0]["params"], "width": group[0]["width"],
                     "finished": f"{sum(r['status'] == 'finished' for r in group)}/{len(group)}",
                     "grokked": f"{len(grokked)}/{len(group)}",
                     **{k: mean_std_n([r[k] for r in group]) for k in
