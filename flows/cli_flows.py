@@ -164,7 +164,7 @@ def experiment(
     quick: bool = typer.Option(False, "--quick", help="the few-minute size (--size quick)"),
     size: str = typer.Option("", help="quick | full (the default: this CPU's size) | published (composition: "
                                       "Wang et al.'s two_hop world and model, for a GPU)"),
-    arms: str = typer.Option("", help="composition only: a subset of ar,mdm,mdm-full,ar-shared"),
+    arms: str = typer.Option("", help="composition only: a subset of ar,mdm,mdm-full,ar-shared,ar-1layer"),
     report_only: bool = typer.Option(False, "--report-only", help="train nothing: write the summary and plot "
                                                                   "from what the store has now (runs may go on)"),
     seeds: int = typer.Option(0, help="override the number of seeds (0: the size's default)"),

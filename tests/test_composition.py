@@ -30,6 +30,9 @@ def test_arms_have_equal_parameters_and_the_published_size_is_wang_et_al():
               for arm, c in two_hop.items()}
     assert counts["ar"] == counts["mdm"] == counts["mdm-full"]
     assert abs(counts["ar-shared"] - counts["ar"]) / counts["ar"] < 0.06 and two_hop["ar-shared"].share_layers
+    # the one-layer control: the shared arm's block applied once (same parameters and width)
+    assert counts["ar-1layer"] == counts["ar-shared"] and two_hop["ar-1layer"].num_layers == 1
+    assert two_hop["ar-1layer"].hidden_size == two_hop["ar-shared"].hidden_size > two_hop["ar"].hidden_size
     assert {c.mdm_estimator for c in two_hop.values() if c.objective == "mdm"} == {"count"}
     assert len({(c.max_steps, c.batch_size, c.lr, c.weight_decay) for c in two_hop.values()}) == 1
     assert {cfg.seed for _, _, cfg in plan} == {0, 1, 2}
@@ -99,7 +102,7 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     (["composition", "--size", "huge"], "error: experiment 'composition' has no size 'huge'; sizes: quick, full, "
                                         "published"),
     (["composition", "--quick", "--arms", "ar,diffusion"], "error: unknown arm(s) ['diffusion']; known: ar, mdm, "
-                                                           "mdm-full, ar-shared"),
+                                                           "mdm-full, ar-shared, ar-1layer"),
     (["clusters", "--report-only"], "error: nothing to report: no store at "),
 ])
 def test_experiment_command_errors_are_one_line_and_start_nothing(tmp_path, monkeypatch, args, message):

@@ -44,7 +44,7 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
             assert "others_grok_at" in text
         if name == "composition":  # every arm of every setting, the OOD measures from the run's whole curve
             assert {(r["setting"], r["arm"]) for r in result["table"]} == {
-                (s, a) for s in ("two_hop", "programs") for a in ("ar", "mdm", "mdm-full", "ar-shared")}
+                (s, a) for s in ("two_hop", "programs") for a in ("ar", "mdm", "mdm-full", "ar-shared", "ar-1layer")}
             for row in result["table"]:
                 ood = [v for (v,) in con.execute("SELECT value FROM metrics WHERE run_id = ? AND name = "
                                                  "'test_ood/acc' ORDER BY step", [row["run_id"]]).fetchall()]

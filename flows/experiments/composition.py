@@ -30,13 +30,18 @@ from storage.home import runs_dir
 # attention); "mdm-full": the same ELBO over the whole sequence (it also learns the head from the
 # relations and the tail, ...), where diffusion's objective itself differs from AR's; "ar-shared": the
 # AR transformer with one block applied num_layers times, widened to the same parameter count
-# (diffusion.model.shared_width): the cross-layer sharing Wang et al. 2024 point at for OOD composition.
+# (diffusion.model.shared_width): the cross-layer sharing Wang et al. 2024 point at for OOD composition;
+# "ar-1layer": that block applied once (the same parameters and width, one layer deep), which separates
+# what sharing does from what the wider block does.
 COMPOSITION_ARMS: dict[str, dict[str, Any]] = {
     "ar": {"objective": "ar"},
     "mdm": {"objective": "mdm", "mdm_estimator": "count"},
     "mdm-full": {"objective": "mdm", "mdm_estimator": "count", "full_sequence": True},
     "ar-shared": {"objective": "ar", "share_layers": True},
+    "ar-1layer": {"objective": "ar", "num_layers": 1},
 }
+# the arms of one block, widened to the others' parameter count
+ONE_BLOCK_ARMS = ("ar-shared", "ar-1layer")
 # Optimisation of every arm (Wang et al. 2024: AdamW, weight decay 0.1, no Grokfast; lr 1e-3 for a
 # small model on a CPU). Runs stop `patience` steps after grokking once past 10 x T_mem, or at the cap
 # (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5); evals on the log
@@ -104,8 +109,8 @@ def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARM
         for seed in range(size.seeds):
             for arm in arms:
                 overrides = {**settings, **COMPOSITION_ARMS[arm]}
-                if overrides.get("share_layers"):
-                    overrides["hidden_size"] = _shared_width(family, world, overrides)
+                if arm in ONE_BLOCK_ARMS:  # as many parameters as `settings`' layers, in one block
+                    overrides["hidden_size"] = _shared_width(family, world, settings)
                 params = {**world, "seed": seed}
                 tag = _digest({"family": family, "params": params, "train": overrides,
                                "eval_every": size.eval_every})
@@ -160,7 +165,7 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
     notes = (f"{size.seeds} seed(s) per arm (seed s: world seed s and init seed s), arms {', '.join(arms)} "
              f"at equal parameters, data and steps: {first.num_layers} layers, width {first.hidden_size} "
              f"(`ar-shared`: one block applied {first.num_layers} times, widened to the same parameter "
-             f"count), batch {first.batch_size}, AdamW lr {first.lr:g}, weight decay {first.weight_decay:g}, "
+             f"count; `ar-1layer`: that block applied once), batch {first.batch_size}, AdamW lr {first.lr:g}, weight decay {first.weight_decay:g}, "
              f"no Grokfast; masked diffusion with the `count` estimator. Worlds: "
              + "; ".join(f"`{n}` = {fam} {world}" for n, (fam, world) in size.params.items())
              + f". Step cap {size.max_steps}; a run stops {first.patience} steps after T_grok once past "
