@@ -40,6 +40,8 @@ def test_arms_have_equal_parameters_and_the_published_size_is_wang_et_al():
     fam = get_family("two_hop", **two_hop["ar"].family_params)
     splits = fam.splits()
     assert len(splits["test_ood"]) >= 500
+    programs = next(cfg for name, _, cfg in plan if name == "programs")
+    assert len(get_family("programs", **programs.family_params).splits()["test_ood"]) >= 500
     assert sum(t.difficulty == 2 for t in splits["train"]) == round(fam.phi * fam.n_entities * fam.k)
     published = {cfg.family_params["phi"]: cfg for _, _, cfg in composition_configs(COMPOSITION_SIZES["published"],
                                                                                      home=None)}

@@ -67,7 +67,8 @@ COMPOSITION_SIZES = {
                         "patience": 5000}, params={
         "two_hop": ("two_hop", {"n_entities": 40, "n_relations": 28, "relations_per_entity": 28, "phi": 18.0,
                                 "ood_fraction": 0.15, "test_size": 3000}),
-        "programs": ("programs", {})}),
+        # 25 test tasks per program: 525 OOD items (21 held-out compositions), as two_hop has >= 500
+        "programs": ("programs", {"test_per_program": 25})}),
     # Wang et al. 2024's own world (2,000 entities, 200 relations, 20 per entity, 5% OOD atomic facts)
     # at two of its phi, and its model (8 layers, width 768): a GPU's size.
     "published": Size(seeds=3, max_steps=200000, eval_every=5000,
