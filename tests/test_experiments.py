@@ -66,3 +66,12 @@ def test_the_other_clusters_grok_at_the_first_step_where_every_one_of_them_is_ab
     assert _first_step_all_above([x_plus_y, x_minus_y], 0.95) == 300
     assert _first_step_all_above([x_plus_y, [(100, 0.1), (400, 0.2)]], 0.95) is None
     assert _first_step_all_above([], 0.95) is None
+
+
+def test_means_of_steps_print_as_steps_and_of_accuracies_as_fractions():
+    from flows.experiments.common import mean_std_n
+
+    assert mean_std_n([-1000, 0, None]) == "-500 ± 707 (n=2)"  # a delay: steps, even near zero
+    assert mean_std_n([0, 0]) == "0 ± 0 (n=2)"
+    assert mean_std_n([0.5, 0.25]) == "0.375 ± 0.177 (n=2)"
+    assert mean_std_n([None]) is None

@@ -86,7 +86,8 @@ def mean_std(values: list) -> str | None:
         return None
     mean = statistics.mean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.0f} ± {std:.0f}" if mean >= 10 else f"{mean:.3f} ± {std:.3f}"
+    steps = all(isinstance(v, int) for v in values) or abs(mean) >= 10  # counts, not accuracies
+    return f"{mean:.0f} ± {std:.0f}" if steps else f"{mean:.3f} ± {std:.3f}"
 
 
 def mean_std_n(values: list) -> str | None:

@@ -156,10 +156,10 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
                       f"{row['step']}, T_mem {row['t_mem']} T_grok {row['t_grok']} ID {row['test_id_acc']} "
                       f"OOD {row['test_ood_acc']}")
     summary = markdown_table(composition_summary(table),
-                              ["setting", "arm", "params", "width", "finished", "t_mem", "t_grok", "grokked", "train_inferred_acc",
-                               "test_id_acc", "test_ood_acc", "best_ood_acc", "ood_at_t_grok", "n_eval",
-                               "train_min"])
-    per_run = markdown_table(table, ["setting", "arm", "seed", "status", "step", "t_mem", "t_grok",
+                              ["setting", "arm", "params", "width", "finished", "t_mem", "t_grok", "delay",
+                               "grokked", "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
+                               "ood_at_t_grok", "n_eval", "train_min"])
+    per_run = markdown_table(table, ["setting", "arm", "seed", "status", "step", "t_mem", "t_grok", "delay",
                                       "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
                                       "best_ood_step", "ood_at_t_grok", "n_eval", "train_min"])
     first = plan[0][2]
@@ -173,7 +173,8 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
              f"{first.mem_multiple:g} x T_mem. Accuracy is the task's verifier on the decoded answer, on a "
              "seeded sample of each split fixed for the run (`n_eval`: train / test_id / test_ood rows). "
              "T_mem: first eval with train accuracy >= 0.99 (two_hop: on the inferred train facts); "
-             "T_grok: first eval with test_id accuracy >= 0.95 (— = never, within the steps run). "
+             "T_grok: first eval with test_id accuracy >= 0.95 (— = never, within the steps run); `delay`: "
+             "T_grok - T_mem (negative: in-distribution accuracy got there first). "
              "ID = held-out compositions of seen pieces; OOD = compositions of atomic facts / primitive "
              "pairs never seen composed in training. best OOD is over every evaluation of the run. `train_min`: "
              "minutes of optimisation steps on this CPU (the summary: all of an arm's runs together).")
@@ -206,6 +207,7 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
     return {"setting": setting, "arm": arm, "seed": cfg.seed, "run_id": cfg.run_name, "params": _parameters(cfg),
             "width": cfg.hidden_size, "status": status,
             "step": max(p[0] for p in series["test_id/acc"]), "cap": cfg.max_steps, "t_mem": t_mem, "t_grok": t_grok,
+            "delay": t_grok - t_mem if t_grok is not None and t_mem is not None else None,
             "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
             "test_id_acc": last.get("test_id/acc"), "test_ood_acc": last.get("test_ood/acc"),
             "best_ood_acc": best[1], "best_ood_step": best[0], "ood_at_t_grok": at_grok, "n_eval": n_eval,
@@ -229,7 +231,7 @@ def composition_summary(table: list[dict]) -> list[dict]:
                     "finished": f"{sum(r['status'] == 'finished' for r in group)}/{len(group)}",
                     "grokked": f"{len(grokked)}/{len(group)}",
                     **{k: mean_std_n([r[k] for r in group]) for k in
-                       ("t_mem", "t_grok", "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
-                        "ood_at_t_grok")},
+                       ("t_mem", "t_grok", "delay", "train_inferred_acc", "test_id_acc", "test_ood_acc",
+                        "best_ood_acc", "ood_at_t_grok")},
                     "n_eval": group[0]["n_eval"], "train_min": sum(r["train_min"] for r in group)})
     return out
