@@ -337,8 +337,7 @@ def load_config(run_id: str, overrides: Iterable[str] = (), home: str | None = N
     if path.is_file():
         saved = path.read_text()
     else:
-        url = parse_settings(TrainConfig(), [o for o in overrides if o.lstrip("-").startswith("shared_home=")],
-                             what="training").get("shared_home")
+        url = parse_settings(TrainConfig(), overrides, what="training").get("shared_home")
         found = shared.join(url, "runs", run_id, "config.json") if url else None
         saved = (shared.read_bytes(found) or b"").decode() if found else ""
         if not saved:

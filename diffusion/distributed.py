@@ -3,7 +3,7 @@
     torchrun --nproc_per_node 2 -m flows.cli train family=modular batch_size=512 run_name=ddp
 
 torchrun starts N copies of the trainer and tells each its RANK and WORLD_SIZE; `processes()` joins them
-into one process group (and leaves it at the end) (NCCL on GPUs, gloo on CPU) and the model is wrapped in DDP, which averages
+into one process group for the run (NCCL on GPUs, gloo on CPU) and the model is wrapped in DDP, which averages
 the gradients across processes in backward. Every process draws the same global batch (`batch_size`
 rows) from the same seeded sampler and the same masking noise, and computes the loss on its own
 slice (`rows`), so the N processes together take exactly the step one process would (to float

@@ -123,19 +123,23 @@ def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARM
 
 
 def _shared_width(family: str, world: dict, overrides: dict) -> int:
-    tok = get_family(family, **world).tokenizer()
     base = TrainConfig()
-    return shared_width(vocab_size=tok.vocab_size, max_seq_len=tok.seq_len,
+    return shared_width(**_sequence_shape(family, world),
                         **{k: overrides.get(k, getattr(base, k)) for k in ("hidden_size", "num_layers", "num_heads",
                                                                            "mlp_ratio")})
 
 
 def _parameters(cfg: TrainConfig) -> int:
     """The run's trainable parameters (its model built on the meta device): what "equal parameters" means."""
-    tok = get_family(cfg.family, **cfg.family_params).tokenizer()
-    return parameter_count(vocab_size=tok.vocab_size, max_seq_len=tok.seq_len, hidden_size=cfg.hidden_size,
+    return parameter_count(**_sequence_shape(cfg.family, cfg.family_params), hidden_size=cfg.hidden_size,
                            num_layers=cfg.num_layers, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
                            share_layers=cfg.share_layers)
+
+
+def _sequence_shape(family: str, world: dict) -> dict[str, int]:
+    """What a model of this world's tokens is sized by: its vocabulary and sequence length."""
+    tok = get_family(family, **world).tokenizer()
+    return {"vocab_size": tok.vocab_size, "max_seq_len": tok.seq_len}
 
 
 def _digest(obj: Any) -> str:
@@ -166,8 +170,8 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
     notes = (f"{size.seeds} seed(s) per arm (seed s: world seed s and init seed s), arms {', '.join(arms)} "
              f"at equal parameters, data and steps: {first.num_layers} layers, width {first.hidden_size} "
              f"(`ar-shared`: one block applied {first.num_layers} times, widened to the same parameter "
-             f"count; `ar-1layer`: that block applied once), batch {first.batch_size}, AdamW lr {first.lr:g}, weight decay {first.weight_decay:g}, "
-             f"no Grokfast; masked diffusion with the `count` estimator. Worlds: "
+             f"count; `ar-1layer`: that block applied once), batch {first.batch_size}, AdamW lr {first.lr:g}, "
+             f"weight decay {first.weight_decay:g}, no Grokfast; masked diffusion with the `count` estimator. Worlds: "
              + "; ".join(f"`{n}` = {fam} {world}" for n, (fam, world) in size.params.items())
              + f". Step cap {size.max_steps}; a run stops {first.patience} steps after T_grok once past "
              f"{first.mem_multiple:g} x T_mem. Accuracy is the task's verifier on the decoded answer, on a "
