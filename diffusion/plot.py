@@ -72,10 +72,11 @@ def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
 
 
 def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = None,
-                    panels: Mapping[str, str] | None = None):
+                    panels: Mapping[str, str] | None = None, ylim: tuple[float, float] | None = (-0.02, 1.02)):
     """A matplotlib Figure: one panel per family (in order of first appearance), or per `panels[run_id]`;
     up to four panels a row. Each run has its colour; in named panels of one run per seed, each seed has
-    its colour in every panel."""
+    its colour in every panel. `ylim=None` fits the accuracy axis to the curves (a curve near chance,
+    such as OOD accuracy, is a flat line on 0-1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +122,8 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
         ax.set_title(title, pad=16)
         ax.set_xlabel("optimization step" + (" (log)" if log_axis else ""))
         ax.set_ylabel("accuracy (task verifier)")
-        ax.set_ylim(-0.02, 1.02)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
         if by_seed[title]:  # seed -> colour, the same in every panel (the line styles are in the title)
             seeds.update({h.get_label(): h for h in ax.lines if h.get_label().startswith("seed")})
@@ -144,16 +146,16 @@ def _solid(line):
 
 
 def plot_runs(run_ids: Sequence[str] | Mapping[str, str | None], out: str | Path, home: str | Path | None = None,
-              curves: dict[str, str] | None = None) -> Path:
+              curves: dict[str, str] | None = None, ylim: tuple[float, float] | None = (-0.02, 1.02)) -> Path:
     """Accuracy curves of `run_ids` from the store into a PNG; `curves` maps metric name -> line style
     (default: train solid, test ID dashed, test OOD dotted). `run_ids` as a mapping names each run's
     panel (None: its family's). A run started from another run's checkpoint (a self-improvement round)
-    is drawn from where its parent stopped."""
+    is drawn from where its parent stopped. `ylim=None`: the accuracy axis fitted to the curves."""
     import matplotlib.pyplot as plt
 
     curves = curves or CURVES
     panels = run_ids if isinstance(run_ids, Mapping) else None
-    fig = grokking_figure(load_curves(list(run_ids), home, tuple(curves)), curves, panels)
+    fig = grokking_figure(load_curves(list(run_ids), home, tuple(curves)), curves, panels, ylim)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

@@ -200,7 +200,8 @@ def experiment(
                        ray_address=ray_address or None).runner_settings()
     result = run_experiment(name, quick=quick, size=size or None, seeds=seeds or None, max_steps=max_steps or None,
                             out_dir=out, home=home, runner=where, **options)
-    console.print(f"summary: {result['summary']}\nplot:    {result['plot'] or '(none: no run has evaluated yet)'}")
+    plots = ", ".join(str(p) for p in result["plots"]) or "(none: no run has evaluated yet)"
+    console.print(f"summary: {result['summary']}\nplots:   {plots}")
 
 
 def _pct(x) -> str:

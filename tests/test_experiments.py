@@ -19,6 +19,8 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     text = summary.read_text()
     assert f"# Experiment: {name}" in text and "| " in text and f"![{name}]({name}.png)" in text
+    if name == "composition":  # OOD accuracy alone, on an axis fitted to it
+        assert result["plots"] == [plot, out / "composition_ood.png"] and "(composition_ood.png)" in text
 
     with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
         stored = dict(con.execute("SELECT run_id, t_grok FROM runs").fetchall())

@@ -307,6 +307,17 @@ def test_named_panels_hold_every_seed_of_a_group_each_seed_one_colour():
     assert twice.get_legend() is None and twice.lines[0].get_label() == "seed 1"
 
 
+def test_a_fitted_accuracy_axis_shows_a_curve_near_chance():
+    from diffusion.plot import RunCurves, grokking_figure
+
+    ood = {"test_ood/acc": ([1, 10, 100, 1000], [0.02, 0.03, 0.08, 0.21])}
+    runs = [RunCurves("ar-shared-s2", "two_hop", True, 0, 10, 12, ood, seed=2)]
+    fixed, fitted = (grokking_figure(runs, {"test_ood/acc": ":"}, ylim=ylim).axes[0] for ylim in ((-0.02, 1.02), None))
+    assert fixed.get_ylim() == (-0.02, 1.02)
+    low, high = fitted.get_ylim()
+    assert 0.0 < low < 0.02 and 0.21 < high < 0.3  # the rise fills the panel
+
+
 def test_checkpoints_follow_checkpoint_every_not_only_eval_steps(tmp_path):
     result = train(tiny(tmp_path, "ck", max_steps=100, eval_every=20, checkpoint_every=30, keep_checkpoints=0))
     kept = sorted(int(p.name.split("_")[1]) for p in (result.run_dir / "checkpoints").iterdir())

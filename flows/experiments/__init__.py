@@ -2,7 +2,8 @@
 
 Each runs its configurations and seeds through the same plain functions as the loop
 (`flows.steps`, `diffusion.train`), so every run, metric and evaluation lands in the store;
-then it writes `docs/results/NAME.png` and `docs/results/NAME.md` with the table of results.
+then it writes `docs/results/NAME.png` (and any other figure it names, `NAME_<suffix>.png`) and
+`docs/results/NAME.md` with the table of results.
 The numbers in the tables are read back from the store, not from memory.
 
     grokfast      a*b mod 97: Adam baseline vs weight decay vs Grokfast-EMA / -MA, diffusion vs AR
@@ -21,16 +22,16 @@ from typing import Any
 
 from diffusion.plot import plot_runs
 from flows.experiments import clusters, composition, grokfast, self_improve
-from flows.experiments.common import LOCAL, PLOT_CURVES, Size
+from flows.experiments.common import FIGURES, LOCAL, Size
 from flows.runners import Runner
 from storage.home import grokloop_home, store_location
 
-# name -> (the experiment, its sizes, what its plot draws)
-EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size], dict[str, str] | None]] = {
-    "grokfast": (grokfast.grokfast, grokfast.GROKFAST_SIZES, PLOT_CURVES),
-    "composition": (composition.composition, composition.COMPOSITION_SIZES, composition.PLOT_CURVES),
-    "clusters": (clusters.clusters, clusters.CLUSTER_SIZES, clusters.PLOT_CURVES),
-    "self_improve": (self_improve.self_improve, self_improve.SELF_IMPROVE_SIZES, PLOT_CURVES),
+# name -> (the experiment, its sizes, its figures: file suffix -> plot_runs options)
+EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size], dict[str, dict[str, Any]]]] = {
+    "grokfast": (grokfast.grokfast, grokfast.GROKFAST_SIZES, FIGURES),
+    "composition": (composition.composition, composition.COMPOSITION_SIZES, composition.FIGURES),
+    "clusters": (clusters.clusters, clusters.CLUSTER_SIZES, clusters.FIGURES),
+    "self_improve": (self_improve.self_improve, self_improve.SELF_IMPROVE_SIZES, FIGURES),
 }
 
 
@@ -40,10 +41,10 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     """Run experiment `name` at a size of its own (`size`: "quick", "full" (the default) or, where the
     experiment has one, "published"; `quick=True` is size "quick"); `seeds` / `max_steps` override that
     size's; `options` go to the experiment (grokfast's `setups` / `objectives`, composition's `arms`,
-    `report_only`); returns {"table", "runs", "summary": md path, "plot": png path}."""
+    `report_only`); returns {"table", "runs", "summary": md path, "plot": the main png, "plots": all}."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
-    fn, sizes, curves = EXPERIMENTS[name]
+    fn, sizes, figures = EXPERIMENTS[name]
     size_name = size or ("quick" if quick else "full")
     if size_name not in sizes:
         raise ValueError(f"experiment {name!r} has no size {size_name!r}; sizes: {', '.join(sizes)}")
@@ -58,7 +59,8 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     wall = time.perf_counter() - started
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plot = plot_runs(runs, out / f"{name}.png", home=home, curves=curves) if runs else None
+    plots = [plot_runs(runs, out / f"{name}{suffix}.png", home=home, **figure)
+             for suffix, figure in figures.items()] if runs else []
     summary = out / f"{name}.md"
     shown_options = {k: v for k, v in options.items() if k != "report_only"}
     command = " ".join([f"grokloop experiment {name}", *([f"--size {size_name}"] if size_name != "full" else []),
@@ -71,9 +73,9 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
         f"at most {chosen.max_steps} steps per run)\n\n"
         f"Reproduce: `{command}` ({how}). Runs: "
         f"{', '.join(f'`{r}`' for r in runs)} (in `{_shown(store_location(home))}`).\n\n"
-        f"{body}\n\n" + (f"![{name}]({plot.name})\n" if plot else "No run has evaluated yet: no plot.\n")
+        f"{body}\n\n" + ("".join(f"![{p.stem}]({p.name})\n" for p in plots) or "No run has evaluated yet: no plot.\n")
     )
-    return {"table": table, "runs": runs, "summary": summary, "plot": plot}
+    return {"table": table, "runs": runs, "summary": summary, "plot": plots[0] if plots else None, "plots": plots}
 
 
 def _shown(path: Path | str) -> str:

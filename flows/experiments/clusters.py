@@ -36,7 +36,7 @@ CLUSTER_SIZES = {
 }
 HELD_OUT = "x*y"
 # The plot: the question is the held-out cluster's own test accuracy.
-PLOT_CURVES = {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{HELD_OUT}/acc": ":"}
+FIGURES = {"": {"curves": {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{HELD_OUT}/acc": ":"}}}
 CPU_SIZE_REASON = (
     "Why this size: three operations mod 47, 70% of each table for training, chosen by probes on this CPU "
     "(balanced, seed 0, up to 3,000 steps). The main job's recipe (Adam with L2 0.005), which groks `x*y mod 97` "

@@ -18,6 +18,8 @@ from storage.store import open_store
 console = Console()
 # What a results plot draws unless the experiment says otherwise: metric -> line style.
 PLOT_CURVES = {"train/acc": "-", "test_id/acc": "--", "test_ood/acc": ":"}
+# An experiment's figures: file-name suffix -> diffusion.plot.plot_runs options (curves, ylim).
+FIGURES = {"": {"curves": PLOT_CURVES}}
 LOCAL = Runner()  # runs in turn, in this process: as before there were runners
 
 

@@ -49,9 +49,10 @@ ONE_BLOCK_ARMS = ("ar-shared", "ar-1layer")
 COMPOSITION_TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "grokfast": "none",
                      "warmup_steps": 10, "eval_schedule": "log", "mem_multiple": 10.0, "keep_checkpoints": 1}
 
-# The plot's own curves (diffusion.plot's default): two_hop's T_mem is on its inferred train facts, drawn
-# dash-dot beside train.
-PLOT_CURVES = None
+# The figures: diffusion.plot's default curves (two_hop's T_mem is on its inferred train facts, drawn
+# dash-dot beside train); then OOD accuracy alone on an axis fitted to it, where a rise from chance
+# (2.5% at the CPU size) to 20% is visible and not a flat dotted line on 0-1.
+FIGURES = {"": {"curves": None}, "_ood": {"curves": {"test_ood/acc": ":"}, "ylim": None}}
 
 # Settings: name -> (family, world). The default ("full") is the CPU size; see docs/results/composition.md
 # for why two_hop's world is this one (phi, not size, sets how fast it groks: Wang et al. 2024, Fig. 3).
