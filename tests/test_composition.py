@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 
 from flows.experiments import run_experiment
-from flows.experiments.composition import COMPOSITION_SIZES, composition_configs
+from flows.experiments.composition import (
+    COMPOSITION_SIZES,
+    composition_configs,
+    ood_milestones,
+    ood_over_run,
+)
 
 ARGS = {"quick": True, "max_steps": 200, "arms": ["ar"]}
 
@@ -48,6 +53,18 @@ def test_arms_have_equal_parameters_and_the_published_size_is_wang_et_al():
     assert set(published) == {7.2, 18.0}
     world = published[18.0].family_params
     assert (world["n_entities"], world["n_relations"], world["relations_per_entity"]) == (2000, 200, 20)
+
+
+def test_ood_over_the_run_is_read_at_fixed_steps_from_the_runs_that_reached_them():
+    assert ood_milestones(60000, 1000) == [10000, 20000, 30000, 40000, 50000, 60000]
+    assert ood_milestones(60, 20) == [20, 40, 60]  # every one an evaluation step
+    runs = [{"setting": "two_hop", "arm": "ar-shared", "ood": {20: 0.02, 40: 0.10, 60: 0.20}},
+            {"setting": "two_hop", "arm": "ar-shared", "ood": {20: 0.04, 40: 0.06}},  # stopped before 60
+            {"setting": "two_hop", "arm": "ar", "ood": {20: 0.03, 40: 0.03, 60: 0.03}}]
+    shared, ar = ood_over_run(runs, [20, 40, 60])
+    assert shared == {"setting": "two_hop", "arm": "ar-shared", "20": "0.030 ± 0.014 (n=2)",
+                      "40": "0.080 ± 0.028 (n=2)", "60": "0.200 ± 0.000 (n=1)"}
+    assert ar["60"] == "0.030 ± 0.000 (n=1)"
 
 
 def test_a_bad_arm_or_size_is_named():

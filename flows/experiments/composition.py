@@ -185,8 +185,11 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
              "minutes of optimisation steps on this CPU (the summary: all of an arm's runs together).")
     if size.params.get("two_hop") == COMPOSITION_SIZES["full"].params["two_hop"]:
         notes += "\n\n" + CPU_SIZE_REASON
+    milestones = ood_milestones(size.max_steps, size.eval_every)
+    over_run = markdown_table(ood_over_run(table, milestones), ["setting", "arm", *map(str, milestones)])
     body = "\n".join(["Mean ± std over seeds (n = runs; T_mem / T_grok over the runs that reached them):", "",
-                      *summary, "", "Per run:", "", *per_run])
+                      *summary, "", "OOD accuracy at fixed steps, mean ± std over the runs that reached the step:",
+                      "", *over_run, "", "Per run:", "", *per_run])
     panels = {row["run_id"]: f"{row['setting']} / {row['arm']}" for row in table}  # every seed, a panel an arm
     return table, panels, notes + "\n\n" + body
 
@@ -215,7 +218,8 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
             "delay": t_grok - t_mem if t_grok is not None and t_mem is not None else None,
             "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
             "test_id_acc": last.get("test_id/acc"), "test_ood_acc": last.get("test_ood/acc"),
-            "best_ood_acc": best[1], "best_ood_step": best[0], "ood_at_t_grok": at_grok, "n_eval": n_eval,
+            "best_ood_acc": best[1], "best_ood_step": best[0], "ood_at_t_grok": at_grok, "ood": dict(ood),
+            "n_eval": n_eval,
             "train_min": _training_minutes(series.get("step_time", []), series["test_id/acc"])}
 
 
@@ -224,6 +228,22 @@ def _training_minutes(step_times: list[tuple[int, float]], evals: list[tuple[int
     eval; evaluations themselves and pauses between sessions not counted)."""
     previous = dict(zip([s for s, _ in evals[1:]], [s for s, _ in evals[:-1]], strict=True))
     return sum(t * (step - previous.get(step, 0)) for step, t in step_times) / 60
+
+
+def ood_milestones(cap: int, eval_every: int, count: int = 6) -> list[int]:
+    """`count` evaluation steps spread evenly up to the cap (multiples of eval_every)."""
+    return sorted({max(eval_every, round(cap * k / count / eval_every) * eval_every) for k in range(1, count + 1)})
+
+
+def ood_over_run(table: list[dict], steps: list[int]) -> list[dict]:
+    """Per (setting, arm): OOD accuracy at each of `steps`, over the runs that evaluated there: whether
+    out-of-distribution accuracy moves late in a run, after the end-of-run columns of other arms."""
+    out = []
+    for key in dict.fromkeys((r["setting"], r["arm"]) for r in table):
+        group = [r for r in table if (r["setting"], r["arm"]) == key]
+        out.append({"setting": key[0], "arm": key[1],
+                    **{str(step): mean_std_n([r["ood"].get(step) for r in group]) for step in steps}})
+    return out
 
 
 def composition_summary(table: list[dict]) -> list[dict]:
