@@ -179,6 +179,40 @@ def test_reference_warmup_starts_at_lr_zero(tmp_path):
     assert [v for _, v in metrics(tmp_path, ours.run_id, "lr")] == pytest.approx([1e-3, 1e-4, 2e-4, 3e-4])
 
 
+def test_a_step_of_our_trainer_is_a_step_of_the_reference_loop(tmp_path):
+    # train() in reference mode (with its evaluations in between) against the reference's own update
+    # written out: same initial weights and rows, cross-entropy of the last input position, its EMA
+    # filter, Adam with L2 and LambdaLR's warmup from lr 0. [MASK] is out of both supports (our tokenizer
+    # has it; the reference's vocabulary does not).
+    from diffusion.grokfast_reference import ref_gradfilter_ema
+    from diffusion.train import initial_model, load_splits
+
+    cfg = ref_cfg(tmp_path, "same-step", objective="ar", lr=1e-3, weight_decay=0.005, max_steps=24, eval_every=1)
+    train(cfg)
+    ours = [v for _, v in metrics(tmp_path, "same-step", "train/batch_loss")]
+
+    tokenizer, splits = load_splits(cfg)
+    rows = splits["train"]
+    model = initial_model(cfg, tokenizer)
+    sampler = BatchSampler(len(rows), cfg.batch_size, seed=cfg.seed, keep_last=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=0.005, betas=cfg.betas)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: 1 if update > 10 else update / 10)
+    reference, grads = [], None
+    for _ in range(cfg.max_steps):
+        ids, _ = rows.batch(sampler.next())
+        logits = model(ids[:, :-1], causal=True)[:, -1].clone()
+        logits[:, tokenizer.mask_id] = float("-inf")
+        loss = torch.nn.functional.cross_entropy(logits, ids[:, -1])
+        model.zero_grad()
+        loss.backward()
+        grads = ref_gradfilter_ema(model, grads, cfg.grokfast_alpha, cfg.grokfast_lamb)
+        optimizer.step()
+        warmup.step()
+        reference.append(loss.item())
+    assert len(ours) == cfg.max_steps and ours == pytest.approx(reference, abs=1e-5)
+    assert reference[-1] < reference[10]  # it learned: the comparison is not of two flat lines
+
+
 def test_a_stopped_reference_run_extends_to_the_uninterrupted_one(tmp_path):
     # 21 training rows in batches of 8: every third step is the partial batch; resume must know where.
     whole = train(ref_cfg(tmp_path, "whole", max_steps=40, eval_every=5, grokfast="ma", grokfast_window=4))
