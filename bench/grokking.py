@@ -44,6 +44,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from diffusion.grokfast_reference import TOKEN_LAYOUTS
 from flows.experiments.common import Size
 from flows.experiments.grokfast import (
     GROKFAST_OBJECTIVES,
@@ -60,27 +61,29 @@ REFERENCE_CODE = "reference code (re-created)"
 
 
 def reference_code_runs(setups: list[str], seeds: int, caps: dict[str, int], home: str, *, p: int,
-                        batch_size: int) -> list[dict]:
+                        batch_size: int, layout: str = "reference") -> list[dict]:
     """The re-created reference loop for every (setup, seed), each kept in HOME/reference_code as
-    JSON so that a rerun reports it without training it again."""
+    JSON so that a rerun reports it without training it again. `layout`: its token ids or ours."""
     from diffusion.grokfast_reference import reference_run
 
     rows = []
     for setup in setups:
         s = GROKFAST_SETUPS[setup]
         for seed in range(seeds):
-            path = Path(home) / "reference_code" / f"{setup}-s{seed}-p{p}-b{batch_size}-{caps[setup]}.json"
+            variant = "" if layout == "reference" else f"-{layout}"
+            path = Path(home) / "reference_code" / f"{setup}-s{seed}-p{p}-b{batch_size}-{caps[setup]}{variant}.json"
             if not path.is_file():
                 run = reference_run(seed=seed, weight_decay=s["weight_decay"], grokfast=s["grokfast"],
                                     alpha=s.get("grokfast_alpha", 0.98), lamb=s.get("grokfast_lamb", 2.0),
                                     window=s.get("grokfast_window", 100), budget=caps[setup], p=p,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, layout=layout)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(dataclasses.asdict(run)))
             run = json.loads(path.read_text())
             rows.append({"arch": "reference_code", "objective": "ar", "setup": setup, "seed": seed,
                          "t_mem": run["t_mem"], "t_grok": run["steps_to_95"], "cap": caps[setup]})
-            print(f" reference code {setup} seed {seed}: steps to 95% {run['steps_to_95']} T_mem {run['t_mem']}")
+            print(f" reference code ({layout} token ids) {setup} seed {seed}: steps to 95% {run['steps_to_95']} "
+                  f"T_mem {run['t_mem']}")
     return rows
 
 
@@ -128,14 +131,16 @@ def reference(args) -> None:
         raise SystemExit(f"no finished runs of this grid in {home}")
     caps = {s: (slow_size if s == "baseline" else size).max_steps for s in setups}
     reference_rows = [] if args.no_reference_code else reference_code_runs(
-        setups, size.seeds, caps, home, p=size.params["p"], batch_size=size.train.get("batch_size", 512))
+        setups, size.seeds, caps, home, p=size.params["p"], batch_size=size.train.get("batch_size", 512),
+        layout=args.reference_layout)
 
     p = size.params["p"]
     title = (f"Published setup: steps to 95% val accuracy, a*b mod {p} without y = 0 ({p * (p - 1)} equations, "
              f"half for training), AR on the answer token, eval every {size.eval_every} steps on the whole val "
              f"half, cap {size.max_steps} (baseline: {slow_size.max_steps}), seeds 0..{size.seeds - 1}")
     steps_rows = []
-    labels = {"reference_code": REFERENCE_CODE, **{a: ARCHS[a] for a in archs}}
+    reference_label = REFERENCE_CODE + ("" if args.reference_layout == "reference" else ", our token ids")
+    labels = {"reference_code": reference_label, **{a: ARCHS[a] for a in archs}}
     for arch, label in labels.items():
         arch_rows = reference_rows if arch == "reference_code" else [r for r in rows if r["arch"] == arch]
         for r in speedups(arch_rows):
@@ -235,6 +240,8 @@ def main() -> None:
     parser.add_argument("--ref", action="store_true", help="the published setup (reference decoder), then ours")
     parser.add_argument("--no-reference-code", action="store_true",
                         help="--ref: leave out the re-created reference code's own runs")
+    parser.add_argument("--reference-layout", default="reference", choices=TOKEN_LAYOUTS,
+                        help="--ref: the reference code on its own token ids or on grokloop's tokenizer's")
     parser.add_argument("--quick", action="store_true", help="p=23, 1 seed, a few hundred steps: a smoke run")
     args = parser.parse_args()
     if args.ref:

@@ -82,9 +82,20 @@ def ref_gradfilter_ma(m, grads=None, window_size=100, lamb=5.0):
     return grads
 
 
-def multiplication_data(p: int) -> torch.Tensor:
-    """(5, p (p - 1)) rows a, op, b, =, a*b mod p; tokens 0..p-1 the numbers, p '=', p + 1 the op."""
+# The reference's token ids, and grokloop's tokenizer's for the same rows: [PAD] [MASK] [UNK] first (so
+# the numbers from id 3), then the op and '='; [MASK] (id 1) is out of the loss support there.
+TOKEN_LAYOUTS = ("reference", "grokloop")
+GROKLOOP_MASK_ID = 1
+
+
+def multiplication_data(p: int, layout: str = "reference") -> torch.Tensor:
+    """(5, p (p - 1)) rows a, op, b, =, a*b mod p; reference: tokens 0..p-1 the numbers, p '=', p + 1 the
+    op; grokloop: 3..p+2 the numbers, p + 3 the op, p + 4 '='."""
+    if layout not in TOKEN_LAYOUTS:
+        raise ValueError(f"unknown token layout {layout!r}; known: {', '.join(TOKEN_LAYOUTS)}")
     a, b = torch.cartesian_prod(torch.arange(p), torch.arange(1, p)).T
+    if layout == "grokloop":
+        return torch.stack([a + 3, torch.full_like(a, p + 3), b + 3, torch.full_like(a, p + 4), a * b % p + 3])
     return torch.stack([a, torch.full_like(a, p + 1), b, torch.full_like(a, p), a * b % p])
 
 
@@ -99,12 +110,13 @@ class ReferenceRun:
 
 def reference_run(*, seed: int, weight_decay: float, grokfast: str = "none", alpha: float = 0.98,
                   lamb: float = 2.0, window: int = 100, budget: int = 3000, p: int = 97, lr: float = 1e-3,
-                  batch_size: int = 512, stop_at_95: bool = True) -> ReferenceRun:
+                  batch_size: int = 512, stop_at_95: bool = True, layout: str = "reference") -> ReferenceRun:
     """The reference's `main` for `budget` steps (whole epochs), stopping at the first epoch end
-    with validation accuracy >= 95% when `stop_at_95`."""
+    with validation accuracy >= 95% when `stop_at_95`. `layout="grokloop"`: the same loop on our
+    tokenizer's ids (p + 5 of them, [MASK] out of the support), to tell their effect from the trainer's."""
+    data = multiplication_data(p, layout)  # no random draw: the model's init is still the first
     torch.manual_seed(seed)
-    model = RefDecoder(num_tokens=p + 2)
-    data = multiplication_data(p)
+    model = RefDecoder(num_tokens=p + (5 if layout == "grokloop" else 2))
     train_idx, valid_idx = torch.randperm(data.shape[1]).split(data.shape[1] // 2)
     train_data, valid_data = data[:, train_idx], data[:, valid_idx]
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
@@ -120,6 +132,8 @@ def reference_run(*, seed: int, weight_decay: float, grokfast: str = "none", alp
             for batch in torch.split(data_, batch_size, dim=1):
                 with torch.set_grad_enabled(is_train):
                     logits = model(batch[:-1])
+                    if layout == "grokloop":
+                        logits = logits.index_fill(-1, torch.tensor([GROKLOOP_MASK_ID]), float("-inf"))
                     loss = F.cross_entropy(logits[-1], batch[-1])
                 if is_train:
                     model.zero_grad()

@@ -213,6 +213,19 @@ def test_a_step_of_our_trainer_is_a_step_of_the_reference_loop(tmp_path):
     assert reference[-1] < reference[10]  # it learned: the comparison is not of two flat lines
 
 
+def test_the_reference_loop_on_our_token_ids_sees_our_tokenizer_s_rows(tmp_path):
+    from diffusion.train import load_splits
+
+    tokenizer, splits = load_splits(ref_cfg(tmp_path, "layout"))
+    ours = {tuple(row) for split in ("train", "test_id") for row in splits[split].ids.tolist()}
+    assert ours == {tuple(col) for col in multiplication_data(7, "grokloop").T.tolist()}  # the same 42 rows
+    assert tokenizer.mask_id == 1 and tokenizer.vocab_size == 7 + 5
+    run = reference_run(seed=0, weight_decay=0.0, budget=12, p=7, batch_size=8, stop_at_95=False, layout="grokloop")
+    assert run.steps == 12 and len(run.curve) == 4
+    with pytest.raises(ValueError, match="unknown token layout 'ours'"):
+        reference_run(seed=0, weight_decay=0.0, budget=3, p=7, layout="ours")
+
+
 def test_a_stopped_reference_run_extends_to_the_uninterrupted_one(tmp_path):
     # 21 training rows in batches of 8: every third step is the partial batch; resume must know where.
     whole = train(ref_cfg(tmp_path, "whole", max_steps=40, eval_every=5, grokfast="ma", grokfast_window=4))
