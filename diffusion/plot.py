@@ -24,6 +24,7 @@ from storage.store import open_store
 # two_hop also logs train accuracy on the inferred facts alone (what T_mem is measured on)
 CURVES = {"train/acc": "-", "train_inferred/acc": "-.", "test_id/acc": "--", "test_ood/acc": ":"}
 STYLE_NAMES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
+ACCURACY_AXIS = (-0.02, 1.02)  # 0-1 with room for a curve on either edge
 
 
 @dataclass
@@ -72,7 +73,7 @@ def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
 
 
 def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = None,
-                    panels: Mapping[str, str] | None = None, ylim: tuple[float, float] | None = (-0.02, 1.02)):
+                    panels: Mapping[str, str] | None = None, ylim: tuple[float, float] | None = ACCURACY_AXIS):
     """A matplotlib Figure: one panel per family (in order of first appearance), or per `panels[run_id]`;
     up to four panels a row. Each run has its colour; in named panels of one run per seed, each seed has
     its colour in every panel. `ylim=None` fits the accuracy axis to the curves (a curve near chance,
@@ -146,7 +147,7 @@ def _solid(line):
 
 
 def plot_runs(run_ids: Sequence[str] | Mapping[str, str | None], out: str | Path, home: str | Path | None = None,
-              curves: dict[str, str] | None = None, ylim: tuple[float, float] | None = (-0.02, 1.02)) -> Path:
+              curves: dict[str, str] | None = None, ylim: tuple[float, float] | None = ACCURACY_AXIS) -> Path:
     """Accuracy curves of `run_ids` from the store into a PNG; `curves` maps metric name -> line style
     (default: train solid, test ID dashed, test OOD dotted). `run_ids` as a mapping names each run's
     panel (None: its family's). A run started from another run's checkpoint (a self-improvement round)

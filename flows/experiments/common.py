@@ -16,10 +16,9 @@ from storage.home import store_location
 from storage.store import open_store
 
 console = Console()
-# What a results plot draws unless the experiment says otherwise: metric -> line style.
-PLOT_CURVES = {"train/acc": "-", "test_id/acc": "--", "test_ood/acc": ":"}
-# An experiment's figures: file-name suffix -> diffusion.plot.plot_runs options (curves, ylim).
-FIGURES = {"": {"curves": PLOT_CURVES}}
+# An experiment's figures unless it names its own: file-name suffix -> diffusion.plot.plot_runs options
+# (curves: metric -> line style; ylim).
+FIGURES = {"": {"curves": {"train/acc": "-", "test_id/acc": "--", "test_ood/acc": ":"}}}
 LOCAL = Runner()  # runs in turn, in this process: as before there were runners
 
 
