@@ -273,7 +273,7 @@ TRAIN_CHOICES = {"device": ("cpu", "cuda", "auto"), "objective": ("mdm", "ar"), 
                  "grokfast_filter": ("mean", "sum"), "mdm_estimator": ("t", "count"), "init": ("small", "torch"),
                  "eval_schedule": ("linear", "log"), "arch": ("denoiser", "grokfast_ref")}
 TRAIN_MINIMUMS = {"batch_size": 1, "eval_every": 1, "sampler_steps": 1, "hidden_size": 1, "num_layers": 1,
-                  "num_heads": 1, "max_steps": 0}
+                  "num_heads": 1, "max_steps": 0, "patience": 0, "mem_multiple": 0}
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:

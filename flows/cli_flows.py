@@ -169,6 +169,9 @@ def experiment(
                                                                   "from what the store has now (runs may go on)"),
     seeds: int = typer.Option(0, help="override the number of seeds (0: the size's default)"),
     max_steps: int = typer.Option(0, help="override the step cap per run (0: the size's default)"),
+    patience: int | None = typer.Option(None, help="composition only: steps a run goes on after T_grok once "
+                                                      "past 10 x T_mem (0: to the cap whatever it reached); like "
+                                                      "the cap, not part of a run's name: runs continue"),
     out: Path = typer.Option(Path("docs/results"), help="where NAME.md and NAME.png go"),
     setups: str = typer.Option("", help="grokfast only: a subset, e.g. baseline,ema"),
     objectives: str = typer.Option("", help="grokfast only: a subset, e.g. mdm-count,ar"),
@@ -191,6 +194,11 @@ def experiment(
     if arms and name != "composition":
         raise ValueError("--arms applies to the composition experiment only")
     options |= {"arms": arms.split(",")} if arms else {}
+    if patience is not None and name != "composition":
+        raise ValueError("--patience applies to the composition experiment only")
+    if patience is not None and patience < 0:
+        raise ValueError(f"--patience must be >= 0 (0: run to the cap), got {patience}")
+    options |= {"patience": patience} if patience is not None else {}
     if report_only and name not in ("composition", "clusters"):
         raise ValueError("--report-only applies to the composition and clusters experiments")
     options |= {"report_only": True} if report_only else {}

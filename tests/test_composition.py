@@ -3,6 +3,7 @@ every unfinished run from its checkpoint and leaves finished runs alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.experiments import run_experiment
+from flows.experiments import HAND_WRITTEN, run_experiment
 from flows.experiments.composition import (
     COMPOSITION_SIZES,
     composition_configs,
@@ -67,6 +68,16 @@ def test_ood_over_the_run_is_read_at_fixed_steps_from_the_runs_that_reached_them
     assert ar["60"] == "0.030 ± 0.000 (n=1)"
 
 
+def test_the_stopping_rule_can_be_replaced_without_renaming_the_runs():
+    """--patience 0 runs the same runs on past their rule (it is not part of a run's name, like the cap)."""
+    size = COMPOSITION_SIZES["full"]
+    default, to_the_cap = composition_configs(size, None), composition_configs(size, None, patience=0)
+    assert [c.run_name for _, _, c in to_the_cap] == [c.run_name for _, _, c in default]
+    assert {c.patience for _, _, c in default} == {5000} and {c.patience for _, _, c in to_the_cap} == {0}
+    assert [c.run_name for _, _, c in composition_configs(dataclasses.replace(size, eval_every=500), None)] \
+        != [c.run_name for _, _, c in default]  # what a run is does rename it
+
+
 def test_a_bad_arm_or_size_is_named():
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['diffusion'\]"):
         composition_configs(COMPOSITION_SIZES["quick"], home=None, arms=["diffusion"])
@@ -108,10 +119,15 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     assert calls == [(first_run, True, f"step_{saved}"), (plan[1][2].run_name, False, None)]
     assert all(r["status"] == "finished" and r["step"] == ARGS["max_steps"] for r in result["table"])
 
-    # run again: every run is finished, nothing trains, nothing is rewritten
+    # run again: every run is finished, nothing trains, nothing is rewritten; the page is written again
+    # from the store, and what a person wrote at its end is kept
     checkpoints = {p: p.stat().st_mtime_ns for p in home.glob("runs/*/checkpoints/*/*")}
     calls.clear()
+    notes = f"{HAND_WRITTEN}\n\nRead with: chance is 1 in 40.\n"
+    result["summary"].write_text(result["summary"].read_text() + "\n" + notes)
     again = run_experiment("composition", out_dir=tmp_path / "out", home=str(home), **ARGS)
+    page = again["summary"].read_text()
+    assert page.endswith(notes) and page.count("Read with") == 1 and "| ar |" in page
     assert [c[:2] for c in calls] == [(first_run, True), (plan[1][2].run_name, True)]
     assert checkpoints == {p: p.stat().st_mtime_ns for p in home.glob("runs/*/checkpoints/*/*")}
     assert [r["t_grok"] for r in again["table"]] == [r["t_grok"] for r in result["table"]]
@@ -123,6 +139,8 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     (["composition", "--quick", "--arms", "ar,diffusion"], "error: unknown arm(s) ['diffusion']; known: ar, mdm, "
                                                            "mdm-full, ar-shared, ar-1layer"),
     (["clusters", "--report-only"], "error: nothing to report: no store at "),
+    (["composition", "--quick", "--patience", "-5"], "error: --patience must be >= 0 (0: run to the cap), got -5"),
+    (["clusters", "--quick", "--patience", "0"], "error: --patience applies to the composition experiment only"),
 ])
 def test_experiment_command_errors_are_one_line_and_start_nothing(tmp_path, monkeypatch, args, message):
     from typer.testing import CliRunner

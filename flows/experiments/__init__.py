@@ -26,6 +26,9 @@ from flows.experiments.common import FIGURES, LOCAL, Size
 from flows.runners import Runner
 from storage.home import grokloop_home, store_location
 
+# Below this line a results page is a person's words: regenerating the page keeps them (hand_written).
+HAND_WRITTEN = "<!-- hand-written below: kept when this page is written again -->"
+
 # name -> (the experiment, its sizes, its figures: file suffix -> plot_runs options)
 EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size], dict[str, dict[str, Any]]]] = {
     "grokfast": (grokfast.grokfast, grokfast.GROKFAST_SIZES, FIGURES),
@@ -65,17 +68,26 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     shown_options = {k: v for k, v in options.items() if k != "report_only"}
     command = " ".join([f"grokloop experiment {name}", *([f"--size {size_name}"] if size_name != "full" else []),
                         *([f"--seeds {seeds}"] if seeds else []), *([f"--max-steps {max_steps}"] if max_steps else []),
-                        *(f"--{k} {v if isinstance(v, str) else ','.join(v)}" for k, v in shown_options.items())])
+                        *(f"--{k} {','.join(v) if isinstance(v, list) else v}" for k, v in shown_options.items())])
     how = ("this report was written from the store with `--report-only` (training goes on elsewhere; "
            f"{wall:.0f} s to write it)" if options.get("report_only") else f"wall time {wall / 60:.1f} min")
+    kept = hand_written(summary)
     summary.write_text(
         f"# Experiment: {name} ({size_name} size, {chosen.seeds} seed(s), "
         f"at most {chosen.max_steps} steps per run)\n\n"
         f"Reproduce: `{command}` ({how}). Runs: "
         f"{', '.join(f'`{r}`' for r in runs)} (in `{_shown(store_location(home))}`).\n\n"
         f"{body}\n\n" + ("".join(f"![{p.stem}]({p.name})\n" for p in plots) or "No run has evaluated yet: no plot.\n")
+        + kept
     )
     return {"table": table, "runs": runs, "summary": summary, "plot": plots[0] if plots else None, "plots": plots}
+
+
+def hand_written(page: Path) -> str:
+    """What a person wrote at the end of a results page, below HAND_WRITTEN (the marker included), so
+    that writing the page again from the store (a longer run, `--report-only`) keeps it."""
+    text = page.read_text() if page.is_file() else ""
+    return "\n" + text[text.index(HAND_WRITTEN):] if HAND_WRITTEN in text else ""
 
 
 def _shown(path: Path | str) -> str:

@@ -98,11 +98,13 @@ CPU_SIZE_REASON = (
     "groks within the cap at this size is what the runs below measure, not something a probe showed.")
 
 
-def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARMS)) -> list[tuple[str, str, Any]]:
+def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARMS),
+                        patience: int | None = None) -> list[tuple[str, str, Any]]:
     """(setting, arm, TrainConfig) of every run: setting by setting (two_hop first), then seed by seed,
     so a partial grid has whole seeds of the first setting.
-    Seed s is its own world and its own init. A run's name carries a hash of everything but its step
-    cap: the same command continues it, a larger --max-steps extends it, another size is another run."""
+    Seed s is its own world and its own init. A run's name carries a hash of everything but when it
+    stops (the step cap, and `patience`: steps after T_grok once past 10 x T_mem, 0 = to the cap): the
+    same command continues it, a larger --max-steps or --patience 0 runs it on, another size is another run."""
     if unknown := [a for a in arms if a not in COMPOSITION_ARMS]:
         raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(COMPOSITION_ARMS)}")
     settings = {**COMPOSITION_TRAIN, **size.train}
@@ -116,6 +118,8 @@ def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARM
                 params = {**world, "seed": seed}
                 tag = _digest({"family": family, "params": params, "train": overrides,
                                "eval_every": size.eval_every})
+                if patience is not None:  # after the digest: when a run stops is not which run it is
+                    overrides["patience"] = patience
                 out.append((name, arm, TrainConfig(
                     family=family, family_params=params, seed=seed, home=home, progress=False,
                     max_steps=size.max_steps, eval_every=size.eval_every,
@@ -148,11 +152,12 @@ def _digest(obj: Any) -> str:
 
 
 def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple(COMPOSITION_ARMS),
-                report_only: bool = False) -> tuple[list[dict], dict[str, str], str]:
+                report_only: bool = False, patience: int | None = None) -> tuple[list[dict], dict[str, str], str]:
     """Every (seed, setting, arm) run in turn (one process, one at a time: batching seeds is slower on
     a small CPU), each continued from its checkpoint when it has one; then the table from the store.
-    `report_only`: train nothing, report what the store has (finished or not, marked)."""
-    plan = composition_configs(size, home, arms)
+    `report_only`: train nothing, report what the store has (finished or not, marked). `patience`: the
+    size's stopping rule replaced (0: every run to the cap, whatever it reached)."""
+    plan = composition_configs(size, home, arms, patience)
     if not report_only:
         train_runs([cfg for _, _, cfg in plan], runner)
     table = [row for name, arm, cfg in plan if (row := _composition_row(name, arm, cfg, home))]
@@ -174,8 +179,10 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
              f"count; `ar-1layer`: that block applied once), batch {first.batch_size}, AdamW lr {first.lr:g}, "
              f"weight decay {first.weight_decay:g}, no Grokfast; masked diffusion with the `count` estimator. Worlds: "
              + "; ".join(f"`{n}` = {fam} {world}" for n, (fam, world) in size.params.items())
-             + f". Step cap {size.max_steps}; a run stops {first.patience} steps after T_grok once past "
-             f"{first.mem_multiple:g} x T_mem. Accuracy is the task's verifier on the decoded answer, on a "
+             + f". Step cap {size.max_steps}; " + (
+                 f"a run stops {first.patience} steps after T_grok once past {first.mem_multiple:g} x T_mem"
+                 if first.patience else "every run goes on to the cap (`--patience 0`: no stopping rule)")
+             + ". Accuracy is the task's verifier on the decoded answer, on a "
              "seeded sample of each split fixed for the run (`n_eval`: train / test_id / test_ood rows). "
              "T_mem: first eval with train accuracy >= 0.99 (two_hop: on the inferred train facts); "
              "T_grok: first eval with test_id accuracy >= 0.95 (— = never, within the steps run); `delay`: "
