@@ -27,13 +27,13 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+from agents import POLICIES
 from agents.policies import ExplorerPolicy, SolverPolicy, log_episode
 from agents.progress import progress_bar
 from agents.sdk import TrajectoryLogger
 from agents.tasks import FAMILY_NAMES, SPLITS, get_family
 from storage.home import is_url, spool_dir
 
-POLICIES = ("solver", "explorer", "mixed")
 _PROGRESS_EVERY = 25  # episodes per progress message: a queue put per episode costs more than the episode
 
 

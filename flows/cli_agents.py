@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from agents.runner import run_agents
 from agents.tasks import FAMILY_NAMES, get_family
 from flows.cli_common import FAMILY, HOME, OneLineErrors, console, err_console, family_params
 from flows.cli_output import print_table
@@ -34,6 +33,9 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Run agents in parallel processes, then ingest what they logged."""
+    # imported here: the SDK imports pandas (0.4 s), which `grokloop --help` need not wait for
+    from agents.runner import run_agents
+
     # bad settings raise here, before any agent process starts
     report = run_agents(family, n_agents=agents, episodes=episodes, policy=policy,
                         error_rate=error_rate, seed=seed, family_params=family_params(family, param),

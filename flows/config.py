@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.runner import POLICIES
+from agents import POLICIES
 from agents.tasks import FAMILY_NAMES, family_class
 from diffusion.config import (
     TrainConfig,

@@ -198,3 +198,12 @@ def test_a_table_too_wide_for_the_terminal_is_printed_whole_as_csv(monkeypatch):
     tag = get_family("two_hop", **LoopConfig().family_params["two_hop"]).config_tag
     assert any(line.startswith("two_hop,") and line.endswith("," + tag) for line in lines)
     assert "…" not in terminal.getvalue()
+
+
+def test_the_cli_starts_without_torch_prefect_or_pandas():
+    """`grokloop --help` and the store's commands import none of the heavy libraries (seconds
+    together): each command imports what it needs when it runs."""
+    code = "import sys, flows.cli; print(sorted({'torch', 'prefect', 'pandas'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.strip() == "[]", out.stdout
