@@ -165,6 +165,8 @@ def experiment(
     size: str = typer.Option("", help="quick | full (the default: this CPU's size) | published (composition: "
                                       "Wang et al.'s two_hop world and model, for a GPU)"),
     arms: str = typer.Option("", help="composition only: a subset of ar,mdm,mdm-full,ar-shared,ar-1layer"),
+    worlds: str = typer.Option("", help="composition only: a subset of the size's worlds (full: two_hop,programs; "
+                                        "published: two_hop-phi7.2,two_hop-phi18)"),
     report_only: bool = typer.Option(False, "--report-only", help="train nothing: write the summary and plot "
                                                                   "from what the store has now (runs may go on)"),
     seeds: int = typer.Option(0, help="override the number of seeds (0: the size's default)"),
@@ -191,9 +193,10 @@ def experiment(
     options |= {"init": init} if init else {}
     if options and name != "grokfast":
         raise ValueError("--setups, --objectives and --init apply to the grokfast experiment only")
-    if arms and name != "composition":
-        raise ValueError("--arms applies to the composition experiment only")
-    options |= {"arms": arms.split(",")} if arms else {}
+    for flag, value in (("arms", arms), ("worlds", worlds)):
+        if value and name != "composition":
+            raise ValueError(f"--{flag} applies to the composition experiment only")
+        options |= {flag: value.split(",")} if value else {}
     if patience is not None and name != "composition":
         raise ValueError("--patience applies to the composition experiment only")
     if patience is not None and patience < 0:

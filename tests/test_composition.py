@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,19 @@ def test_the_stopping_rule_can_be_replaced_without_renaming_the_runs():
         != [c.run_name for _, _, c in default]  # what a run is does rename it
 
 
+def test_a_world_can_be_run_alone_under_the_same_run_names():
+    size = COMPOSITION_SIZES["full"]
+    everything = composition_configs(size, None, arms=["ar"])
+    programs = composition_configs(size, None, arms=["ar"], worlds=["programs"])
+    assert [c.run_name for _, _, c in programs] == [c.run_name for n, _, c in everything if n == "programs"]
+    assert len(programs) == size.seeds
+    with pytest.raises(ValueError, match=r"unknown world\(s\) \['two_hop-phi18'\] at this size; its worlds: "
+                                         r"two_hop, programs"):
+        composition_configs(size, None, worlds=["two_hop-phi18"])
+    published = composition_configs(COMPOSITION_SIZES["published"], None, arms=["ar"], worlds=["two_hop-phi18"])
+    assert {c.family_params["phi"] for _, _, c in published} == {18.0}
+
+
 def test_a_bad_arm_or_size_is_named():
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['diffusion'\]"):
         composition_configs(COMPOSITION_SIZES["quick"], home=None, arms=["diffusion"])
@@ -118,16 +132,20 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     result = run_experiment("composition", out_dir=tmp_path / "out", home=str(home), **ARGS)
     assert calls == [(first_run, True, f"step_{saved}"), (plan[1][2].run_name, False, None)]
     assert all(r["status"] == "finished" and r["step"] == ARGS["max_steps"] for r in result["table"])
+    assert {r["until"] for r in result["table"]} == {"rule, cap 200"}
 
-    # run again: every run is finished, nothing trains, nothing is rewritten; the page is written again
-    # from the store, and what a person wrote at its end is kept
+    # run again with the rule off: every run is finished, nothing trains, nothing is rewritten; the page
+    # is written again from the store, says how far the runs went and what ends them now, and what a
+    # person wrote at its end is kept
     checkpoints = {p: p.stat().st_mtime_ns for p in home.glob("runs/*/checkpoints/*/*")}
     calls.clear()
     notes = f"{HAND_WRITTEN}\n\nRead with: chance is 1 in 40.\n"
     result["summary"].write_text(result["summary"].read_text() + "\n" + notes)
-    again = run_experiment("composition", out_dir=tmp_path / "out", home=str(home), **ARGS)
+    again = run_experiment("composition", out_dir=tmp_path / "out", home=str(home), patience=0, **ARGS)
     page = again["summary"].read_text()
     assert page.endswith(notes) and page.count("Read with") == 1 and "| ar |" in page
+    assert {r["until"] for r in again["table"]} == {"cap 200"} and "--patience 0" in page
+    assert re.search(r"\| two_hop \| ar \| \d+ \| 32 \| 200 \| 1/1 \|", page)  # width, how far its runs went
     assert [c[:2] for c in calls] == [(first_run, True), (plan[1][2].run_name, True)]
     assert checkpoints == {p: p.stat().st_mtime_ns for p in home.glob("runs/*/checkpoints/*/*")}
     assert [r["t_grok"] for r in again["table"]] == [r["t_grok"] for r in result["table"]]
@@ -141,6 +159,9 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     (["clusters", "--report-only"], "error: nothing to report: no store at "),
     (["composition", "--quick", "--patience", "-5"], "error: --patience must be >= 0 (0: run to the cap), got -5"),
     (["clusters", "--quick", "--patience", "0"], "error: --patience applies to the composition experiment only"),
+    (["composition", "--quick", "--worlds", "two_hop,sudoku"], "error: unknown world(s) ['sudoku'] at this size; "
+                                                              "its worlds: two_hop, programs"),
+    (["clusters", "--worlds", "two_hop"], "error: --worlds applies to the composition experiment only"),
 ])
 def test_experiment_command_errors_are_one_line_and_start_nothing(tmp_path, monkeypatch, args, message):
     from typer.testing import CliRunner

@@ -44,7 +44,7 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     """Run experiment `name` at a size of its own (`size`: "quick", "full" (the default) or, where the
     experiment has one, "published"; `quick=True` is size "quick"); `seeds` / `max_steps` override that
     size's; `options` go to the experiment (grokfast's `setups` / `objectives`, composition's `arms`,
-    `report_only`); returns {"table", "runs", "summary": md path, "plot": the main png, "plots": all}."""
+    `worlds`, `patience`, `report_only`); returns {"table", "runs", "summary": md path, "plot": the main png, "plots": all}."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     fn, sizes, figures = EXPERIMENTS[name]

@@ -99,17 +99,21 @@ CPU_SIZE_REASON = (
 
 
 def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARMS),
-                        patience: int | None = None) -> list[tuple[str, str, Any]]:
+                        patience: int | None = None, worlds=None) -> list[tuple[str, str, Any]]:
     """(setting, arm, TrainConfig) of every run: setting by setting (two_hop first), then seed by seed,
-    so a partial grid has whole seeds of the first setting.
+    so a partial grid has whole seeds of the first setting; `worlds`: only these settings of the size.
     Seed s is its own world and its own init. A run's name carries a hash of everything but when it
     stops (the step cap, and `patience`: steps after T_grok once past 10 x T_mem, 0 = to the cap): the
     same command continues it, a larger --max-steps or --patience 0 runs it on, another size is another run."""
     if unknown := [a for a in arms if a not in COMPOSITION_ARMS]:
         raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(COMPOSITION_ARMS)}")
+    if unknown := [w for w in worlds or () if w not in size.params]:
+        raise ValueError(f"unknown world(s) {unknown} at this size; its worlds: {', '.join(size.params)}")
     settings = {**COMPOSITION_TRAIN, **size.train}
     out = []
     for name, (family, world) in size.params.items():
+        if worlds and name not in worlds:
+            continue
         for seed in range(size.seeds):
             for arm in arms:
                 overrides = {**settings, **COMPOSITION_ARMS[arm]}
@@ -152,12 +156,14 @@ def _digest(obj: Any) -> str:
 
 
 def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple(COMPOSITION_ARMS),
-                report_only: bool = False, patience: int | None = None) -> tuple[list[dict], dict[str, str], str]:
+                report_only: bool = False, patience: int | None = None,
+                worlds=None) -> tuple[list[dict], dict[str, str], str]:
     """Every (seed, setting, arm) run in turn (one process, one at a time: batching seeds is slower on
     a small CPU), each continued from its checkpoint when it has one; then the table from the store.
     `report_only`: train nothing, report what the store has (finished or not, marked). `patience`: the
-    size's stopping rule replaced (0: every run to the cap, whatever it reached)."""
-    plan = composition_configs(size, home, arms, patience)
+    size's stopping rule replaced (0: every run to the cap, whatever it reached). `worlds`: only these
+    settings (two_hop, programs at the CPU size)."""
+    plan = composition_configs(size, home, arms, patience, worlds)
     if not report_only:
         train_runs([cfg for _, _, cfg in plan], runner)
     table = [row for name, arm, cfg in plan if (row := _composition_row(name, arm, cfg, home))]
@@ -166,10 +172,10 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
                       f"{row['step']}, T_mem {row['t_mem']} T_grok {row['t_grok']} ID {row['test_id_acc']} "
                       f"OOD {row['test_ood_acc']}")
     summary = markdown_table(composition_summary(table),
-                              ["setting", "arm", "params", "width", "finished", "t_mem", "t_grok", "delay",
+                              ["setting", "arm", "params", "width", "steps", "finished", "t_mem", "t_grok", "delay",
                                "grokked", "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
                                "ood_at_t_grok", "n_eval", "train_min"])
-    per_run = markdown_table(table, ["setting", "arm", "seed", "status", "step", "t_mem", "t_grok", "delay",
+    per_run = markdown_table(table, ["setting", "arm", "seed", "status", "step", "until", "t_mem", "t_grok", "delay",
                                       "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
                                       "best_ood_step", "ood_at_t_grok", "n_eval", "train_min"])
     first = plan[0][2]
@@ -182,7 +188,8 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
              + f". Step cap {size.max_steps}; " + (
                  f"a run stops {first.patience} steps after T_grok once past {first.mem_multiple:g} x T_mem"
                  if first.patience else "every run goes on to the cap (`--patience 0`: no stopping rule)")
-             + ". Accuracy is the task's verifier on the decoded answer, on a "
+             + " (`until`, per run: what ends it as it was last run, `rule` or `cap N` alone with `--patience 0`; "
+             "`steps`, per arm: how far its runs went). Accuracy is the task's verifier on the decoded answer, on a "
              "seeded sample of each split fixed for the run (`n_eval`: train / test_id / test_ood rows). "
              "T_mem: first eval with train accuracy >= 0.99 (two_hop: on the inferred train facts); "
              "T_grok: first eval with test_id accuracy >= 0.95 (— = never, within the steps run); `delay`: "
@@ -208,6 +215,7 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
     if not found:
         return None
     status, step, t_mem, t_grok = found[0]
+    run_dir = runs_dir(home) / cfg.run_name
     series = metric_series(cfg.run_name, ["train_inferred/acc", "train/acc", "test_id/acc", "test_ood/acc", "step_time"],
                      home)
     if not series.get("test_id/acc"):
@@ -216,18 +224,27 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
     ood = series.get("test_ood/acc", [])
     best = max(ood, key=lambda p: p[1]) if ood else (None, None)
     at_grok = dict(ood).get(t_grok) if t_grok is not None else None
-    rows_file = runs_dir(home) / cfg.run_name / "eval_rows.json"
+    rows_file = run_dir / "eval_rows.json"
     n_eval = ("/".join(str(len(v["rows"])) for v in json.loads(rows_file.read_text()).values())
               if rows_file.is_file() else None)
     return {"setting": setting, "arm": arm, "seed": cfg.seed, "run_id": cfg.run_name, "params": _parameters(cfg),
             "width": cfg.hidden_size, "status": status,
-            "step": max(p[0] for p in series["test_id/acc"]), "cap": cfg.max_steps, "t_mem": t_mem, "t_grok": t_grok,
+            "step": max(p[0] for p in series["test_id/acc"]), "until": _until(run_dir / "config.json", cfg),
+            "t_mem": t_mem, "t_grok": t_grok,
             "delay": t_grok - t_mem if t_grok is not None and t_mem is not None else None,
             "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
             "test_id_acc": last.get("test_id/acc"), "test_ood_acc": last.get("test_ood/acc"),
             "best_ood_acc": best[1], "best_ood_step": best[0], "ood_at_t_grok": at_grok, "ood": dict(ood),
             "n_eval": n_eval,
             "train_min": _training_minutes(series.get("step_time", []), series["test_id/acc"])}
+
+
+def _until(config_file, cfg: TrainConfig) -> str:
+    """What ends the run, as it was last run (its config.json; the plan's when it has none): the cap
+    alone (patience 0) or the stopping rule, then the cap."""
+    last = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    cap, patience = last.get("max_steps", cfg.max_steps), last.get("patience", cfg.patience)
+    return f"cap {cap}" if not patience else f"rule, cap {cap}"
 
 
 def _training_minutes(step_times: list[tuple[int, float]], evals: list[tuple[int, float]]) -> float:
@@ -259,7 +276,9 @@ def composition_summary(table: list[dict]) -> list[dict]:
     for key in dict.fromkeys((r["setting"], r["arm"]) for r in table):
         group = [r for r in table if (r["setting"], r["arm"]) == key]
         grokked = [r for r in group if r["t_grok"] is not None]
+        steps = sorted({r["step"] for r in group})
         out.append({"setting": key[0], "arm": key[1], "params": group[0]["params"], "width": group[0]["width"],
+                    "steps": "-".join(str(s) for s in dict.fromkeys((steps[0], steps[-1]))),
                     "finished": f"{sum(r['status'] == 'finished' for r in group)}/{len(group)}",
                     "grokked": f"{len(grokked)}/{len(group)}",
                     **{k: mean_std_n([r[k] for r in group]) for k in
