@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from agents.tasks import get_family
+from diffusion.config import load_config
 from diffusion.model import parameter_count, shared_width
 from diffusion.train import TrainConfig
 from flows.experiments.common import (
@@ -188,7 +189,7 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
              + f". Step cap {size.max_steps}; " + (
                  f"a run stops {first.patience} steps after T_grok once past {first.mem_multiple:g} x T_mem"
                  if first.patience else "every run goes on to the cap (`--patience 0`: no stopping rule)")
-             + " (`until`, per run: what ends it as it was last run, `rule` or `cap N` alone with `--patience 0`; "
+             + " (`until`, per run: what ends it as it was last run, `rule, cap N` or `cap N` alone with `--patience 0`; "
              "`steps`, per arm: how far its runs went). Accuracy is the task's verifier on the decoded answer, on a "
              "seeded sample of each split fixed for the run (`n_eval`: train / test_id / test_ood rows). "
              "T_mem: first eval with train accuracy >= 0.99 (two_hop: on the inferred train facts); "
@@ -215,7 +216,6 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
     if not found:
         return None
     status, step, t_mem, t_grok = found[0]
-    run_dir = runs_dir(home) / cfg.run_name
     series = metric_series(cfg.run_name, ["train_inferred/acc", "train/acc", "test_id/acc", "test_ood/acc", "step_time"],
                      home)
     if not series.get("test_id/acc"):
@@ -224,12 +224,12 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
     ood = series.get("test_ood/acc", [])
     best = max(ood, key=lambda p: p[1]) if ood else (None, None)
     at_grok = dict(ood).get(t_grok) if t_grok is not None else None
-    rows_file = run_dir / "eval_rows.json"
+    rows_file = runs_dir(home) / cfg.run_name / "eval_rows.json"
     n_eval = ("/".join(str(len(v["rows"])) for v in json.loads(rows_file.read_text()).values())
               if rows_file.is_file() else None)
     return {"setting": setting, "arm": arm, "seed": cfg.seed, "run_id": cfg.run_name, "params": _parameters(cfg),
             "width": cfg.hidden_size, "status": status,
-            "step": max(p[0] for p in series["test_id/acc"]), "until": _until(run_dir / "config.json", cfg),
+            "step": max(p[0] for p in series["test_id/acc"]), "until": _until(cfg, home),
             "t_mem": t_mem, "t_grok": t_grok,
             "delay": t_grok - t_mem if t_grok is not None and t_mem is not None else None,
             "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
@@ -239,12 +239,14 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
             "train_min": _training_minutes(series.get("step_time", []), series["test_id/acc"])}
 
 
-def _until(config_file, cfg: TrainConfig) -> str:
-    """What ends the run, as it was last run (its config.json; the plan's when it has none): the cap
+def _until(cfg: TrainConfig, home: str | None) -> str:
+    """What ends the run, as it was last run (its saved config; the plan's when it has none): the cap
     alone (patience 0) or the stopping rule, then the cap."""
-    last = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    cap, patience = last.get("max_steps", cfg.max_steps), last.get("patience", cfg.patience)
-    return f"cap {cap}" if not patience else f"rule, cap {cap}"
+    try:
+        last = load_config(cfg.run_name, home=home)
+    except FileNotFoundError:
+        last = cfg
+    return f"cap {last.max_steps}" if not last.patience else f"rule, cap {last.max_steps}"
 
 
 def _training_minutes(step_times: list[tuple[int, float]], evals: list[tuple[int, float]]) -> float:
