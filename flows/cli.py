@@ -37,7 +37,7 @@ def _options(
         os.environ["GROKLOOP_STORE"] = store
 
 
-app.add_typer(cli_store.app)                     # ingest, sql, export, status
+app.add_typer(cli_store.app)                     # ingest, sql, export, import-runs, status
 app.add_typer(cli_agents.app, name="agents")     # agents run, agents families
 app.add_typer(cli_dataset.app, name="dataset")   # dataset build/list/show/export
 app.add_typer(cli_train.app)                     # train, evaluate, plot, sample

@@ -1,4 +1,4 @@
-"""`grokloop ingest | sql | export | status`: the store from the command line."""
+"""`grokloop ingest | sql | export | import-runs | status`: the store from the command line."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from storage.export import export_jsonl
 from storage.home import spool_dir, store_location
 from storage.ingest import ingest_paths, ingest_spool
 from storage.query import run_sql
-from storage.runs import flush_pending, pending_records
+from storage.runs import flush_pending, import_runs, pending_records
 from storage.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
 from storage.store import StoreLocked, open_store, schema_version, time_limit
 
@@ -163,6 +163,22 @@ def export(
     with open_store(store_location(home), read_only=True, memory_limit=memory_limit) as con, time_limit(con, max_seconds):
         n = (export_atif if format is ExportFormat.atif else export_jsonl)(con, output, where)
     console.print(f"wrote {n} trajectories to {output} ({format.value})")
+
+
+@app.command("import-runs")
+def import_runs_command(
+    path: Path = typer.Argument(..., help="a runs export: docs/results/<experiment>_runs.parquet"),
+    home: str = HOME,
+) -> None:
+    """Put the runs of a results page's Parquet file (and every metric they recorded) in the store,
+    so that `grokloop experiment NAME --report-only` and `grokloop plot` read them again."""
+    if not path.is_file():
+        raise typer.BadParameter(f"{path}: no such file", param_hint="PATH")
+    try:
+        n = import_runs(home, path)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="PATH") from e
+    console.print(f"imported {n} run(s) from {path} into {store_location(home)}")
 
 
 @app.command()

@@ -7,6 +7,8 @@ pending file (`runs/<run_id>/pending/<time>.json`: write, then rename), and reac
 the run's next write that gets through, at the end of the run (which waits `FINAL_TIMEOUT`), or at
 the next `grokloop ingest` (`flush_pending`). A run row carries the time it was made
 (`updated_at`), so a pending record that reaches the store late never replaces a newer status.
+`export_runs` / `import_runs` carry runs and their metrics between stores as one Parquet file
+(what a results page ships, so its numbers outlive the store they came from).
 The SQL is in `storage/sql/runs.sql`.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from storage import lake
 from storage.home import runs_dir, store_location
@@ -79,6 +82,49 @@ def flush_pending(con: duckdb.DuckDBPyConnection, home=None) -> int:
 def pending_records(home=None) -> int:
     """How many records wait in run directories for the store."""
     return sum(len(_pending(run)) for run in _run_dirs(home))
+
+
+def export_runs(home, run_ids: Sequence[str], path: str | Path) -> int:
+    """Write these runs and every metric they recorded to one Parquet file (storage/sql/runs.sql
+    `export_runs`: a row per run, step and metric). Returns how many runs it holds."""
+    with open_store(store_location(home), read_only=True) as con:
+        table = con.execute(_SQL["export_runs"], [list(run_ids)]).to_arrow_table()
+    tmp = Path(f"{path}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)  # a reader never sees half a file
+    return len(set(table.column("run_id").to_pylist()))
+
+
+def import_runs(home, path: str | Path) -> int:
+    """Put the runs of an `export_runs` file in the store, in one transaction: a run the store
+    already holds keeps the newer of the two rows (`updated_at`), metrics are upserted. A file
+    that is not such an export changes nothing and says what is wrong. Returns how many runs."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise ValueError(f"{path} is not a Parquet file of runs (grokloop's export_runs): {e}") from e
+    if missing := [c for c in EXPORT_COLUMNS if c not in table.column_names]:
+        raise ValueError(f"{path} lacks column(s) {', '.join(missing)} of a runs export; it has "
+                         f"{', '.join(table.column_names)}")
+    records: dict[str, dict] = {}
+    for row in table.select(EXPORT_COLUMNS).to_pylist():
+        if row["run_id"] is None or row["config"] is None or row["objective"] is None or row["status"] is None:
+            raise ValueError(f"{path}: a row without its run's run_id, objective, config or status: {row}")
+        run = {k: row[k] for k in _RUN_COLUMNS} | {"name": row["run_name"], "updated_at": str(row["updated_at"])}
+        record = records.setdefault(row["run_id"], {"run": run, "metrics": []})
+        if row["step"] is not None:
+            record["metrics"].append([row["step"], row["metric"], row["value"]])
+    con = connect(store_location(home))
+    try:
+        lake.retry_conflicts(lambda: _apply_all(con, list(records.values())), f"importing runs from {path}")
+    finally:
+        con.close()
+    return len(records)
+
+
+_RUN_COLUMNS = ("run_id", "objective", "dataset_id", "config", "status", "parent_run_id", "t_mem", "t_grok",
+                "grok_ratio", "grok_delay", "final_step")
+EXPORT_COLUMNS = [*_RUN_COLUMNS, "run_name", "updated_at", "step", "metric", "value"]
 
 
 def _write(home, run_id: str, record: dict, timeout: float) -> bool:

@@ -150,6 +150,18 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     assert checkpoints == {p: p.stat().st_mtime_ns for p in home.glob("runs/*/checkpoints/*/*")}
     assert [r["t_grok"] for r in again["table"]] == [r["t_grok"] for r in result["table"]]
 
+    # the store is lost: the page's Parquet file puts its runs in a new one, and the page is written
+    # again from it alone, with the same numbers (the eval rows' counts live in the lost run folders)
+    data = tmp_path / "out" / "composition_runs.parquet"
+    assert "composition_runs.parquet" in page and data.is_file()
+    fresh = tmp_path / "fresh"
+    imported = subprocess.run([sys.executable, "-m", "flows.cli", "import-runs", str(data), "--home", str(fresh)],
+                              env=env, capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 0 and "imported 2 run(s)" in imported.stdout, imported.stderr
+    restored = run_experiment("composition", out_dir=tmp_path / "restored", home=str(fresh), patience=0,
+                              report_only=True, **ARGS)
+    assert [{**r, "n_eval": None} for r in restored["table"]] == [{**r, "n_eval": None} for r in again["table"]]
+
 
 @pytest.mark.parametrize(("args", "message"), [
     (["composition", "--size", "huge"], "error: experiment 'composition' has no size 'huge'; sizes: quick, full, "

@@ -2,8 +2,10 @@
 
 Each runs its configurations and seeds through the same plain functions as the loop
 (`flows.steps`, `diffusion.train`), so every run, metric and evaluation lands in the store;
-then it writes `docs/results/NAME.png` (and any other figure it names, `NAME_<suffix>.png`) and
-`docs/results/NAME.md` with the table of results.
+then it writes `docs/results/NAME.png` (and any other figure it names, `NAME_<suffix>.png`),
+`docs/results/NAME.md` with the table of results, and `docs/results/NAME_runs.parquet`: its runs
+and every metric they recorded (storage.runs.export_runs), so that the page's numbers outlive the
+store they were read from (`grokloop import-runs` puts them back in one; `--report-only` rewrites the page).
 The numbers in the tables are read back from the store, not from memory.
 
     grokfast      a*b mod 97: Adam baseline vs weight decay vs Grokfast-EMA / -MA, diffusion vs AR
@@ -25,6 +27,7 @@ from flows.experiments import clusters, composition, grokfast, self_improve
 from flows.experiments.common import FIGURES, LOCAL, Size
 from flows.runners import Runner
 from storage.home import grokloop_home, store_location
+from storage.runs import export_runs
 
 # Below this line a results page is a person's words: regenerating the page keeps them (hand_written).
 HAND_WRITTEN = "<!-- hand-written below: kept when this page is written again -->"
@@ -65,6 +68,9 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     plots = [plot_runs(runs, out / f"{name}{suffix}.png", home=home, **figure)
              for suffix, figure in figures.items()] if runs else []
     summary = out / f"{name}.md"
+    data = out / f"{name}_runs.parquet"
+    if runs:
+        export_runs(home, list(runs), data)
     shown_options = {k: v for k, v in options.items() if k != "report_only"}
     command = " ".join([f"grokloop experiment {name}", *([f"--size {size_name}"] if size_name != "full" else []),
                         *([f"--seeds {seeds}"] if seeds else []), *([f"--max-steps {max_steps}"] if max_steps else []),
@@ -77,7 +83,10 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
         f"at most {chosen.max_steps} steps per run)\n\n"
         f"Reproduce: `{command}` ({how}). Runs: "
         f"{', '.join(f'`{r}`' for r in runs)} (in `{_shown(store_location(home))}`).\n\n"
-        f"{body}\n\n" + ("".join(f"![{p.stem}]({p.name})\n" for p in plots) or "No run has evaluated yet: no plot.\n")
+        f"{body}\n\n" + (f"Every evaluation of these runs: `{data.name}` (one row per run, step and metric; "
+                           f"`duckdb -c \"FROM '{_shown(data)}'\"`, or `grokloop import-runs {_shown(data)}` "
+                           "to put the runs in a store and rewrite this page with `--report-only`).\n\n" if runs else "")
+        + ("".join(f"![{p.stem}]({p.name})\n" for p in plots) or "No run has evaluated yet: no plot.\n")
         + kept
     )
     return {"table": table, "runs": runs, "summary": summary, "plot": plots[0] if plots else None, "plots": plots}

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from agents.tasks import get_family
-from diffusion.config import load_config
+from diffusion.config import config_from_dict
 from diffusion.model import parameter_count, shared_width
 from diffusion.train import TrainConfig
 from flows.experiments.common import (
@@ -185,7 +185,8 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
              f"(`ar-shared`: one block applied {first.num_layers} times, widened to the same parameter "
              f"count; `ar-1layer`: that block applied once), batch {first.batch_size}, AdamW lr {first.lr:g}, "
              f"weight decay {first.weight_decay:g}, no Grokfast; masked diffusion with the `count` estimator. Worlds: "
-             + "; ".join(f"`{n}` = {fam} {world}" for n, (fam, world) in size.params.items())
+             + "; ".join(f"`{n}` = {fam} {world}" for n, (fam, world) in size.params.items()
+                         if not worlds or n in worlds)
              + f". Step cap {size.max_steps}; " + (
                  f"a run stops {first.patience} steps after T_grok once past {first.mem_multiple:g} x T_mem"
                  if first.patience else "every run goes on to the cap (`--patience 0`: no stopping rule)")
@@ -211,11 +212,11 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple
 
 def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str, Any] | None:
     """One run's line from the store (None when it has not evaluated yet)."""
-    found = query("SELECT status, final_step, t_mem, t_grok FROM runs WHERE run_id = ?", [cfg.run_name], home) \
-        if has_store(home) else []
+    found = query("SELECT status, final_step, t_mem, t_grok, config FROM runs WHERE run_id = ?", [cfg.run_name],
+                  home) if has_store(home) else []
     if not found:
         return None
-    status, step, t_mem, t_grok = found[0]
+    status, step, t_mem, t_grok, config = found[0]
     series = metric_series(cfg.run_name, ["train_inferred/acc", "train/acc", "test_id/acc", "test_ood/acc", "step_time"],
                      home)
     if not series.get("test_id/acc"):
@@ -229,7 +230,7 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
               if rows_file.is_file() else None)
     return {"setting": setting, "arm": arm, "seed": cfg.seed, "run_id": cfg.run_name, "params": _parameters(cfg),
             "width": cfg.hidden_size, "status": status,
-            "step": max(p[0] for p in series["test_id/acc"]), "until": _until(cfg, home),
+            "step": max(p[0] for p in series["test_id/acc"]), "until": _until(config_from_dict(json.loads(config))),
             "t_mem": t_mem, "t_grok": t_grok,
             "delay": t_grok - t_mem if t_grok is not None and t_mem is not None else None,
             "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
@@ -239,13 +240,9 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
             "train_min": _training_minutes(series.get("step_time", []), series["test_id/acc"])}
 
 
-def _until(cfg: TrainConfig, home: str | None) -> str:
-    """What ends the run, as it was last run (its saved config; the plan's when it has none): the cap
+def _until(last: TrainConfig) -> str:
+    """What ends the run, as it was last run (the config of its latest record in the store): the cap
     alone (patience 0) or the stopping rule, then the cap."""
-    try:
-        last = load_config(cfg.run_name, home=home)
-    except FileNotFoundError:
-        last = cfg
     return f"cap {last.max_steps}" if not last.patience else f"rule, cap {last.max_steps}"
 
 

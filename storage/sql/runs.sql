@@ -37,3 +37,14 @@ WHEN NOT MATCHED THEN INSERT BY NAME;
 
 -- name: select_metrics
 SELECT name, value FROM metrics WHERE run_id = ? AND step = ?;
+
+-- name: export_runs
+-- Runs as they ship beside a results page (docs/results/<name>_runs.parquet): one row per
+-- (run, step, metric), each carrying its run's row, so the file alone replots and re-reports
+-- the runs (`import_runs` puts them back in a store). A run with no metric yet is one row of NULLs.
+SELECT r.run_id, r.name AS run_name, r.objective, r.dataset_id, r.config::VARCHAR AS config, r.status,
+       r.parent_run_id, r.t_mem, r.t_grok, r.grok_ratio, r.grok_delay, r.final_step, r.updated_at,
+       m.step, m.name AS metric, m.value
+FROM runs r LEFT JOIN metrics m USING (run_id)
+WHERE r.run_id IN (SELECT unnest(?::VARCHAR[]))
+ORDER BY r.run_id, m.name, m.step;

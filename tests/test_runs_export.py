@@ -1,0 +1,85 @@
+"""Runs carried between stores as one Parquet file (storage.runs.export_runs / import_runs, `grokloop
+import-runs`): what a results page ships so that its numbers outlive the store they came from."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from storage.home import store_path
+from storage.runs import export_runs, import_runs, record_run
+
+ROW = {"run_id": "r1", "name": "r1", "objective": "ar", "dataset_id": None,
+       "config": json.dumps({"max_steps": 300, "patience": 0}), "status": "running", "parent_run_id": None,
+       "t_mem": None, "t_grok": None, "grok_ratio": None, "grok_delay": None, "final_step": 100}
+
+
+def stored(home, sql: str) -> list[tuple]:
+    with duckdb.connect(str(store_path(home)), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+RUNS = "SELECT run_id, name, objective, config::VARCHAR, status, t_mem, t_grok, grok_delay, final_step FROM runs ORDER BY 1"
+METRICS = "SELECT run_id, step, name, value FROM metrics ORDER BY ALL"
+
+
+@pytest.fixture
+def source(tmp_path):
+    """A store with two runs (one finished, one with no metric yet) and one run left out of the export."""
+    home = tmp_path / "source"
+    record_run(home, ROW, [(100, "test_ood/acc", 0.025), (100, "train/acc", 0.5)])
+    record_run(home, {**ROW, "status": "finished", "t_mem": 200, "t_grok": 250, "grok_delay": 50,
+                      "final_step": 300}, [(200, "train/acc", 0.99), (300, "test_ood/acc", 0.04)], final=True)
+    record_run(home, {**ROW, "run_id": "r2", "name": "r2"})
+    record_run(home, {**ROW, "run_id": "other", "name": "other"}, [(1, "train/acc", 0.1)])
+    return home
+
+
+def test_exported_runs_come_back_whole_in_another_store_and_twice_is_once(source, tmp_path):
+    path = tmp_path / "page_runs.parquet"
+    assert export_runs(source, ["r1", "r2"], path) == 2
+    table = pq.read_table(path)
+    assert table.num_rows == 4 + 1  # r1's four metric points, r2's run row alone
+    target = tmp_path / "target"
+    assert import_runs(target, path) == 2
+    assert import_runs(target, path) == 2
+    assert stored(target, RUNS) == [r for r in stored(source, RUNS) if r[0] != "other"]
+    assert stored(target, METRICS) == [r for r in stored(source, METRICS) if r[0] != "other"]
+    # what the target already holds that is newer than the file stays
+    record_run(target, {**ROW, "status": "failed", "final_step": 400}, [(400, "train/acc", 0.3)], final=True)
+    import_runs(target, path)
+    assert stored(target, "SELECT status, final_step FROM runs WHERE run_id = 'r1'") == [("failed", 400)]
+    assert (400, "train/acc", 0.3) in stored(target, "SELECT step, name, value FROM metrics")
+
+
+def test_a_file_that_is_not_a_runs_export_is_named_and_changes_nothing(source, tmp_path):
+    path = tmp_path / "runs.parquet"
+    export_runs(source, ["r1", "r2"], path)
+    before = stored(source, RUNS), stored(source, METRICS)
+    table = pq.read_table(path)
+    not_parquet = tmp_path / "notes.md"
+    not_parquet.write_text("# not a table\n")
+    no_metric_column = tmp_path / "no_metric.parquet"
+    pq.write_table(table.drop_columns(["metric", "config"]), no_metric_column)
+    half_a_row = tmp_path / "half.parquet"  # r1's rows are written before the bad one: none may land
+    changed = table.to_pylist()
+    changed = [{**r, "status": "finished", "final_step": 999} for r in changed[:-1]] + [{**changed[-1], "run_id": None}]
+    pq.write_table(pa.Table.from_pylist(changed, schema=table.schema), half_a_row)
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for bad, message in [(not_parquet, "is not a Parquet file of runs"),
+                         (no_metric_column, "lacks column(s) config, metric of a runs export"),
+                         (half_a_row, "a row without its run's run_id"),
+                         (truncated, "is not a Parquet file of runs")]:
+        with pytest.raises(ValueError, match="^" + str(bad).replace(".", r"\.") + ".*" + message.replace("(", r"\(")
+                           .replace(")", r"\)")):
+            import_runs(source, bad)
+        result = CliRunner().invoke(app, ["import-runs", str(bad), "--home", str(source)])
+        assert result.exit_code == 2 and message in result.output.replace("\n", " ")
+        assert (stored(source, RUNS), stored(source, METRICS)) == before
