@@ -4,6 +4,7 @@ import-runs`): what a results page ships so that its numbers outlive the store t
 from __future__ import annotations
 
 import json
+import re
 
 import duckdb
 import pyarrow as pa
@@ -77,8 +78,7 @@ def test_a_file_that_is_not_a_runs_export_is_named_and_changes_nothing(source, t
                          (no_metric_column, "lacks column(s) config, metric of a runs export"),
                          (half_a_row, "a row without its run's run_id"),
                          (truncated, "is not a Parquet file of runs")]:
-        with pytest.raises(ValueError, match="^" + str(bad).replace(".", r"\.") + ".*" + message.replace("(", r"\(")
-                           .replace(")", r"\)")):
+        with pytest.raises(ValueError, match=f"^{re.escape(str(bad))}.*{re.escape(message)}"):
             import_runs(source, bad)
         result = CliRunner().invoke(app, ["import-runs", str(bad), "--home", str(source)])
         assert result.exit_code == 2 and message in result.output.replace("\n", " ")
