@@ -18,6 +18,7 @@ from flows.experiments import HAND_WRITTEN, run_experiment
 from flows.experiments.composition import (
     COMPOSITION_SIZES,
     composition_configs,
+    n_eval_range,
     ood_milestones,
     ood_over_run,
 )
@@ -67,6 +68,12 @@ def test_ood_over_the_run_is_read_at_fixed_steps_from_the_runs_that_reached_them
     assert shared == {"setting": "two_hop", "arm": "ar-shared", "20": "0.030 ± 0.014 (n=2)",
                       "40": "0.080 ± 0.028 (n=2)", "60": "0.200 ± 0.000 (n=1)"}
     assert ar["60"] == "0.030 ± 0.000 (n=1)"
+
+
+def test_the_summary_gives_the_range_of_rows_evaluated_over_seeds():
+    # each seed's world has its own OOD split: the range, not the first seed's count
+    assert n_eval_range(["1000/1000/741", "1000/1000/728", None, "1000/1000/668"]) == "1000/1000/668-741"
+    assert n_eval_range([None, None]) is None
 
 
 def test_the_stopping_rule_can_be_replaced_without_renaming_the_runs():
@@ -151,7 +158,7 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     assert [r["t_grok"] for r in again["table"]] == [r["t_grok"] for r in result["table"]]
 
     # the store is lost: the page's Parquet file puts its runs in a new one, and the page is written
-    # again from it alone, with the same numbers (the eval rows' counts live in the lost run folders)
+    # again from it alone, with the same numbers (the eval rows' counts too: they are metrics)
     data = tmp_path / "out" / "composition_runs.parquet"
     assert "composition_runs.parquet" in page and data.is_file()
     fresh = tmp_path / "fresh"
@@ -160,7 +167,8 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     assert imported.returncode == 0 and "imported 2 run(s)" in imported.stdout, imported.stderr
     restored = run_experiment("composition", out_dir=tmp_path / "restored", home=str(fresh), patience=0,
                               report_only=True, **ARGS)
-    assert [{**r, "n_eval": None} for r in restored["table"]] == [{**r, "n_eval": None} for r in again["table"]]
+    assert restored["table"] == again["table"]
+    assert all(r["n_eval"] and len(r["n_eval"].split("/")) == 3 for r in restored["table"])
 
 
 @pytest.mark.parametrize(("args", "message"), [
