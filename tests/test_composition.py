@@ -42,6 +42,11 @@ def test_arms_have_equal_parameters_and_the_published_size_is_wang_et_al():
     assert counts["ar-1layer"] == counts["ar-shared"] and two_hop["ar-1layer"].num_layers == 1
     assert two_hop["ar-1layer"].hidden_size == two_hop["ar-shared"].hidden_size > two_hop["ar"].hidden_size
     assert {c.mdm_estimator for c in two_hop.values() if c.objective == "mdm"} == {"count"}
+    # off the grid unless named: ar-wide, the shared arm's width in unshared layers (4x its parameters)
+    assert "ar-wide" not in two_hop
+    wide = composition_configs(COMPOSITION_SIZES["full"], home=None, arms=("ar-wide",), worlds=("two_hop",))[0][2]
+    assert (wide.hidden_size, wide.num_layers, wide.share_layers) == (two_hop["ar-shared"].hidden_size, 4, False)
+    assert wide.run_name.startswith("composition-two_hop-ar-wide-s0-")
     assert len({(c.max_steps, c.batch_size, c.lr, c.weight_decay) for c in two_hop.values()}) == 1
     assert {cfg.seed for _, _, cfg in plan} == {0, 1, 2}
     # the CPU world has >= 500 OOD items and phi x |all atomic facts| inferred train facts
@@ -175,7 +180,7 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     (["composition", "--size", "huge"], "error: experiment 'composition' has no size 'huge'; sizes: quick, full, "
                                         "published"),
     (["composition", "--quick", "--arms", "ar,diffusion"], "error: unknown arm(s) ['diffusion']; known: ar, mdm, "
-                                                           "mdm-full, ar-shared, ar-1layer"),
+                                                           "mdm-full, ar-shared, ar-1layer, ar-wide"),
     (["clusters", "--report-only"], "error: nothing to report: no store at "),
     (["composition", "--quick", "--patience", "-5"], "error: --patience must be >= 0 (0: run to the cap), got -5"),
     (["clusters", "--quick", "--patience", "0"], "error: --patience applies to the composition experiment only"),

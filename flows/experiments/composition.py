@@ -33,16 +33,21 @@ from storage.home import runs_dir
 # AR transformer with one block applied num_layers times, widened to the same parameter count
 # (diffusion.model.shared_width): the cross-layer sharing Wang et al. 2024 point at for OOD composition;
 # "ar-1layer": that block applied once (the same parameters and width, one layer deep), which separates
-# what sharing does from what the wider block does.
+# what sharing does from what the wider block does. "ar-wide" (run only when named: 4x the parameters,
+# off the equal-parameter grid): num_layers unshared blocks at the shared block's width, the same
+# compute per step as ar-shared, which separates sharing from width.
 COMPOSITION_ARMS: dict[str, dict[str, Any]] = {
     "ar": {"objective": "ar"},
     "mdm": {"objective": "mdm", "mdm_estimator": "count"},
     "mdm-full": {"objective": "mdm", "mdm_estimator": "count", "full_sequence": True},
     "ar-shared": {"objective": "ar", "share_layers": True},
     "ar-1layer": {"objective": "ar", "num_layers": 1},
+    "ar-wide": {"objective": "ar"},
 }
-# the arms of one block, widened to the others' parameter count
-ONE_BLOCK_ARMS = ("ar-shared", "ar-1layer")
+# the arms at the width of one block widened to the others' parameter count
+SHARED_WIDTH_ARMS = ("ar-shared", "ar-1layer", "ar-wide")
+# the grid's arms (equal parameters); the others run when --arms names them
+DEFAULT_ARMS = ("ar", "mdm", "mdm-full", "ar-shared", "ar-1layer")
 # Optimisation of every arm (Wang et al. 2024: AdamW, weight decay 0.1, no Grokfast; lr 1e-3 for a
 # small model on a CPU). Runs stop `patience` steps after grokking once past 10 x T_mem, or at the cap
 # (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5); evals on the log
@@ -99,7 +104,7 @@ CPU_SIZE_REASON = (
     "groks within the cap at this size is what the runs below measure, not something a probe showed.")
 
 
-def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARMS),
+def composition_configs(size: Size, home: str | None, arms=DEFAULT_ARMS,
                         patience: int | None = None, worlds=None) -> list[tuple[str, str, Any]]:
     """(setting, arm, TrainConfig) of every run: setting by setting (two_hop first), then seed by seed,
     so a partial grid has whole seeds of the first setting; `worlds`: only these settings of the size.
@@ -118,7 +123,7 @@ def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARM
         for seed in range(size.seeds):
             for arm in arms:
                 overrides = {**settings, **COMPOSITION_ARMS[arm]}
-                if arm in ONE_BLOCK_ARMS:  # as many parameters as `settings`' layers, in one block
+                if arm in SHARED_WIDTH_ARMS:  # the width of `settings`' parameters in one block
                     overrides["hidden_size"] = _shared_width(family, world, settings)
                 params = {**world, "seed": seed}
                 tag = _digest({"family": family, "params": params, "train": overrides,
@@ -156,7 +161,7 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple(COMPOSITION_ARMS),
+def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=DEFAULT_ARMS,
                 report_only: bool = False, patience: int | None = None,
                 worlds=None) -> tuple[list[dict], dict[str, str], str]:
     """Every (seed, setting, arm) run in turn (one process, one at a time: batching seeds is slower on
