@@ -149,12 +149,14 @@ def accuracy_by_split(
 def estimate(cfg: TrainConfig, model, splits: dict[str, EncodedSplit], family: TaskFamily, tokenizer: Tokenizer,
              step: int) -> dict[str, float]:
     """Training metrics of a run's evaluation rows (`splits` holds only those): each split's loss, with
-    the same noise at the same step, and verified accuracy ("<group>/acc", exact match as is); the
+    the same noise at the same step, and verified accuracy ("<group>/acc", exact match as is) with the
+    rows it is over ("<split>/n": the store alone then gives each accuracy's standard error); the
     weights' norm."""
     groups = accuracy_by_split(cfg.objective, model, splits, family, tokenizer, n_steps=cfg.sampler_steps,
                                threshold=cfg.sampler_threshold, loss_seed=cfg.seed * 1_000_003 + step,
                                full_sequence=cfg.full_sequence, estimator=cfg.mdm_estimator)
     out = {g if g.endswith(("/loss", "/exact")) else f"{g}/acc": value for g, (_, value) in groups.items()}
+    out.update({f"{name}/n": float(len(split)) for name, split in splits.items() if len(split)})
     out["weight_norm"] = global_norm([p.detach() for p in model.parameters()])
     return out
 

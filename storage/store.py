@@ -269,7 +269,16 @@ def connect(
             delay = min(delay * 2, 1.0)
     if not read_only:
         migrate(con)
+    else:  # this grokloop's views, even on a store last opened by an older one (one that trains on)
+        with contextlib.suppress(duckdb.Error):  # a schema older than the views: its own views stand
+            con.execute(reader_views(views_sql()))
     return con
+
+
+def reader_views(sql: str) -> str:
+    """views.sql as temporary views: a read-only connection cannot replace the stored views, and its
+    temporary ones come first in DuckDB's search path."""
+    return re.sub(r"CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW", sql, flags=re.I)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from flows.experiments import HAND_WRITTEN, run_experiment
 from flows.experiments.composition import (
     COMPOSITION_SIZES,
     composition_configs,
+    n_eval_range,
     ood_milestones,
     ood_over_run,
 )
@@ -41,6 +42,11 @@ def test_arms_have_equal_parameters_and_the_published_size_is_wang_et_al():
     assert counts["ar-1layer"] == counts["ar-shared"] and two_hop["ar-1layer"].num_layers == 1
     assert two_hop["ar-1layer"].hidden_size == two_hop["ar-shared"].hidden_size > two_hop["ar"].hidden_size
     assert {c.mdm_estimator for c in two_hop.values() if c.objective == "mdm"} == {"count"}
+    # off the grid unless named: ar-wide, the shared arm's width in unshared layers (4x its parameters)
+    assert "ar-wide" not in two_hop
+    wide = composition_configs(COMPOSITION_SIZES["full"], home=None, arms=("ar-wide",), worlds=("two_hop",))[0][2]
+    assert (wide.hidden_size, wide.num_layers, wide.share_layers) == (two_hop["ar-shared"].hidden_size, 4, False)
+    assert wide.run_name.startswith("composition-two_hop-ar-wide-s0-")
     assert len({(c.max_steps, c.batch_size, c.lr, c.weight_decay) for c in two_hop.values()}) == 1
     assert {cfg.seed for _, _, cfg in plan} == {0, 1, 2}
     # the CPU world has >= 500 OOD items and phi x |all atomic facts| inferred train facts
@@ -67,6 +73,12 @@ def test_ood_over_the_run_is_read_at_fixed_steps_from_the_runs_that_reached_them
     assert shared == {"setting": "two_hop", "arm": "ar-shared", "20": "0.030 ± 0.014 (n=2)",
                       "40": "0.080 ± 0.028 (n=2)", "60": "0.200 ± 0.000 (n=1)"}
     assert ar["60"] == "0.030 ± 0.000 (n=1)"
+
+
+def test_the_summary_gives_the_range_of_rows_evaluated_over_seeds():
+    # each seed's world has its own OOD split: the range, not the first seed's count
+    assert n_eval_range(["1000/1000/741", "1000/1000/728", None, "1000/1000/668"]) == "1000/1000/668-741"
+    assert n_eval_range([None, None]) is None
 
 
 def test_the_stopping_rule_can_be_replaced_without_renaming_the_runs():
@@ -151,7 +163,7 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     assert [r["t_grok"] for r in again["table"]] == [r["t_grok"] for r in result["table"]]
 
     # the store is lost: the page's Parquet file puts its runs in a new one, and the page is written
-    # again from it alone, with the same numbers (the eval rows' counts live in the lost run folders)
+    # again from it alone, with the same numbers (the eval rows' counts too: they are metrics)
     data = tmp_path / "out" / "composition_runs.parquet"
     assert "composition_runs.parquet" in page and data.is_file()
     fresh = tmp_path / "fresh"
@@ -160,14 +172,15 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
     assert imported.returncode == 0 and "imported 2 run(s)" in imported.stdout, imported.stderr
     restored = run_experiment("composition", out_dir=tmp_path / "restored", home=str(fresh), patience=0,
                               report_only=True, **ARGS)
-    assert [{**r, "n_eval": None} for r in restored["table"]] == [{**r, "n_eval": None} for r in again["table"]]
+    assert restored["table"] == again["table"]
+    assert all(r["n_eval"] and len(r["n_eval"].split("/")) == 3 for r in restored["table"])
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["composition", "--size", "huge"], "error: experiment 'composition' has no size 'huge'; sizes: quick, full, "
                                         "published"),
     (["composition", "--quick", "--arms", "ar,diffusion"], "error: unknown arm(s) ['diffusion']; known: ar, mdm, "
-                                                           "mdm-full, ar-shared, ar-1layer"),
+                                                           "mdm-full, ar-shared, ar-1layer, ar-wide"),
     (["clusters", "--report-only"], "error: nothing to report: no store at "),
     (["composition", "--quick", "--patience", "-5"], "error: --patience must be >= 0 (0: run to the cap), got -5"),
     (["clusters", "--quick", "--patience", "0"], "error: --patience applies to the composition experiment only"),

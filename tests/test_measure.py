@@ -126,6 +126,8 @@ def test_per_cluster_test_accuracy_ignores_train_rows():
     assert metrics["train/cluster:x0/acc"] == metrics["train/cluster:x1/acc"] == 1.0
     assert metrics["test_id/cluster:x0/acc"] == metrics["test_id/cluster:x1/acc"] == 0.0
     assert metrics["train/acc"] == metrics["train/exact"] == 1.0 and metrics["test_id/acc"] == 0.0
+    assert {k: v for k, v in metrics.items() if k.endswith("/n")} == {f"{s}/n": len(splits[s]) for s in splits
+                                                                      if len(splits[s])}
 
 
 def test_eval_rows_are_a_seeded_sample_not_the_first_rows():

@@ -120,3 +120,17 @@ def test_views_answer_the_common_questions(home):
     assert recent[0] == {"status": "incomplete", "steps_stored": 1} and len(recent) == 4
     assert run_sql("SELECT segments, steps, quarantined FROM ingest_summary").to_pylist() == [
         {"segments": 1, "steps": 7, "quarantined": 0}]
+
+
+def test_a_reader_sees_this_versions_views_on_a_store_an_older_writer_left(store):
+    # a long run started before an upgrade still writes with its old views.sql: here, one without
+    # run_progress and with an older success_rate
+    with connect() as con:
+        con.execute("DROP VIEW run_progress")
+        con.execute("CREATE OR REPLACE VIEW success_rate AS SELECT 'old' AS family")
+    assert run_sql("SELECT count(*) AS runs FROM run_progress").to_pylist() == [{"runs": 0}]
+    assert run_sql("SELECT * FROM success_rate").to_pylist() == []  # the current definition, no trajectories
+    with connect(store, read_only=True) as con:  # and the stored views were left as they were
+        stored = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT temporary AND NOT internal"
+                             " AND view_name = 'run_progress'").fetchall()
+    assert stored == []

@@ -251,6 +251,16 @@ def test_cli_train_evaluate_plot(tmp_path):
     assert res.exit_code == 0 and "test_id" in res.output
     res = runner.invoke(app, ["plot", "cli", "--output", str(tmp_path / "p.png"), "--home", str(tmp_path)])
     assert res.exit_code == 0 and (tmp_path / "p.png").is_file()
+
+    # the store's views: where the run is, and each accuracy with the rows it is over (p=5: 15 train, 10 test)
+    with duckdb.connect(str(store_path(str(tmp_path))), read_only=True) as con:
+        progress = con.sql("SELECT run_id, status, step, test_id_acc FROM run_progress").fetchall()
+        acc = con.sql("SELECT split, acc, n, stderr FROM split_accuracy WHERE step = 30 ORDER BY split").fetchall()
+        stored = dict(con.sql("SELECT name, value FROM metrics WHERE step = 30 AND name LIKE '%/acc'").fetchall())
+    assert progress == [("cli", "finished", 30, stored["test_id/acc"])]
+    assert [(split, a, n) for split, a, n, _ in acc] == [("test_id", stored["test_id/acc"], 10),
+                                                         ("train", stored["train/acc"], 15)]
+    assert all(se == pytest.approx((a * (1 - a) / n) ** 0.5) for _, a, n, se in acc)
     res = runner.invoke(app, ["train", "--home", str(tmp_path), "lr=fast"])
     assert res.exit_code == 2 and "lr must be a number" in res.output
 

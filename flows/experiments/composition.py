@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import Any
 
-from agents.tasks import get_family
+from agents.tasks import SPLITS, get_family
 from diffusion.config import config_from_dict
 from diffusion.model import parameter_count, shared_width
 from diffusion.train import TrainConfig
@@ -33,16 +33,21 @@ from storage.home import runs_dir
 # AR transformer with one block applied num_layers times, widened to the same parameter count
 # (diffusion.model.shared_width): the cross-layer sharing Wang et al. 2024 point at for OOD composition;
 # "ar-1layer": that block applied once (the same parameters and width, one layer deep), which separates
-# what sharing does from what the wider block does.
+# what sharing does from what the wider block does. "ar-wide" (run only when named: 4x the parameters,
+# off the equal-parameter grid): num_layers unshared blocks at the shared block's width, the same
+# compute per step as ar-shared, which separates sharing from width.
 COMPOSITION_ARMS: dict[str, dict[str, Any]] = {
     "ar": {"objective": "ar"},
     "mdm": {"objective": "mdm", "mdm_estimator": "count"},
     "mdm-full": {"objective": "mdm", "mdm_estimator": "count", "full_sequence": True},
     "ar-shared": {"objective": "ar", "share_layers": True},
     "ar-1layer": {"objective": "ar", "num_layers": 1},
+    "ar-wide": {"objective": "ar"},
 }
-# the arms of one block, widened to the others' parameter count
-ONE_BLOCK_ARMS = ("ar-shared", "ar-1layer")
+# the arms at the width of one block widened to the others' parameter count
+SHARED_WIDTH_ARMS = ("ar-shared", "ar-1layer", "ar-wide")
+# the grid's arms (equal parameters); the others run when --arms names them
+DEFAULT_ARMS = ("ar", "mdm", "mdm-full", "ar-shared", "ar-1layer")
 # Optimisation of every arm (Wang et al. 2024: AdamW, weight decay 0.1, no Grokfast; lr 1e-3 for a
 # small model on a CPU). Runs stop `patience` steps after grokking once past 10 x T_mem, or at the cap
 # (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5); evals on the log
@@ -99,7 +104,7 @@ CPU_SIZE_REASON = (
     "groks within the cap at this size is what the runs below measure, not something a probe showed.")
 
 
-def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARMS),
+def composition_configs(size: Size, home: str | None, arms=DEFAULT_ARMS,
                         patience: int | None = None, worlds=None) -> list[tuple[str, str, Any]]:
     """(setting, arm, TrainConfig) of every run: setting by setting (two_hop first), then seed by seed,
     so a partial grid has whole seeds of the first setting; `worlds`: only these settings of the size.
@@ -118,7 +123,7 @@ def composition_configs(size: Size, home: str | None, arms=tuple(COMPOSITION_ARM
         for seed in range(size.seeds):
             for arm in arms:
                 overrides = {**settings, **COMPOSITION_ARMS[arm]}
-                if arm in ONE_BLOCK_ARMS:  # as many parameters as `settings`' layers, in one block
+                if arm in SHARED_WIDTH_ARMS:  # the width of `settings`' parameters in one block
                     overrides["hidden_size"] = _shared_width(family, world, settings)
                 params = {**world, "seed": seed}
                 tag = _digest({"family": family, "params": params, "train": overrides,
@@ -156,7 +161,7 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=tuple(COMPOSITION_ARMS),
+def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=DEFAULT_ARMS,
                 report_only: bool = False, patience: int | None = None,
                 worlds=None) -> tuple[list[dict], dict[str, str], str]:
     """Every (seed, setting, arm) run in turn (one process, one at a time: batching seeds is slower on
@@ -217,17 +222,18 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
     if not found:
         return None
     status, step, t_mem, t_grok, config = found[0]
-    series = metric_series(cfg.run_name, ["train_inferred/acc", "train/acc", "test_id/acc", "test_ood/acc", "step_time"],
-                     home)
+    series = metric_series(cfg.run_name, ["train_inferred/acc", "train/acc", "test_id/acc", "test_ood/acc", "step_time",
+                                          *(f"{split}/n" for split in SPLITS)], home)
     if not series.get("test_id/acc"):
         return None
     last = {name: points[-1][1] for name, points in series.items()}
     ood = series.get("test_ood/acc", [])
     best = max(ood, key=lambda p: p[1]) if ood else (None, None)
     at_grok = dict(ood).get(t_grok) if t_grok is not None else None
-    rows_file = runs_dir(home) / cfg.run_name / "eval_rows.json"
-    n_eval = ("/".join(str(len(v["rows"])) for v in json.loads(rows_file.read_text()).values())
-              if rows_file.is_file() else None)
+    counts = [int(series[f"{split}/n"][-1][1]) for split in SPLITS if series.get(f"{split}/n")]
+    rows_file = runs_dir(home) / cfg.run_name / "eval_rows.json"  # runs from before the store had counts
+    if not counts and rows_file.is_file():
+        counts = [len(v["rows"]) for v in json.loads(rows_file.read_text()).values()]
     return {"setting": setting, "arm": arm, "seed": cfg.seed, "run_id": cfg.run_name, "params": _parameters(cfg),
             "width": cfg.hidden_size, "status": status,
             "step": max(p[0] for p in series["test_id/acc"]), "until": _until(config_from_dict(json.loads(config))),
@@ -236,7 +242,7 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
             "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
             "test_id_acc": last.get("test_id/acc"), "test_ood_acc": last.get("test_ood/acc"),
             "best_ood_acc": best[1], "best_ood_step": best[0], "ood_at_t_grok": at_grok, "ood": dict(ood),
-            "n_eval": n_eval,
+            "n_eval": "/".join(map(str, counts)) or None,
             "train_min": _training_minutes(series.get("step_time", []), series["test_id/acc"])}
 
 
@@ -269,6 +275,16 @@ def ood_over_run(table: list[dict], steps: list[int]) -> list[dict]:
     return out
 
 
+def n_eval_range(counts: list[str | None]) -> str | None:
+    """Rows evaluated per split over an arm's runs, from theirs ("1000/1000/741", ...): "1000/1000/668-741"
+    (each seed is its own world, so its OOD split has its own size); None when no run has counts."""
+    known = [[int(n) for n in c.split("/")] for c in counts if c]
+    if not known:
+        return None
+    spans = [(min(col), max(col)) for col in zip(*known, strict=True)]
+    return "/".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in spans)
+
+
 def composition_summary(table: list[dict]) -> list[dict]:
     """Per (setting, arm): mean ± std of each measure over its runs, and how many finished / grokked."""
     out = []
@@ -283,5 +299,6 @@ def composition_summary(table: list[dict]) -> list[dict]:
                     **{k: mean_std_n([r[k] for r in group]) for k in
                        ("t_mem", "t_grok", "delay", "train_inferred_acc", "test_id_acc", "test_ood_acc",
                         "best_ood_acc", "ood_at_t_grok")},
-                    "n_eval": group[0]["n_eval"], "train_min": sum(r["train_min"] for r in group)})
+                    "n_eval": n_eval_range([r["n_eval"] for r in group]),
+                    "train_min": sum(r["train_min"] for r in group)})
     return out

@@ -108,3 +108,32 @@ FROM steps s
 JOIN trajectories t USING (trajectory_id)
 GROUP BY ALL
 ORDER BY day DESC NULLS LAST, t.agent_id, model;
+
+-- Runs: where each run is -- its latest evaluation's verified accuracy per split, T_mem and T_grok.
+-- What a long run shows while it goes on (`grokloop sql "SELECT * FROM run_progress"`).
+CREATE OR REPLACE VIEW run_progress AS
+WITH latest AS (
+    SELECT run_id, max(step) AS step FROM metrics WHERE name = 'test_id/acc' GROUP BY run_id
+)
+SELECT r.run_id, r.objective, r.status, l.step, r.t_mem, r.t_grok,
+       max(m.value) FILTER (WHERE m.name = 'train/acc')    AS train_acc,
+       max(m.value) FILTER (WHERE m.name = 'test_id/acc')  AS test_id_acc,
+       max(m.value) FILTER (WHERE m.name = 'test_ood/acc') AS test_ood_acc,
+       r.updated_at
+FROM runs r
+LEFT JOIN latest l USING (run_id)
+LEFT JOIN metrics m ON m.run_id = r.run_id AND m.step = l.step
+GROUP BY ALL
+ORDER BY r.updated_at DESC, r.run_id;
+
+-- Runs: verified accuracy per run, evaluation and split, with the rows it is over and its binomial
+-- standard error (whether OOD at 3% is above a chance of 2.5% is a question of n). n is NULL for
+-- runs recorded before evaluations stored their counts.
+CREATE OR REPLACE VIEW split_accuracy AS
+SELECT a.run_id, a.step, split_part(a.name, '/', 1) AS split, a.value AS acc,
+       n.value::INTEGER                               AS n,
+       sqrt(a.value * (1 - a.value) / n.value)        AS stderr
+FROM metrics a
+LEFT JOIN metrics n ON n.run_id = a.run_id AND n.step = a.step AND n.name = split_part(a.name, '/', 1) || '/n'
+WHERE a.name IN ('train/acc', 'test_id/acc', 'test_ood/acc')
+ORDER BY a.run_id, a.step, split;
