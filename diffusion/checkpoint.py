@@ -28,6 +28,7 @@ import random
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +108,18 @@ def load_training_checkpoint(path: Path | str, model: torch.nn.Module, optimizer
 
 
 def checkpoint_info(cfg: TrainConfig, step: int) -> dict:
-    """What a checkpoint is (grokloop.json); a snapshot names its family: checkpoints rebuild that tokenizer."""
+    """What a checkpoint is (grokloop.json); a snapshot names its family: checkpoints rebuild that tokenizer.
+    `saved_at` also makes each writing of a step a new version of the file: a machine's local copy of a
+    shared checkpoint is keyed on it (storage/shared.py `local_copy`), and a step written again by a
+    rerun, or by other code, must not be read from the copy of the earlier one."""
     family, family_params, dataset_id = cfg.family, cfg.family_params, None
     if cfg.dataset:
         snap = read_snapshot_meta(cfg.dataset)
         dataset_id, family, family_params = snap["dataset_id"], snap["family"], snap["family_params"]
     return {"run_id": cfg.run_id, "step": step, "objective": cfg.objective, "family": family,
             "family_params": family_params, "dataset": cfg.dataset, "dataset_id": dataset_id,
-            "sampler_steps": cfg.sampler_steps, "sampler_threshold": cfg.sampler_threshold}
+            "sampler_steps": cfg.sampler_steps, "sampler_threshold": cfg.sampler_threshold,
+            "saved_at": datetime.now(UTC).isoformat()}
 
 
 def save_checkpoint(run_dir: Path | str, step: int, model: torch.nn.Module, state: dict, meta: dict,

@@ -95,7 +95,9 @@ def local_copy(url: str, complete: str) -> Path:
     """A published directory (a checkpoint, an export) as a local one: fetched into this machine's
     temporary directory once `complete` (the file published last) is there, and reused while that
     file is the same object (its checksum is in the copy's name: a re-published one is fetched anew,
-    and the copies of its earlier versions are removed, so the cache holds one copy per URL)."""
+    and the copies of its earlier versions are removed, so the cache holds one copy per URL). So
+    `complete` must differ between versions (a checkpoint's grokloop.json says when it was saved):
+    S3's checksum is the object's content hash, and the same bytes republished are the same version."""
     marker = join(url, complete)
     fs, path = _fs(marker)
     fs.invalidate_cache(path)

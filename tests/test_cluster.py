@@ -213,6 +213,39 @@ def test_a_run_whose_worker_dies_resumes_on_the_other_from_its_checkpoint(cluste
     assert _runs(tmp_path / "dask") == _runs(tmp_path / "ref")
 
 
+def test_a_step_written_again_on_s3_is_read_anew_not_from_the_local_copy_of_the_earlier_one(s3, tmp_path,
+                                                                                              one_thread, monkeypatch):
+    """S3's checksum is the object's content hash. A run's prefix emptied and the run trained again by
+    other code (as a later test session reusing a bucket path did): its step_20 must not be read from
+    this machine's copy of the earlier step_20. grokloop.json, which keys the copy, says when it was saved."""
+    from diffusion import train as train_module
+    from diffusion.checkpoint import local_checkpoint
+
+    cfg = tiny(tmp_path / "here", "again", max_steps=20, shared_home=f"{s3}/{tmp_path.name}")
+    train_module.train(cfg)
+    run_url = f"{cfg.shared_home}/runs/again"
+    step_20 = f"{run_url}/checkpoints/step_20"
+    earlier = local_checkpoint(step_20)
+    earlier_state = (earlier / "state.pt").read_bytes()
+    shared.remove(run_url)
+
+    initial_model = train_module.initial_model
+
+    def other_code(*args, **kw):  # the same config, other weights
+        model = initial_model(*args, **kw)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        return model
+
+    monkeypatch.setattr(train_module, "initial_model", other_code)
+    train_module.train(dataclasses.replace(cfg, home=str(tmp_path / "elsewhere")))  # the same run, other machine
+    now = local_checkpoint(step_20)
+    assert shared.read_bytes(f"{step_20}/state.pt") != earlier_state
+    for name in shared.children(step_20):
+        assert (now / name).read_bytes() == shared.read_bytes(f"{step_20}/{name}"), name
+
+
 def test_a_sweep_on_a_local_ray_records_the_runs_the_local_sweep_does(tmp_path, one_thread):
     """runner=ray: a Ray instance started for the sweep (2 CPUs, so both runs at once, each in a Ray
     worker process), through prefect-ray; the same runs as made here, one after the other."""
