@@ -186,8 +186,8 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=DEFAU
                                       "best_ood_step", "ood_at_t_grok", "n_eval", "train_min"])
     first = plan[0][2]
     equal = ("at equal parameters, data and steps" if "ar-wide" not in arms else
-             f"at equal data and steps and, but for `ar-wide` ({first.num_layers} unshared blocks at `ar-shared`'s "
-             "width: ~4x the parameters, the same compute per step), equal parameters")
+             f"at equal data and steps (and parameters, but for `ar-wide`: {first.num_layers} unshared blocks at "
+             "`ar-shared`'s width, ~4x the parameters, the same compute per step)")
     notes = (f"{size.seeds} seed(s) per arm (seed s: world seed s and init seed s), arms {', '.join(arms)} "
              f"{equal}: {first.num_layers} layers, width {first.hidden_size} "
              f"(`ar-shared`: one block applied {first.num_layers} times, widened to the same parameter "
