@@ -47,7 +47,8 @@ COMPOSITION_ARMS: dict[str, dict[str, Any]] = {
 # the arms at the width of one block widened to the others' parameter count
 SHARED_WIDTH_ARMS = ("ar-shared", "ar-1layer", "ar-wide")
 # the grid's arms (equal parameters); the others run when --arms names them
-DEFAULT_ARMS = ("ar", "mdm", "mdm-full", "ar-shared", "ar-1layer")
+OFF_GRID_ARMS = ("ar-wide",)
+DEFAULT_ARMS = tuple(arm for arm in COMPOSITION_ARMS if arm not in OFF_GRID_ARMS)
 # Optimisation of every arm (Wang et al. 2024: AdamW, weight decay 0.1, no Grokfast; lr 1e-3 for a
 # small model on a CPU). Runs stop `patience` steps after grokking once past 10 x T_mem, or at the cap
 # (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5); evals on the log
@@ -185,7 +186,7 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=DEFAU
                                       "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
                                       "best_ood_step", "ood_at_t_grok", "n_eval", "train_min"])
     first = plan[0][2]
-    equal = ("at equal parameters, data and steps" if "ar-wide" not in arms else
+    equal = ("at equal parameters, data and steps" if not set(arms) & set(OFF_GRID_ARMS) else
              f"at equal data and steps (and parameters, but for `ar-wide`: {first.num_layers} unshared blocks at "
              "`ar-shared`'s width, ~4x the parameters, the same compute per step)")
     notes = (f"{size.seeds} seed(s) per arm (seed s: world seed s and init seed s), arms {', '.join(arms)} "
