@@ -40,6 +40,7 @@ from diffusion.data import BatchSampler, EncodedSplit, eval_rows, read_snapshot_
 from diffusion.model import Denoiser, GrokfastRefDecoder, load_pretrained
 from storage import shared
 from storage.home import is_url, runs_dir
+from storage.runs import last_stored_step
 
 
 def new_accum() -> dict:
@@ -232,6 +233,19 @@ def has_checkpoint(cfg: TrainConfig) -> bool:
     if run_id and cfg.shared_home:
         return shared.exists(shared.join(run_location(cfg, Path()), "latest"))
     return bool(run_id) and (runs_dir(cfg.home) / run_id / "latest").is_file()
+
+
+def imported_step(cfg: TrainConfig) -> int | None:
+    """The step the store has the run's evaluations to, when the run has no directory here (nor at
+    shared_home): it was trained elsewhere and only its numbers came (`grokloop import-runs`). Such a
+    run cannot be continued here, and training it would start again from step 0 over its stored
+    curve. None for a run this machine can train or continue."""
+    run_id = run_id_of(cfg)
+    if not run_id or (runs_dir(cfg.home) / run_id / "config.json").is_file():
+        return None
+    if cfg.shared_home and shared.exists(shared.join(run_location(cfg, Path()), "config.json")):
+        return None
+    return last_stored_step(cfg.home, run_id)
 
 
 def resolve_checkpoint(ref: str | Path, home: str | Path | None = None) -> Path | str:

@@ -6,7 +6,8 @@
 
 Train is solid, test ID dashed, test OOD dotted; each run has its own colour. T_mem (train accuracy
 first >= 99%) and T_grok (test ID first >= 95%) are vertical lines where the run reached them, so the
-delay between memorising and generalising is the gap between the two. The step axis is logarithmic
+delay between memorising and generalising is the gap between the two; with up to four runs in a
+panel their steps are written above it, a row per run in its colour. The step axis is logarithmic
 when the run evaluated on the log schedule (`eval_schedule=log`: points where a log axis is wide) and
 linear otherwise (evenly spaced evals drawn on a log axis are one straight line over the first decade).
 """
@@ -100,6 +101,7 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
     for ax, title in zip(axes.flat, titles, strict=False):
         panel = in_panel[title]
         log_axis = any(r.log_axis for r in panel)
+        marks = []  # (T_mem / T_grok text, colour) of each run that reached one
         for i, run in enumerate(panel):
             color = colors[(run.seed if by_seed[title] else i) % len(colors)]
             for name, style in curves.items():
@@ -109,18 +111,21 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
                         xs, ys = zip(*[(x, y) for x, y in zip(xs, ys, strict=True) if x > 0], strict=True)
                     label = f"{name.removesuffix('/acc')} {run.run_id}" if not by_seed[title] else f"seed {run.seed}"
                     ax.plot(xs, ys, style, color=color, label=label)
-            for label, at, line in (("T_mem", run.t_mem, ":"), ("T_grok", run.t_grok, "-")):
+            for at, line in ((run.t_mem, ":"), (run.t_grok, "-")):
                 if at is not None:
-                    x = run.offset + max(at, 1 if log_axis else 0)
-                    ax.axvline(x, color=color, linestyle=line, alpha=0.6, linewidth=1.2)
-                    if len(panel) > 2:  # many runs: their labels would overlap; the lines stay
-                        continue
-                    # above the frame, where no curve can hide it
-                    ax.annotate(f"{label} {at}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2),
-                                textcoords="offset points", ha="center", va="bottom", fontsize=8, color=color)
+                    ax.axvline(run.offset + max(at, 1 if log_axis else 0), color=color, linestyle=line, alpha=0.6,
+                               linewidth=1.2)
+            if run.t_mem is not None or run.t_grok is not None:
+                marks.append((f"T_mem {_step(run.t_mem)} · T_grok {_step(run.t_grok)}", color))
+        if len(marks) > 4:  # many runs: their lines stay, the text would crowd the title
+            marks = []
+        # above the frame, one row a run (runs often reach them at the same or nearby steps)
+        for row, (text, color) in enumerate(marks):
+            ax.annotate(text, (0.0, 1.0), xycoords="axes fraction", xytext=(2, 2 + 10 * (len(marks) - 1 - row)),
+                        textcoords="offset points", ha="left", va="bottom", fontsize=8, color=color)
         if log_axis:
             ax.set_xscale("log")
-        ax.set_title(title, pad=16)
+        ax.set_title(title, pad=6 + 10 * len(marks))
         ax.set_xlabel("optimization step" + (" (log)" if log_axis else ""))
         ax.set_ylabel("accuracy (task verifier)")
         if ylim is not None:
@@ -138,6 +143,10 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
     fig.suptitle(", ".join(f"{n.removesuffix('/acc')} {STYLE_NAMES.get(curves[n], curves[n])}" for n in drawn)
                  + "\nvertical lines: T_mem dotted, T_grok solid", fontsize=9)
     return fig
+
+
+def _step(at: int | None) -> str:
+    return "—" if at is None else f"{at:,}"
 
 
 def _solid(line):

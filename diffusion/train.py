@@ -40,6 +40,7 @@ from diffusion import distributed
 from diffusion.checkpoint import (
     TrainState,
     has_checkpoint,
+    imported_step,
     latest_checkpoint,
     load_model,
     load_training_checkpoint,
@@ -107,6 +108,11 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
     if procs.is_main and not resume and (run_dir / "config.json").exists():
         raise FileExistsError(f"run {cfg.run_id!r} already exists at {run_dir}; "
                               f"resume it (grokloop train --resume {cfg.run_id}) or pick another run_name")
+    if procs.is_main and (stored := imported_step(cfg)) is not None:
+        raise FileNotFoundError(f"run {cfg.run_id!r} is in the store to step {stored:,}, but its directory and "
+                                f"checkpoints are not under {home} (it was trained elsewhere and imported): it "
+                                "cannot be continued here; continue it where its checkpoints are, or pick "
+                                "another run_name")
     # a log gets whole lines, a progress line every 10 s; only rank 0 prints
     console = output_console(quiet=not (cfg.progress and procs.is_main))
 

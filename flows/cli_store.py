@@ -171,14 +171,16 @@ def import_runs_command(
     home: str = HOME,
 ) -> None:
     """Put the runs of a results page's Parquet file (and every metric they recorded) in the store,
-    so that `grokloop experiment NAME --report-only` and `grokloop plot` read them again."""
+    so that `grokloop experiment NAME --report-only` and `grokloop plot` read them again. Their
+    weights are not in the file: an experiment run here reports them and does not train them on."""
     if not path.is_file():
         raise typer.BadParameter(f"{path}: no such file", param_hint="PATH")
     try:
         n = import_runs(home, path)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="PATH") from e
-    console.print(f"imported {n} run(s) from {path} into {store_location(home)}")
+    console.print(f"imported {n} run(s) from {path} into {store_location(home)} (numbers only: their checkpoints "
+                  "stay where they were trained, so they are reported here, not trained on)")
 
 
 @app.command()

@@ -68,6 +68,15 @@ def stored_metrics(home, run_id: str, step: int) -> dict[str, float]:
     return found
 
 
+def last_stored_step(home, run_id: str) -> int | None:
+    """The last step the store has an evaluation of `run_id` at (None: none, or no store yet)."""
+    store = store_location(home)
+    if isinstance(store, Path) and not store.is_file():
+        return None
+    with open_store(store, read_only=True, timeout=WRITE_TIMEOUT) as con:
+        return con.execute(_SQL["select_last_step"], [run_id]).fetchone()[0]
+
+
 def flush_pending(con: duckdb.DuckDBPyConnection, home=None) -> int:
     """Write every run's pending records to the store (one transaction), then remove their files.
     Returns how many files."""

@@ -17,7 +17,9 @@ import pytest
 from flows.experiments import HAND_WRITTEN, run_experiment
 from flows.experiments.composition import (
     COMPOSITION_SIZES,
+    DEFAULT_ARMS,
     composition_configs,
+    composition_notes,
     n_eval_range,
     ood_milestones,
     ood_over_run,
@@ -104,6 +106,20 @@ def test_a_world_can_be_run_alone_under_the_same_run_names():
     assert {c.family_params["phi"] for _, _, c in published} == {18.0}
 
 
+def test_the_page_describes_the_arms_it_ran_and_no_others():
+    size = COMPOSITION_SIZES["full"]
+    wide = composition_notes(size, composition_configs(size, None, ["ar-wide"], worlds=["two_hop"]), ["ar-wide"],
+                             ["two_hop"])
+    assert "arms at equal data and steps (and parameters, but for `ar-wide`): `ar-wide` = AR with unshared " \
+           "blocks at `ar-shared`'s width: ~4x the parameters, the same compute per step (4 layers of width 128)." \
+           in wide
+    assert not re.search(r"`(ar|mdm|mdm-full|ar-shared|ar-1layer)` =|programs", wide)
+    grid = composition_notes(size, composition_configs(size, None), DEFAULT_ARMS)
+    assert "arms at equal parameters, data and steps: `ar` = the autoregressive transformer (4 layers of width 64)" \
+           in grid and "(one block of width 128 applied 4 times)" in grid and "`programs` = programs" in grid
+    assert all(f"`{arm}` = " in grid for arm in DEFAULT_ARMS) and "`ar-wide` =" not in grid
+
+
 def test_a_bad_arm_or_size_is_named():
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['diffusion'\]"):
         composition_configs(COMPOSITION_SIZES["quick"], home=None, arms=["diffusion"])
@@ -174,6 +190,29 @@ def test_an_interrupted_grid_continues_each_run_from_its_checkpoint(tmp_path, mo
                               report_only=True, **ARGS)
     assert restored["table"] == again["table"]
     assert all(r["n_eval"] and len(r["n_eval"].split("/")) == 3 for r in restored["table"])
+
+    # trained there with a higher cap, the imported runs (numbers, no checkpoints) are left as the store
+    # has them, not started again from step 0 over their curves; `grokloop train` on one says why
+    stored = _store_contents(fresh)
+    calls.clear()
+    longer = run_experiment("composition", out_dir=tmp_path / "restored", home=str(fresh), patience=0,
+                            **{**ARGS, "max_steps": 2 * ARGS["max_steps"]})
+    assert calls == [] and _store_contents(fresh) == stored and not list(fresh.glob("runs/*"))
+    assert [(r["status"], r["step"], r["test_ood_acc"]) for r in longer["table"]] == \
+        [(r["status"], r["step"], r["test_ood_acc"]) for r in again["table"]]
+    extend = dataclasses.replace(plan[0][2], home=str(fresh), max_steps=2 * ARGS["max_steps"])
+    with pytest.raises(FileNotFoundError, match=f"run '{first_run}' is in the store to step 200, but its "
+                                                "directory and checkpoints are not under"):
+        real_train(extend, resume=True)
+    assert _store_contents(fresh) == stored and not list(fresh.glob("runs/*"))
+
+
+def _store_contents(home: Path) -> tuple[list, list]:
+    import duckdb
+
+    with duckdb.connect(str(home / "store.duckdb"), read_only=True) as con:
+        return (con.execute("SELECT run_id, status, final_step, t_mem, t_grok FROM runs ORDER BY run_id").fetchall(),
+                con.execute("SELECT run_id, step, name, value FROM metrics ORDER BY ALL").fetchall())
 
 
 @pytest.mark.parametrize(("args", "message"), [

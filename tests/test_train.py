@@ -293,8 +293,8 @@ def test_grokking_figure_has_a_panel_per_family_with_t_mem_and_t_grok_marked():
     assert (modular.get_xscale(), two_hop.get_xscale()) == ("log", "linear")
     assert min(modular.lines[0].get_xdata()) == 1  # step 0 dropped on the log axis, kept on the linear one
     assert min(two_hop.lines[0].get_xdata()) == 0
-    assert [t.get_text() for t in modular.texts] == ["T_mem 10", "T_grok 1000"]
-    assert [t.get_text() for t in two_hop.texts] == ["T_mem 100"]
+    assert [t.get_text() for t in modular.texts] == ["T_mem 10 · T_grok 1,000"]
+    assert [t.get_text() for t in two_hop.texts] == ["T_mem 100 · T_grok —"]
     styles = {line.get_label().split()[0]: line.get_linestyle() for line in modular.lines if line.get_label()[0] != "_"}
     assert styles == {"train": "-", "test_id": "--"}
 
@@ -315,6 +315,10 @@ def test_named_panels_hold_every_seed_of_a_group_each_seed_one_colour():
     assert len({(line.get_label(), line.get_color()) for line in curves}) == 2  # a seed, one colour in both panels
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["seed 0", "seed 1"]
     assert twice.get_legend() is None and twice.lines[0].get_label() == "seed 1"
+    # seeds that reach T_mem and T_grok at the same steps: a row each above the panel, not one on another
+    assert [t.get_text() for t in ar.texts] == ["T_mem 10 · T_grok 100"] * 2
+    assert len({t.xyann for t in ar.texts}) == 2 and [t.get_color() for t in ar.texts] == \
+        [line.get_color() for line in ar.lines if line.get_label() in ("seed 0", "seed 1")][::2]
 
 
 def test_a_fitted_accuracy_axis_shows_a_curve_near_chance():

@@ -10,6 +10,8 @@ from typing import Any
 
 from rich.console import Console
 
+from diffusion.checkpoint import imported_step
+from diffusion.config import run_id_of
 from flows.flows import train_seeds_task, train_task
 from flows.runners import Runner, fan_out
 from storage.home import store_location
@@ -40,8 +42,21 @@ def train_sweep(groups: list[list], runner: Runner = LOCAL) -> list[list]:
 
 def train_runs(cfgs: list, runner: Runner = LOCAL) -> list[dict[str, Any]]:
     """Train (or resume) every run of a sweep: in turn here, or side by side on a cluster's workers
-    (`runner`, flows/runners.py). Results in `cfgs`' order, as `steps.train` returns them."""
-    return fan_out(runner, train_task, [(cfg,) for cfg in cfgs], name="sweep")
+    (`runner`, flows/runners.py). Results in `cfgs`' order, as `steps.train` returns them, less the
+    runs that were trained elsewhere and imported (`imported_step`): those stay as the store has them."""
+    return fan_out(runner, train_task, [(cfg,) for cfg in trainable_here(cfgs)], name="sweep")
+
+
+def trainable_here(cfgs: list) -> list:
+    """The runs this machine can train or continue; a line for each one it leaves as imported."""
+    keep = []
+    for cfg in cfgs:
+        if (step := imported_step(cfg)) is None:
+            keep.append(cfg)
+        else:
+            console.print(f"[sweep] {run_id_of(cfg)}: imported (in the store to step {step:,}, its checkpoints "
+                          "are elsewhere): reported as stored, not trained")
+    return keep
 
 
 def metric_series(run_id: str, names: list[str], home: str | None) -> dict[str, list[tuple[int, float]]]:

@@ -105,6 +105,60 @@ CPU_SIZE_REASON = (
     "groks within the cap at this size is what the runs below measure, not something a probe showed.")
 
 
+# What each arm is, for the page (its depth and width come from its config).
+ARM_ROLES = {
+    "ar": "the autoregressive transformer",
+    "mdm": "masked diffusion on the answer given the prompt, `count` estimator",
+    "mdm-full": "masked diffusion, the ELBO over the whole sequence",
+    "ar-shared": "AR whose layers share one block, widened to AR's parameter count",
+    "ar-1layer": "`ar-shared`'s block applied once",
+    "ar-wide": "AR with unshared blocks at `ar-shared`'s width: ~4x the parameters, the same compute per step",
+}
+
+
+def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
+    """What the page's runs are: seeds, each arm as run, the worlds, when a run stops, what each
+    column measures."""
+    first = plan[0][2]
+    off_grid = [f"`{arm}`" for arm in arms if arm in OFF_GRID_ARMS]
+    equal = (f"at equal data and steps (and parameters, but for {', '.join(off_grid)})" if off_grid else
+             "at equal parameters, data and steps")
+    notes = (f"{size.seeds} seed(s) per arm (seed s: world seed s and init seed s), arms {equal}: "
+             + "; ".join(_arm_line(arm, cfg) for arm, cfg in _first_of_each_arm(plan).items())
+             + f". Batch {first.batch_size}, AdamW lr {first.lr:g}, weight decay {first.weight_decay:g}, no "
+             "Grokfast. Worlds: "
+             + "; ".join(f"`{n}` = {fam} {world}" for n, (fam, world) in size.params.items()
+                         if not worlds or n in worlds)
+             + f". Step cap {size.max_steps}; " + (
+                 f"a run stops {first.patience} steps after T_grok once past {first.mem_multiple:g} x T_mem"
+                 if first.patience else "every run goes on to the cap (`--patience 0`: no stopping rule)")
+             + " (`until`, per run: what ends it as it was last run, `rule, cap N` or `cap N` alone with `--patience 0`; "
+             "`steps`, per arm: how far its runs went). Accuracy is the task's verifier on the decoded answer, on a "
+             "seeded sample of each split fixed for the run (`n_eval`: train / test_id / test_ood rows). "
+             "T_mem: first eval with train accuracy >= 0.99 (two_hop: on the inferred train facts); "
+             "T_grok: first eval with test_id accuracy >= 0.95 (— = never, within the steps run); `delay`: "
+             "T_grok - T_mem (negative: in-distribution accuracy got there first). "
+             "ID = held-out compositions of seen pieces; OOD = compositions of atomic facts / primitive "
+             "pairs never seen composed in training. best OOD is over every evaluation of the run. `train_min`: "
+             "minutes of optimisation steps on this CPU (the summary: all of an arm's runs together).")
+    if size.params.get("two_hop") == COMPOSITION_SIZES["full"].params["two_hop"]:
+        notes += "\n\n" + CPU_SIZE_REASON
+    return notes
+
+
+def _arm_line(arm: str, cfg: TrainConfig) -> str:
+    shape = (f"one block of width {cfg.hidden_size} applied {cfg.num_layers} times" if cfg.share_layers
+             else f"{cfg.num_layers} layer{'s' * (cfg.num_layers > 1)} of width {cfg.hidden_size}")
+    return f"`{arm}` = {ARM_ROLES[arm]} ({shape})"
+
+
+def _first_of_each_arm(plan: list) -> dict[str, TrainConfig]:
+    first: dict[str, TrainConfig] = {}
+    for _, arm, cfg in plan:
+        first.setdefault(arm, cfg)
+    return first
+
+
 def composition_configs(size: Size, home: str | None, arms=DEFAULT_ARMS,
                         patience: int | None = None, worlds=None) -> list[tuple[str, str, Any]]:
     """(setting, arm, TrainConfig) of every run: setting by setting (two_hop first), then seed by seed,
@@ -185,31 +239,7 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=DEFAU
     per_run = markdown_table(table, ["setting", "arm", "seed", "status", "step", "until", "t_mem", "t_grok", "delay",
                                       "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
                                       "best_ood_step", "ood_at_t_grok", "n_eval", "train_min"])
-    first = plan[0][2]
-    equal = ("at equal parameters, data and steps" if not set(arms) & set(OFF_GRID_ARMS) else
-             f"at equal data and steps (and parameters, but for `ar-wide`: {first.num_layers} unshared blocks at "
-             "`ar-shared`'s width, ~4x the parameters, the same compute per step)")
-    notes = (f"{size.seeds} seed(s) per arm (seed s: world seed s and init seed s), arms {', '.join(arms)} "
-             f"{equal}: {first.num_layers} layers, width {first.hidden_size} "
-             f"(`ar-shared`: one block applied {first.num_layers} times, widened to the same parameter "
-             f"count; `ar-1layer`: that block applied once), batch {first.batch_size}, AdamW lr {first.lr:g}, "
-             f"weight decay {first.weight_decay:g}, no Grokfast; masked diffusion with the `count` estimator. Worlds: "
-             + "; ".join(f"`{n}` = {fam} {world}" for n, (fam, world) in size.params.items()
-                         if not worlds or n in worlds)
-             + f". Step cap {size.max_steps}; " + (
-                 f"a run stops {first.patience} steps after T_grok once past {first.mem_multiple:g} x T_mem"
-                 if first.patience else "every run goes on to the cap (`--patience 0`: no stopping rule)")
-             + " (`until`, per run: what ends it as it was last run, `rule, cap N` or `cap N` alone with `--patience 0`; "
-             "`steps`, per arm: how far its runs went). Accuracy is the task's verifier on the decoded answer, on a "
-             "seeded sample of each split fixed for the run (`n_eval`: train / test_id / test_ood rows). "
-             "T_mem: first eval with train accuracy >= 0.99 (two_hop: on the inferred train facts); "
-             "T_grok: first eval with test_id accuracy >= 0.95 (— = never, within the steps run); `delay`: "
-             "T_grok - T_mem (negative: in-distribution accuracy got there first). "
-             "ID = held-out compositions of seen pieces; OOD = compositions of atomic facts / primitive "
-             "pairs never seen composed in training. best OOD is over every evaluation of the run. `train_min`: "
-             "minutes of optimisation steps on this CPU (the summary: all of an arm's runs together).")
-    if size.params.get("two_hop") == COMPOSITION_SIZES["full"].params["two_hop"]:
-        notes += "\n\n" + CPU_SIZE_REASON
+    notes = composition_notes(size, plan, arms, worlds)
     milestones = ood_milestones(size.max_steps, size.eval_every)
     over_run = markdown_table(ood_over_run(table, milestones), ["setting", "arm", *map(str, milestones)])
     body = "\n".join(["Mean ± std over seeds (n = runs; T_mem / T_grok over the runs that reached them):", "",

@@ -35,6 +35,9 @@ ON evaluations.run_id = r.run_id AND evaluations.step = r.step AND evaluations.f
 WHEN MATCHED THEN UPDATE SET n = r.n, accuracy = r.accuracy, sampler = r.sampler
 WHEN NOT MATCHED THEN INSERT BY NAME;
 
+-- name: select_last_step
+SELECT max(step) FROM metrics WHERE run_id = ?;
+
 -- name: select_metrics
 SELECT name, value FROM metrics WHERE run_id = ? AND step = ?;
 
