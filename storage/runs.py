@@ -69,11 +69,12 @@ def stored_metrics(home, run_id: str, step: int) -> dict[str, float]:
 
 
 def last_stored_step(home, run_id: str) -> int | None:
-    """The last step the store has an evaluation of `run_id` at (None: none, or no store yet)."""
+    """The last step the store has an evaluation of `run_id` at (None: none, or no store yet). A busy
+    store is waited for (FINAL_TIMEOUT): what is asked decides whether a run may write over a curve."""
     store = store_location(home)
     if isinstance(store, Path) and not store.is_file():
         return None
-    with open_store(store, read_only=True, timeout=WRITE_TIMEOUT) as con:
+    with open_store(store, read_only=True, timeout=FINAL_TIMEOUT) as con:
         return con.execute(_SQL["select_last_step"], [run_id]).fetchone()[0]
 
 
