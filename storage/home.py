@@ -62,3 +62,10 @@ def datasets_dir(home: str | os.PathLike | None = None) -> Path:
 
 def runs_dir(home: str | os.PathLike | None = None) -> Path:
     return grokloop_home(home) / "runs"
+
+
+def has_store(home=None) -> bool:
+    """Whether there is a store to read: the embedded file exists, or $GROKLOOP_STORE names a
+    shared one (storage/lake.py)."""
+    store = store_location(home)
+    return not isinstance(store, Path) or store.is_file()

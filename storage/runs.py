@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage import lake
-from storage.home import runs_dir, store_location
+from storage.home import has_store, runs_dir, store_location
 from storage.store import StoreLocked, connect, open_store, sql_blocks
 
 WRITE_TIMEOUT = 5.0     # a run's write waits this long for the store, then waits as a file instead
@@ -71,10 +71,9 @@ def stored_metrics(home, run_id: str, step: int) -> dict[str, float]:
 def last_stored_step(home, run_id: str) -> int | None:
     """The last step the store has an evaluation of `run_id` at (None: none, or no store yet). A busy
     store is waited for (FINAL_TIMEOUT): what is asked decides whether a run may write over a curve."""
-    store = store_location(home)
-    if isinstance(store, Path) and not store.is_file():
+    if not has_store(home):
         return None
-    with open_store(store, read_only=True, timeout=FINAL_TIMEOUT) as con:
+    with open_store(store_location(home), read_only=True, timeout=FINAL_TIMEOUT) as con:
         return con.execute(_SQL["select_last_step"], [run_id]).fetchone()[0]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -14,7 +13,7 @@ from diffusion.checkpoint import imported_step
 from diffusion.config import run_id_of
 from flows.flows import train_seeds_task, train_task
 from flows.runners import Runner, fan_out
-from storage.home import store_location
+from storage.home import has_store, store_location
 from storage.store import open_store
 
 console = Console()
@@ -71,13 +70,6 @@ def metric_series(run_id: str, names: list[str], home: str | None) -> dict[str, 
 def query(sql: str, params: list, home: str | None) -> list[tuple]:
     with open_store(store_location(home), read_only=True) as con:
         return con.execute(sql, params).fetchall()
-
-
-def has_store(home: str | None) -> bool:
-    """Whether there is a store to read: the embedded file exists, or $GROKLOOP_STORE names a
-    shared one (storage/lake.py)."""
-    store = store_location(home)
-    return not isinstance(store, Path) or store.is_file()
 
 
 def run_status(run_id: str, home: str | None) -> str | None:
