@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from diffusion import distributed
 from diffusion.checkpoint import (
     checkpoint_info,
     latest_checkpoint,
@@ -105,10 +106,7 @@ class Run:
 
 def training_device(cfg: TrainConfig) -> torch.device:
     """Where cfg's runs train (`device`: cpu, cuda, or auto: cuda when there is one)."""
-    use_cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device=cuda, but torch sees no GPU here (device=cpu or auto trains without one)")
-    return torch.device("cuda" if use_cuda else "cpu")
+    return torch.device("cuda" if distributed.uses_cuda(cfg.device) else "cpu")
 
 
 def batching_pays(cfg: TrainConfig) -> bool:

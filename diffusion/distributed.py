@@ -100,6 +100,13 @@ def is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def uses_cuda(device: str) -> bool:
+    """Whether a run's `device` setting (cpu, cuda, or auto: cuda when there is one) trains on a GPU."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda, but torch sees no GPU here (device=cpu or auto trains without one)")
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
 @contextlib.contextmanager
 def processes(device: str = "cpu") -> Iterator[Processes]:
     """This process's place among torchrun's (rank 0 of 1 without torchrun), for the block.
@@ -108,9 +115,7 @@ def processes(device: str = "cpu") -> Iterator[Processes]:
     Left to interpreter exit, gloo's threads can outlive their peer and abort the process (SIGABRT)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device=cuda, but torch sees no GPU here (device=cpu or auto trains without one)")
+    use_cuda = uses_cuda(device)
     where = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(where)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -54,7 +55,6 @@ from diffusion.config import (
     TrainConfig,
     check_config,
     config_from_dict,
-    config_to_json,
     load_config,
     run_id_of,
     train_overrides,
@@ -377,9 +377,18 @@ def run_record(cfg: TrainConfig, status: str, step: int, t_mem: int | None, t_gr
     delay = t_grok - t_mem if t_grok is not None and t_mem is not None else None
     parent = Path(cfg.init_from).parent.parent.name if cfg.init_from else None
     return {"run_id": cfg.run_id, "name": cfg.run_name, "objective": cfg.objective,
-            "dataset_id": dataset_id, "config": config_to_json(cfg), "status": status,
-            "parent_run_id": parent, "t_mem": t_mem, "t_grok": t_grok, "grok_ratio": ratio,
-            "grok_delay": delay, "final_step": step}
+            "dataset_id": dataset_id, "status": status, "parent_run_id": parent,
+            "config": json.dumps({**dataclasses.asdict(cfg), "trained_on": trained_on(cfg)}, sort_keys=True),
+            "t_mem": t_mem, "t_grok": t_grok, "grok_ratio": ratio, "grok_delay": delay, "final_step": step}
+
+
+def trained_on(cfg: TrainConfig) -> dict:
+    """What a run's exact numbers depend on besides its config and seed: the thread count, the
+    kernels (torch's version) and the device order the floating-point sums, so the same seed on two
+    threads instead of one reaches T_mem at other steps. The run row carries it (the last start's)."""
+    gpu = distributed.uses_cuda(cfg.device)
+    return {"torch": torch.__version__, "device": torch.cuda.get_device_name() if gpu else "cpu",
+            "threads": torch.get_num_threads()}
 
 
 def metrics_board(run_dir: Path, purge_step: int | None = None):

@@ -93,6 +93,14 @@ def pending_records(home=None) -> int:
     return sum(len(_pending(run)) for run in _run_dirs(home))
 
 
+def runs_trained_on(home, run_ids: Sequence[str]) -> list[tuple[dict | None, int]]:
+    """[(where runs trained: {"torch", "device", "threads"}, or None where a run's row predates the
+    record; how many of these runs)], the most common first."""
+    with open_store(store_location(home), read_only=True) as con:
+        rows = con.execute(_SQL["select_trained_on"], [list(run_ids)]).fetchall()
+    return [(json.loads(where) if where else None, n) for where, n in rows]
+
+
 def export_runs(home, run_ids: Sequence[str], path: str | Path) -> int:
     """Write these runs and every metric they recorded to one Parquet file (storage/sql/runs.sql
     `export_runs`: a row per run, step and metric). Returns how many runs it holds."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from flows.experiments import EXPERIMENTS, run_experiment
 from flows.experiments.clusters import _first_step_all_above
@@ -19,6 +20,7 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     text = summary.read_text()
     assert f"# Experiment: {name}" in text and "| " in text and f"![{name}]({name}.png)" in text
+    assert f"Trained on: cpu, {torch.get_num_threads()} thread" in text  # the runs' own record
     if name == "composition":  # OOD accuracy alone, on an axis fitted to it
         assert result["plots"] == [plot, out / "composition_ood.png"] and "(composition_ood.png)" in text
 

@@ -10,9 +10,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from diffusion.train import TrainConfig, run_record
 from flows.cli import app
+from flows.experiments import trained_on_line
 from storage.home import store_path
 from storage.runs import export_runs, import_runs, record_run
 
@@ -83,3 +86,25 @@ def test_a_file_that_is_not_a_runs_export_is_named_and_changes_nothing(source, t
         result = CliRunner().invoke(app, ["import-runs", str(bad), "--home", str(source)])
         assert result.exit_code == 2 and message in result.output.replace("\n", " ")
         assert (stored(source, RUNS), stored(source, METRICS)) == before
+
+
+def test_where_runs_trained_travels_with_their_rows_and_the_page_names_it(source, tmp_path):
+    """A run repeats exactly only on the same thread count, torch and device: the run row records
+    them (diffusion.train.trained_on), an export carries them, and a page says them, naming the
+    runs whose rows predate the record."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # not this machine's default: the record is read, not assumed
+    try:
+        row = run_record(TrainConfig(run_name="r3", run_id="r3", home=str(source)), "finished", 300, 200, 250, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(row["config"])["trained_on"] == {"torch": torch.__version__, "device": "cpu", "threads": 3}
+    record_run(source, row, [(300, "train/acc", 1.0)], final=True)
+    path = tmp_path / "page_runs.parquet"
+    export_runs(source, ["r1", "r2", "r3"], path)
+    target = tmp_path / "target"
+    import_runs(target, path)
+    for home in (source, target):
+        assert trained_on_line(str(home), ["r1", "r2", "r3"]) == (
+            "not recorded (rows from before runs recorded it) (2 runs); "
+            f"cpu, 3 threads, torch {torch.__version__} (1 run)")

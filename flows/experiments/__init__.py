@@ -27,7 +27,7 @@ from flows.experiments import clusters, composition, grokfast, self_improve
 from flows.experiments.common import FIGURES, LOCAL, Size
 from flows.runners import Runner
 from storage.home import grokloop_home, store_location
-from storage.runs import export_runs
+from storage.runs import export_runs, runs_trained_on
 
 # Below this line a results page is a person's words: regenerating the page keeps them (hand_written).
 HAND_WRITTEN = "<!-- hand-written below: kept when this page is written again -->"
@@ -83,6 +83,7 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
         f"at most {chosen.max_steps} steps per run)\n\n"
         f"Reproduce: `{command}` ({how}). Runs: "
         f"{', '.join(f'`{r}`' for r in runs)} (in `{_shown(store_location(home))}`).\n\n"
+        + (f"Trained on: {trained_on_line(home, list(runs))}.\n\n" if runs else "") +
         f"{body}\n\n" + (f"Every evaluation of these runs: `{data.name}` (one row per run, step and metric; "
                            f"`duckdb -c \"FROM '{_shown(data)}'\"`, or `grokloop import-runs {_shown(data)}` "
                            "to put the runs in a store and rewrite this page with `--report-only`).\n\n" if runs else "")
@@ -90,6 +91,18 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
         + kept
     )
     return {"table": table, "runs": runs, "summary": summary, "plot": plots[0] if plots else None, "plots": plots}
+
+
+def trained_on_line(home: str, run_ids: list[str]) -> str:
+    """Where the runs trained, in words: their exact numbers repeat only on the same thread count,
+    torch and device (diffusion.train.trained_on)."""
+    def where(on: dict | None) -> str:
+        if on is None:
+            return "not recorded (rows from before runs recorded it)"
+        threads = f"{on['threads']} thread{'s' if on['threads'] != 1 else ''}"
+        return f"{on['device']}, {threads}, torch {on['torch']}" if on["device"] == "cpu" \
+            else f"{on['device']}, torch {on['torch']}"
+    return "; ".join(f"{where(on)} ({n} run{'s' if n != 1 else ''})" for on, n in runs_trained_on(home, run_ids))
 
 
 def hand_written(page: Path) -> str:

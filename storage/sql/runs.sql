@@ -51,3 +51,10 @@ SELECT r.run_id, r.name AS run_name, r.objective, r.dataset_id, r.config::VARCHA
 FROM runs r LEFT JOIN metrics m USING (run_id)
 WHERE r.run_id IN (SELECT unnest(?::VARCHAR[]))
 ORDER BY r.run_id, m.name, m.step;
+
+-- name: select_trained_on
+-- Where these runs trained (the `trained_on` a run row's config carries: torch, device, threads)
+-- and how many of them did; NULL for runs recorded before rows carried it.
+SELECT (config->'trained_on')::VARCHAR AS trained_on, count(*) AS runs
+FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))
+GROUP BY ALL ORDER BY runs DESC, trained_on;
