@@ -25,16 +25,20 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
         assert result["plots"] == [plot, out / "composition_ood.png"] and "(composition_ood.png)" in text
 
     with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
-        stored = dict(con.execute("SELECT run_id, t_grok FROM runs").fetchall())
+        stored = {run_id: {"t_mem": t_mem, "t_grok": t_grok}
+                  for run_id, t_mem, t_grok in con.execute("SELECT run_id, t_mem, t_grok FROM runs").fetchall()}
         assert set(result["runs"]) <= set(stored)
         for run_id in result["runs"]:
             assert run_id in text
             n_metrics = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run_id]).fetchone()[0]
             assert n_metrics > 0
-        # Every T_grok the table reports is the one the store recorded for that run.
+        # Every T_mem and T_grok the table reports is the one the store recorded for that run.
         for row in result["table"]:
-            if "run_id" in row and "t_grok" in row:
-                assert row["t_grok"] == stored[row["run_id"]]
+            for key in ("t_mem", "t_grok"):
+                if "run_id" in row and key in row:
+                    assert row[key] == stored[row["run_id"]][key]
+        if name == "clusters":
+            assert all("t_mem" in row for row in result["table"])
         if name == "clusters":  # the held-out cluster's accuracy is its test_id rows' (never train rows')
             variants = [row["variant"] for row in result["table"]]
             assert variants[:6] == ["balanced", "held out", "k=1", "k=4", "k=16", "k=64"]
