@@ -385,7 +385,7 @@ def run_record(cfg: TrainConfig, status: str, step: int, t_mem: int | None, t_gr
 def trained_on(cfg: TrainConfig) -> dict:
     """What a run's exact numbers depend on besides its config and seed: the thread count, the
     kernels (torch's version) and the device order the floating-point sums, so the same seed on two
-    threads instead of one reaches T_mem at other steps. The run row carries it (the last start's)."""
+    threads instead of one reaches T_mem at other steps. Each run row write carries this process's."""
     gpu = distributed.uses_cuda(cfg.device)
     return {"torch": torch.__version__, "device": torch.cuda.get_device_name() if gpu else "cpu",
             "threads": torch.get_num_threads()}

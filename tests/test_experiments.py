@@ -37,9 +37,8 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
             for key in ("t_mem", "t_grok"):
                 if "run_id" in row and key in row:
                     assert row[key] == stored[row["run_id"]][key]
-        if name == "clusters":
-            assert all("t_mem" in row for row in result["table"])
         if name == "clusters":  # the held-out cluster's accuracy is its test_id rows' (never train rows')
+            assert all("t_mem" in row for row in result["table"])
             variants = [row["variant"] for row in result["table"]]
             assert variants[:6] == ["balanced", "held out", "k=1", "k=4", "k=16", "k=64"]
             assert variants[6].startswith("1% (k=")

@@ -16,7 +16,6 @@ from flows.experiments.common import (
     mean_std_n,
     metric_series,
     query,
-    run_status,
     train_runs,
 )
 from flows.runners import Runner
@@ -95,10 +94,10 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
         series = metric_series(tcfg.run_name, [metric, "test_id/acc", *others], home) if has_store(home) else {}
         if not series.get("test_id/acc"):
             continue
-        status = run_status(tcfg.run_name, home)
         held = series.get(metric, [])
         best = max(held, key=lambda p: p[1]) if held else (None, None)
-        (t_mem, t_grok), = query("SELECT t_mem, t_grok FROM runs WHERE run_id = ?", [tcfg.run_name], home)
+        (status, t_mem, t_grok), = query("SELECT status, t_mem, t_grok FROM runs WHERE run_id = ?",
+                                         [tcfg.run_name], home)
         table.append({"variant": label, "seed": seed, "run_id": tcfg.run_name, "status": status,
                       "step": series["test_id/acc"][-1][0], "train_rows": snap["counts"]["train"],
                       f"{HELD_OUT}_train_rows": snap["clusters"]["train"].get(HELD_OUT, 0),
@@ -138,9 +137,9 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL,
              f"steps after T_grok. `{HELD_OUT}_acc`: the task's verifier on the cluster's test_id rows only (a "
              f"seeded sample of up to {first.eval_max_rows} test rows), at the last evaluation; "
              f"`{HELD_OUT}_groks_at`: the first evaluation where it is >= 0.95; `others_grok_at`: the first where every "
-             f"other cluster's test accuracy is >= 0.95; `t_mem`: train accuracy >= {first.mem_threshold:g}; `t_grok`: overall test accuracy >= "
-             f"{first.grok_threshold:g} (a held-out "
-             f"variant cannot reach it without the removed cluster). Carvalho et al. 2025 report that "
+             f"other cluster's test accuracy is >= 0.95; `t_mem`: train accuracy >= {first.mem_threshold:g}; "
+             f"`t_grok`: overall test accuracy >= {first.grok_threshold:g} (a held-out variant cannot reach it "
+             f"without the removed cluster). Carvalho et al. 2025 report that "
              "with an under-sampled subclass removed the model never grokked it, and 1% of it restored late "
              "generalization.")
     if size.params == CLUSTER_SIZES["full"].params:
