@@ -175,6 +175,8 @@ def experiment(
     patience: int | None = typer.Option(None, help="composition only: steps a run goes on after T_grok once "
                                                       "past 10 x T_mem (0: to the cap whatever it reached); like "
                                                       "the cap, not part of a run's name: runs continue"),
+    train_fraction: float | None = typer.Option(None, help="clusters only: the share of each operation's table "
+                                                          "that trains (default: the size's; full 0.5)"),
     out: Path = typer.Option(Path("docs/results"), help="where NAME.md and NAME.png go"),
     setups: str = typer.Option("", help="grokfast only: a subset, e.g. baseline,ema"),
     objectives: str = typer.Option("", help="grokfast only: a subset, e.g. mdm-count,ar"),
@@ -203,6 +205,9 @@ def experiment(
     if patience is not None and patience < 0:
         raise ValueError(f"--patience must be >= 0 (0: run to the cap), got {patience}")
     options |= {"patience": patience} if patience is not None else {}
+    if train_fraction is not None and name != "clusters":
+        raise ValueError("--train-fraction applies to the clusters experiment only")
+    options |= {"train_fraction": train_fraction} if train_fraction is not None else {}
     if report_only and name not in ("composition", "clusters"):
         raise ValueError("--report-only applies to the composition and clusters experiments")
     options |= {"report_only": True} if report_only else {}

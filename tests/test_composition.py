@@ -226,6 +226,9 @@ def _store_contents(home: Path) -> tuple[list, list]:
     (["composition", "--quick", "--worlds", "two_hop,sudoku"], "error: unknown world(s) ['sudoku'] at this size; "
                                                               "its worlds: two_hop, programs"),
     (["clusters", "--worlds", "two_hop"], "error: --worlds applies to the composition experiment only"),
+    (["composition", "--quick", "--train-fraction", "0.5"], "error: --train-fraction applies to the clusters "
+                                                            "experiment only"),
+    (["clusters", "--quick", "--train-fraction", "1.5"], "error: --train-fraction must be in (0, 1), got 1.5"),
 ])
 def test_experiment_command_errors_are_one_line_and_start_nothing(tmp_path, monkeypatch, args, message):
     from typer.testing import CliRunner

@@ -67,6 +67,40 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
                 two_hop["ar"]["params"]
 
 
+def test_clusters_train_fraction_trains_another_world_and_running_it_again_continues_it(tmp_path, monkeypatch,
+                                                                                        prefect_server):
+    """`--train-fraction 0.8` at the quick size (p = 11, three operations): every run's snapshot tests on
+    the 20% of each table the family holds out, the runs record that world, the page says how to repeat
+    it; the same command again collects nothing more and trains under the same run names."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("GROKLOOP_HOME", str(tmp_path / "home"))
+    out = tmp_path / "results"
+    command = ["experiment", "clusters", "--quick", "--max-steps", "20", "--train-fraction", "0.8", "--out", str(out)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
+        before = con.execute("SELECT (SELECT count(*) FROM trajectories), (SELECT count(*) FROM datasets)").fetchone()
+    # Run again (an interrupted grid is restarted so): the same snapshots and runs, no second collection.
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 0, again.output
+    text = (out / "clusters.md").read_text()
+    assert "`grokloop experiment clusters --size quick --max-steps 20 --train-fraction 0.8`" in text
+    assert "train fraction 0.8," in text
+    with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
+        assert con.execute("SELECT (SELECT count(*) FROM trajectories), (SELECT count(*) FROM datasets)").fetchone() \
+            == before
+        runs = con.execute("SELECT run_id, dataset_id, config->>'$.family_params.train_fraction' FROM runs").fetchall()
+        assert len(runs) == 7 and {fraction for *_, fraction in runs} == {"0.8"}
+        for run_id, dataset_id, _ in runs:
+            assert run_id in text
+            (n_test,) = con.execute("SELECT count(*) FROM dataset_rows WHERE dataset_id = ? AND split = 'test_id'",
+                                    [dataset_id]).fetchone()
+            assert n_test == 3 * (121 - round(0.8 * 121))  # quick's own 0.6 would test on 144
+
+
 def test_the_other_clusters_grok_at_the_first_step_where_every_one_of_them_is_above_the_level():
     x_plus_y = [(100, 0.5), (200, 0.97), (300, 0.99), (400, 0.96)]
     x_minus_y = [(100, 0.96), (200, 0.90), (300, 0.95), (400, 0.99)]

@@ -47,7 +47,8 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     """Run experiment `name` at a size of its own (`size`: "quick", "full" (the default) or, where the
     experiment has one, "published"; `quick=True` is size "quick"); `seeds` / `max_steps` override that
     size's; `options` go to the experiment (grokfast's `setups` / `objectives`, composition's `arms`,
-    `worlds`, `patience`, `report_only`); returns {"table", "runs", "summary": md path, "plot": the main png, "plots": all}."""
+    `worlds`, `patience`, `report_only`; clusters' `train_fraction`); returns {"table", "runs",
+    "summary": md path, "plot": the main png, "plots": all}."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     fn, sizes, figures = EXPERIMENTS[name]
@@ -74,7 +75,8 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     shown_options = {k: v for k, v in options.items() if k != "report_only"}
     command = " ".join([f"grokloop experiment {name}", *([f"--size {size_name}"] if size_name != "full" else []),
                         *([f"--seeds {seeds}"] if seeds else []), *([f"--max-steps {max_steps}"] if max_steps else []),
-                        *(f"--{k} {','.join(v) if isinstance(v, list) else v}" for k, v in shown_options.items())])
+                        *(f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
+                          for k, v in shown_options.items())])
     how = ("this report was written from the store with `--report-only` (training goes on elsewhere; "
            f"{wall:.0f} s to write it)" if options.get("report_only") else f"wall time {wall / 60:.1f} min")
     kept = hand_written(summary)
