@@ -49,7 +49,7 @@ CPU_SIZE_REASON = (
     "n = 3) the balanced run's test accuracy rose with its train accuracy (T_grok within 1.1x of T_mem), so "
     "there was no late generalisation for a removed cluster to miss; at half, a probe held train >= 94% from "
     "step 500 with test at 27-39% until step 2,300, then reached 95% test at 4,300. The cap, 10,000 steps: "
-    "1.5x or more the balanced run's T_grok on this data (5,000 to 6,600 steps, seeds 0-1).")
+    "1.5x or more the balanced run's T_grok on this data (4,700 to 6,600 steps, seeds 0-2).")
 CLUSTER_KS = (1, 4, 16, 64)
 
 
