@@ -70,9 +70,9 @@ def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: 
             steps.collect(cfg, "modular")
             steps.ingest(cfg)
     balanced = steps.curate(cfg, "modular", name="clusters-balanced")
-    one_percent = _one_percent(balanced)
-    variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] \
-        + [(f"1% (k={one_percent})", one_percent)]
+    # Half of its rows back: the positive control (does the removed cluster grok with enough of it back?).
+    shares = [(f"{label} (k={k})", k) for label, k in (("1%", _share(balanced, 0.01)), ("50%", _share(balanced, 0.5)))]
+    variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] + shares
     snaps = {label: balanced if keep_k is None else steps.curate(
         cfg, "modular", holdout=[HELD_OUT], keep_k=keep_k, name=f"clusters-heldout-k{keep_k}")
         for label, keep_k in variants}
@@ -84,7 +84,7 @@ def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: 
 def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: bool = False,
              train_fraction: float | None = None) -> tuple[list[dict], dict[str, str], str]:
     """A cluster-balanced snapshot; the `x*y` cluster removed from train; then k = 1, 4, 16, 64 of its
-    examples (and 1% of them) added back. Every variant x seed trains (continued from its checkpoint
+    examples (and 1%, and half of them) added back. Every variant x seed trains (continued from its checkpoint
     when it has one); the held-out cluster's TEST accuracy is logged at every evaluation.
     `report_only`: train nothing, report what the store has. `train_fraction`: of each operation's
     table, instead of the size's (another task world: its own tasks, snapshots and runs)."""
@@ -143,7 +143,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
     notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, train fraction "
              f"{size.params['train_fraction']}, clustered by operation; {size.seeds} seed(s) per variant (init and "
              f"data order; one task world). The `{HELD_OUT}` cluster is removed from train, then k of its "
-             f"examples are added back (1% = {_one_percent(balanced)} of its {balanced['clusters']['train'][HELD_OUT]} "
+             f"examples are added back (1% = {_share(balanced, 0.01)} and 50% = {_share(balanced, 0.5)} of its "
+             f"{balanced['clusters']['train'][HELD_OUT]} "
              f"training rows). Masked diffusion with the `{first.mdm_estimator}` estimator, width "
              f"{first.hidden_size}, {first.num_layers} layers, init `{first.init}`, {first.optimizer} lr {first.lr:g}, "
              f"weight decay {first.weight_decay:g}, batch {first.batch_size}, step cap {size.max_steps}, stop {first.patience} "
@@ -169,8 +170,9 @@ def _world_collected(cfg: LoopConfig, home: str | None) -> bool:
                                      [task_ids], home)[0][0] > 0
 
 
-def _one_percent(balanced: dict) -> int:
-    return max(1, round(0.01 * balanced["clusters"]["train"][HELD_OUT]))
+def _share(balanced: dict, fraction: float) -> int:
+    """That fraction of the held-out cluster's training rows in the balanced snapshot (at least one)."""
+    return max(1, round(fraction * balanced["clusters"]["train"][HELD_OUT]))
 
 
 def _first_step_all_above(curves: list[list[tuple[int, float]]], level: float) -> int | None:
