@@ -41,7 +41,7 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
             assert all("t_mem" in row for row in result["table"])
             variants = [row["variant"] for row in result["table"]]
             assert variants[:6] == ["balanced", "held out", "k=1", "k=4", "k=16", "k=64"]
-            assert variants[6].startswith("1% (k=")
+            assert variants[6].startswith("1% (k=") and variants[7].startswith("50% (k=")
             for row in result["table"]:
                 (acc,) = con.execute("SELECT value FROM metrics WHERE run_id = ? AND name = ? ORDER BY step DESC "
                                      "LIMIT 1", [row["run_id"], "test_id/cluster:x*y/acc"]).fetchone()
@@ -93,7 +93,7 @@ def test_clusters_train_fraction_trains_another_world_and_running_it_again_conti
         assert con.execute("SELECT (SELECT count(*) FROM trajectories), (SELECT count(*) FROM datasets)").fetchone() \
             == before
         runs = con.execute("SELECT run_id, dataset_id, config->>'$.family_params.train_fraction' FROM runs").fetchall()
-        assert len(runs) == 7 and {fraction for *_, fraction in runs} == {"0.8"}
+        assert len(runs) == 8 and {fraction for *_, fraction in runs} == {"0.8"}
         for run_id, dataset_id, _ in runs:
             assert run_id in text
             (n_test,) = con.execute("SELECT count(*) FROM dataset_rows WHERE dataset_id = ? AND split = 'test_id'",
