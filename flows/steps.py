@@ -20,7 +20,7 @@ from diffusion.evaluate import evaluate_checkpoint
 from flows.config import LoopConfig
 from flows.model_agent import run_model_agent
 from storage.datasets import SnapshotSpec, build_snapshot, publish_snapshot
-from storage.home import grokloop_home, spool_location, store_location
+from storage.home import grokloop_home, has_store, spool_location, store_location
 from storage.ingest import ingest_spool
 from storage.store import open_store
 
@@ -54,6 +54,22 @@ def collect_shard(cfg: LoopConfig, family: str, index: int, seed: int | None = N
                      error_rate=cfg.error_rate, seed=cfg.seed if seed is None else seed,
                      family_params={**cfg.family_params.get(family, {}), "seed": cfg.seed},
                      spool=spool_location(cfg.spool, cfg.home))
+
+
+def task_family(cfg: LoopConfig, family: str):
+    """The task world `cfg` gives `family`: its parameters, with `cfg.seed`."""
+    return get_family(family, **{**cfg.family_params.get(family, {}), "seed": cfg.seed})
+
+
+def collected(cfg: LoopConfig, family: str) -> bool:
+    """Whether the store already has a trajectory on `family`'s training tasks in `cfg`'s world (a
+    second `collect` adds new trajectories, new ids: a snapshot built after it is another one)."""
+    if not has_store(cfg.home):
+        return False
+    task_ids = [task.task_id for task in task_family(cfg, family).splits()["train"]]
+    with open_store(store_location(cfg.home), read_only=True) as con:
+        return con.execute("SELECT count(*) FROM trajectories WHERE task_id IN (SELECT unnest(?::VARCHAR[]))",
+                           [task_ids]).fetchone()[0] > 0
 
 
 def collect_report(cfg: LoopConfig, family: str, shards: list[dict[str, Any]], seconds: float,

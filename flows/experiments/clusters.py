@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from agents.tasks import get_family
 from flows import steps
 from flows.config import LoopConfig
 from flows.experiments.common import (
@@ -51,6 +50,9 @@ CPU_SIZE_REASON = (
     "step 500 with test at 27-39% until step 2,300, then reached 95% test at 4,300. The cap, 10,000 steps: "
     "1.5x or more the balanced run's T_grok on this data (4,700 to 6,600 steps, seeds 0-2).")
 CLUSTER_KS = (1, 4, 16, 64)
+# Shares of the removed cluster's training rows added back: 1% (Carvalho et al.), and half, the positive
+# control (does the removed cluster grok with enough of it back?).
+CLUSTER_SHARES = (0.01, 0.5)
 
 
 def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: bool = True) -> tuple[list, dict]:
@@ -64,15 +66,14 @@ def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: 
                                       **size.train})
     if collect:
         steps.ingest(cfg)  # what an interrupted start left in the spool
-        if not _world_collected(cfg, home):
-            # Once per task world: collecting again would add new trajectories (new ids), so a new snapshot
-            # and new run names, and a restarted grid would begin again instead of continuing its runs.
+        if not steps.collected(cfg, "modular"):
+            # Once per task world: collecting again would give a new snapshot and new run names, and a
+            # restarted grid would begin again instead of continuing its runs.
             steps.collect(cfg, "modular")
             steps.ingest(cfg)
     balanced = steps.curate(cfg, "modular", name="clusters-balanced")
-    # Half of its rows back: the positive control (does the removed cluster grok with enough of it back?).
-    shares = [(f"{label} (k={k})", k) for label, k in (("1%", _share(balanced, 0.01)), ("50%", _share(balanced, 0.5)))]
-    variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] + shares
+    variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] \
+        + [(f"{share:.0%} (k={_share(balanced, share)})", _share(balanced, share)) for share in CLUSTER_SHARES]
     snaps = {label: balanced if keep_k is None else steps.curate(
         cfg, "modular", holdout=[HELD_OUT], keep_k=keep_k, name=f"clusters-heldout-k{keep_k}")
         for label, keep_k in variants}
@@ -143,9 +144,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
     notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, train fraction "
              f"{size.params['train_fraction']}, clustered by operation; {size.seeds} seed(s) per variant (init and "
              f"data order; one task world). The `{HELD_OUT}` cluster is removed from train, then k of its "
-             f"examples are added back (1% = {_share(balanced, 0.01)} and 50% = {_share(balanced, 0.5)} of its "
-             f"{balanced['clusters']['train'][HELD_OUT]} "
-             f"training rows). Masked diffusion with the `{first.mdm_estimator}` estimator, width "
+             f"examples are added back ({' and '.join(f'{s:.0%} = {_share(balanced, s)}' for s in CLUSTER_SHARES)} of its "
+             f"{balanced['clusters']['train'][HELD_OUT]} training rows). Masked diffusion with the `{first.mdm_estimator}` estimator, width "
              f"{first.hidden_size}, {first.num_layers} layers, init `{first.init}`, {first.optimizer} lr {first.lr:g}, "
              f"weight decay {first.weight_decay:g}, batch {first.batch_size}, step cap {size.max_steps}, stop {first.patience} "
              f"steps after T_grok. `{HELD_OUT}_acc`: the task's verifier on the cluster's test_id rows only (a "
@@ -160,14 +160,6 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
         notes += "\n\n" + CPU_SIZE_REASON
     body = "\n".join(["Mean ± std over seeds (n = runs):", "", *lines, "", "Per run:", "", *per_run])
     return table, runs, notes + "\n\n" + body
-
-
-def _world_collected(cfg: LoopConfig, home: str | None) -> bool:
-    """Whether the store has any trajectory on this modular world's training tasks."""
-    family = get_family("modular", **{**cfg.family_params["modular"], "seed": cfg.seed})
-    task_ids = [task.task_id for task in family.splits()["train"]]
-    return has_store(home) and query("SELECT count(*) FROM trajectories WHERE task_id IN (SELECT unnest(?::VARCHAR[]))",
-                                     [task_ids], home)[0][0] > 0
 
 
 def _share(balanced: dict, fraction: float) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from agents.tasks import get_family
 from flows import steps
 from flows.config import LoopConfig
 from flows.experiments.common import (
@@ -110,7 +109,7 @@ def _control_rounds(cfg: LoopConfig, history: list[dict], solver_ids: list[str],
 def chance_hit_rate(cfg: LoopConfig, n_tasks: int, seed: int) -> float:
     """Share of `n_tasks` training tasks (drawn like the model agent's) on which at least one of
     `cfg.n_samples` answers drawn uniformly from the family's distinct answers passes the verifier."""
-    family = get_family("modular", **{**cfg.family_params["modular"], "seed": cfg.seed})
+    family = steps.task_family(cfg, "modular")
     pool = family.splits()["train"]
     answers = sorted({tuple(t.answer) for split in family.splits().values() for t in split})
     rng = random.Random(f"chance/{seed}")
