@@ -177,6 +177,8 @@ def experiment(
                                                       "the cap, not part of a run's name: runs continue"),
     train_fraction: float | None = typer.Option(None, help="clusters only: the share of each operation's table "
                                                           "that trains (default: the size's; full 0.5)"),
+    held_out: str = typer.Option("", help="clusters only: the operation whose cluster is removed (default x*y; "
+                                          "full: x+y, x-y or x*y); the balanced runs are shared"),
     out: Path = typer.Option(Path("docs/results"), help="where NAME.md and NAME.png go"),
     setups: str = typer.Option("", help="grokfast only: a subset, e.g. baseline,ema"),
     objectives: str = typer.Option("", help="grokfast only: a subset, e.g. mdm-count,ar"),
@@ -208,6 +210,9 @@ def experiment(
     if train_fraction is not None and name != "clusters":
         raise ValueError("--train-fraction applies to the clusters experiment only")
     options |= {"train_fraction": train_fraction} if train_fraction is not None else {}
+    if held_out and name != "clusters":
+        raise ValueError("--held-out applies to the clusters experiment only")
+    options |= {"held_out": held_out} if held_out else {}
     if report_only and name not in ("composition", "clusters"):
         raise ValueError("--report-only applies to the composition and clusters experiments")
     options |= {"report_only": True} if report_only else {}

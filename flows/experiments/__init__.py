@@ -32,11 +32,12 @@ from storage.runs import export_runs, runs_trained_on
 # Below this line a results page is a person's words: regenerating the page keeps them (hand_written).
 HAND_WRITTEN = "<!-- hand-written below: kept when this page is written again -->"
 
-# name -> (the experiment, its sizes, its figures: file suffix -> plot_runs options)
-EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size], dict[str, dict[str, Any]]]] = {
+# name -> (the experiment, its sizes, its figures: file suffix -> plot_runs options, or a function of the
+# experiment's options that gives them)
+EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size], dict[str, dict[str, Any]] | Callable]] = {
     "grokfast": (grokfast.grokfast, grokfast.GROKFAST_SIZES, FIGURES),
     "composition": (composition.composition, composition.COMPOSITION_SIZES, composition.FIGURES),
-    "clusters": (clusters.clusters, clusters.CLUSTER_SIZES, clusters.FIGURES),
+    "clusters": (clusters.clusters, clusters.CLUSTER_SIZES, lambda options: clusters.figures(options.get("held_out"))),
     "self_improve": (self_improve.self_improve, self_improve.SELF_IMPROVE_SIZES, FIGURES),
 }
 
@@ -47,11 +48,12 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     """Run experiment `name` at a size of its own (`size`: "quick", "full" (the default) or, where the
     experiment has one, "published"; `quick=True` is size "quick"); `seeds` / `max_steps` override that
     size's; `options` go to the experiment (grokfast's `setups` / `objectives`, composition's `arms`,
-    `worlds`, `patience`, `report_only`; clusters' `train_fraction`); returns {"table", "runs",
+    `worlds`, `patience`, `report_only`; clusters' `train_fraction`, `held_out`); returns {"table", "runs",
     "summary": md path, "plot": the main png, "plots": all}."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     fn, sizes, figures = EXPERIMENTS[name]
+    figures = figures(options) if callable(figures) else figures
     size_name = size or ("quick" if quick else "full")
     if size_name not in sizes:
         raise ValueError(f"experiment {name!r} has no size {size_name!r}; sizes: {', '.join(sizes)}")

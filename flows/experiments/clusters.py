@@ -34,9 +34,13 @@ CLUSTER_SIZES = {
                  params={"p": 47, "operations": ["x+y", "x-y", "x*y"], "train_fraction": 0.5},
                  train={"eval_max_rows": 3000, "patience": 500}),
 }
-HELD_OUT = "x*y"
-# The plot: the question is the held-out cluster's own test accuracy.
-FIGURES = {"": {"curves": {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{HELD_OUT}/acc": ":"}}}
+HELD_OUT = "x*y"  # the cluster removed, unless --held-out names another operation
+
+
+def figures(held_out: str | None = None) -> dict:
+    """The plot: the question is the held-out cluster's own test accuracy."""
+    return {"": {"curves": {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{held_out or HELD_OUT}/acc": ":"}}}
+
 CPU_SIZE_REASON = (
     "Why this size: three operations mod 47, half of each table for training, chosen by probes on this CPU "
     "(balanced, seed 0). The main job's recipe (Adam with L2 0.005), which groks `x*y mod 97` alone, stays at "
@@ -55,7 +59,8 @@ CLUSTER_KS = (1, 4, 16, 64)
 CLUSTER_SHARES = (0.01, 0.5)
 
 
-def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: bool = True) -> tuple[list, dict]:
+def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: bool = True,
+                 held_out: str = HELD_OUT) -> tuple[list, dict]:
     """([(variant, seed, snapshot, TrainConfig)], the balanced snapshot) of every run of the grid, seed by
     seed (an interrupted grid has every variant at its first seeds rather than some at all three).
     `collect`: the agents collect and the store ingests first (the same tasks each time)."""
@@ -73,9 +78,10 @@ def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: 
             steps.ingest(cfg)
     balanced = steps.curate(cfg, "modular", name="clusters-balanced")
     variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] \
-        + [(f"{share:.0%} (k={_share(balanced, share)})", _share(balanced, share)) for share in CLUSTER_SHARES]
+        + [(f"{share:.0%} (k={_share(balanced, share, held_out)})", _share(balanced, share, held_out))
+           for share in CLUSTER_SHARES]
     snaps = {label: balanced if keep_k is None else steps.curate(
-        cfg, "modular", holdout=[HELD_OUT], keep_k=keep_k, name=f"clusters-heldout-k{keep_k}")
+        cfg, "modular", holdout=[held_out], keep_k=keep_k, name=f"clusters-heldout-{_slug(held_out)}-k{keep_k}")
         for label, keep_k in variants}
     return [(label, seed, snap, steps.train_config(cfg, "modular", snap["path"], seed=seed,
                                                    run_name=f"clusters-{_slug(label)}-s{seed}-{snap['dataset_id'][:8]}"))
@@ -83,25 +89,30 @@ def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: 
 
 
 def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: bool = False,
-             train_fraction: float | None = None) -> tuple[list[dict], dict[str, str], str]:
-    """A cluster-balanced snapshot; the `x*y` cluster removed from train; then k = 1, 4, 16, 64 of its
-    examples (and 1%, and half of them) added back. Every variant x seed trains (continued from its checkpoint
-    when it has one); the held-out cluster's TEST accuracy is logged at every evaluation.
-    `report_only`: train nothing, report what the store has. `train_fraction`: of each operation's
-    table, instead of the size's (another task world: its own tasks, snapshots and runs)."""
+             train_fraction: float | None = None, held_out: str | None = None) -> tuple[list[dict], dict[str, str], str]:
+    """A cluster-balanced snapshot; one operation's cluster (`held_out`, default `x*y`) removed from train;
+    then k = 1, 4, 16, 64 of its examples (and 1%, and half of them) added back. Every variant x seed trains
+    (continued from its checkpoint when it has one); the held-out cluster's TEST accuracy is logged at every
+    evaluation. `report_only`: train nothing, report what the store has. `train_fraction`: of each
+    operation's table, instead of the size's (another task world: its own tasks, snapshots and runs).
+    Another `held_out` shares the balanced runs (same snapshot, same run names) and trains the rest."""
     if train_fraction is not None:
         if not 0 < train_fraction < 1:
             raise ValueError(f"--train-fraction must be in (0, 1), got {train_fraction:g}")
         size = dataclasses.replace(size, params={**size.params, "train_fraction": train_fraction})
+    held_out = held_out or HELD_OUT
+    if held_out not in size.params["operations"]:
+        raise ValueError(f"--held-out must be one of the operations {', '.join(size.params['operations'])}, "
+                         f"got {held_out!r}")
     if report_only and not has_store(home):
         raise ValueError(f"nothing to report: no store at {store_location(home)} (run the experiment first)")
-    plan, balanced = cluster_plan(size, home, runner, collect=not report_only)
+    plan, balanced = cluster_plan(size, home, runner, collect=not report_only, held_out=held_out)
     train_cfgs = [tcfg for *_, tcfg in plan]
     if not report_only:
         train_runs(train_cfgs, runner)
     table, runs = [], {}
-    metric = f"test_id/cluster:{HELD_OUT}/acc"
-    others = [f"test_id/cluster:{op}/acc" for op in size.params["operations"] if op != HELD_OUT]
+    metric = f"test_id/cluster:{held_out}/acc"
+    others = [f"test_id/cluster:{op}/acc" for op in size.params["operations"] if op != held_out]
     for label, seed, snap, tcfg in plan:
         # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed with its
         # (memorised) train rows, at every evaluation of the run.
@@ -114,43 +125,43 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                                          [tcfg.run_name], home)
         table.append({"variant": label, "seed": seed, "run_id": tcfg.run_name, "status": status,
                       "step": series["test_id/acc"][-1][0], "train_rows": snap["counts"]["train"],
-                      f"{HELD_OUT}_train_rows": snap["clusters"]["train"].get(HELD_OUT, 0),
+                      f"{held_out}_train_rows": snap["clusters"]["train"].get(held_out, 0),
                       "test_id_acc": series["test_id/acc"][-1][1],
-                      f"{HELD_OUT}_acc": held[-1][1] if held else None,
-                      f"best_{HELD_OUT}_acc": best[1], f"{HELD_OUT}_groks_at": _first_step_all_above([held], 0.95),
+                      f"{held_out}_acc": held[-1][1] if held else None,
+                      f"best_{held_out}_acc": best[1], f"{held_out}_groks_at": _first_step_all_above([held], 0.95),
                       "others_grok_at": _first_step_all_above([series.get(m, []) for m in others], 0.95),
                       "t_mem": t_mem, "t_grok": t_grok})
         runs[tcfg.run_name] = label  # every seed, a panel a variant
         console.print(f"[clusters] {label} seed {seed}: {status} at {table[-1]['step']}, held-out cluster test "
-                      f"acc {table[-1][f'{HELD_OUT}_acc']}, overall {table[-1]['test_id_acc']}")
+                      f"acc {table[-1][f'{held_out}_acc']}, overall {table[-1]['test_id_acc']}")
     summary = []
     for label in dict.fromkeys(r["variant"] for r in table):
         group = [r for r in table if r["variant"] == label]
-        groks = [r[f"{HELD_OUT}_groks_at"] for r in group if r[f"{HELD_OUT}_groks_at"] is not None]
+        groks = [r[f"{held_out}_groks_at"] for r in group if r[f"{held_out}_groks_at"] is not None]
         summary.append({"variant": label, "finished": f"{sum(r['status'] == 'finished' for r in group)}/{len(group)}",
-                        f"{HELD_OUT}_train_rows": group[0][f"{HELD_OUT}_train_rows"],
+                        f"{held_out}_train_rows": group[0][f"{held_out}_train_rows"],
                         **{k: mean_std_n([r[k] for r in group]) for k in
-                           ("test_id_acc", "others_grok_at", f"{HELD_OUT}_acc", f"best_{HELD_OUT}_acc", "t_mem",
+                           ("test_id_acc", "others_grok_at", f"{held_out}_acc", f"best_{held_out}_acc", "t_mem",
                             "t_grok")},
-                        f"{HELD_OUT}_grokked": f"{len(groks)}/{len(group)}",
-                        f"{HELD_OUT}_groks_at": mean_std_n(groks)})
-    lines = markdown_table(summary, ["variant", "finished", f"{HELD_OUT}_train_rows", "test_id_acc", "t_mem", "t_grok",
-                                     "others_grok_at", f"{HELD_OUT}_acc", f"best_{HELD_OUT}_acc",
-                                     f"{HELD_OUT}_grokked", f"{HELD_OUT}_groks_at"])
-    per_run = markdown_table(table, ["variant", "seed", "status", "step", "train_rows", f"{HELD_OUT}_train_rows",
-                                     "test_id_acc", "t_mem", "t_grok", "others_grok_at", f"{HELD_OUT}_acc",
-                                     f"best_{HELD_OUT}_acc", f"{HELD_OUT}_groks_at"])
+                        f"{held_out}_grokked": f"{len(groks)}/{len(group)}",
+                        f"{held_out}_groks_at": mean_std_n(groks)})
+    lines = markdown_table(summary, ["variant", "finished", f"{held_out}_train_rows", "test_id_acc", "t_mem", "t_grok",
+                                     "others_grok_at", f"{held_out}_acc", f"best_{held_out}_acc",
+                                     f"{held_out}_grokked", f"{held_out}_groks_at"])
+    per_run = markdown_table(table, ["variant", "seed", "status", "step", "train_rows", f"{held_out}_train_rows",
+                                     "test_id_acc", "t_mem", "t_grok", "others_grok_at", f"{held_out}_acc",
+                                     f"best_{held_out}_acc", f"{held_out}_groks_at"])
     first = train_cfgs[0]
     notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, train fraction "
              f"{size.params['train_fraction']}, clustered by operation; {size.seeds} seed(s) per variant (init and "
-             f"data order; one task world). The `{HELD_OUT}` cluster is removed from train, then k of its "
-             f"examples are added back ({' and '.join(f'{s:.0%} = {_share(balanced, s)}' for s in CLUSTER_SHARES)} of its "
-             f"{balanced['clusters']['train'][HELD_OUT]} training rows). Masked diffusion with the `{first.mdm_estimator}` estimator, width "
+             f"data order; one task world). The `{held_out}` cluster is removed from train, then k of its "
+             f"examples are added back ({' and '.join(f'{s:.0%} = {_share(balanced, s, held_out)}' for s in CLUSTER_SHARES)} of its "
+             f"{balanced['clusters']['train'][held_out]} training rows). Masked diffusion with the `{first.mdm_estimator}` estimator, width "
              f"{first.hidden_size}, {first.num_layers} layers, init `{first.init}`, {first.optimizer} lr {first.lr:g}, "
              f"weight decay {first.weight_decay:g}, batch {first.batch_size}, step cap {size.max_steps}, stop {first.patience} "
-             f"steps after T_grok. `{HELD_OUT}_acc`: the task's verifier on the cluster's test_id rows only (a "
+             f"steps after T_grok. `{held_out}_acc`: the task's verifier on the cluster's test_id rows only (a "
              f"seeded sample of up to {first.eval_max_rows} test rows), at the last evaluation; "
-             f"`{HELD_OUT}_groks_at`: the first evaluation where it is >= 0.95; `others_grok_at`: the first where every "
+             f"`{held_out}_groks_at`: the first evaluation where it is >= 0.95; `others_grok_at`: the first where every "
              f"other cluster's test accuracy is >= 0.95; `t_mem`: train accuracy >= {first.mem_threshold:g}; "
              f"`t_grok`: overall test accuracy >= {first.grok_threshold:g} (a held-out variant cannot reach it "
              f"without the removed cluster). Carvalho et al. 2025 report that "
@@ -162,9 +173,9 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
     return table, runs, notes + "\n\n" + body
 
 
-def _share(balanced: dict, fraction: float) -> int:
+def _share(balanced: dict, fraction: float, held_out: str) -> int:
     """That fraction of the held-out cluster's training rows in the balanced snapshot (at least one)."""
-    return max(1, round(fraction * balanced["clusters"]["train"][HELD_OUT]))
+    return max(1, round(fraction * balanced["clusters"]["train"][held_out]))
 
 
 def _first_step_all_above(curves: list[list[tuple[int, float]]], level: float) -> int | None:
