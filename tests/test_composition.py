@@ -229,6 +229,9 @@ def _store_contents(home: Path) -> tuple[list, list]:
     (["composition", "--quick", "--train-fraction", "0.5"], "error: --train-fraction applies to the clusters "
                                                             "experiment only"),
     (["clusters", "--quick", "--train-fraction", "1.5"], "error: --train-fraction must be in (0, 1), got 1.5"),
+    (["grokfast", "--quick", "--held-out", "x-y"], "error: --held-out applies to the clusters experiment only"),
+    (["clusters", "--quick", "--held-out", "x/y"], "error: --held-out must be one of the operations x+y, x-y, x*y, "
+                                                   "got 'x/y'"),
 ])
 def test_experiment_command_errors_are_one_line_and_start_nothing(tmp_path, monkeypatch, args, message):
     from typer.testing import CliRunner

@@ -101,6 +101,49 @@ def test_clusters_train_fraction_trains_another_world_and_running_it_again_conti
             assert n_test == 3 * (121 - round(0.8 * 121))  # quick's own 0.6 would test on 144
 
 
+def test_clusters_held_out_removes_another_operation_and_shares_the_balanced_runs(tmp_path, monkeypatch,
+                                                                                 prefect_server):
+    """`--held-out x-y` after the default grid in the same home: the balanced runs are the same runs (not
+    trained again), the seven others are new, built without x-y's training rows (k of them back), and the
+    page reports x-y's own test accuracy; a run continued past the cap shows in the page's header."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("GROKLOOP_HOME", str(tmp_path / "home"))
+    base = ["experiment", "clusters", "--quick", "--max-steps", "20"]
+    first = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "xy")])
+    assert first.exit_code == 0, first.output
+    with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
+        before = dict(con.execute("SELECT run_id, count(*) FROM metrics GROUP BY run_id").fetchall())
+    second = CliRunner().invoke(app, [*base, "--held-out", "x-y", "--out", str(tmp_path / "xmy")])
+    assert second.exit_code == 0, second.output
+    text = (tmp_path / "xmy" / "clusters.md").read_text()
+    assert "`grokloop experiment clusters --size quick --max-steps 20 --held-out x-y`" in text
+    assert "The `x-y` cluster is removed from train" in text and " x-y_acc | best_x-y_acc |" in text
+    with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
+        after = dict(con.execute("SELECT run_id, count(*) FROM metrics GROUP BY run_id").fetchall())
+        balanced = [r for r in before if r.startswith("clusters-balanced-")]
+        assert len(after) == len(before) + 7 and all(after[r] == before[r] for r in before)
+        assert all(r in text for r in balanced)
+        new = [r for r in after if r not in before]
+        rows = dict(con.execute(
+            "SELECT r.run_id, count(*) FILTER (WHERE d.split = 'train' AND d.cluster = 'x-y') FROM runs r "
+            "JOIN dataset_rows d USING (dataset_id) WHERE r.run_id IN (SELECT unnest(?)) GROUP BY ALL", [new]).fetchall())
+        heldout, k4 = (next(r for r in new if r.startswith(prefix)) for prefix in ("clusters-heldout-", "clusters-k4-"))
+        assert rows[heldout] == 0 and rows[k4] == 4
+        (n_points,) = con.execute("SELECT count(*) FROM metrics WHERE run_id = ? AND name = 'test_id/cluster:x-y/acc'",
+                                  [heldout]).fetchone()
+        assert n_points >= 1
+    # One run continued past the cap: the page's header says so when it is written again.
+    resumed = CliRunner().invoke(app, ["train", "--resume", heldout, "max_steps=40", "progress=false"])
+    assert resumed.exit_code == 0, resumed.output
+    again = CliRunner().invoke(app, [*base, "--held-out", "x-y", "--report-only", "--out", str(tmp_path / "xmy")])
+    assert again.exit_code == 0, again.output
+    assert "at most 20 steps per run; 1 of the 8 runs continued past it, to at most 40)" in \
+        (tmp_path / "xmy" / "clusters.md").read_text().splitlines()[0]
+
+
 def test_the_other_clusters_grok_at_the_first_step_where_every_one_of_them_is_above_the_level():
     x_plus_y = [(100, 0.5), (200, 0.97), (300, 0.99), (400, 0.96)]
     x_minus_y = [(100, 0.96), (200, 0.90), (300, 0.95), (400, 0.99)]

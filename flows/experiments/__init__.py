@@ -27,7 +27,7 @@ from flows.experiments import clusters, composition, grokfast, self_improve
 from flows.experiments.common import FIGURES, LOCAL, Size
 from flows.runners import Runner
 from storage.home import grokloop_home, store_location
-from storage.runs import export_runs, runs_trained_on
+from storage.runs import export_runs, last_stored_step, runs_trained_on
 
 # Below this line a results page is a person's words: regenerating the page keeps them (hand_written).
 HAND_WRITTEN = "<!-- hand-written below: kept when this page is written again -->"
@@ -83,8 +83,7 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
            f"{wall:.0f} s to write it)" if options.get("report_only") else f"wall time {wall / 60:.1f} min")
     kept = hand_written(summary)
     summary.write_text(
-        f"# Experiment: {name} ({size_name} size, {chosen.seeds} seed(s), "
-        f"at most {chosen.max_steps} steps per run)\n\n"
+        f"# Experiment: {name} ({size_name} size, {chosen.seeds} seed(s), {_steps_run(home, runs, chosen.max_steps)})\n\n"
         f"Reproduce: `{command}` ({how}). Runs: "
         f"{', '.join(f'`{r}`' for r in runs)} (in `{_shown(store_location(home))}`).\n\n"
         + (f"Trained on: {trained_on_line(home, list(runs))}.\n\n" if runs else "") +
@@ -95,6 +94,14 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
         + kept
     )
     return {"table": table, "runs": runs, "summary": summary, "plot": plots[0] if plots else None, "plots": plots}
+
+
+def _steps_run(home: str, run_ids, cap: int) -> str:
+    """The step cap, and how far any run went past it (continued with `grokloop train --resume RUN
+    max_steps=N`): the page's header must not say less than its runs show."""
+    past = [step for step in (last_stored_step(home, r) for r in run_ids) if step is not None and step > cap]
+    return f"at most {cap} steps per run" + (f"; {len(past)} of the {len(run_ids)} runs continued past it, to at "
+                                             f"most {max(past)}" if past else "")
 
 
 def trained_on_line(home: str, run_ids: list[str]) -> str:
