@@ -177,7 +177,7 @@ def experiment(
                                                       "the cap, not part of a run's name: runs continue"),
     train_fraction: float | None = typer.Option(None, help="clusters only: the share of each operation's table "
                                                           "that trains (default: the size's; full 0.5)"),
-    held_out: str = typer.Option("", help="clusters only: the operation whose cluster is removed (default x*y; "
+    held_out: str = typer.Option("", help="clusters only: the operation whose cluster is removed (default x-y; "
                                           "full: x+y, x-y or x*y); the balanced runs are shared"),
     out: Path = typer.Option(Path("docs/results"), help="where NAME.md and NAME.png go"),
     setups: str = typer.Option("", help="grokfast only: a subset, e.g. baseline,ema"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flows.experiments import EXPERIMENTS, run_experiment
-from flows.experiments.clusters import _first_step_all_above
+from flows.experiments.clusters import HELD_OUT, _first_step_all_above
 from storage.store import open_store
 
 
@@ -44,10 +44,10 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
             assert variants[6].startswith("1% (k=") and variants[7].startswith("50% (k=")
             for row in result["table"]:
                 (acc,) = con.execute("SELECT value FROM metrics WHERE run_id = ? AND name = ? ORDER BY step DESC "
-                                     "LIMIT 1", [row["run_id"], "test_id/cluster:x*y/acc"]).fetchone()
-                assert row["x*y_acc"] == acc
+                                     "LIMIT 1", [row["run_id"], f"test_id/cluster:{HELD_OUT}/acc"]).fetchone()
+                assert row[f"{HELD_OUT}_acc"] == acc
             held_out = next(r for r in result["table"] if r["variant"] == "held out")
-            assert held_out["x*y_train_rows"] == 0 and held_out["x*y_groks_at"] is None
+            assert held_out[f"{HELD_OUT}_train_rows"] == 0 and held_out[f"{HELD_OUT}_groks_at"] is None
             assert "others_grok_at" in text
         if name == "composition":  # every arm of every setting, the OOD measures from the run's whole curve
             assert {(r["setting"], r["arm"]) for r in result["table"]} == {
@@ -103,24 +103,26 @@ def test_clusters_train_fraction_trains_another_world_and_running_it_again_conti
 
 def test_clusters_held_out_removes_another_operation_and_shares_the_balanced_runs(tmp_path, monkeypatch,
                                                                                  prefect_server):
-    """`--held-out x-y` after the default grid in the same home: the balanced runs are the same runs (not
-    trained again), the seven others are new, built without x-y's training rows (k of them back), and the
-    page reports x-y's own test accuracy; a run continued past the cap shows in the page's header."""
+    """`--held-out 'x*y'` after the default grid (x-y held out) in the same home: the balanced runs are
+    the same runs (not trained again), the seven others are new, built without x*y's training rows (k of
+    them back), and the page reports x*y's own test accuracy; a run continued past the cap shows in the
+    page's header."""
     from typer.testing import CliRunner
 
     from flows.cli import app
 
+    assert HELD_OUT == "x-y"
     monkeypatch.setenv("GROKLOOP_HOME", str(tmp_path / "home"))
     base = ["experiment", "clusters", "--quick", "--max-steps", "20"]
-    first = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "xy")])
+    first = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "default")])
     assert first.exit_code == 0, first.output
     with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
         before = dict(con.execute("SELECT run_id, count(*) FROM metrics GROUP BY run_id").fetchall())
-    second = CliRunner().invoke(app, [*base, "--held-out", "x-y", "--out", str(tmp_path / "xmy")])
+    second = CliRunner().invoke(app, [*base, "--held-out", "x*y", "--out", str(tmp_path / "xy")])
     assert second.exit_code == 0, second.output
-    text = (tmp_path / "xmy" / "clusters.md").read_text()
-    assert "`grokloop experiment clusters --size quick --max-steps 20 --held-out x-y`" in text
-    assert "The `x-y` cluster is removed from train" in text and " x-y_acc | best_x-y_acc |" in text
+    text = (tmp_path / "xy" / "clusters.md").read_text()
+    assert "`grokloop experiment clusters --size quick --max-steps 20 --held-out 'x*y'`" in text  # as a shell takes it
+    assert "The `x*y` cluster is removed from train" in text and " x*y_acc | best_x*y_acc |" in text
     with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
         after = dict(con.execute("SELECT run_id, count(*) FROM metrics GROUP BY run_id").fetchall())
         balanced = [r for r in before if r.startswith("clusters-balanced-")]
@@ -128,20 +130,20 @@ def test_clusters_held_out_removes_another_operation_and_shares_the_balanced_run
         assert all(r in text for r in balanced)
         new = [r for r in after if r not in before]
         rows = dict(con.execute(
-            "SELECT r.run_id, count(*) FILTER (WHERE d.split = 'train' AND d.cluster = 'x-y') FROM runs r "
+            "SELECT r.run_id, count(*) FILTER (WHERE d.split = 'train' AND d.cluster = 'x*y') FROM runs r "
             "JOIN dataset_rows d USING (dataset_id) WHERE r.run_id IN (SELECT unnest(?)) GROUP BY ALL", [new]).fetchall())
         heldout, k4 = (next(r for r in new if r.startswith(prefix)) for prefix in ("clusters-heldout-", "clusters-k4-"))
         assert rows[heldout] == 0 and rows[k4] == 4
-        (n_points,) = con.execute("SELECT count(*) FROM metrics WHERE run_id = ? AND name = 'test_id/cluster:x-y/acc'",
+        (n_points,) = con.execute("SELECT count(*) FROM metrics WHERE run_id = ? AND name = 'test_id/cluster:x*y/acc'",
                                   [heldout]).fetchone()
         assert n_points >= 1
     # One run continued past the cap: the page's header says so when it is written again.
     resumed = CliRunner().invoke(app, ["train", "--resume", heldout, "max_steps=40", "progress=false"])
     assert resumed.exit_code == 0, resumed.output
-    again = CliRunner().invoke(app, [*base, "--held-out", "x-y", "--report-only", "--out", str(tmp_path / "xmy")])
+    again = CliRunner().invoke(app, [*base, "--held-out", "x*y", "--report-only", "--out", str(tmp_path / "xy")])
     assert again.exit_code == 0, again.output
     assert "at most 20 steps per run; 1 of the 8 runs continued past it, to at most 40)" in \
-        (tmp_path / "xmy" / "clusters.md").read_text().splitlines()[0]
+        (tmp_path / "xy" / "clusters.md").read_text().splitlines()[0]
 
 
 def test_the_other_clusters_grok_at_the_first_step_where_every_one_of_them_is_above_the_level():

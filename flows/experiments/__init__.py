@@ -17,6 +17,7 @@ The numbers in the tables are read back from the store, not from memory.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +78,7 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     shown_options = {k: v for k, v in options.items() if k != "report_only"}
     command = " ".join([f"grokloop experiment {name}", *([f"--size {size_name}"] if size_name != "full" else []),
                         *([f"--seeds {seeds}"] if seeds else []), *([f"--max-steps {max_steps}"] if max_steps else []),
-                        *(f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
+                        *(f"--{k.replace('_', '-')} {shlex.quote(','.join(v) if isinstance(v, list) else str(v))}"
                           for k, v in shown_options.items())])
     how = ("this report was written from the store with `--report-only` (training goes on elsewhere; "
            f"{wall:.0f} s to write it)" if options.get("report_only") else f"wall time {wall / 60:.1f} min")
