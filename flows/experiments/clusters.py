@@ -155,10 +155,11 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                                      "test_id_acc", "t_mem", "t_grok", "others_grok_at", f"{held_out}_acc",
                                      f"best_{held_out}_acc", f"{held_out}_groks_at"])
     first = train_cfgs[0]
+    shares = [s for s in CLUSTER_SHARES if any(r["variant"].startswith(f"{s:.0%} ") for r in table)]  # that ran
     notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, train fraction "
              f"{size.params['train_fraction']}, clustered by operation; {size.seeds} seed(s) per variant (init and "
              f"data order; one task world). The `{held_out}` cluster is removed from train, then k of its "
-             f"examples are added back ({' and '.join(f'{s:.0%} = {_share(balanced, s, held_out)}' for s in CLUSTER_SHARES)} of its "
+             f"examples are added back ({' and '.join(f'{s:.0%} = {_share(balanced, s, held_out)}' for s in shares)} of its "
              f"{balanced['clusters']['train'][held_out]} training rows). Masked diffusion with the `{first.mdm_estimator}` estimator, width "
              f"{first.hidden_size}, {first.num_layers} layers, init `{first.init}`, {first.optimizer} lr {first.lr:g}, "
              f"weight decay {first.weight_decay:g}, batch {first.batch_size}, step cap {size.max_steps}, stop {first.patience} "
