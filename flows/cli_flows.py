@@ -127,7 +127,8 @@ def run_self_improve(
     rounds: int = typer.Option(2, help="rounds after the first training run"),
     family: str = typer.Option("modular"),
     episodes: int = typer.Option(200, help="model-agent attempts per round"),
-    loop_id: str = typer.Option("self-improve"),
+    loop_id: str = typer.Option("self-improve", help="the loop's name: the same one again goes on from the "
+                                "rounds the store has (more --rounds extend it)"),
     settings: list[str] | None = SETTINGS,
     home: str = HOME,
 ) -> None:

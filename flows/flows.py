@@ -139,13 +139,22 @@ def self_improve_flow(cfg: LoopConfig | None = None, family: str = "modular", ro
     """Round r: the model of round r-1 proposes answers to `episodes` training tasks drawn afresh for the
     round (`steps.round_seed`), the verifier keeps the right ones, they are ingested and curated with
     everything else, and training continues from the last checkpoint. Round 0 trains on the agents'
-    data alone. Every round is recorded in the store."""
+    data alone. Every round is recorded in the store; the same `loop_id` again goes on from the rounds
+    recorded (started again after an interruption, or given more rounds) and proposes nothing twice."""
     c = _config(cfg)
     history: list[dict[str, Any]] = []
     checkpoint: str | None = None
+    recorded = steps.recorded_rounds(c, loop_id)
     for r in range(rounds + 1):
-        proposed = (propose_task(c, family, checkpoint, episodes=episodes, seed=steps.round_seed(c.seed, r))
-                    if checkpoint else None)
+        if r in recorded:
+            row, checkpoint = recorded[r]
+            history.append(row)
+            continue
+        ingest_task(c)  # what an interrupted round left in the spool
+        proposed = None
+        if checkpoint:
+            proposed = steps.stored_proposals(c, checkpoint) or propose_task(
+                c, family, checkpoint, episodes=episodes, seed=steps.round_seed(c.seed, r))
         ingest_task(c)
         snap = curate_task(c, family)
         # Each round trains on from the last: one run at a time, on a worker when `cfg.runner` says.

@@ -72,8 +72,12 @@ def model_policy(
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)
     meta = checkpoint_meta(checkpoint_dir)
     propose = load_proposer(checkpoint_dir, n_steps=n_steps, temperature=temperature, seed=seed)
-    return ModelPolicy(propose, n_samples, name=name, version=f"{meta['run_id']}@{meta['step']}",
-                       checkpoint=str(checkpoint_dir))
+    return ModelPolicy(propose, n_samples, name=name, version=model_version(meta), checkpoint=str(checkpoint_dir))
+
+
+def model_version(meta: dict) -> str:
+    """A model agent's version: the run and step of the checkpoint it samples from."""
+    return f"{meta['run_id']}@{meta['step']}"
 
 
 @dataclass

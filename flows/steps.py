@@ -14,11 +14,11 @@ from agents.runner import run_agents, run_shard, shard_report
 from agents.tasks import get_family
 from diffusion import train as training  # training.train looked up per call: tests wrap it
 from diffusion.batched import batchable, batching_pays, train_batched
-from diffusion.checkpoint import has_checkpoint
+from diffusion.checkpoint import checkpoint_meta, has_checkpoint, resolve_checkpoint
 from diffusion.config import TrainConfig
 from diffusion.evaluate import evaluate_checkpoint
 from flows.config import LoopConfig
-from flows.model_agent import run_model_agent
+from flows.model_agent import model_version, run_model_agent
 from storage.datasets import SnapshotSpec, build_snapshot, publish_snapshot
 from storage.home import grokloop_home, has_store, spool_location, store_location
 from storage.ingest import ingest_spool
@@ -70,6 +70,16 @@ def collected(cfg: LoopConfig, family: str) -> bool:
     with open_store(store_location(cfg.home), read_only=True) as con:
         return con.execute("SELECT count(*) FROM trajectories WHERE task_id IN (SELECT unnest(?::VARCHAR[]))",
                            [task_ids]).fetchone()[0] > 0
+
+
+def collect_once(cfg: LoopConfig, family: str) -> None:
+    """Collect and ingest `family`'s trajectories unless the store has this world's already (after
+    ingesting what an interrupted start left in the spool): an experiment started again keeps its
+    snapshots and run names, and continues its runs instead of beginning new ones."""
+    ingest(cfg)
+    if not collected(cfg, family):
+        collect(cfg, family)
+        ingest(cfg)
 
 
 def collect_report(cfg: LoopConfig, family: str, shards: list[dict[str, Any]], seconds: float,
@@ -168,6 +178,34 @@ def propose(cfg: LoopConfig, family: str, checkpoint_dir: str, *, episodes: int,
         episodes=episodes, n_samples=cfg.n_samples, n_steps=cfg.sampler_steps,
         seed=cfg.seed if seed is None else seed, spool=spool_location(cfg.spool, cfg.home),
     ))
+
+
+def stored_proposals(cfg: LoopConfig, checkpoint_dir: str) -> dict[str, int] | None:
+    """What the model agent of `checkpoint_dir` has in the store already ({attempts, verified}), or
+    None: a self-improvement round started again does not propose (and store) its answers twice."""
+    if not has_store(cfg.home):
+        return None
+    version = model_version(checkpoint_meta(resolve_checkpoint(checkpoint_dir)))
+    with open_store(store_location(cfg.home), read_only=True) as con:
+        attempts, verified = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE t.verified) FROM trajectories t JOIN agents a USING (agent_id) "
+            "WHERE a.kind = 'model' AND a.version = ?", [version]).fetchone()
+    return {"attempts": attempts, "verified": verified} if attempts else None
+
+
+def recorded_rounds(cfg: LoopConfig, loop_id: str) -> dict[int, tuple[dict[str, Any], str]]:
+    """Round -> (its `self_improve_rounds` row, its run's last checkpoint), for the rounds of `loop_id`
+    the store has (a round is recorded once evaluated): a loop started again, or given more rounds,
+    goes on from them."""
+    if not has_store(cfg.home):
+        return {}
+    with open_store(store_location(cfg.home), read_only=True) as con:
+        rows = con.execute(
+            "SELECT loop_id, round, run_id, dataset_id, n_proposed, n_verified, test_id_acc, test_ood_acc, "
+            "(SELECT path FROM checkpoints c WHERE c.run_id = r.run_id ORDER BY step DESC LIMIT 1) "
+            "FROM self_improve_rounds r WHERE loop_id = ?", [loop_id]).fetchall()
+    keys = ("loop_id", "round", "run_id", "dataset_id", "n_proposed", "n_verified", "test_id_acc", "test_ood_acc")
+    return {row[1]: (dict(zip(keys, row[:-1], strict=True)), row[-1]) for row in rows}
 
 
 def round_seed(seed: int, round_: int) -> int:

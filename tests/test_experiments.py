@@ -66,6 +66,17 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
             assert two_hop["ar-shared"]["width"] > two_hop["ar"]["width"] and two_hop["mdm"]["params"] == \
                 two_hop["ar"]["params"]
 
+    if name == "self_improve":  # started again: the same table from the store; nothing collected or trained
+        before = _stored_counts(tmp_path / "home")
+        again = run_experiment(name, quick=True, out_dir=tmp_path / "again", home=str(tmp_path / "home"))
+        assert again["table"] == result["table"] and _stored_counts(tmp_path / "home") == before
+
+
+def _stored_counts(home) -> tuple[int, int, int]:
+    with open_store(home / "store.duckdb", read_only=True) as con:
+        return con.execute("SELECT (SELECT count(*) FROM trajectories), (SELECT count(*) FROM datasets), "
+                           "(SELECT count(*) FROM metrics)").fetchone()
+
 
 def test_clusters_train_fraction_trains_another_world_and_running_it_again_continues_it(tmp_path, monkeypatch,
                                                                                         prefect_server):

@@ -147,6 +147,41 @@ def test_self_improve_two_rounds_records_both(tmp_path):
         assert parents[0][1] is None and all(p[1] for p in parents[1:])
 
 
+def test_self_improve_started_again_goes_on_from_the_rounds_in_the_store_and_proposes_nothing_twice(tmp_path):
+    """Two rounds recorded, then round 2 interrupted after its proposals reached the spool: the same
+    loop_id with one more round keeps rounds 0-1 as stored (not trained again), ingests the spooled
+    proposals instead of drawing them again, and trains round 2 on from round 1."""
+    from flows.flows import self_improve_flow
+
+    cfg = tiny_config(tmp_path, policy="solver", episodes=15)
+    steps.collect(cfg, "modular")
+    first = self_improve_flow(cfg=cfg, family="modular", rounds=1, episodes=30, loop_id="t")
+    (_, r1_checkpoint) = steps.recorded_rounds(cfg, "t")[1]
+    steps.propose(cfg, "modular", r1_checkpoint, episodes=30, seed=steps.round_seed(cfg.seed, 2))  # then killed
+
+    def counts():
+        with open_store(tmp_path / "store.duckdb", read_only=True) as con:
+            return dict(con.execute("SELECT run_id, count(*) FROM metrics GROUP BY run_id").fetchall())
+
+    before = counts()
+    again = self_improve_flow(cfg=cfg, family="modular", rounds=2, episodes=30, loop_id="t")
+
+    assert again[:2] == first and [row["round"] for row in again] == [0, 1, 2]
+    assert again[2]["n_proposed"] == 30
+    after = counts()
+    assert {run: after[run] for run in before} == before and set(after) - set(before) == {again[2]["run_id"]}
+    with open_store(tmp_path / "store.duckdb", read_only=True) as con:
+        by_version = dict(con.execute("SELECT a.version, count(*) FROM trajectories t JOIN agents a USING (agent_id) "
+                                      "WHERE a.kind = 'model' GROUP BY ALL").fetchall())
+        assert sorted(by_version.values()) == [30, 30]  # round 1's and round 2's proposals, once each
+        (init_from,) = con.execute("SELECT config->>'init_from' FROM runs WHERE run_id = ?",
+                                   [again[2]["run_id"]]).fetchone()
+    assert Path(init_from).resolve() == Path(r1_checkpoint).resolve()
+    # Nothing left to do: the same call again reads all three rounds back.
+    assert self_improve_flow(cfg=cfg, family="modular", rounds=2, episodes=30, loop_id="t") == again
+    assert counts() == after
+
+
 def test_scheduled_collect_draws_new_tasks_each_run_and_a_plain_collect_repeats(tmp_path):
     from flows.flows import collect_flow
 

@@ -74,12 +74,7 @@ def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: 
                      train_overrides={**CLUSTER_TRAIN, "max_steps": size.max_steps, "eval_every": size.eval_every,
                                       **size.train})
     if collect:
-        steps.ingest(cfg)  # what an interrupted start left in the spool
-        if not steps.collected(cfg, "modular"):
-            # Once per task world: collecting again would give a new snapshot and new run names, and a
-            # restarted grid would begin again instead of continuing its runs.
-            steps.collect(cfg, "modular")
-            steps.ingest(cfg)
+        steps.collect_once(cfg, "modular")
     balanced = steps.curate(cfg, "modular", name="clusters-balanced")
     variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] \
         + [(f"{share:.0%} (k={_share(balanced, share, held_out)})", _share(balanced, share, held_out))

@@ -37,7 +37,8 @@ def self_improve(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[
     `proposals` training tasks drawn afresh for the round and its verified answers join the data; the
     control instead gets as many prompts labelled by the solver agent (drawn afresh too), and trains
     on for the same steps from its own previous round. Beside the model's hit rate: the rate at which
-    random guesses (best-of-n_samples, uniform over the family's answers) pass the verifier."""
+    random guesses (best-of-n_samples, uniform over the family's answers) pass the verifier.
+    Started again, it goes on from the store: its data collected once, its rounds as recorded."""
     p = dict(size.params)
     rounds, episodes, proposals = p.pop("rounds"), p.pop("episodes"), p.pop("proposals")
     table, runs = [], []
@@ -48,8 +49,7 @@ def self_improve(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[
                          train_overrides={"max_steps": size.max_steps, "eval_every": size.eval_every,
                                           "mdm_estimator": "count", "progress": False, **size.train})
         loop_id = f"self-improve-p{p['p']}-{size.max_steps}-s{seed}"
-        steps.collect(cfg, "modular")
-        steps.ingest(cfg)
+        steps.collect_once(cfg, "modular")  # started again: the same data, the loop goes on from the store
         solver_ids = [r[0] for r in query("SELECT agent_id FROM agents WHERE kind = 'solver'", [], home)]
         history = self_improve_flow(cfg=cfg, family="modular", rounds=rounds, episodes=proposals, loop_id=loop_id)
         control = _control_rounds(cfg, history, solver_ids, loop_id)
@@ -88,20 +88,26 @@ def self_improve(size: Size, home: str | None, runner: Runner = LOCAL) -> tuple[
 
 def _control_rounds(cfg: LoopConfig, history: list[dict], solver_ids: list[str], loop_id: str) -> list[dict]:
     """The control arm: round 0 is the loop's own; round r adds as many solver-labelled prompts as the
-    model got verified in round r, curated from the solver agent's trajectories only."""
+    model got verified in round r, curated from the solver agent's trajectories only. A round whose
+    run exists (the experiment started again) keeps its snapshot: it collects nothing more."""
     rows, checkpoint = [history[0]], checkpoint_of(history[0]["run_id"], cfg.home)
     for model_row in history[1:]:
         r, n = model_row["round"], model_row["n_verified"]
-        # +500: a draw seed of the control's own, used by neither round 0's agents nor any model round
-        steps.collect(dataclasses.replace(cfg, n_agents=1), "modular", seed=steps.round_seed(cfg.seed, r) + 500,
-                      episodes=n)
-        steps.ingest(cfg)
-        snap = steps.curate(cfg, "modular", agents=solver_ids, name=f"{loop_id}-control-r{r}")
-        run = steps.train(steps.train_config(cfg, "modular", snap["path"], run_name=f"{loop_id}-control-r{r}",
-                                             init_from=checkpoint))
+        run_name = f"{loop_id}-control-r{r}"
+        stored = query("SELECT dataset_id, config->>'$.dataset' FROM runs WHERE run_id = ?", [run_name], cfg.home)
+        if stored:
+            (dataset_id, path), = stored
+        else:
+            # +500: a draw seed of the control's own, used by neither round 0's agents nor any model round
+            steps.collect(dataclasses.replace(cfg, n_agents=1), "modular", seed=steps.round_seed(cfg.seed, r) + 500,
+                          episodes=n)
+            steps.ingest(cfg)
+            snap = steps.curate(cfg, "modular", agents=solver_ids, name=run_name)
+            dataset_id, path = snap["dataset_id"], snap["path"]
+        run = steps.train(steps.train_config(cfg, "modular", path, run_name=run_name, init_from=checkpoint))
         evaluation = steps.evaluate(cfg, run["checkpoint_dir"])
         checkpoint = run["checkpoint_dir"]
-        rows.append({"round": r, "run_id": run["run_id"], "dataset_id": snap["dataset_id"], "n_proposed": n,
+        rows.append({"round": r, "run_id": run["run_id"], "dataset_id": dataset_id, "n_proposed": n,
                      "n_verified": n, "test_id_acc": evaluation.get("test_id")})
     return rows
 
