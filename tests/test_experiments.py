@@ -155,6 +155,12 @@ def test_clusters_held_out_removes_another_operation_and_shares_the_balanced_run
     assert again.exit_code == 0, again.output
     assert "at most 20 steps per run; 1 of the 10 runs continued past it, to at most 40)" in \
         (tmp_path / "xy" / "clusters.md").read_text().splitlines()[0]
+    # The grid started again leaves that run as it is: trained to 40, its config says so.
+    rerun = CliRunner().invoke(app, [*base, "--held-out", "x*y", "--out", str(tmp_path / "xy")])
+    assert rerun.exit_code == 0, rerun.output
+    assert f"{heldout}: continued past this cap of 20 (in the store to step 40)" in " ".join(rerun.output.split())
+    with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
+        assert con.execute("SELECT config->>'$.max_steps' FROM runs WHERE run_id = ?", [heldout]).fetchone() == ("40",)
 
 
 def test_the_other_clusters_grok_at_the_first_step_where_every_one_of_them_is_above_the_level():

@@ -14,6 +14,7 @@ from diffusion.config import run_id_of
 from flows.flows import train_seeds_task, train_task
 from flows.runners import Runner, fan_out
 from storage.home import has_store, store_location
+from storage.runs import last_stored_step
 from storage.store import open_store
 
 console = Console()
@@ -47,14 +48,19 @@ def train_runs(cfgs: list, runner: Runner = LOCAL) -> list[dict[str, Any]]:
 
 
 def trainable_here(cfgs: list) -> list:
-    """The runs this machine can train or continue; a line for each one it leaves as imported."""
+    """The runs this machine can train or continue; a line for each one it leaves as stored: imported
+    (trained elsewhere), or continued past this sweep's cap (`train --resume RUN max_steps=...`: training
+    it under the sweep's config would record the smaller cap as the run's own)."""
     keep = []
     for cfg in cfgs:
-        if (step := imported_step(cfg)) is None:
-            keep.append(cfg)
-        else:
+        if (step := imported_step(cfg)) is not None:
             console.print(f"[sweep] {run_id_of(cfg)}: imported (in the store to step {step:,}, its checkpoints "
                           "are elsewhere): reported as stored, not trained")
+        elif (step := last_stored_step(cfg.home, run_id_of(cfg)) or 0) > cfg.max_steps:
+            console.print(f"[sweep] {run_id_of(cfg)}: continued past this cap of {cfg.max_steps:,} (in the store "
+                          f"to step {step:,}): reported as stored, not trained")
+        else:
+            keep.append(cfg)
     return keep
 
 
