@@ -144,7 +144,7 @@ def self_improve_flow(cfg: LoopConfig | None = None, family: str = "modular", ro
     c = _config(cfg)
     history: list[dict[str, Any]] = []
     checkpoint: str | None = None
-    recorded = steps.recorded_rounds(c, loop_id)
+    recorded = steps.recorded_rounds(c, loop_id, family)
     for r in range(rounds + 1):
         if r in recorded:
             row, checkpoint = recorded[r]

@@ -7,6 +7,7 @@ and returns a small JSON-able dict, so a flow can persist and show it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -193,19 +194,27 @@ def stored_proposals(cfg: LoopConfig, checkpoint_dir: str) -> dict[str, int] | N
     return {"attempts": attempts, "verified": verified} if attempts else None
 
 
-def recorded_rounds(cfg: LoopConfig, loop_id: str) -> dict[int, tuple[dict[str, Any], str]]:
+def recorded_rounds(cfg: LoopConfig, loop_id: str, family: str) -> dict[int, tuple[dict[str, Any], str]]:
     """Round -> (its `self_improve_rounds` row, its run's last checkpoint), for the rounds of `loop_id`
     the store has (a round is recorded once evaluated): a loop started again, or given more rounds,
-    goes on from them."""
+    goes on from them. A `loop_id` the store has on another family, task world or objective is an error."""
     if not has_store(cfg.home):
         return {}
     with open_store(store_location(cfg.home), read_only=True) as con:
         rows = con.execute(
             "SELECT loop_id, round, run_id, dataset_id, n_proposed, n_verified, test_id_acc, test_ood_acc, "
-            "(SELECT path FROM checkpoints c WHERE c.run_id = r.run_id ORDER BY step DESC LIMIT 1) "
-            "FROM self_improve_rounds r WHERE loop_id = ?", [loop_id]).fetchall()
+            "(SELECT path FROM checkpoints c WHERE c.run_id = r.run_id ORDER BY step DESC LIMIT 1), "
+            "(SELECT [config->>'$.family', config->>'$.family_params', config->>'$.objective'] FROM runs "
+            "WHERE runs.run_id = r.run_id) FROM self_improve_rounds r WHERE loop_id = ? ORDER BY round",
+            [loop_id]).fetchall()
+    want = train_config(cfg, family, None, run_name=loop_id)
+    for *_, (run_family, run_params, objective) in rows[:1]:
+        if (run_family, json.loads(run_params), objective) != (want.family, want.family_params, want.objective):
+            raise ValueError(f"self-improvement loop {loop_id!r} is in the store on {run_family} "
+                             f"{json.loads(run_params)} ({objective}), not on {want.family} {want.family_params} "
+                             f"({want.objective}): give this loop another loop_id (--loop-id)")
     keys = ("loop_id", "round", "run_id", "dataset_id", "n_proposed", "n_verified", "test_id_acc", "test_ood_acc")
-    return {row[1]: (dict(zip(keys, row[:-1], strict=True)), row[-1]) for row in rows}
+    return {row[1]: (dict(zip(keys, row[:-2], strict=True)), row[-2]) for row in rows}
 
 
 def round_seed(seed: int, round_: int) -> int:

@@ -156,7 +156,7 @@ def test_self_improve_started_again_goes_on_from_the_rounds_in_the_store_and_pro
     cfg = tiny_config(tmp_path, policy="solver", episodes=15)
     steps.collect(cfg, "modular")
     first = self_improve_flow(cfg=cfg, family="modular", rounds=1, episodes=30, loop_id="t")
-    (_, r1_checkpoint) = steps.recorded_rounds(cfg, "t")[1]
+    (_, r1_checkpoint) = steps.recorded_rounds(cfg, "t", "modular")[1]
     steps.propose(cfg, "modular", r1_checkpoint, episodes=30, seed=steps.round_seed(cfg.seed, 2))  # then killed
 
     def counts():
@@ -179,6 +179,12 @@ def test_self_improve_started_again_goes_on_from_the_rounds_in_the_store_and_pro
     assert Path(init_from).resolve() == Path(r1_checkpoint).resolve()
     # Nothing left to do: the same call again reads all three rounds back.
     assert self_improve_flow(cfg=cfg, family="modular", rounds=2, episodes=30, loop_id="t") == again
+    assert counts() == after
+    # The same loop_id on another task world is an error that names it, before anything is done.
+    other = tiny_config(tmp_path, policy="solver", episodes=15,
+                        family_params={"modular": {"p": 11, "operations": ["x+y"], "train_fraction": 0.6}})
+    with pytest.raises(ValueError, match=r"loop 't' is in the store on modular \{.*'p': 7.*not on modular .*'p': 11"):
+        self_improve_flow(cfg=other, family="modular", rounds=3, episodes=30, loop_id="t")
     assert counts() == after
 
 
