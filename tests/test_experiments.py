@@ -23,6 +23,10 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
     assert f"Trained on: cpu, {torch.get_num_threads()} thread" in text  # the runs' own record
     if name == "composition":  # OOD accuracy alone, on an axis fitted to it
         assert result["plots"] == [plot, out / "composition_ood.png"] and "(composition_ood.png)" in text
+    if name == "clusters":  # and the held-out cluster's accuracy against its rows back
+        rows_plot = out / "clusters_rows.png"
+        assert result["plots"] == [plot, rows_plot] and "(clusters_rows.png)" in text
+        assert rows_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and rows_plot.stat().st_size > 10_000
 
     with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
         stored = {run_id: {"t_mem": t_mem, "t_grok": t_grok}

@@ -10,7 +10,7 @@ The numbers in the tables are read back from the store, not from memory.
 
     grokfast      a*b mod 97: Adam baseline vs weight decay vs Grokfast-EMA / -MA, diffusion vs AR
     composition   two_hop and programs: ID and OOD accuracy, masked diffusion vs AR at equal params/steps
-    clusters      a cluster-balanced snapshot, one cluster held out, then k = 1, 4, 16, 64, 1% and 50% of it back
+    clusters      a cluster-balanced snapshot, one cluster held out, then k = 1, 4, 16, 64, 1%, 10%, 25%, 50% of it back
     self_improve  rounds of the model agent's verified data vs as many agent-labelled prompts
 """
 
@@ -33,8 +33,8 @@ from storage.runs import export_runs, last_stored_step, runs_trained_on
 # Below this line a results page is a person's words: regenerating the page keeps them (hand_written).
 HAND_WRITTEN = "<!-- hand-written below: kept when this page is written again -->"
 
-# name -> (the experiment, its sizes, its figures: file suffix -> plot_runs options, or a function of the
-# experiment's options that gives them)
+# name -> (the experiment, its sizes, its figures: file suffix -> plot_runs options or a function
+# (table, png path) -> png path; or a function of the experiment's options that gives them)
 EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size], dict[str, dict[str, Any]] | Callable]] = {
     "grokfast": (grokfast.grokfast, grokfast.GROKFAST_SIZES, FIGURES),
     "composition": (composition.composition, composition.COMPOSITION_SIZES, composition.FIGURES),
@@ -69,7 +69,8 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     wall = time.perf_counter() - started
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plots = [plot_runs(runs, out / f"{name}{suffix}.png", home=home, **figure)
+    plots = [figure(table, out / f"{name}{suffix}.png") if callable(figure)
+             else plot_runs(runs, out / f"{name}{suffix}.png", home=home, **figure)
              for suffix, figure in figures.items()] if runs else []
     summary = out / f"{name}.md"
     data = out / f"{name}_runs.parquet"

@@ -4,7 +4,10 @@ train, then k of its examples added back; the removed cluster's test accuracy ov
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from flows import steps
 from flows.config import LoopConfig
@@ -41,8 +44,36 @@ HELD_OUT = "x-y"
 
 
 def figures(held_out: str | None = None) -> dict:
-    """The plot: the question is the held-out cluster's own test accuracy."""
-    return {"": {"curves": {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{held_out or HELD_OUT}/acc": ":"}}}
+    """The plots: every run's curves, the held-out cluster's own test accuracy among them; and that
+    accuracy against how many of its training rows each variant has (`_rows`)."""
+    held_out = held_out or HELD_OUT
+    return {"": {"curves": {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{held_out}/acc": ":"}},
+            "_rows": lambda table, path: plot_rows_back(table, held_out, path)}
+
+
+def plot_rows_back(table: list[dict], held_out: str, path: Path) -> Path:
+    """The held-out cluster's test accuracy (best over the run, and at its end) against its training rows
+    in the snapshot, a point per run, the mean of the best as a line: where between 0 and all of its
+    rows it starts to be learnt."""
+    import matplotlib.pyplot as plt
+
+    rows, best, last = (np.array([r[k] for r in table], dtype=float)
+                        for k in (f"{held_out}_train_rows", f"best_{held_out}_acc", f"{held_out}_acc"))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.scatter(rows, best, marker="o", facecolors="none", edgecolors="C0", label="best over the run")
+    ax.scatter(rows, last, marker="x", color="C1", label="at the end of the run")
+    xs = np.unique(rows)
+    ax.plot(xs, [best[rows == x].mean() for x in xs], color="C0", alpha=0.6, label="mean of the best")
+    ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8, label="95% (grokked)")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set(xlabel=f"{held_out} training rows in the snapshot (0 = removed)", ylabel=f"{held_out} test accuracy",
+           xlim=(-0.3, 1.5 * max(rows.max(), 1)), ylim=(-0.02, 1.02),
+           title=f"{held_out} removed, then rows of it back ({len(table)} runs)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 CPU_SIZE_REASON = (
     "Why this size: three operations mod 47, half of each table for training, chosen by probes on this CPU "
