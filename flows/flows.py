@@ -150,12 +150,11 @@ def self_improve_flow(cfg: LoopConfig | None = None, family: str = "modular", ro
             row, checkpoint = recorded[r]
             history.append(row)
             continue
-        ingest_task(c)  # what an interrupted round left in the spool
-        proposed = None
-        if checkpoint:
-            proposed = steps.stored_proposals(c, checkpoint) or propose_task(
-                c, family, checkpoint, episodes=episodes, seed=steps.round_seed(c.seed, r))
-        ingest_task(c)
+        ingest_task(c)  # the agents' data, or what an interrupted round left in the spool
+        proposed = steps.stored_proposals(c, checkpoint) if checkpoint else None
+        if checkpoint and proposed is None:
+            proposed = propose_task(c, family, checkpoint, episodes=episodes, seed=steps.round_seed(c.seed, r))
+            ingest_task(c)
         snap = curate_task(c, family)
         # Each round trains on from the last: one run at a time, on a worker when `cfg.runner` says.
         run, = fan_out(c.runner_settings(), train_task, [(steps.train_config(
