@@ -208,11 +208,13 @@ def recorded_rounds(cfg: LoopConfig, loop_id: str, family: str) -> dict[int, tup
             "WHERE runs.run_id = r.run_id) FROM self_improve_rounds r WHERE loop_id = ? ORDER BY round",
             [loop_id]).fetchall()
     want = train_config(cfg, family, None, run_name=loop_id)
-    for *_, (run_family, run_params, objective) in rows[:1]:
-        if (run_family, json.loads(run_params), objective) != (want.family, want.family_params, want.objective):
-            raise ValueError(f"self-improvement loop {loop_id!r} is in the store on {run_family} "
-                             f"{json.loads(run_params)} ({objective}), not on {want.family} {want.family_params} "
-                             f"({want.objective}): give this loop another loop_id (--loop-id)")
+    if rows:  # round 0's run says which world the loop is on
+        run_family, run_params, objective = rows[0][-1]
+        stored = (run_family, json.loads(run_params), objective)
+        if stored != (want.family, want.family_params, want.objective):
+            raise ValueError(f"self-improvement loop {loop_id!r} is in the store on {stored[0]} {stored[1]} "
+                             f"({stored[2]}), not on {want.family} {want.family_params} ({want.objective}): "
+                             "give this loop another loop_id (--loop-id)")
     keys = ("loop_id", "round", "run_id", "dataset_id", "n_proposed", "n_verified", "test_id_acc", "test_ood_acc")
     return {row[1]: (dict(zip(keys, row[:-2], strict=True)), row[-2]) for row in rows}
 
