@@ -203,7 +203,7 @@ def recorded_rounds(cfg: LoopConfig, loop_id: str, family: str) -> dict[int, tup
     with open_store(store_location(cfg.home), read_only=True) as con:
         rows = con.execute(
             "SELECT loop_id, round, run_id, dataset_id, n_proposed, n_verified, test_id_acc, test_ood_acc, "
-            "(SELECT path FROM checkpoints c WHERE c.run_id = r.run_id ORDER BY step DESC LIMIT 1), "
+            "(SELECT path FROM latest_checkpoints c WHERE c.run_id = r.run_id), "
             "(SELECT [config->>'$.family', config->>'$.family_params', config->>'$.objective'] FROM runs "
             "WHERE runs.run_id = r.run_id) FROM self_improve_rounds r WHERE loop_id = ? ORDER BY round",
             [loop_id]).fetchall()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -339,8 +340,10 @@ def test_checkpoints_follow_checkpoint_every_not_only_eval_steps(tmp_path):
     con = duckdb.connect(str(store_path(tmp_path)), read_only=True)
     recorded = [s for (s,) in con.execute("SELECT step FROM checkpoints WHERE run_id = 'ck' ORDER BY step").fetchall()]
     evals = [s for (s,) in con.execute("SELECT DISTINCT step FROM metrics WHERE run_id = 'ck' ORDER BY step").fetchall()]
+    (latest_step, latest_path), = con.execute("SELECT step, path FROM latest_checkpoints WHERE run_id = 'ck'").fetchall()
     con.close()
     assert recorded == kept and evals == [0, 20, 40, 60, 80, 100]
+    assert latest_step == 100 and Path(latest_path).name == "step_100"
     # Resuming from a checkpoint between evaluations rewrites the same metrics (as if killed at 30).
     before = metric_rows(tmp_path, "ck")
     for step in (60, 90, 100):

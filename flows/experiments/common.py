@@ -86,7 +86,7 @@ def run_status(run_id: str, home: str | None) -> str | None:
 
 
 def checkpoint_of(run_id: str, home: str | None) -> str:
-    return query("SELECT path FROM checkpoints WHERE run_id = ? ORDER BY step DESC LIMIT 1", [run_id], home)[0][0]
+    return query("SELECT path FROM latest_checkpoints WHERE run_id = ?", [run_id], home)[0][0]
 
 
 def train_rows(dataset_id: str, home: str | None) -> int:

@@ -126,6 +126,13 @@ LEFT JOIN metrics m ON m.run_id = r.run_id AND m.step = l.step
 GROUP BY ALL
 ORDER BY r.updated_at DESC, r.run_id;
 
+-- Runs: each run's last checkpoint -- what a model agent samples from and what a continued loop
+-- starts its next round from.
+CREATE OR REPLACE VIEW latest_checkpoints AS
+SELECT run_id, max(step) AS step, arg_max(path, step) AS path
+FROM checkpoints
+GROUP BY run_id;
+
 -- Runs: verified accuracy per run, evaluation and split, with the rows it is over and its binomial
 -- standard error (whether OOD at 3% is above a chance of 2.5% is a question of n). n is NULL for
 -- runs recorded before evaluations stored their counts.
