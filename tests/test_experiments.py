@@ -45,7 +45,7 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
             assert all("t_mem" in row for row in result["table"])
             variants = [row["variant"] for row in result["table"]]
             assert variants[:6] == ["balanced", "held out", "k=1", "k=4", "k=16", "k=64"]
-            assert [v.split(" ")[0] for v in variants[6:]] == ["1%", "10%", "25%", "50%"]
+            assert [v.split(" ")[0] for v in variants[6:]] == ["1%", "10%", "15%", "25%", "50%"]
             for row in result["table"]:
                 (acc,) = con.execute("SELECT value FROM metrics WHERE run_id = ? AND name = ? ORDER BY step DESC "
                                      "LIMIT 1", [row["run_id"], f"test_id/cluster:{HELD_OUT}/acc"]).fetchone()
@@ -108,7 +108,7 @@ def test_clusters_train_fraction_trains_another_world_and_running_it_again_conti
         assert con.execute("SELECT (SELECT count(*) FROM trajectories), (SELECT count(*) FROM datasets)").fetchone() \
             == before
         runs = con.execute("SELECT run_id, dataset_id, config->>'$.family_params.train_fraction' FROM runs").fetchall()
-        assert len(runs) == 10 and {fraction for *_, fraction in runs} == {"0.8"}
+        assert len(runs) == 11 and {fraction for *_, fraction in runs} == {"0.8"}
         for run_id, dataset_id, _ in runs:
             assert run_id in text
             (n_test,) = con.execute("SELECT count(*) FROM dataset_rows WHERE dataset_id = ? AND split = 'test_id'",
@@ -119,7 +119,7 @@ def test_clusters_train_fraction_trains_another_world_and_running_it_again_conti
 def test_clusters_held_out_removes_another_operation_and_shares_the_balanced_runs(tmp_path, monkeypatch,
                                                                                  prefect_server):
     """`--held-out 'x*y'` after the default grid (x-y held out) in the same home: the balanced runs are
-    the same runs (not trained again), the nine others are new, built without x*y's training rows (k of
+    the same runs (not trained again), the ten others are new, built without x*y's training rows (k of
     them back), and the page reports x*y's own test accuracy; a run continued past the cap shows in the
     page's header."""
     from typer.testing import CliRunner
@@ -141,7 +141,7 @@ def test_clusters_held_out_removes_another_operation_and_shares_the_balanced_run
     with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
         after = dict(con.execute("SELECT run_id, count(*) FROM metrics GROUP BY run_id").fetchall())
         balanced = [r for r in before if r.startswith("clusters-balanced-")]
-        assert len(after) == len(before) + 9 and all(after[r] == before[r] for r in before)
+        assert len(after) == len(before) + 10 and all(after[r] == before[r] for r in before)
         assert all(r in text for r in balanced)
         new = [r for r in after if r not in before]
         rows = dict(con.execute(
@@ -157,7 +157,7 @@ def test_clusters_held_out_removes_another_operation_and_shares_the_balanced_run
     assert resumed.exit_code == 0, resumed.output
     again = CliRunner().invoke(app, [*base, "--held-out", "x*y", "--report-only", "--out", str(tmp_path / "xy")])
     assert again.exit_code == 0, again.output
-    assert "at most 20 steps per run; 1 of the 10 runs continued past it, to at most 40)" in \
+    assert "at most 20 steps per run; 1 of the 11 runs continued past it, to at most 40)" in \
         (tmp_path / "xy" / "clusters.md").read_text().splitlines()[0]
     # The grid started again leaves that run as it is: trained to 40, its config says so.
     rerun = CliRunner().invoke(app, [*base, "--held-out", "x*y", "--out", str(tmp_path / "xy")])

@@ -10,7 +10,7 @@ The numbers in the tables are read back from the store, not from memory.
 
     grokfast      a*b mod 97: Adam baseline vs weight decay vs Grokfast-EMA / -MA, diffusion vs AR
     composition   two_hop and programs: ID and OOD accuracy, masked diffusion vs AR at equal params/steps
-    clusters      a cluster-balanced snapshot, one cluster held out, then k = 1, 4, 16, 64, 1%, 10%, 25%, 50% of it back
+    clusters      a cluster-balanced snapshot, one cluster held out, then k = 1, 4, 16, 64, 1%, 10%, 15%, 25%, 50% of it back
     self_improve  rounds of the model agent's verified data vs as many agent-labelled prompts
 """
 

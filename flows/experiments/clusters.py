@@ -88,10 +88,10 @@ CPU_SIZE_REASON = (
     "step 500 with test at 27-39% until step 2,300, then reached 95% test at 4,300. The cap, 10,000 steps: "
     "1.5x or more the balanced run's T_grok on this data (4,700 to 6,600 steps, seeds 0-2).")
 CLUSTER_KS = (1, 4, 16, 64)
-# Shares of the removed cluster's training rows added back: 1% (Carvalho et al.); 10% and 25%, to place
-# how many rows it takes between k = 64 and half; and half, the positive control (does the removed
+# Shares of the removed cluster's training rows added back: 1% (Carvalho et al.); 10%, 15% and 25%, to
+# place how many rows it takes between k = 64 and half; and half, the positive control (does the removed
 # cluster grok with enough of it back?).
-CLUSTER_SHARES = (0.01, 0.1, 0.25, 0.5)
+CLUSTER_SHARES = (0.01, 0.1, 0.15, 0.25, 0.5)
 
 
 def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: bool = True,
@@ -121,7 +121,7 @@ def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: 
 def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: bool = False,
              train_fraction: float | None = None, held_out: str | None = None) -> tuple[list[dict], dict[str, str], str]:
     """A cluster-balanced snapshot; one operation's cluster (`held_out`, default `x-y`) removed from train;
-    then k = 1, 4, 16, 64 of its examples (and 1%, 10%, 25% and half of them) added back. Every variant x seed trains
+    then k = 1, 4, 16, 64 of its examples (and 1%, 10%, 15%, 25% and half of them) added back. Every variant x seed trains
     (continued from its checkpoint when it has one); the held-out cluster's TEST accuracy is logged at every
     evaluation. `report_only`: train nothing, report what the store has. `train_fraction`: of each
     operation's table, instead of the size's (another task world: its own tasks, snapshots and runs).
