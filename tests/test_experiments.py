@@ -53,6 +53,10 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
             held_out = next(r for r in result["table"] if r["variant"] == "held out")
             assert held_out[f"{HELD_OUT}_train_rows"] == 0 and held_out[f"{HELD_OUT}_groks_at"] is None
             assert "others_grok_at" in text
+            # Only the balanced runs stop early: the others' overall test accuracy can pass the level
+            # while the removed cluster is still rising, so they run to the cap.
+            patience = dict(con.execute("SELECT run_id, (config->>'$.patience')::INT FROM runs").fetchall())
+            assert [patience[r["run_id"]] for r in result["table"]] == [20] + [0] * 10
         if name == "composition":  # every arm of every setting, the OOD measures from the run's whole curve
             assert {(r["setting"], r["arm"]) for r in result["table"]} == {
                 (s, a) for s in ("two_hop", "programs") for a in ("ar", "mdm", "mdm-full", "ar-shared", "ar-1layer")}
