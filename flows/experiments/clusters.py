@@ -154,6 +154,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
             continue
         held = series.get(metric, [])
         best = max(held, key=lambda p: p[1]) if held else (None, None)
+        groks_at = _first_step_all_above([held], 0.95)
         (status, t_mem, t_grok), = query("SELECT status, t_mem, t_grok FROM runs WHERE run_id = ?",
                                          [tcfg.run_name], home)
         table.append({"variant": label, "seed": seed, "run_id": tcfg.run_name, "status": status,
@@ -161,7 +162,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                       f"{held_out}_train_rows": snap["clusters"]["train"].get(held_out, 0),
                       "test_id_acc": series["test_id/acc"][-1][1],
                       f"{held_out}_acc": held[-1][1] if held else None,
-                      f"best_{held_out}_acc": best[1], f"{held_out}_groks_at": _first_step_all_above([held], 0.95),
+                      f"best_{held_out}_acc": best[1], f"{held_out}_groks_at": groks_at,
+                      f"{held_out}_kept": _share_at_or_above(held, groks_at, 0.95),
                       "others_grok_at": _first_step_all_above([series.get(m, []) for m in others], 0.95),
                       "t_mem": t_mem, "t_grok": t_grok})
         runs[tcfg.run_name] = label  # every seed, a panel a variant
@@ -177,13 +179,14 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                            ("test_id_acc", "others_grok_at", f"{held_out}_acc", f"best_{held_out}_acc", "t_mem",
                             "t_grok")},
                         f"{held_out}_grokked": f"{len(groks)}/{len(group)}",
-                        f"{held_out}_groks_at": mean_std_n(groks)})
+                        f"{held_out}_groks_at": mean_std_n(groks),
+                        f"{held_out}_kept": mean_std_n([r[f"{held_out}_kept"] for r in group])})
     lines = markdown_table(summary, ["variant", "finished", f"{held_out}_train_rows", "test_id_acc", "t_mem", "t_grok",
                                      "others_grok_at", f"{held_out}_acc", f"best_{held_out}_acc",
-                                     f"{held_out}_grokked", f"{held_out}_groks_at"])
+                                     f"{held_out}_grokked", f"{held_out}_groks_at", f"{held_out}_kept"])
     per_run = markdown_table(table, ["variant", "seed", "status", "step", "train_rows", f"{held_out}_train_rows",
                                      "test_id_acc", "t_mem", "t_grok", "others_grok_at", f"{held_out}_acc",
-                                     f"best_{held_out}_acc", f"{held_out}_groks_at"])
+                                     f"best_{held_out}_acc", f"{held_out}_groks_at", f"{held_out}_kept"])
     first = train_cfgs[0]
     shares = [s for s in CLUSTER_SHARES if any(r["variant"].startswith(f"{s:.0%} ") for r in table)]  # that ran
     notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, train fraction "
@@ -196,7 +199,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
              f"{first.patience} steps after T_grok, the others run to the cap (their overall test accuracy can "
              f"pass 0.95 while the removed cluster is still rising). `{held_out}_acc`: the task's verifier on the cluster's test_id rows only (a "
              f"seeded sample of up to {first.eval_max_rows} test rows), at the last evaluation; "
-             f"`{held_out}_groks_at`: the first evaluation where it is >= 0.95; `others_grok_at`: the first where every "
+             f"`{held_out}_groks_at`: the first evaluation where it is >= 0.95; `{held_out}_kept`: of the evaluations "
+             f"from then on, the share where it still is (a cluster learnt from few rows can fall back); `others_grok_at`: the first where every "
              f"other cluster's test accuracy is >= 0.95; `t_mem`: train accuracy >= {first.mem_threshold:g}; "
              f"`t_grok`: overall test accuracy >= {first.grok_threshold:g} (a held-out variant cannot reach it "
              f"without the removed cluster). Carvalho et al. 2025 report that "
@@ -211,6 +215,12 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
 def _share(balanced: dict, fraction: float, held_out: str) -> int:
     """That fraction of the held-out cluster's training rows in the balanced snapshot (at least one)."""
     return max(1, round(fraction * balanced["clusters"]["train"][held_out]))
+
+
+def _share_at_or_above(curve: list[tuple[int, float]], start: int | None, level: float) -> float | None:
+    """Of the curve's points from `start` on, the share >= level (None when it never got there)."""
+    after = [value for step, value in curve if start is not None and step >= start]
+    return sum(value >= level for value in after) / len(after) if after else None
 
 
 def _first_step_all_above(curves: list[list[tuple[int, float]]], level: float) -> int | None:
