@@ -219,8 +219,10 @@ def _share(balanced: dict, fraction: float, held_out: str) -> int:
 
 def _share_at_or_above(curve: list[tuple[int, float]], start: int | None, level: float) -> float | None:
     """Of the curve's points from `start` on, the share >= level (None when it never got there)."""
-    after = [value for step, value in curve if start is not None and step >= start]
-    return sum(value >= level for value in after) / len(after) if after else None
+    if start is None:
+        return None
+    after = [value for step, value in curve if step >= start]
+    return sum(value >= level for value in after) / len(after)
 
 
 def _first_step_all_above(curves: list[list[tuple[int, float]]], level: float) -> int | None:
