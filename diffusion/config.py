@@ -346,3 +346,12 @@ def load_config(run_id: str, overrides: Iterable[str] = (), home: str | None = N
     cfg = config_from_dict(json.loads(saved))
     cfg.home = str(grokloop_home(home)) if home else cfg.home
     return train_overrides(cfg, overrides)
+
+
+def config_like(run_id: str, overrides: Iterable[str] = (), home: str | None = None) -> TrainConfig:
+    """A new run's settings: those of `run_id` (an ablation of it), the overrides applied; its own name
+    (run_name=... among the overrides, or a fresh one), so the run it was copied from is never touched."""
+    overrides = list(overrides)
+    cfg = load_config(run_id, overrides, home)
+    named = "run_name" in parse_settings(TrainConfig(), overrides, what="training")
+    return dataclasses.replace(cfg, run_id=None, run_name=cfg.run_name if named else None)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from agents.tasks import SPLITS
-from diffusion.config import TrainConfig, load_config, train_overrides
+from diffusion.config import TrainConfig, config_like, load_config, train_overrides
 from diffusion.plot import plot_runs
 from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import print_table
@@ -24,6 +24,8 @@ app = typer.Typer(cls=OneLineErrors, no_args_is_help=True)
 def train(
     ctx: typer.Context,
     resume: str = typer.Option(None, "--resume", help="continue this run from its latest checkpoint"),
+    like: str = typer.Option(None, "--like", help="a new run with this run's settings, the key=value ones "
+                                                  "replacing theirs (e.g. lr=1e-3 run_name=...)"),
     home: str = HOME,
 ) -> None:
     """Train a masked-diffusion model (or objective=ar). Settings as key=value, e.g.
@@ -32,8 +34,12 @@ def train(
     from diffusion.train import train as train_loop  # torch: see the top
 
     overrides = list(ctx.args)
+    if resume and like:
+        raise ValueError("--resume continues a run, --like starts a new one from a run's settings: give one")
     if resume:
         cfg = load_config(resume, overrides, home=home)
+    elif like:
+        cfg = config_like(like, overrides, home=home)
     else:
         cfg = train_overrides(TrainConfig(home=home), overrides)
     result = train_loop(cfg, resume=bool(resume))

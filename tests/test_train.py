@@ -262,6 +262,15 @@ def test_cli_train_evaluate_plot(tmp_path):
     assert [(split, a, n) for split, a, n, _ in acc] == [("test_id", stored["test_id/acc"], 10),
                                                          ("train", stored["train/acc"], 15)]
     assert all(se == pytest.approx((a * (1 - a) / n) ** 0.5) for _, a, n, se in acc)
+    # an ablation: a new run with cli's settings but one, which is left as it was
+    res = runner.invoke(app, ["train", "--like", "cli", "--home", str(tmp_path), "lr=0.01", "run_name=cli-lr"])
+    assert res.exit_code == 0 and "run cli-lr: finished at step 30" in res.output
+    cli, ablation = (json.loads((tmp_path / "runs" / r / "config.json").read_text()) for r in ("cli", "cli-lr"))
+    assert ablation["lr"] == 0.01 and cli["lr"] != 0.01 and ablation["run_id"] == "cli-lr"
+    assert {k: v for k, v in ablation.items() if k not in ("lr", "run_id", "run_name")} == \
+        {k: v for k, v in cli.items() if k not in ("lr", "run_id", "run_name")}
+    res = runner.invoke(app, ["train", "--like", "cli", "--resume", "cli", "--home", str(tmp_path)])
+    assert res.exit_code == 2 and "give one" in res.output
     res = runner.invoke(app, ["train", "--home", str(tmp_path), "lr=fast"])
     assert res.exit_code == 2 and "lr must be a number" in res.output
 
