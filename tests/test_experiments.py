@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from flows.experiments import EXPERIMENTS, run_experiment
-from flows.experiments.clusters import HELD_OUT, _first_step_all_above, _share_at_or_above
+from flows.experiments.clusters import (
+    HELD_OUT,
+    _first_at_or_above,
+    _lowest,
+    _lowest_from,
+    _share_at_or_above,
+)
 from storage.store import open_store
 
 
@@ -52,7 +58,7 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
                 assert row[f"{HELD_OUT}_acc"] == acc
             held_out = next(r for r in result["table"] if r["variant"] == "held out")
             assert held_out[f"{HELD_OUT}_train_rows"] == 0 and held_out[f"{HELD_OUT}_groks_at"] is None
-            assert "others_grok_at" in text and f"| {HELD_OUT}_kept |" in text
+            assert "others_grok_at" in text and f"| {HELD_OUT}_kept |" in text and "| others_lowest |" in text
             # Only the balanced runs stop early: the others' overall test accuracy can pass the level
             # while the removed cluster is still rising, so they run to the cap.
             patience = dict(con.execute("SELECT run_id, (config->>'$.patience')::INT FROM runs").fetchall())
@@ -174,15 +180,17 @@ def test_clusters_held_out_removes_another_operation_and_shares_the_balanced_run
 def test_the_other_clusters_grok_at_the_first_step_where_every_one_of_them_is_above_the_level():
     x_plus_y = [(100, 0.5), (200, 0.97), (300, 0.99), (400, 0.96)]
     x_minus_y = [(100, 0.96), (200, 0.90), (300, 0.95), (400, 0.99)]
-    assert _first_step_all_above([x_plus_y, x_minus_y], 0.95) == 300
-    assert _first_step_all_above([x_plus_y, [(100, 0.1), (400, 0.2)]], 0.95) is None
-    assert _first_step_all_above([], 0.95) is None
+    both = _lowest([x_plus_y, x_minus_y])
+    assert both == [(100, 0.5), (200, 0.90), (300, 0.95), (400, 0.96)] and _first_at_or_above(both, 0.95) == 300
+    assert _first_at_or_above(_lowest([x_plus_y, [(100, 0.1), (400, 0.2)]]), 0.95) is None
+    assert _first_at_or_above(_lowest([]), 0.95) is None
 
 
 def test_a_grokked_cluster_that_falls_back_keeps_the_level_in_a_share_of_the_evaluations_after():
     fell_back = [(100, 0.02), (200, 0.96), (300, 0.41), (400, 0.25), (500, 0.97)]
-    start = _first_step_all_above([fell_back], 0.95)
+    start = _first_at_or_above(fell_back, 0.95)
     assert start == 200 and _share_at_or_above(fell_back, start, 0.95) == 0.5
+    assert _lowest_from(fell_back, start) == 0.25 and _lowest_from(fell_back, None) is None
     assert _share_at_or_above([(100, 0.02), (200, 0.3)], None, 0.95) is None  # never got there
 
 

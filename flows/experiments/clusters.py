@@ -154,7 +154,9 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
             continue
         held = series.get(metric, [])
         best = max(held, key=lambda p: p[1]) if held else (None, None)
-        groks_at = _first_step_all_above([held], 0.95)
+        groks_at = _first_at_or_above(held, 0.95)
+        others_low = _lowest([series.get(m, []) for m in others])
+        others_at = _first_at_or_above(others_low, 0.95)
         (status, t_mem, t_grok), = query("SELECT status, t_mem, t_grok FROM runs WHERE run_id = ?",
                                          [tcfg.run_name], home)
         table.append({"variant": label, "seed": seed, "run_id": tcfg.run_name, "status": status,
@@ -164,7 +166,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                       f"{held_out}_acc": held[-1][1] if held else None,
                       f"best_{held_out}_acc": best[1], f"{held_out}_groks_at": groks_at,
                       f"{held_out}_kept": _share_at_or_above(held, groks_at, 0.95),
-                      "others_grok_at": _first_step_all_above([series.get(m, []) for m in others], 0.95),
+                      "others_grok_at": others_at, "others_kept": _share_at_or_above(others_low, others_at, 0.95),
+                      "others_lowest": _lowest_from(others_low, others_at),
                       "t_mem": t_mem, "t_grok": t_grok})
         runs[tcfg.run_name] = label  # every seed, a panel a variant
         console.print(f"[clusters] {label} seed {seed}: {status} at {table[-1]['step']}, held-out cluster test "
@@ -176,16 +179,17 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
         summary.append({"variant": label, "finished": f"{sum(r['status'] == 'finished' for r in group)}/{len(group)}",
                         f"{held_out}_train_rows": group[0][f"{held_out}_train_rows"],
                         **{k: mean_std_n([r[k] for r in group]) for k in
-                           ("test_id_acc", "others_grok_at", f"{held_out}_acc", f"best_{held_out}_acc", "t_mem",
+                           ("test_id_acc", "others_grok_at", "others_kept", "others_lowest", f"{held_out}_acc", f"best_{held_out}_acc", "t_mem",
                             "t_grok")},
                         f"{held_out}_grokked": f"{len(groks)}/{len(group)}",
                         f"{held_out}_groks_at": mean_std_n(groks),
                         f"{held_out}_kept": mean_std_n([r[f"{held_out}_kept"] for r in group])})
     lines = markdown_table(summary, ["variant", "finished", f"{held_out}_train_rows", "test_id_acc", "t_mem", "t_grok",
-                                     "others_grok_at", f"{held_out}_acc", f"best_{held_out}_acc",
-                                     f"{held_out}_grokked", f"{held_out}_groks_at", f"{held_out}_kept"])
+                                     "others_grok_at", "others_kept", "others_lowest", f"{held_out}_acc",
+                                     f"best_{held_out}_acc", f"{held_out}_grokked", f"{held_out}_groks_at", f"{held_out}_kept"])
     per_run = markdown_table(table, ["variant", "seed", "status", "step", "train_rows", f"{held_out}_train_rows",
-                                     "test_id_acc", "t_mem", "t_grok", "others_grok_at", f"{held_out}_acc",
+                                     "test_id_acc", "t_mem", "t_grok", "others_grok_at", "others_kept",
+                                     "others_lowest", f"{held_out}_acc",
                                      f"best_{held_out}_acc", f"{held_out}_groks_at", f"{held_out}_kept"])
     first = train_cfgs[0]
     shares = [s for s in CLUSTER_SHARES if any(r["variant"].startswith(f"{s:.0%} ") for r in table)]  # that ran
@@ -201,7 +205,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
              f"seeded sample of up to {first.eval_max_rows} test rows), at the last evaluation; "
              f"`{held_out}_groks_at`: the first evaluation where it is >= 0.95; `{held_out}_kept`: of the evaluations "
              f"from then on, the share where it still is (a cluster learnt from few rows can fall back); `others_grok_at`: the first where every "
-             f"other cluster's test accuracy is >= 0.95; `t_mem`: train accuracy >= {first.mem_threshold:g}; "
+             f"other cluster's test accuracy is >= 0.95; `others_kept`: of the evaluations from then on, the share where every "
+             f"one still is; `others_lowest`: the lowest any of them fell to after it (grokked clusters can fall back late); `t_mem`: train accuracy >= {first.mem_threshold:g}; "
              f"`t_grok`: overall test accuracy >= {first.grok_threshold:g} (a held-out variant cannot reach it "
              f"without the removed cluster). Carvalho et al. 2025 report that "
              "with an under-sampled subclass removed the model never grokked it, and 1% of it restored late "
@@ -225,11 +230,20 @@ def _share_at_or_above(curve: list[tuple[int, float]], start: int | None, level:
     return sum(value >= level for value in after) / len(after)
 
 
-def _first_step_all_above(curves: list[list[tuple[int, float]]], level: float) -> int | None:
-    """The first step at which every curve (points at the same steps, in order) is >= level."""
-    steps_ = [dict(c) for c in curves]
-    common = sorted(set.intersection(*(set(s) for s in steps_))) if steps_ else []
-    return next((step for step in common if all(s[step] >= level for s in steps_)), None)
+def _lowest(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The lowest of the curves at each step all of them have (the other clusters as one curve)."""
+    points = [dict(c) for c in curves]
+    common = sorted(set.intersection(*(set(p) for p in points))) if points else []
+    return [(step, min(p[step] for p in points)) for step in common]
+
+
+def _first_at_or_above(curve: list[tuple[int, float]], level: float) -> int | None:
+    return next((step for step, value in curve if value >= level), None)
+
+
+def _lowest_from(curve: list[tuple[int, float]], start: int | None) -> float | None:
+    """The curve's lowest point from `start` on (how far a grokked cluster fell back; None: never got there)."""
+    return None if start is None else min(value for step, value in curve if step >= start)
 
 
 def _slug(label: str) -> str:
