@@ -57,7 +57,7 @@ def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
             " FROM runs r LEFT JOIN datasets d USING (dataset_id)").fetchall()}
     missing = [r for r in run_ids if r not in {row[0] for row in rows}]
     if missing:
-        raise ValueError(f"no accuracy metrics in the store for run(s): {', '.join(missing)}")
+        raise ValueError(f"no accuracy metrics ({', '.join(curves)}) in the store for run(s): {', '.join(missing)}")
     out = []
     for run_id in run_ids:
         _, _, t_mem, t_grok, config, dataset_family = runs[run_id]
@@ -127,7 +127,7 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
             ax.set_xscale("log")
         ax.set_title(title, pad=6 + 10 * len(marks))
         ax.set_xlabel("optimization step" + (" (log)" if log_axis else ""))
-        ax.set_ylabel("accuracy (task verifier)")
+        ax.set_ylabel("accuracy (task verifier)" if all(n.endswith("/acc") for n in curves) else "value")
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from rich.table import Table
 
 from agents.tasks import SPLITS
 from diffusion.config import TrainConfig, config_like, load_config, train_overrides
-from diffusion.plot import plot_runs
+from diffusion.plot import STYLE_NAMES, plot_runs
 from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import print_table
 
@@ -87,10 +88,15 @@ def _by_split(results: dict[str, float]) -> list[tuple[str, str, str, float]]:
 def plot(
     runs: list[str] = typer.Argument(..., help="run ids to overlay"),
     output: Path = typer.Option(Path("grokking.png"), "--output", "-o", help="PNG to write"),
+    metric: list[str] = typer.Option(None, "--metric", "-m", help="a stored metric to draw instead of train / "
+                                     "test ID / test OOD (repeatable), e.g. 'test_id/cluster:x+y/acc'"),
     home: str = HOME,
 ) -> None:
     """Grokking curves (train vs test accuracy over log steps) from the store, as a PNG."""
-    path = plot_runs(runs, output, home=home)
+    curves = dict(zip(metric, itertools.cycle(STYLE_NAMES), strict=False)) if metric else None
+    # accuracies on 0-1 as always; anything else (a loss) on an axis fitted to it
+    fitted = any(not m.endswith("/acc") for m in metric or ())
+    path = plot_runs(runs, output, home=home, curves=curves, **({"ylim": None} if fitted else {}))
     console.print(f"wrote {path}")
 
 

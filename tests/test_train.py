@@ -252,6 +252,11 @@ def test_cli_train_evaluate_plot(tmp_path):
     assert res.exit_code == 0 and "test_id" in res.output
     res = runner.invoke(app, ["plot", "cli", "--output", str(tmp_path / "p.png"), "--home", str(tmp_path)])
     assert res.exit_code == 0 and (tmp_path / "p.png").is_file()
+    res = runner.invoke(app, ["plot", "cli", "-o", str(tmp_path / "m.png"), "--metric", "train/loss",
+                              "--home", str(tmp_path)])
+    assert res.exit_code == 0 and (tmp_path / "m.png").read_bytes() != (tmp_path / "p.png").read_bytes()
+    res = runner.invoke(app, ["plot", "cli", "--metric", "test_id/cluster:nope/acc", "--home", str(tmp_path)])
+    assert res.exit_code == 2 and "test_id/cluster:nope/acc" in res.output
 
     # the store's views: where the run is, and each accuracy with the rows it is over (p=5: 15 train, 10 test)
     with duckdb.connect(str(store_path(str(tmp_path))), read_only=True) as con:
