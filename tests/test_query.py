@@ -134,3 +134,23 @@ def test_a_reader_sees_this_versions_views_on_a_store_an_older_writer_left(store
         stored = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT temporary AND NOT internal"
                              " AND view_name = 'run_progress'").fetchall()
     assert stored == []
+
+
+def test_cluster_grokking_places_each_clusters_grokking_and_how_much_of_it_held(home):
+    from storage.runs import record_run
+
+    connect().close()
+    row = {"run_id": "r", "name": None, "objective": "mdm", "dataset_id": None, "config": '{"grok_threshold": 0.9}',
+           "status": "finished", "parent_run_id": None, "t_mem": None, "t_grok": None, "grok_ratio": None,
+           "grok_delay": None, "final_step": 500}
+    fell_back = [0.1, 0.92, 0.4, 0.95, 0.97]   # at the run's threshold 0.9 from step 200, then down and back
+    never = [0.02, 0.03, 0.05, 0.04, 0.03]
+    metrics = [(100 * (i + 1), f"test_id/cluster:{name}/acc", acc) for name, curve in (("x/y", fell_back),
+               ("x-y", never)) for i, acc in enumerate(curve)] + [(100, "test_id/acc", 0.5)]
+    assert record_run(home, row, metrics, final=True)
+    got = run_sql("SELECT cluster, groks_at, kept, lowest_after, best, final_acc, evals FROM cluster_grokking")
+    assert got.to_pylist() == [
+        {"cluster": "x-y", "groks_at": None, "kept": None, "lowest_after": None, "best": 0.05, "final_acc": 0.03,
+         "evals": 5},
+        {"cluster": "x/y", "groks_at": 200, "kept": 0.75, "lowest_after": 0.4, "best": 0.97, "final_acc": 0.97,
+         "evals": 5}]

@@ -144,17 +144,16 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
     if not report_only:
         train_runs(train_cfgs, runner)
     table, runs = [], {}
-    metric = f"test_id/cluster:{held_out}/acc"
     others = [f"test_id/cluster:{op}/acc" for op in size.params["operations"] if op != held_out]
     for label, seed, snap, tcfg in plan:
         # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed with its
         # (memorised) train rows, at every evaluation of the run.
-        series = metric_series(tcfg.run_name, [metric, "test_id/acc", *others], home) if has_store(home) else {}
+        series = metric_series(tcfg.run_name, ["test_id/acc", *others], home) if has_store(home) else {}
         if not series.get("test_id/acc"):
             continue
-        held = series.get(metric, [])
-        best = max(held, key=lambda p: p[1]) if held else (None, None)
-        groks_at = _first_at_or_above(held, 0.95)
+        (groks_at, kept, best, final), = query(
+            "SELECT groks_at, kept, best, final_acc FROM cluster_grokking WHERE run_id = ? AND cluster = ?",
+            [tcfg.run_name, held_out], home) or [(None,) * 4]
         others_low = _lowest([series.get(m, []) for m in others])
         others_at = _first_at_or_above(others_low, 0.95)
         (status, t_mem, t_grok), = query("SELECT status, t_mem, t_grok FROM runs WHERE run_id = ?",
@@ -163,9 +162,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                       "step": series["test_id/acc"][-1][0], "train_rows": snap["counts"]["train"],
                       f"{held_out}_train_rows": snap["clusters"]["train"].get(held_out, 0),
                       "test_id_acc": series["test_id/acc"][-1][1],
-                      f"{held_out}_acc": held[-1][1] if held else None,
-                      f"best_{held_out}_acc": best[1], f"{held_out}_groks_at": groks_at,
-                      f"{held_out}_kept": _share_at_or_above(held, groks_at, 0.95),
+                      f"{held_out}_acc": final, f"best_{held_out}_acc": best, f"{held_out}_groks_at": groks_at,
+                      f"{held_out}_kept": kept,
                       "others_grok_at": others_at, "others_kept": _share_at_or_above(others_low, others_at, 0.95),
                       "others_lowest": _lowest_from(others_low, others_at),
                       "t_mem": t_mem, "t_grok": t_grok})

@@ -144,3 +144,25 @@ FROM metrics a
 LEFT JOIN metrics n ON n.run_id = a.run_id AND n.step = a.step AND n.name = split_part(a.name, '/', 1) || '/n'
 WHERE a.name IN ('train/acc', 'test_id/acc', 'test_ood/acc')
 ORDER BY a.run_id, a.step, split;
+
+-- Runs: each cluster's test accuracy over a run (metric `test_id/cluster:<name>/acc`): when it first
+-- reached the run's grok_threshold (`groks_at`), the share of the evaluations from then on still there
+-- (`kept`: a grokked cluster can fall back), the lowest it fell to after, its best, and where it ended.
+CREATE OR REPLACE VIEW cluster_grokking AS
+WITH curve AS (
+    SELECT m.run_id, regexp_extract(m.name, '^test_id/cluster:(.*)/acc$', 1) AS cluster, m.step, m.value AS acc,
+           coalesce(TRY_CAST(r.config->>'grok_threshold' AS DOUBLE), 0.95) AS level
+    FROM metrics m
+    LEFT JOIN runs r USING (run_id)
+    WHERE m.name LIKE 'test_id/cluster:%/acc'
+), reached AS (
+    SELECT run_id, cluster, min(step) FILTER (WHERE acc >= level) AS groks_at FROM curve GROUP BY run_id, cluster
+)
+SELECT c.run_id, c.cluster, g.groks_at,
+       avg((c.acc >= c.level)::INTEGER) FILTER (WHERE c.step >= g.groks_at) AS kept,
+       min(c.acc) FILTER (WHERE c.step >= g.groks_at)                       AS lowest_after,
+       max(c.acc) AS best, arg_max(c.acc, c.step) AS final_acc, max(c.step) AS last_step, count(*) AS evals
+FROM curve c
+JOIN reached g USING (run_id, cluster)
+GROUP BY c.run_id, c.cluster, g.groks_at
+ORDER BY c.run_id, c.cluster;
