@@ -122,11 +122,11 @@ def loss_and_prediction(
 def accuracy_by_split(
     objective: str, model, splits: dict[str, EncodedSplit], family: TaskFamily, tokenizer: Tokenizer, *,
     n_steps: int, threshold: float = 0.95, loss_seed: int | None = None, full_sequence: bool = False,
-    estimator: str = "count",
+    estimator: str = "count", predictions: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, tuple[int, float]]:
     """`split_accuracy` of every non-empty split, answers filled by the model (greedy). With `loss_seed`,
     also each split's loss ("<split>/loss", its noise seeded by loss_seed), at no extra forward pass
-    where the answer is one token (`loss_and_prediction`)."""
+    where the answer is one token (`loss_and_prediction`). `predictions`: filled with each split's rows."""
     out = {}
     device = next(model.parameters()).device
     for name, split in splits.items():
@@ -143,6 +143,8 @@ def accuracy_by_split(
                 threshold=threshold)
             out[f"{name}/loss"] = (len(split), loss)
         out.update(split_accuracy(family, tokenizer, name, split, pred.cpu()))
+        if predictions is not None:
+            predictions[name] = pred.cpu()
     return out
 
 
@@ -169,10 +171,12 @@ def global_norm(tensors: list[torch.Tensor]) -> float:
 @torch.no_grad()
 def evaluate_checkpoint(
     checkpoint_dir: str | Path, *, splits: Sequence[str] = SPLITS, n_steps: int | None = None,
-    home: str | Path | None = None,
+    home: str | Path | None = None, answers: str | Path | None = None,
 ) -> dict[str, float]:
     """{group: accuracy} for the checkpoint over every row of each split (see the module docstring for
-    the groups), written to `evaluations` (one row per group)."""
+    the groups), written to `evaluations` (one row per group). `answers`: also every row's answer, the
+    model's and whether the verifier took it, to this Parquet file (which rows it gets wrong, in SQL:
+    `grokloop sql --table answers=FILE`)."""
     checkpoint_dir = resolve_checkpoint(checkpoint_dir, home)
     meta = checkpoint_meta(checkpoint_dir)
     unknown = [s for s in splits if s not in SPLITS]
@@ -183,11 +187,39 @@ def evaluate_checkpoint(
     tokenizer, data = checkpoint_splits(meta)
     family = family_from_params(meta["family"], meta["family_params"])
     model = load_model(checkpoint_dir)
+    predictions: dict[str, torch.Tensor] = {}
     results = accuracy_by_split(meta["objective"], model, {s: data[s] for s in splits}, family, tokenizer,
-                                n_steps=n_steps, threshold=threshold)
+                                n_steps=n_steps, threshold=threshold, predictions=predictions)
+    if answers:
+        write_answers(answers, meta, family, tokenizer, {s: data[s] for s in predictions}, predictions)
     sampler = json.dumps(sampler_info(meta["objective"], n_steps, threshold=threshold))
     names = list(results)
     rows = [{"run_id": meta["run_id"], "step": meta["step"], "family": meta["family"], "split": s,
              "n": results[s][0], "accuracy": results[s][1], "sampler": sampler} for s in names]
     record_evaluation(home, meta["run_id"], rows)  # a busy store: they wait in the run directory
     return {s: acc for s, (_, acc) in results.items()}
+
+
+def write_answers(path: str | Path, meta: dict, family: TaskFamily, tokenizer: Tokenizer,
+                  splits: dict[str, EncodedSplit], predictions: dict[str, torch.Tensor]) -> Path:
+    """A row per evaluated task: split, task id, cluster, operation, prompt, the canonical answer, the
+    model's answer and whether the verifier accepts it (symbols joined by spaces)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, list] = {k: [] for k in ("run_id", "step", "split", "task_id", "cluster", "operation",
+                                                "prompt", "answer", "predicted", "correct")}
+    for name, split in splits.items():
+        pred = predictions[name]
+        answered = pred[:, answer_columns(split.answer_mask)].tolist()
+        correct = answers_correct(family, tokenizer, split, pred).tolist()
+        for task, cluster, ids, ok in zip(split.tasks, split.clusters, answered, correct, strict=True):
+            for key, value in (("run_id", meta["run_id"]), ("step", meta["step"]), ("split", name),
+                               ("task_id", task.task_id), ("cluster", cluster), ("operation", task.operation),
+                               ("prompt", " ".join(task.prompt)), ("answer", " ".join(task.answer)),
+                               ("predicted", " ".join(tokenizer.decode_answer(ids))), ("correct", ok)):
+                columns[key].append(value)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path

@@ -101,13 +101,26 @@ def sql(
     timeout: float = typer.Option(30.0, help="seconds to wait for a writer's lock"),
     max_seconds: float = typer.Option(300.0, help="stop the query after this many seconds"),
     memory_limit: str = typer.Option("2GB", help="the query's memory limit (DuckDB syntax: 500MB, 4GB)"),
+    table: list[str] = typer.Option(None, "--table", help="NAME=FILE.parquet: a Parquet file the query can "
+                                    "name as NAME, beside the store (repeatable)"),
     home: str = HOME,
 ) -> None:
     if format is OutputFormat.parquet and output is None:
         raise ValueError("--format parquet needs --output FILE")
-    table = run_sql(query, path=store_location(home), timeout=timeout, max_seconds=max_seconds,
-                    memory_limit=memory_limit)
-    _write_table(table, format, output)
+    result = run_sql(query, path=store_location(home), timeout=timeout, max_seconds=max_seconds,
+                     memory_limit=memory_limit, tables=dict(_parquet_table(spec) for spec in table or ()))
+    _write_table(result, format, output)
+
+
+def _parquet_table(spec: str):
+    """"NAME=FILE" -> (NAME, the file as an Arrow table); a clear error for anything else."""
+    name, _, path = spec.partition("=")
+    if not name.isidentifier() or not path:
+        raise ValueError(f"--table takes NAME=FILE.parquet (NAME a SQL identifier), got {spec!r}")
+    try:
+        return name, pq.read_table(path)
+    except (OSError, ValueError) as err:  # missing, unreadable or not Parquet
+        raise ValueError(f"--table {name}: cannot read {path!r} as Parquet ({err})") from err
 
 
 def _write_table(table, format: OutputFormat, output: Path | None) -> None:

@@ -59,12 +59,15 @@ def evaluate(
     run: str = typer.Argument(..., help="run id, run directory or checkpoint directory"),
     n_steps: int = typer.Option(0, "--n-steps", help="denoising steps (0: the run's sampler_steps)"),
     split: list[str] = typer.Option(None, "--split", help="train | test_id | test_ood (repeatable)"),
+    answers: Path = typer.Option(None, "--answers", help="also every row's answer and the model's, to this "
+                                 "Parquet file (query it: grokloop sql --table answers=FILE)"),
     home: str = HOME,
 ) -> None:
     """Exact-match accuracy of a run's latest checkpoint per split, recorded in `evaluations`."""
     from diffusion.evaluate import evaluate_checkpoint  # torch: see the top
 
-    results = evaluate_checkpoint(run, splits=split or SPLITS, n_steps=n_steps or None, home=home)
+    results = evaluate_checkpoint(run, splits=split or SPLITS, n_steps=n_steps or None, home=home,
+                                  answers=answers)
     table = Table("split", "rows", "metric", "accuracy", title=f"evaluation of {run}")
     for split_name, rows, metric, acc in sorted(_by_split(results), key=lambda r: r[1] != "all"):
         table.add_row(split_name, rows, metric, f"{100 * acc:.2f}%")

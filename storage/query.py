@@ -10,6 +10,7 @@ as Arrow / pandas / polars (`duckdb.connect(path, read_only=True).sql(q).pl()`).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,18 @@ def run_sql(
     timeout: float = 30.0,
     max_seconds: float = READ_SECONDS,
     memory_limit: str = READ_MEMORY_LIMIT,
+    tables: Mapping[str, pa.Table] | None = None,
 ) -> pa.Table:
     """Run `sql` on a read-only, sandboxed connection to the store (waiting up to `timeout` s for
-    a writer), stopped after `max_seconds`; the result as an Arrow table."""
+    a writer), stopped after `max_seconds`; the result as an Arrow table. `tables`: Arrow tables the
+    query may name beside the store's (read here, so the sandbox still reads no file itself)."""
     if not sql or not sql.strip():
         raise StoreError("empty query: pass a SQL statement, e.g. SELECT * FROM success_rate")
     _check_statements(sql)
     con = connect(path, read_only=True, timeout=timeout, memory_limit=memory_limit)
     try:
+        for name, table in (tables or {}).items():
+            con.register(name, table)
         with time_limit(con, max_seconds):
             relation = con.sql(sql, params=params)
             if relation is None:  # a statement without rows (SET, PRAGMA ...)

@@ -248,8 +248,24 @@ def test_cli_train_evaluate_plot(tmp_path):
     assert "run cli: finished at step 20" in res.output
     res = runner.invoke(app, ["train", "--resume", "cli", "--home", str(tmp_path), "max_steps=30"])
     assert res.exit_code == 0 and "finished at step 30" in res.output
-    res = runner.invoke(app, ["evaluate", "cli", "--home", str(tmp_path)])
+    res = runner.invoke(app, ["evaluate", "cli", "--home", str(tmp_path), "--answers", str(tmp_path / "a.parquet")])
     assert res.exit_code == 0 and "test_id" in res.output
+    # every row's answer, in SQL beside the store: its accuracy per split is the one just recorded
+    from flows.cli_store import app as store_app
+
+    query = "SELECT split, count(*) AS n, avg(correct::INT) AS acc FROM a GROUP BY split ORDER BY split"
+    res = runner.invoke(store_app, ["sql", query, "--table", f"a={tmp_path / 'a.parquet'}", "--home", str(tmp_path),
+                                    "--format", "json"])
+    assert res.exit_code == 0, res.output
+    with duckdb.connect(str(store_path(str(tmp_path))), read_only=True) as con:
+        recorded = con.sql("SELECT split, n, accuracy FROM evaluations WHERE split IN ('train', 'test_id')"
+                           " ORDER BY split").fetchall()
+    assert [(r["split"], r["n"], r["acc"]) for r in map(json.loads, res.output.splitlines())] == \
+        [(s, n, pytest.approx(a)) for s, n, a in recorded]
+    for spec, message in (("a", "NAME=FILE"), (f"a={tmp_path / 'none.parquet'}", "cannot read"),
+                          (f"a={tmp_path / 'runs' / 'cli' / 'config.json'}", "as Parquet")):
+        res = runner.invoke(store_app, ["sql", "SELECT 1", "--table", spec, "--home", str(tmp_path)])
+        assert res.exit_code == 2 and message in res.output, res.output
     res = runner.invoke(app, ["plot", "cli", "--output", str(tmp_path / "p.png"), "--home", str(tmp_path)])
     assert res.exit_code == 0 and (tmp_path / "p.png").is_file()
     res = runner.invoke(app, ["plot", "cli", "-o", str(tmp_path / "m.png"), "--metric", "train/loss",
