@@ -89,7 +89,8 @@ def _by_split(results: dict[str, float]) -> list[tuple[str, str, str, float]]:
 
 @app.command()
 def plot(
-    runs: list[str] = typer.Argument(..., help="run ids to overlay"),
+    runs: list[str] = typer.Argument(..., help="run ids to overlay; PANEL=RUN draws RUN in a panel of that "
+                                                 "name (default: a panel per task family)"),
     output: Path = typer.Option(Path("grokking.png"), "--output", "-o", help="PNG to write"),
     metric: list[str] = typer.Option(None, "--metric", "-m", help="a stored metric to draw instead of train / "
                                      "test ID / test OOD (repeatable), e.g. 'test_id/cluster:x+y/acc'"),
@@ -99,7 +100,8 @@ def plot(
     curves = dict(zip(metric, itertools.cycle(STYLE_NAMES), strict=False)) if metric else None
     # accuracies on 0-1 as always; anything else (a loss) on an axis fitted to it
     fitted = any(not m.endswith("/acc") for m in metric or ())
-    path = plot_runs(runs, output, home=home, curves=curves, **({"ylim": None} if fitted else {}))
+    panels = {run: panel or None for panel, _, run in (r.rpartition("=") for r in runs)}
+    path = plot_runs(panels, output, home=home, curves=curves, **({"ylim": None} if fitted else {}))
     console.print(f"wrote {path}")
 
 
