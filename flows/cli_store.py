@@ -1,4 +1,4 @@
-"""`grokloop ingest | sql | export | import-runs | status`: the store from the command line."""
+"""`grokloop ingest | sql | export | export-runs | import-runs | status`: the store from the command line."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from storage.export import export_jsonl
 from storage.home import spool_dir, store_location
 from storage.ingest import ingest_paths, ingest_spool
 from storage.query import run_sql
-from storage.runs import flush_pending, import_runs, pending_records
+from storage.runs import export_runs, flush_pending, import_runs, pending_records
 from storage.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
 from storage.store import StoreLocked, open_store, schema_version, time_limit
 
@@ -176,6 +176,22 @@ def export(
     with open_store(store_location(home), read_only=True, memory_limit=memory_limit) as con, time_limit(con, max_seconds):
         n = (export_atif if format is ExportFormat.atif else export_jsonl)(con, output, where)
     console.print(f"wrote {n} trajectories to {output} ({format.value})")
+
+
+@app.command("export-runs")
+def export_runs_command(
+    runs: list[str] = typer.Argument(..., help="run ids"),
+    output: Path = typer.Option(..., "--output", "-o", help="the Parquet file to write"),
+    home: str = HOME,
+) -> None:
+    """Write runs and every metric they recorded to one Parquet file, which `grokloop import-runs`
+    puts in another store (a results page's runs, a colleague's machine)."""
+    n = export_runs(home, runs, output)
+    if missing := len(set(runs)) - n:
+        output.unlink()
+        raise typer.BadParameter(f"{missing} of the {len(set(runs))} run(s) have no metrics in "
+                                 f"{store_location(home)}; nothing written", param_hint="RUNS")
+    console.print(f"wrote {n} run(s) to {output} (their metrics; `grokloop import-runs {output}` reads it)")
 
 
 @app.command("import-runs")

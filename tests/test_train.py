@@ -237,6 +237,7 @@ def test_evaluate_and_plot_from_the_store(reference, tmp_path):
 
 
 def test_cli_train_evaluate_plot(tmp_path):
+    from flows.cli_store import app as store_app
     from flows.cli_train import app
 
     runner = CliRunner()
@@ -251,8 +252,6 @@ def test_cli_train_evaluate_plot(tmp_path):
     res = runner.invoke(app, ["evaluate", "cli", "--home", str(tmp_path), "--answers", str(tmp_path / "a.parquet")])
     assert res.exit_code == 0 and "test_id" in res.output
     # every row's answer, in SQL beside the store: its accuracy per split is the one just recorded
-    from flows.cli_store import app as store_app
-
     query = "SELECT split, count(*) AS n, avg(correct::INT) AS acc FROM a GROUP BY split ORDER BY split"
     res = runner.invoke(store_app, ["sql", query, "--table", f"a={tmp_path / 'a.parquet'}", "--home", str(tmp_path),
                                     "--format", "json"])
@@ -295,6 +294,18 @@ def test_cli_train_evaluate_plot(tmp_path):
                               "--home", str(tmp_path)])
     width = {n: int.from_bytes((tmp_path / n).read_bytes()[16:20], "big") for n in ("panels.png", "p.png")}
     assert res.exit_code == 0 and width["panels.png"] > width["p.png"], width
+    # both runs, their numbers, into another store and back out of it as they were
+    out, other = tmp_path / "runs.parquet", tmp_path / "other"
+    res = runner.invoke(store_app, ["export-runs", "cli", "cli-lr", "-o", str(out), "--home", str(tmp_path)])
+    assert res.exit_code == 0 and "wrote 2 run(s)" in res.output
+    assert runner.invoke(store_app, ["import-runs", str(out), "--home", str(other)]).exit_code == 0
+    metrics = "SELECT run_id, step, name, value FROM metrics ORDER BY ALL"
+    with duckdb.connect(str(store_path(str(tmp_path))), read_only=True) as a, \
+            duckdb.connect(str(store_path(str(other))), read_only=True) as b:
+        assert a.sql(metrics).fetchall() == b.sql(metrics).fetchall()
+    res = runner.invoke(store_app, ["export-runs", "cli", "ghost", "-o", str(tmp_path / "x.parquet"),
+                                    "--home", str(tmp_path)])
+    assert res.exit_code == 2 and "1 of the 2 run(s)" in res.output and not (tmp_path / "x.parquet").exists()
     res = runner.invoke(app, ["train", "--like", "cli", "--resume", "cli", "--home", str(tmp_path)])
     assert res.exit_code == 2 and "give one" in res.output
     res = runner.invoke(app, ["train", "--home", str(tmp_path), "lr=fast"])
