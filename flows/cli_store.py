@@ -95,7 +95,8 @@ def view_names() -> list[str]:
 
 @app.command(help="Run a read-only SQL query on the store. Views: " + ", ".join(view_names()) + ".")
 def sql(
-    query: str = typer.Argument(..., help="a read-only SQL query, e.g. \"SELECT * FROM success_rate\""),
+    query: str = typer.Argument(None, help="a read-only SQL query, e.g. \"SELECT * FROM success_rate\""),
+    file: Path = typer.Option(None, "--file", help="read the query from this .sql file instead"),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
     output: Path = typer.Option(None, "--output", "-o", help="write here instead of the terminal"),
     timeout: float = typer.Option(30.0, help="seconds to wait for a writer's lock"),
@@ -107,6 +108,12 @@ def sql(
 ) -> None:
     if format is OutputFormat.parquet and output is None:
         raise ValueError("--format parquet needs --output FILE")
+    if (query is None) == (file is None):
+        raise ValueError("give a query or --file FILE.sql (one of them)")
+    if file is not None:
+        if not file.is_file():
+            raise ValueError(f"--file {file}: no such file")
+        query = file.read_text()
     result = run_sql(query, path=store_location(home), timeout=timeout, max_seconds=max_seconds,
                      memory_limit=memory_limit, tables=dict(_parquet_table(spec) for spec in table or ()))
     _write_table(result, format, output)

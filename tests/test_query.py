@@ -86,6 +86,15 @@ def test_cli_sql_formats(store, tmp_path):
     assert out.exit_code == 0 and pq.read_table(parquet).column("agent_id").to_pylist() == ["a@1"]
     out = runner.invoke(app, ["sql", "DROP TABLE agents"])
     assert out.exit_code == 2 and "refused" in out.output
+    # a .sql file, comments first (as a query argument, "-- ..." would read as an option)
+    query = tmp_path / "q.sql"
+    query.write_text("-- the agents\nSELECT agent_id FROM agents;\n")
+    out = runner.invoke(app, ["sql", "--file", str(query), "-f", "csv"])
+    assert out.exit_code == 0 and out.output.splitlines()[:2] == ['"agent_id"', '"a@1"']
+    for args, message in ((["sql"], "one of them"), (["sql", "SELECT 1", "--file", str(query)], "one of them"),
+                          (["sql", "--file", str(tmp_path / "none.sql")], "no such file")):
+        out = runner.invoke(app, args)
+        assert out.exit_code == 2 and message in out.output, out.output
 
 
 def test_a_query_where_there_is_no_store_says_so_and_creates_nothing(tmp_path, monkeypatch):
