@@ -207,19 +207,16 @@ def write_answers(path: str | Path, meta: dict, family: TaskFamily, tokenizer: T
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns: dict[str, list] = {k: [] for k in ("run_id", "step", "split", "task_id", "cluster", "operation",
-                                                "prompt", "answer", "predicted", "correct")}
+    rows = []
     for name, split in splits.items():
-        pred = predictions[name]
-        answered = pred[:, answer_columns(split.answer_mask)].tolist()
-        correct = answers_correct(family, tokenizer, split, pred).tolist()
-        for task, cluster, ids, ok in zip(split.tasks, split.clusters, answered, correct, strict=True):
-            for key, value in (("run_id", meta["run_id"]), ("step", meta["step"]), ("split", name),
-                               ("task_id", task.task_id), ("cluster", cluster), ("operation", task.operation),
-                               ("prompt", " ".join(task.prompt)), ("answer", " ".join(task.answer)),
-                               ("predicted", " ".join(tokenizer.decode_answer(ids))), ("correct", ok)):
-                columns[key].append(value)
+        answered = predictions[name][:, answer_columns(split.answer_mask)].tolist()
+        correct = answers_correct(family, tokenizer, split, predictions[name]).tolist()
+        rows += [{"run_id": meta["run_id"], "step": meta["step"], "split": name, "task_id": task.task_id,
+                  "cluster": cluster, "operation": task.operation, "prompt": " ".join(task.prompt),
+                  "answer": " ".join(task.answer), "predicted": " ".join(tokenizer.decode_answer(ids)),
+                  "correct": ok}
+                 for task, cluster, ids, ok in zip(split.tasks, split.clusters, answered, correct, strict=True)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), path)
+    pq.write_table(pa.Table.from_pylist(rows), path)
     return path

@@ -193,11 +193,10 @@ def export_runs_command(
 ) -> None:
     """Write runs and every metric they recorded to one Parquet file, which `grokloop import-runs`
     puts in another store (a results page's runs, a colleague's machine)."""
-    n = export_runs(home, runs, output)
-    if missing := len(set(runs)) - n:
-        output.unlink()
-        raise typer.BadParameter(f"{missing} of the {len(set(runs))} run(s) have no metrics in "
-                                 f"{store_location(home)}; nothing written", param_hint="RUNS")
+    try:
+        n = export_runs(home, runs, output)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="RUNS") from e
     console.print(f"wrote {n} run(s) to {output} (their metrics; `grokloop import-runs {output}` reads it)")
 
 

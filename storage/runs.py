@@ -103,9 +103,12 @@ def runs_trained_on(home, run_ids: Sequence[str]) -> list[tuple[dict | None, int
 
 def export_runs(home, run_ids: Sequence[str], path: str | Path) -> int:
     """Write these runs and every metric they recorded to one Parquet file (storage/sql/runs.sql
-    `export_runs`: a row per run, step and metric). Returns how many runs it holds."""
+    `export_runs`: a row per run, step and metric). Returns how many runs it holds. A run the store
+    does not have is an error, and nothing is written (a file already there stays as it was)."""
     with open_store(store_location(home), read_only=True) as con:
         table = con.execute(_SQL["export_runs"], [list(run_ids)]).to_arrow_table()
+    if missing := sorted(set(run_ids) - set(table.column("run_id").to_pylist())):
+        raise ValueError(f"not in the store: run(s) {', '.join(missing)}; nothing written")
     tmp = Path(f"{path}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)  # a reader never sees half a file
