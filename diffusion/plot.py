@@ -57,7 +57,8 @@ def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
             " FROM runs r LEFT JOIN datasets d USING (dataset_id)").fetchall()}
     missing = [r for r in run_ids if r not in {row[0] for row in rows}]
     if missing:
-        raise ValueError(f"no accuracy metrics ({', '.join(curves)}) in the store for run(s): {', '.join(missing)}")
+        raise ValueError(f"no accuracy metrics in the store for run(s): {', '.join(missing)} (looked for "
+                         f"{', '.join(curves)})")
     out = []
     for run_id in run_ids:
         _, _, t_mem, t_grok, config, dataset_family = runs[run_id]

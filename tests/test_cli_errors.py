@@ -87,7 +87,8 @@ H = ("--home", "{home}")  # the fixture's home, with a store
 
 @pytest.mark.parametrize(("args", "starts"), [
     (["sql", "SELECT 1", "--hme", "x"], "No such option: --hme"),          # a mistyped option
-    (["sql", *H], "Missing argument 'query'"),                             # a missing argument
+    (["evaluate", *H], "Missing argument 'run'"),                          # a missing argument
+    (["sql", *H], "give a query or --file FILE.sql"),
     (["sql", "SELECT 1", "-f", "xml", *H], "Invalid value for '--format'"),  # a bad choice
     (["sql", "SELEC 1", *H], "query failed: Parser Error"),                # DuckDB's message has 3 lines
     (["sql", "SELECT 1", "-f", "parquet", *H], "--format parquet needs --output FILE"),
