@@ -177,8 +177,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
         summary.append({"variant": label, "finished": f"{sum(r['status'] == 'finished' for r in group)}/{len(group)}",
                         f"{held_out}_train_rows": group[0][f"{held_out}_train_rows"],
                         **{k: mean_std_n([r[k] for r in group]) for k in
-                           ("test_id_acc", "others_grok_at", "others_kept", "others_lowest", f"{held_out}_acc", f"best_{held_out}_acc", "t_mem",
-                            "t_grok")},
+                           ("test_id_acc", "others_grok_at", "others_kept", "others_lowest", f"{held_out}_acc",
+                            f"best_{held_out}_acc", "t_mem", "t_grok")},
                         f"{held_out}_grokked": f"{len(groks)}/{len(group)}",
                         f"{held_out}_groks_at": mean_std_n(groks),
                         f"{held_out}_kept": mean_std_n([r[f"{held_out}_kept"] for r in group])})
