@@ -44,6 +44,7 @@ from diffusion.train import (
     evaluation,
     initial_model,
     is_eval_step,
+    learning_rate,
     metrics_board,
     patience_over,
     run_record,
@@ -171,7 +172,7 @@ def _loop(runs: list[Run], cfg: TrainConfig, params: dict, names: list[str], opt
             break
         # one step of every run
         t0 = time.perf_counter()
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = []

@@ -229,6 +229,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 1.0              # strong decay is what makes grokking happen at all
     warmup_steps: int = 10                 # linear LR warmup, as in the Grokfast code
+    lr_decay: str = "none"                 # none | cosine: from lr after warmup to min_lr at max_steps
+    min_lr: float = 0.0                    # where cosine decay ends
     reference_loop: bool = False           # the Grokfast code's loop: each epoch's last, partial batch is a
                                            # step; warmup gives the first update lr 0
     grad_clip: float = 0.0                 # 0 = no clipping (grokking papers do not clip)
@@ -271,7 +273,7 @@ SIZED = ("hidden_size", "num_layers", "num_heads")
 
 TRAIN_CHOICES = {"device": ("cpu", "cuda", "auto"), "objective": ("mdm", "ar"), "grokfast": ("none", "ema", "ma"), "optimizer": ("adamw", "adam"),
                  "grokfast_filter": ("mean", "sum"), "mdm_estimator": ("t", "count"), "init": ("small", "torch"),
-                 "eval_schedule": ("linear", "log"), "arch": ("denoiser", "grokfast_ref")}
+                 "eval_schedule": ("linear", "log"), "lr_decay": ("none", "cosine"), "arch": ("denoiser", "grokfast_ref")}
 TRAIN_MINIMUMS = {"batch_size": 1, "eval_every": 1, "sampler_steps": 1, "hidden_size": 1, "num_layers": 1,
                   "num_heads": 1, "max_steps": 0, "patience": 0, "mem_multiple": 0}
 
@@ -290,6 +292,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
                          f"got {(cfg.hidden_size, cfg.num_layers, cfg.num_heads)} (set either size or those)")
     if cfg.hidden_size % cfg.num_heads:
         raise ValueError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_heads}")
+    if not 0 <= cfg.min_lr <= cfg.lr:
+        raise ValueError(f"min_lr must be in [0, lr = {cfg.lr:g}] (where lr_decay=cosine ends), got {cfg.min_lr:g}")
     check_shared_home(cfg.shared_home)
     return cfg
 

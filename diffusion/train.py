@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import signal
 import threading
@@ -258,12 +259,16 @@ def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser | Grokfast
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warmup. The reference's LambdaLR gives update u the factor u / warmup, so its first update
-    has lr 0 (it only primes Adam's moments and the filter); ours starts at 1 / warmup."""
-    if not cfg.warmup_steps:
-        return cfg.lr
+    """Linear warmup, then constant or (lr_decay=cosine) down to min_lr at max_steps, as nanoGPT does.
+    The reference's LambdaLR gives update u the factor u / warmup, so its first update has lr 0 (it only
+    primes Adam's moments and the filter); ours starts at 1 / warmup."""
     warm = step if cfg.reference_loop else step + 1
-    return cfg.lr * min(1.0, warm / cfg.warmup_steps)
+    if cfg.warmup_steps and warm < cfg.warmup_steps:
+        return cfg.lr * warm / cfg.warmup_steps
+    if cfg.lr_decay == "none" or cfg.max_steps <= cfg.warmup_steps:
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / (cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * max(0.0, progress))) * (cfg.lr - cfg.min_lr)
 
 
 def is_eval_step(cfg: TrainConfig, step: int) -> bool:

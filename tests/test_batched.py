@@ -61,9 +61,10 @@ def test_grouped_weights_refuse_a_model_they_do_not_know():
 
 @pytest.mark.parametrize("grokfast", ["ema", "ma"])
 def test_batched_seeds_match_the_same_seeds_trained_one_by_one(tmp_path, grokfast):
-    # Two seeds, each its own family split too: own data, order, noise, filter state, metrics.
+    # Two seeds, each its own family split too: own data, order, noise, filter state, metrics; one lr schedule.
     cfgs = [tiny(tmp_path, f"b{s}", seed=s, family_params={**P5, "seed": s}, max_steps=60, grokfast=grokfast,
-                 grokfast_window=5, eval_every=20, checkpoint_every=30) for s in (0, 1)]
+                 grokfast_window=5, eval_every=20, checkpoint_every=30, lr_decay="cosine", min_lr=1e-4)
+            for s in (0, 1)]
     batched = train_batched(cfgs)
     alone = [train(dataclasses.replace(c, run_name=f"one{c.seed}")) for c in cfgs]
     for b, a in zip(batched, alone, strict=True):

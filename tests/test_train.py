@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import shutil
 import signal
@@ -199,6 +200,8 @@ def test_bad_settings_are_refused_by_name_and_nothing_is_written(tmp_path):
         apply_overrides(cfg, ["grokfast=fast"])
     with pytest.raises(ValueError, match="family_params must be a JSON object"):
         apply_overrides(cfg, ["family_params=[1]"])
+    with pytest.raises(ValueError, match=r"min_lr must be in \[0, lr = 0.001\]"):
+        apply_overrides(cfg, ["lr_decay=cosine", "min_lr=0.01"])
     got = apply_overrides(cfg, ["--max_steps=7", "betas=[0.9,0.99]", "run_name=x", "dataset=none"])
     assert (got.max_steps, got.betas, got.run_name, got.dataset) == (7, (0.9, 0.99), "x", None)
     with pytest.raises(FileNotFoundError, match="no run 'nope'"):
@@ -207,6 +210,19 @@ def test_bad_settings_are_refused_by_name_and_nothing_is_written(tmp_path):
     with pytest.raises(ValueError, match="lacks column"):
         train(tiny(tmp_path, "bad", dataset=str(broken)))
     assert not (tmp_path / "runs" / "bad").exists() and not store_path(tmp_path).exists()
+
+
+def test_cosine_decay_takes_the_lr_from_warmup_down_to_min_lr_at_max_steps(tmp_path):
+    lr, low, warmup, cap = 3e-3, 3e-4, 10, 100
+    train(tiny(tmp_path, "cos", lr=lr, min_lr=low, lr_decay="cosine", warmup_steps=warmup, max_steps=cap,
+               eval_every=10))
+    logged = {step: value for step, name, value in metric_rows(tmp_path, "cos") if name == "lr"}
+    # the lr logged at an evaluation is the one the last update (step - 1) used
+    expected = {s: low + 0.5 * (1 + math.cos(math.pi * (s - 1 - warmup) / (cap - warmup))) * (lr - low)
+                for s in range(warmup + 10, cap + 1, 10)}
+    assert {s: logged[s] for s in expected} == pytest.approx(expected, rel=1e-6)
+    assert logged[cap] == pytest.approx(low, rel=1e-2) and logged[warmup + 10] > 0.95 * lr
+    assert all(logged[s] > logged[s + 10] for s in range(warmup + 10, cap, 10))
 
 
 def test_an_existing_run_is_not_overwritten(reference):
