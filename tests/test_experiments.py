@@ -6,13 +6,7 @@ import pytest
 import torch
 
 from flows.experiments import EXPERIMENTS, run_experiment
-from flows.experiments.clusters import (
-    HELD_OUT,
-    _first_at_or_above,
-    _lowest,
-    _lowest_from,
-    _share_at_or_above,
-)
+from flows.experiments.clusters import HELD_OUT
 from storage.store import open_store
 
 
@@ -175,23 +169,6 @@ def test_clusters_held_out_removes_another_operation_and_shares_the_balanced_run
     assert f"{heldout}: continued past this cap of 20 (in the store to step 40)" in " ".join(rerun.output.split())
     with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
         assert con.execute("SELECT config->>'$.max_steps' FROM runs WHERE run_id = ?", [heldout]).fetchone() == ("40",)
-
-
-def test_the_other_clusters_grok_at_the_first_step_where_every_one_of_them_is_above_the_level():
-    x_plus_y = [(100, 0.5), (200, 0.97), (300, 0.99), (400, 0.96)]
-    x_minus_y = [(100, 0.96), (200, 0.90), (300, 0.95), (400, 0.99)]
-    both = _lowest([x_plus_y, x_minus_y])
-    assert both == [(100, 0.5), (200, 0.90), (300, 0.95), (400, 0.96)] and _first_at_or_above(both, 0.95) == 300
-    assert _first_at_or_above(_lowest([x_plus_y, [(100, 0.1), (400, 0.2)]]), 0.95) is None
-    assert _first_at_or_above(_lowest([]), 0.95) is None
-
-
-def test_a_grokked_cluster_that_falls_back_keeps_the_level_in_a_share_of_the_evaluations_after():
-    fell_back = [(100, 0.02), (200, 0.96), (300, 0.41), (400, 0.25), (500, 0.97)]
-    start = _first_at_or_above(fell_back, 0.95)
-    assert start == 200 and _share_at_or_above(fell_back, start, 0.95) == 0.5
-    assert _lowest_from(fell_back, start) == 0.25 and _lowest_from(fell_back, None) is None
-    assert _share_at_or_above([(100, 0.02), (200, 0.3)], None, 0.95) is None  # never got there
 
 
 def test_means_of_steps_print_as_steps_and_of_accuracies_as_fractions():

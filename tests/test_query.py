@@ -152,14 +152,20 @@ def test_cluster_grokking_places_each_clusters_grokking_and_how_much_of_it_held(
     row = {"run_id": "r", "name": None, "objective": "mdm", "dataset_id": None, "config": '{"grok_threshold": 0.9}',
            "status": "finished", "parent_run_id": None, "t_mem": None, "t_grok": None, "grok_ratio": None,
            "grok_delay": None, "final_step": 500}
-    fell_back = [0.1, 0.92, 0.4, 0.95, 0.97]   # at the run's threshold 0.9 from step 200, then down and back
-    never = [0.02, 0.03, 0.05, 0.04, 0.03]
-    metrics = [(100 * (i + 1), f"test_id/cluster:{name}/acc", acc) for name, curve in (("x/y", fell_back),
-               ("x-y", never)) for i, acc in enumerate(curve)] + [(100, "test_id/acc", 0.5)]
+    curves = {"x/y": [0.1, 0.92, 0.4, 0.95, 0.5],   # at the run's threshold 0.9 from step 200, down, back, down
+              "x+y": [0.95, 0.85, 0.93, 0.99],     # not measured at step 500
+              "x-y": [0.02, 0.03, 0.05, 0.04, 0.03]}  # never
+    metrics = [(100 * (i + 1), f"test_id/cluster:{name}/acc", acc) for name, curve in curves.items()
+               for i, acc in enumerate(curve)] + [(100, "test_id/acc", 0.5)]
     assert record_run(home, row, metrics, final=True)
-    got = run_sql("SELECT cluster, groks_at, kept, lowest_after, best, final_acc, evals FROM cluster_grokking")
+    got = run_sql("SELECT cluster, groks_at, kept, lowest_after, best, final_acc, evals, others_groks_at, "
+                  "others_kept, others_lowest_after FROM cluster_grokking")
     assert got.to_pylist() == [
+        # x-y's others (x/y and x+y, their lowest where both were measured): 0.1, 0.85, 0.4, 0.95 -- at 0.9
+        # first at step 400, where neither was first; step 500 (x+y unmeasured) is not a point of it
+        {"cluster": "x+y", "groks_at": 100, "kept": 0.75, "lowest_after": 0.85, "best": 0.99, "final_acc": 0.99,
+         "evals": 4, "others_groks_at": None, "others_kept": None, "others_lowest_after": None},
         {"cluster": "x-y", "groks_at": None, "kept": None, "lowest_after": None, "best": 0.05, "final_acc": 0.03,
-         "evals": 5},
-        {"cluster": "x/y", "groks_at": 200, "kept": 0.75, "lowest_after": 0.4, "best": 0.97, "final_acc": 0.97,
-         "evals": 5}]
+         "evals": 5, "others_groks_at": 400, "others_kept": 1.0, "others_lowest_after": 0.95},
+        {"cluster": "x/y", "groks_at": 200, "kept": 0.5, "lowest_after": 0.4, "best": 0.95, "final_acc": 0.5,
+         "evals": 5, "others_groks_at": None, "others_kept": None, "others_lowest_after": None}]

@@ -144,18 +144,15 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
     if not report_only:
         train_runs(train_cfgs, runner)
     table, runs = [], {}
-    others = [f"test_id/cluster:{op}/acc" for op in size.params["operations"] if op != held_out]
     for label, seed, snap, tcfg in plan:
         # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed with its
         # (memorised) train rows, at every evaluation of the run.
-        series = metric_series(tcfg.run_name, ["test_id/acc", *others], home) if has_store(home) else {}
+        series = metric_series(tcfg.run_name, ["test_id/acc"], home) if has_store(home) else {}
         if not series.get("test_id/acc"):
             continue
-        (groks_at, kept, best, final), = query(
-            "SELECT groks_at, kept, best, final_acc FROM cluster_grokking WHERE run_id = ? AND cluster = ?",
-            [tcfg.run_name, held_out], home) or [(None,) * 4]
-        others_low = _lowest([series.get(m, []) for m in others])
-        others_at = _first_at_or_above(others_low, 0.95)
+        (groks_at, kept, best, final, others_at, others_kept, others_lowest), = query(
+            "SELECT groks_at, kept, best, final_acc, others_groks_at, others_kept, others_lowest_after "
+            "FROM cluster_grokking WHERE run_id = ? AND cluster = ?", [tcfg.run_name, held_out], home) or [(None,) * 7]
         (status, t_mem, t_grok), = query("SELECT status, t_mem, t_grok FROM runs WHERE run_id = ?",
                                          [tcfg.run_name], home)
         table.append({"variant": label, "seed": seed, "run_id": tcfg.run_name, "status": status,
@@ -164,8 +161,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                       "test_id_acc": series["test_id/acc"][-1][1],
                       f"{held_out}_acc": final, f"best_{held_out}_acc": best, f"{held_out}_groks_at": groks_at,
                       f"{held_out}_kept": kept,
-                      "others_grok_at": others_at, "others_kept": _share_at_or_above(others_low, others_at, 0.95),
-                      "others_lowest": _lowest_from(others_low, others_at),
+                      "others_grok_at": others_at, "others_kept": others_kept, "others_lowest": others_lowest,
                       "t_mem": t_mem, "t_grok": t_grok})
         runs[tcfg.run_name] = label  # every seed, a panel a variant
         console.print(f"[clusters] {label} seed {seed}: {status} at {table[-1]['step']}, held-out cluster test "
@@ -201,9 +197,9 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
              f"{first.patience} steps after T_grok, the others run to the cap (their overall test accuracy can "
              f"pass 0.95 while the removed cluster is still rising). `{held_out}_acc`: the task's verifier on the cluster's test_id rows only (a "
              f"seeded sample of up to {first.eval_max_rows} test rows), at the last evaluation; "
-             f"`{held_out}_groks_at`: the first evaluation where it is >= 0.95; `{held_out}_kept`: of the evaluations "
+             f"`{held_out}_groks_at`: the first evaluation where it is >= {first.grok_threshold:g}; `{held_out}_kept`: of the evaluations "
              f"from then on, the share where it still is (a cluster learnt from few rows can fall back); `others_grok_at`: the first where every "
-             f"other cluster's test accuracy is >= 0.95; `others_kept`: of the evaluations from then on, the share where every "
+             f"other cluster's test accuracy is >= {first.grok_threshold:g}; `others_kept`: of the evaluations from then on, the share where every "
              f"one still is; `others_lowest`: the lowest any of them fell to after it (grokked clusters can fall back late); `t_mem`: train accuracy >= {first.mem_threshold:g}; "
              f"`t_grok`: overall test accuracy >= {first.grok_threshold:g} (a held-out variant cannot reach it "
              f"without the removed cluster). Carvalho et al. 2025 report that "
@@ -218,30 +214,6 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
 def _share(balanced: dict, fraction: float, held_out: str) -> int:
     """That fraction of the held-out cluster's training rows in the balanced snapshot (at least one)."""
     return max(1, round(fraction * balanced["clusters"]["train"][held_out]))
-
-
-def _share_at_or_above(curve: list[tuple[int, float]], start: int | None, level: float) -> float | None:
-    """Of the curve's points from `start` on, the share >= level (None when it never got there)."""
-    if start is None:
-        return None
-    after = [value for step, value in curve if step >= start]
-    return sum(value >= level for value in after) / len(after)
-
-
-def _lowest(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
-    """The lowest of the curves at each step all of them have (the other clusters as one curve)."""
-    points = [dict(c) for c in curves]
-    common = sorted(set.intersection(*(set(p) for p in points))) if points else []
-    return [(step, min(p[step] for p in points)) for step in common]
-
-
-def _first_at_or_above(curve: list[tuple[int, float]], level: float) -> int | None:
-    return next((step for step, value in curve if value >= level), None)
-
-
-def _lowest_from(curve: list[tuple[int, float]], start: int | None) -> float | None:
-    """The curve's lowest point from `start` on (how far a grokked cluster fell back; None: never got there)."""
-    return None if start is None else min(value for step, value in curve if step >= start)
 
 
 def _slug(label: str) -> str:

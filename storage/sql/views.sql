@@ -148,6 +148,8 @@ ORDER BY a.run_id, a.step, split;
 -- Runs: each cluster's test accuracy over a run (metric `test_id/cluster:<name>/acc`): when it first
 -- reached the run's grok_threshold (`groks_at`), the share of the evaluations from then on still there
 -- (`kept`: a grokked cluster can fall back), the lowest it fell to after, its best, and where it ended.
+-- `others_*`: the same for every other cluster of the run as one curve (their lowest at each evaluation
+-- where all of them were measured): did the rest grok, and did it hold, beside a held-out cluster.
 CREATE OR REPLACE VIEW cluster_grokking AS
 WITH curve AS (
     SELECT m.run_id, regexp_extract(m.name, '^test_id/cluster:(.*)/acc$', 1) AS cluster, m.step, m.value AS acc,
@@ -155,14 +157,32 @@ WITH curve AS (
     FROM metrics m
     LEFT JOIN runs r USING (run_id)
     WHERE m.name LIKE 'test_id/cluster:%/acc'
+), cluster_count AS (
+    SELECT run_id, count(DISTINCT cluster) AS n FROM curve GROUP BY run_id
+), curves AS (
+    SELECT run_id, cluster, 'self' AS curve, step, acc, level FROM curve
+    UNION ALL
+    SELECT a.run_id, a.cluster, 'others', a.step, min(b.acc), any_value(a.level)
+    FROM curve a
+    JOIN curve b ON b.run_id = a.run_id AND b.step = a.step AND b.cluster <> a.cluster
+    JOIN cluster_count k ON k.run_id = a.run_id
+    GROUP BY a.run_id, a.cluster, a.step
+    HAVING count(*) = any_value(k.n) - 1
 ), reached AS (
-    SELECT run_id, cluster, min(step) FILTER (WHERE acc >= level) AS groks_at FROM curve GROUP BY run_id, cluster
+    SELECT run_id, cluster, curve, min(step) FILTER (WHERE acc >= level) AS groks_at
+    FROM curves GROUP BY run_id, cluster, curve
+), held AS (
+    SELECT c.run_id, c.cluster, c.curve, g.groks_at,
+           avg((c.acc >= c.level)::INTEGER) FILTER (WHERE c.step >= g.groks_at) AS kept,
+           min(c.acc) FILTER (WHERE c.step >= g.groks_at)                       AS lowest_after,
+           max(c.acc) AS best, arg_max(c.acc, c.step) AS final_acc, max(c.step) AS last_step, count(*) AS evals
+    FROM curves c
+    JOIN reached g USING (run_id, cluster, curve)
+    GROUP BY c.run_id, c.cluster, c.curve, g.groks_at
 )
-SELECT c.run_id, c.cluster, g.groks_at,
-       avg((c.acc >= c.level)::INTEGER) FILTER (WHERE c.step >= g.groks_at) AS kept,
-       min(c.acc) FILTER (WHERE c.step >= g.groks_at)                       AS lowest_after,
-       max(c.acc) AS best, arg_max(c.acc, c.step) AS final_acc, max(c.step) AS last_step, count(*) AS evals
-FROM curve c
-JOIN reached g USING (run_id, cluster)
-GROUP BY c.run_id, c.cluster, g.groks_at
-ORDER BY c.run_id, c.cluster;
+SELECT s.run_id, s.cluster, s.groks_at, s.kept, s.lowest_after, s.best, s.final_acc, s.last_step, s.evals,
+       o.groks_at AS others_groks_at, o.kept AS others_kept, o.lowest_after AS others_lowest_after
+FROM held s
+LEFT JOIN held o ON o.run_id = s.run_id AND o.cluster = s.cluster AND o.curve = 'others'
+WHERE s.curve = 'self'
+ORDER BY s.run_id, s.cluster;
