@@ -229,7 +229,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 1.0              # strong decay is what makes grokking happen at all
     warmup_steps: int = 10                 # linear LR warmup, as in the Grokfast code
-    lr_decay: str = "none"                 # none | cosine: from lr after warmup to min_lr at max_steps
+    lr_decay: str = "none"                 # none | cosine: from lr after warmup to min_lr at max_steps (a
+                                           # run resumed with a larger max_steps continues on the longer curve)
     min_lr: float = 0.0                    # where cosine decay ends
     reference_loop: bool = False           # the Grokfast code's loop: each epoch's last, partial batch is a
                                            # step; warmup gives the first update lr 0
