@@ -169,3 +169,6 @@ def test_cluster_grokking_places_each_clusters_grokking_and_how_much_of_it_held(
          "evals": 5, "others_groks_at": 400, "others_kept": 1.0, "others_lowest_after": 0.95},
         {"cluster": "x/y", "groks_at": 200, "kept": 0.5, "lowest_after": 0.4, "best": 0.95, "final_acc": 0.5,
          "evals": 5, "others_groks_at": None, "others_kept": None, "others_lowest_after": None}]
+    got = run_sql("SELECT step, acc, others_acc FROM cluster_curves WHERE cluster = 'x-y'")
+    assert got.to_pylist() == [{"step": 100 * (i + 1), "acc": acc, "others_acc": others} for i, (acc, others) in
+                               enumerate(zip(curves["x-y"], [0.1, 0.85, 0.4, 0.95, None], strict=True))]

@@ -145,12 +145,10 @@ LEFT JOIN metrics n ON n.run_id = a.run_id AND n.step = a.step AND n.name = spli
 WHERE a.name IN ('train/acc', 'test_id/acc', 'test_ood/acc')
 ORDER BY a.run_id, a.step, split;
 
--- Runs: each cluster's test accuracy over a run (metric `test_id/cluster:<name>/acc`): when it first
--- reached the run's grok_threshold (`groks_at`), the share of the evaluations from then on still there
--- (`kept`: a grokked cluster can fall back), the lowest it fell to after, its best, and where it ended.
--- `others_*`: the same for every other cluster of the run as one curve (their lowest at each evaluation
--- where all of them were measured): did the rest grok, and did it hold, beside a held-out cluster.
-CREATE OR REPLACE VIEW cluster_grokking AS
+-- Runs: each cluster's test accuracy at each evaluation (metric `test_id/cluster:<name>/acc`) beside
+-- `others_acc`, the lowest of the run's other clusters there (NULL where one of them was not measured),
+-- and the run's grok_threshold (`level`).
+CREATE OR REPLACE VIEW cluster_curves AS
 WITH curve AS (
     SELECT m.run_id, regexp_extract(m.name, '^test_id/cluster:(.*)/acc$', 1) AS cluster, m.step, m.value AS acc,
            coalesce(TRY_CAST(r.config->>'grok_threshold' AS DOUBLE), 0.95) AS level
@@ -159,15 +157,24 @@ WITH curve AS (
     WHERE m.name LIKE 'test_id/cluster:%/acc'
 ), cluster_count AS (
     SELECT run_id, count(DISTINCT cluster) AS n FROM curve GROUP BY run_id
-), curves AS (
-    SELECT run_id, cluster, 'self' AS curve, step, acc, level FROM curve
+)
+SELECT a.run_id, a.cluster, a.step, a.acc,
+       CASE WHEN count(b.acc) = any_value(k.n) - 1 THEN min(b.acc) END AS others_acc, a.level
+FROM curve a
+JOIN cluster_count k USING (run_id)
+LEFT JOIN curve b ON b.run_id = a.run_id AND b.step = a.step AND b.cluster <> a.cluster
+GROUP BY a.run_id, a.cluster, a.step, a.acc, a.level
+ORDER BY a.run_id, a.cluster, a.step;
+
+-- Runs: per run and cluster (over `cluster_curves`), when its test accuracy first reached the run's
+-- grok_threshold (`groks_at`), the share of the evaluations from then on still there (`kept`: a grokked
+-- cluster can fall back), the lowest it fell to after, its best, and where it ended. `others_*`: the
+-- same for the run's other clusters as one curve (`others_acc`): did the rest grok beside it, and hold.
+CREATE OR REPLACE VIEW cluster_grokking AS
+WITH curves AS (
+    SELECT run_id, cluster, 'self' AS curve, step, acc, level FROM cluster_curves
     UNION ALL
-    SELECT a.run_id, a.cluster, 'others', a.step, min(b.acc), any_value(a.level)
-    FROM curve a
-    JOIN curve b ON b.run_id = a.run_id AND b.step = a.step AND b.cluster <> a.cluster
-    JOIN cluster_count k ON k.run_id = a.run_id
-    GROUP BY a.run_id, a.cluster, a.step
-    HAVING count(*) = any_value(k.n) - 1
+    SELECT run_id, cluster, 'others', step, others_acc, level FROM cluster_curves WHERE others_acc IS NOT NULL
 ), reached AS (
     SELECT run_id, cluster, curve, min(step) FILTER (WHERE acc >= level) AS groks_at
     FROM curves GROUP BY run_id, cluster, curve
