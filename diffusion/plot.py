@@ -75,7 +75,8 @@ def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
 
 
 def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = None,
-                    panels: Mapping[str, str] | None = None, ylim: tuple[float, float] | None = ACCURACY_AXIS):
+                    panels: Mapping[str, str] | None = None, ylim: tuple[float, float] | None = ACCURACY_AXIS,
+                    log_steps: bool | None = None):
     """A matplotlib Figure: one panel per family (in order of first appearance), or per `panels[run_id]`;
     up to four panels a row. Each run has its colour; in named panels of one run per seed, each seed has
     its colour in every panel. `ylim=None` fits the accuracy axis to the curves (a curve near chance,
@@ -101,7 +102,7 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
     seeds: dict = {}
     for ax, title in zip(axes.flat, titles, strict=False):
         panel = in_panel[title]
-        log_axis = any(r.log_axis for r in panel)
+        log_axis = any(r.log_axis for r in panel) if log_steps is None else log_steps
         marks = []  # (T_mem / T_grok text, colour) of each run that reached one
         for i, run in enumerate(panel):
             color = colors[(run.seed if by_seed[title] else i) % len(colors)]
@@ -157,16 +158,18 @@ def _solid(line):
 
 
 def plot_runs(run_ids: Sequence[str] | Mapping[str, str | None], out: str | Path, home: str | Path | None = None,
-              curves: dict[str, str] | None = None, ylim: tuple[float, float] | None = ACCURACY_AXIS) -> Path:
+              curves: dict[str, str] | None = None, ylim: tuple[float, float] | None = ACCURACY_AXIS,
+              log_steps: bool | None = None) -> Path:
     """Accuracy curves of `run_ids` from the store into a PNG; `curves` maps metric name -> line style
     (default: train solid, test ID dashed, test OOD dotted). `run_ids` as a mapping names each run's
     panel (None: its family's). A run started from another run's checkpoint (a self-improvement round)
-    is drawn from where its parent stopped. `ylim=None`: the accuracy axis fitted to the curves."""
+    is drawn from where its parent stopped. `ylim=None`: the accuracy axis fitted to the curves.
+    `log_steps`: the step axis log or linear (None: log for runs on the log eval schedule)."""
     import matplotlib.pyplot as plt
 
     curves = curves or CURVES
     panels = run_ids if isinstance(run_ids, Mapping) else None
-    fig = grokking_figure(load_curves(list(run_ids), home, tuple(curves)), curves, panels, ylim)
+    fig = grokking_figure(load_curves(list(run_ids), home, tuple(curves)), curves, panels, ylim, log_steps)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

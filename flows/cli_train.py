@@ -94,6 +94,8 @@ def plot(
     output: Path = typer.Option(Path("grokking.png"), "--output", "-o", help="PNG to write"),
     metric: list[str] = typer.Option(None, "--metric", "-m", help="a stored metric to draw instead of train / "
                                      "test ID / test OOD (repeatable), e.g. 'test_id/cluster:x+y/acc'"),
+    linear: bool = typer.Option(False, "--linear", help="a linear step axis (what happens late) instead of the "
+                                "log axis of runs on the log eval schedule"),
     home: str = HOME,
 ) -> None:
     """Grokking curves (train vs test accuracy over log steps) from the store, as a PNG."""
@@ -101,7 +103,8 @@ def plot(
     # accuracies on 0-1 as always; anything else (a loss) on an axis fitted to it
     fitted = any(not m.endswith("/acc") for m in metric or ())
     panels = {run: panel or None for panel, _, run in (r.rpartition("=") for r in runs)}
-    path = plot_runs(panels, output, home=home, curves=curves, **({"ylim": None} if fitted else {}))
+    path = plot_runs(panels, output, home=home, curves=curves, log_steps=False if linear else None,
+                     **({"ylim": None} if fitted else {}))
     console.print(f"wrote {path}")
 
 

@@ -63,8 +63,8 @@ def test_cli_train_evaluate_plot(tmp_path):
     assert ablation["lr"] == 0.01 and cli["lr"] != 0.01 and ablation["run_id"] == "cli-lr"
     assert {k: v for k, v in ablation.items() if k not in ("lr", "run_id", "run_name")} == \
         {k: v for k, v in cli.items() if k not in ("lr", "run_id", "run_name")}
-    # PANEL=RUN: a panel each, so the figure is wider than the one panel of a family
-    res = runner.invoke(app, ["plot", "lr 1e-3=cli", "lr 1e-2=cli-lr", "-o", str(tmp_path / "panels.png"),
+    # PANEL=RUN: a panel each, so the figure is wider than the one panel of a family (--linear: a linear step axis)
+    res = runner.invoke(app, ["plot", "lr 1e-3=cli", "lr 1e-2=cli-lr", "--linear", "-o", str(tmp_path / "panels.png"),
                               "--home", str(tmp_path)])
     width = {n: int.from_bytes((tmp_path / n).read_bytes()[16:20], "big") for n in ("panels.png", "p.png")}
     assert res.exit_code == 0 and width["panels.png"] > width["p.png"], width

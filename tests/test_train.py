@@ -283,6 +283,8 @@ def test_grokking_figure_has_a_panel_per_family_with_t_mem_and_t_grok_marked():
     assert [t.get_text() for t in two_hop.texts] == ["T_mem 100 · T_grok —"]
     styles = {line.get_label().split()[0]: line.get_linestyle() for line in modular.lines if line.get_label()[0] != "_"}
     assert styles == {"train": "-", "test_id": "--"}
+    linear = grokking_figure(runs, log_steps=False).axes[0]  # `plot --linear`: what happens late, spread out
+    assert linear.get_xscale() == "linear" and min(linear.lines[0].get_xdata()) == 0
 
 
 def test_named_panels_hold_every_seed_of_a_group_each_seed_one_colour():
