@@ -17,8 +17,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 def _run(home, run_id: str, curves: dict[str, list[float]]) -> None:
     row = {"run_id": run_id, "name": None, "objective": "mdm", "dataset_id": None,
            "config": '{"grok_threshold": 0.95}', "status": "finished", "parent_run_id": None, "t_mem": None,
-           "t_grok": None, "grok_ratio": None, "grok_delay": None, "final_step": 800}
-    metrics = [(100 * (i + 1), name, value) for name, curve in curves.items() for i, value in enumerate(curve)]
+           "t_grok": None, "grok_ratio": None, "grok_delay": None, "final_step": 20000}
+    metrics = [(2500 * (i + 1), name, value) for name, curve in curves.items() for i, value in enumerate(curve)]
     assert record_run(home, row, metrics, final=True)
 
 
@@ -31,16 +31,16 @@ def test_the_late_falls_queries_on_a_run_whose_falls_are_known(home):
               "grad_norm": [1, 1, 1, 8, 1, 2, 4, 3]}
     _run(home, "clusters-balanced-long-s0", curves)
     _run(home, "another-run-s0", curves)  # not one of the page's runs
-    # x+y and x*y together (their lowest): 0.4 0.90 0.96 0.60 0.97 0.98 0.90 0.99 -- at 95% from step 300;
-    # after it they fall at 400 (to 0.60, train 0.90) and 700 (0.90, train 0.995)
+    # at steps 2,500 ... 20,000, x+y and x*y together (their lowest): 0.4 0.90 0.96 0.60 0.97 0.98 0.90 0.99 --
+    # at 95% from 7,500; after it they fall at 10,000 (to 0.60, train 0.90) and 17,500 (0.90, train 0.995)
     falls = run_sql((RESULTS / "clusters_falls.sql").read_text()).to_pylist()
-    assert falls == [{"runs": "clusters-balanced-long", "n": 1, "evals": 6, "falls": 2, "below_80": 1,
+    assert falls == [{"runs": "clusters-balanced-long", "n": 1, "evals": 6, "falls": 2, "below_80": 1, "falls_after_15000": 1,
                       "train_below_99_in_falls": "0.500 ± 0.000 (n=1)", "train_below_99_held": "0.250 ± 0.000 (n=1)",
                       "grad_norm_in_falls": "6.00 ± 0.00 (n=1)", "grad_norm_held": "1.50 ± 0.00 (n=1)"}]
     late = {r["cluster"]: r for r in run_sql((RESULTS / "clusters_late.sql").read_text()).to_pylist()}
     assert set(late) == {"x*y", "x+y", "x-y"} and late["x+y"]["runs"] == "clusters-balanced-long"
     assert (late["x+y"]["groks_at"], late["x+y"]["kept"], late["x+y"]["lowest_after"], late["x+y"]["at_20000"]) == \
-        ("200 ± 0 (n=1)", "0.714 ± 0.000 (n=1)", "0.600 ± 0.000 (n=1)", "0.990 ± 0.000 (n=1)")
+        ("5000 ± 0 (n=1)", "0.714 ± 0.000 (n=1)", "0.600 ± 0.000 (n=1)", "0.990 ± 0.000 (n=1)")
     assert (late["x-y"]["reached_95"], late["x-y"]["groks_at"]) == (0, None)
 
 
