@@ -234,7 +234,8 @@ class TrainConfig:
     min_lr: float = 0.0                    # where cosine decay ends
     reference_loop: bool = False           # the Grokfast code's loop: each epoch's last, partial batch is a
                                            # step; warmup gives the first update lr 0
-    grad_clip: float = 0.0                 # 0 = no clipping (grokking papers do not clip)
+    grad_clip: float = 0.0                 # 0 = no clipping (grokking papers do not clip); 1.0 stops the late
+                                           # loss spikes of long runs (docs/results/clusters.md, stop 30)
     batch_size: int = 512
     max_steps: int = 5000
     # Grokfast (Lee et al. 2024)

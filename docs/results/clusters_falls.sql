@@ -20,7 +20,7 @@ WITH train AS (
     JOIN cluster_grokking g USING (run_id, cluster)
     JOIN train t USING (run_id, step)
     WHERE c.cluster = 'x-y' AND c.step >= g.others_groks_at
-      AND regexp_matches(c.run_id, '^clusters-(balanced-(long|wd0\.3|ema|cos|clip1)|heldout-cos)-s[0-2]$|^clusters-heldout-s[0-2]-79291876$')
+      AND regexp_matches(c.run_id, '^clusters-(balanced-(long|wd0\.3|ema|cos|clip1)|heldout-clip1)-s[0-2]$|^clusters-heldout-s[0-2]-79291876$')
 ), per_run AS (
     SELECT run_id, count(*) AS evals, count(*) FILTER (WHERE fell) AS falls, count(*) FILTER (WHERE deep) AS below_80,
            count(*) FILTER (WHERE fell AND step > 15000) AS after_15000,

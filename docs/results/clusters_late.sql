@@ -15,7 +15,7 @@ SELECT regexp_replace(run_id, '-s[0-9](-79291876)?$', '') AS runs, cluster, coun
        CASE WHEN count(final_acc) > 0 THEN printf('%.3f ± %.3f (n=%d)', avg(final_acc), coalesce(stddev_samp(final_acc), 0),
                                         count(final_acc)) END AS at_20000
 FROM cluster_grokking
-WHERE regexp_matches(run_id, '^clusters-(balanced-long|balanced-wd0\.3|heldout-lr1e-3|balanced-ema|balanced-cos|balanced-clip1|heldout-cos)-s[0-2]$'
+WHERE regexp_matches(run_id, '^clusters-(balanced-long|balanced-wd0\.3|heldout-lr1e-3|balanced-ema|balanced-cos|balanced-clip1|heldout-clip1)-s[0-2]$'
                              || '|^clusters-heldout-s[0-2]-79291876$')
 GROUP BY ALL
 ORDER BY runs, cluster;
