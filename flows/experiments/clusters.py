@@ -18,7 +18,6 @@ from flows.experiments.common import (
     has_store,
     markdown_table,
     mean_std_n,
-    metric_series,
     query,
     train_runs,
 )
@@ -145,20 +144,20 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
         train_runs(train_cfgs, runner)
     table, runs = [], {}
     for label, seed, snap, tcfg in plan:
+        progress = query("SELECT status, step, test_id_acc, t_mem, t_grok FROM run_progress WHERE run_id = ?",
+                         [tcfg.run_name], home) if has_store(home) else []
+        if not progress or progress[0][1] is None:  # not trained, or no evaluation yet
+            continue
+        (status, step, test_id_acc, t_mem, t_grok), = progress
         # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed with its
         # (memorised) train rows, at every evaluation of the run.
-        series = metric_series(tcfg.run_name, ["test_id/acc"], home) if has_store(home) else {}
-        if not series.get("test_id/acc"):
-            continue
         (groks_at, kept, best, final, others_at, others_kept, others_lowest), = query(
             "SELECT groks_at, kept, best, final_acc, others_groks_at, others_kept, others_lowest_after "
             "FROM cluster_grokking WHERE run_id = ? AND cluster = ?", [tcfg.run_name, held_out], home) or [(None,) * 7]
-        (status, t_mem, t_grok), = query("SELECT status, t_mem, t_grok FROM runs WHERE run_id = ?",
-                                         [tcfg.run_name], home)
         table.append({"variant": label, "seed": seed, "run_id": tcfg.run_name, "status": status,
-                      "step": series["test_id/acc"][-1][0], "train_rows": snap["counts"]["train"],
+                      "step": step, "train_rows": snap["counts"]["train"],
                       f"{held_out}_train_rows": snap["clusters"]["train"].get(held_out, 0),
-                      "test_id_acc": series["test_id/acc"][-1][1],
+                      "test_id_acc": test_id_acc,
                       f"{held_out}_acc": final, f"best_{held_out}_acc": best, f"{held_out}_groks_at": groks_at,
                       f"{held_out}_kept": kept,
                       "others_grok_at": others_at, "others_kept": others_kept, "others_lowest": others_lowest,
