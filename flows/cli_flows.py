@@ -180,6 +180,10 @@ def experiment(
                                                           "that trains (default: the size's; full 0.5)"),
     held_out: str = typer.Option("", help="clusters only: the operation whose cluster is removed (default x-y; "
                                           "full: x+y, x-y or x*y); the balanced runs are shared"),
+    variants: str = typer.Option("", help="clusters only: a subset of balanced,held out,k=1,k=4,k=16,k=64,1%,"
+                                           "10%,15%,25%,50% (default: all)"),
+    settings: str = typer.Option("", help="clusters only: training settings changed for every run, "
+                                          "'key=value ...' (e.g. 'grad_clip=1.0'); runs of their own"),
     out: Path = typer.Option(Path("docs/results"), help="where NAME.md and NAME.png go"),
     setups: str = typer.Option("", help="grokfast only: a subset, e.g. baseline,ema"),
     objectives: str = typer.Option("", help="grokfast only: a subset, e.g. mdm-count,ar"),
@@ -214,6 +218,10 @@ def experiment(
     if held_out and name != "clusters":
         raise ValueError("--held-out applies to the clusters experiment only")
     options |= {"held_out": held_out} if held_out else {}
+    for flag, value in (("variants", variants.split(",") if variants else []), ("settings", settings)):
+        if value and name != "clusters":
+            raise ValueError(f"--{flag} applies to the clusters experiment only")
+        options |= {flag: value} if value else {}
     if report_only and name not in ("composition", "clusters"):
         raise ValueError("--report-only applies to the composition and clusters experiments")
     options |= {"report_only": True} if report_only else {}

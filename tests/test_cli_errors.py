@@ -108,6 +108,10 @@ H = ("--home", "{home}")  # the fixture's home, with a store
     (["experiment", "nope", *H], "unknown experiment 'nope'"),
     (["experiment", "grokfast", "--runner", "nowhere", *H], "unknown runner 'nowhere'"),
     (["experiment", "clusters", "--setups", "ema", *H], "--setups, --objectives and --init apply to the grokfast"),
+    (["experiment", "clusters", "--variants", "held out,k=2", *H], "unknown variant 'k=2'; variants: balanced,"),
+    (["experiment", "clusters", "--settings", "grad_clp=1", *H], "unknown training setting 'grad_clp'"),
+    (["experiment", "clusters", "--settings", "seed=3", *H], "--settings seed: the grid sets it per run"),
+    (["experiment", "grokfast", "--settings", "grad_clip=1", *H], "--settings applies to the clusters experiment"),
 ])
 def test_a_mistake_is_one_line_and_exit_2(homes, tmp_path, monkeypatch, args, starts):
     home, decoy = homes

@@ -178,3 +178,28 @@ def test_means_of_steps_print_as_steps_and_of_accuracies_as_fractions():
     assert mean_std_n([0, 0]) == "0 ± 0 (n=2)"
     assert mean_std_n([0.5, 0.25]) == "0.375 ± 0.177 (n=2)"
     assert mean_std_n([None]) is None
+
+
+def test_clusters_variants_and_settings_train_runs_of_their_own(tmp_path, monkeypatch, prefect_server):
+    """`--variants 'held out,1%' --settings grad_clip=1.0`: two of the grid's variants, each run with the
+    setting changed and named for it (the grid's own runs stay as they are); the page says what changed."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("GROKLOOP_HOME", str(tmp_path / "home"))
+    base = ["experiment", "clusters", "--quick", "--max-steps", "20", "--variants", "held out,1%"]
+    clipped = CliRunner().invoke(app, [*base, "--settings", "grad_clip=1.0", "--out", str(tmp_path / "clip")])
+    assert clipped.exit_code == 0, clipped.output
+    plain = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "plain")])
+    assert plain.exit_code == 0, plain.output
+    text = (tmp_path / "clip" / "clusters.md").read_text()
+    assert "--variants 'held out,1%' --settings grad_clip=1.0`" in text
+    assert "Changed from the recipe for every run: `grad_clip=1.0`" in text
+    with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
+        runs = dict(con.execute("SELECT run_id, (config->>'$.grad_clip')::DOUBLE FROM runs").fetchall())
+    assert len(runs) == 4 and sorted(r.split("-s0-")[0] for r in runs) == [
+        "clusters-1pctk1", "clusters-1pctk1-grad_clip1.0", "clusters-heldout", "clusters-heldout-grad_clip1.0"]
+    assert all((clip == 1.0) == ("grad_clip1.0" in run_id) and (run_id in text) == (clip == 1.0)
+               for run_id, clip in runs.items())
+    assert "clusters-balanced" not in text

@@ -94,10 +94,13 @@ CLUSTER_SHARES = (0.01, 0.1, 0.15, 0.25, 0.5)
 
 
 def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: bool = True,
-                 held_out: str = HELD_OUT) -> tuple[list, dict]:
+                 held_out: str = HELD_OUT, variants: list[str] | None = None,
+                 settings: dict[str, Any] | None = None) -> tuple[list, dict]:
     """([(variant, seed, snapshot, TrainConfig)], the balanced snapshot) of every run of the grid, seed by
     seed (an interrupted grid has every variant at its first seeds rather than some at all three).
-    `collect`: the agents collect and the store ingests first (the same tasks each time)."""
+    `collect`: the agents collect and the store ingests first (the same tasks each time). `variants`: only
+    these (names as `variant_names` gives them). `settings`: training settings changed from the recipe for
+    every run; they go into the run names (`clusters-k1-grad_clip1.0-s0-...`), so the grid's runs stay."""
     cfg = LoopConfig(home=home, **runner.loop_settings(), families=["modular"], family_params={"modular": size.params},
                      n_agents=2, episodes=_episodes_to_cover(size.params), policy="solver",
                      cluster_method="column", cluster_column="operation",
@@ -106,28 +109,35 @@ def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: 
     if collect:
         steps.collect_once(cfg, "modular")
     balanced = steps.curate(cfg, "modular", name="clusters-balanced")
-    variants = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] \
+    grid = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] \
         + [(f"{share:.0%} (k={_share(balanced, share, held_out)})", _share(balanced, share, held_out))
            for share in CLUSTER_SHARES]
+    if variants:
+        grid = [(label, keep_k) for label, keep_k in grid if label.split(" (")[0] in variants]
     snaps = {label: balanced if keep_k is None else steps.curate(
         cfg, "modular", holdout=[held_out], keep_k=keep_k, name=f"clusters-heldout-{_slug(held_out)}-k{keep_k}")
-        for label, keep_k in variants}
+        for label, keep_k in grid}
+    settings = settings or {}
+    tag = "".join(f"-{_slug(f'{key}{value}')}" for key, value in settings.items())
     # The patience rule watches overall test accuracy, which a removed cluster learnt in part lets a run
     # cross (15% back: stopped with it at 90%): only the balanced runs stop early, the others run to the cap.
     return [(label, seed, snap, steps.train_config(cfg, "modular", snap["path"], seed=seed,
-                                                   run_name=f"clusters-{_slug(label)}-s{seed}-{snap['dataset_id'][:8]}",
-                                                   **({} if snap is balanced else {"patience": 0})))
+                                                   run_name=f"clusters-{_slug(label)}{tag}-s{seed}-{snap['dataset_id'][:8]}",
+                                                   **({} if snap is balanced else {"patience": 0}), **settings))
             for seed in range(size.seeds) for label, snap in snaps.items()], balanced
 
 
 def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: bool = False,
-             train_fraction: float | None = None, held_out: str | None = None) -> tuple[list[dict], dict[str, str], str]:
+             train_fraction: float | None = None, held_out: str | None = None, variants: list[str] | None = None,
+             settings: str = "") -> tuple[list[dict], dict[str, str], str]:
     """A cluster-balanced snapshot; one operation's cluster (`held_out`, default `x-y`) removed from train;
     then k = 1, 4, 16, 64 of its examples (and 1%, 10%, 15%, 25% and half of them) added back. Every variant x seed trains
     (continued from its checkpoint when it has one); the held-out cluster's TEST accuracy is logged at every
     evaluation. `report_only`: train nothing, report what the store has. `train_fraction`: of each
     operation's table, instead of the size's (another task world: its own tasks, snapshots and runs).
-    Another `held_out` shares the balanced runs (same snapshot, same run names) and trains the rest."""
+    Another `held_out` shares the balanced runs (same snapshot, same run names) and trains the rest.
+    `variants`: a subset of the grid. `settings`: "key=value ..." training settings changed for every run
+    (runs of their own: the names carry them)."""
     if train_fraction is not None:
         if not 0 < train_fraction < 1:
             raise ValueError(f"--train-fraction must be in (0, 1), got {train_fraction:g}")
@@ -138,7 +148,12 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                          f"got {held_out!r}")
     if report_only and not has_store(home):
         raise ValueError(f"nothing to report: no store at {store_location(home)} (run the experiment first)")
-    plan, balanced = cluster_plan(size, home, runner, collect=not report_only, held_out=held_out)
+    unknown = [v for v in variants or [] if v not in variant_names()]
+    if unknown:
+        raise ValueError(f"unknown variant {unknown[0]!r}; variants: {', '.join(variant_names())}")
+    changed = grid_settings(settings.split())
+    plan, balanced = cluster_plan(size, home, runner, collect=not report_only, held_out=held_out,
+                                  variants=variants, settings=changed)
     train_cfgs = [tcfg for *_, tcfg in plan]
     if not report_only:
         train_runs(train_cfgs, runner)
@@ -204,10 +219,33 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
              f"without the removed cluster). Carvalho et al. 2025 report that "
              "with an under-sampled subclass removed the model never grokked it, and 1% of it restored late "
              "generalization.")
+    if changed:
+        notes += (" Changed from the recipe for every run: "
+                  + ", ".join(f"`{k}={v}`" for k, v in changed.items()) + " (in the run names).")
     if size.params == CLUSTER_SIZES["full"].params:
         notes += "\n\n" + CPU_SIZE_REASON
     body = "\n".join(["Mean ± std over seeds (n = runs):", "", *lines, "", "Per run:", "", *per_run])
     return table, runs, notes + "\n\n" + body
+
+
+def variant_names() -> list[str]:
+    """What `--variants` takes: balanced, held out, k=1 ... k=64, 1% ... 50%."""
+    return ["balanced", "held out", *(f"k={k}" for k in CLUSTER_KS), *(f"{share:.0%}" for share in CLUSTER_SHARES)]
+
+
+# Set by the grid itself, per run: not a training setting a grid can change.
+GRID_OWNS = ("family", "family_params", "dataset", "seed", "run_name", "home", "max_steps", "patience")
+
+
+def grid_settings(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` items as typed training settings, refusing those the grid sets per run."""
+    from diffusion.config import TrainConfig, parse_settings
+
+    settings = parse_settings(TrainConfig, items, what="training")
+    owned = [k for k in settings if k in GRID_OWNS]
+    if owned:
+        raise ValueError(f"--settings {owned[0]}: the grid sets it per run (--max-steps sets the cap)")
+    return settings
 
 
 def _share(balanced: dict, fraction: float, held_out: str) -> int:
@@ -216,7 +254,7 @@ def _share(balanced: dict, fraction: float, held_out: str) -> int:
 
 
 def _slug(label: str) -> str:
-    return "".join(c for c in label.replace("%", "pct") if c.isalnum() or c == "-") or "run"
+    return "".join(c for c in label.replace("%", "pct") if c.isalnum() or c in "-_.") or "run"
 
 
 def _episodes_to_cover(params: dict[str, Any]) -> int:
