@@ -20,7 +20,7 @@ from diffusion.config import TrainConfig
 from diffusion.evaluate import evaluate_checkpoint
 from flows.config import LoopConfig
 from flows.model_agent import model_version, run_model_agent
-from storage.datasets import SnapshotSpec, build_snapshot, publish_snapshot
+from storage.datasets import SnapshotSpec, build_snapshot, latest_named, publish_snapshot
 from storage.home import grokloop_home, has_store, spool_location, store_location
 from storage.ingest import ingest_spool
 from storage.store import open_store
@@ -127,6 +127,15 @@ def curate(cfg: LoopConfig, family: str, **spec_changes: Any) -> dict[str, Any]:
     if cfg.shared_home:  # trainers on other machines read the export there
         out["path"] = publish_snapshot(snap.path, cfg.shared_home)
     return out
+
+
+def stored_snapshot(cfg: LoopConfig, family: str, name: str) -> dict[str, Any] | None:
+    """The newest snapshot called `name` over cfg's task world, as the store describes it (built here, or
+    come with imported runs), without building one; None when there is none."""
+    family_params = {**cfg.family_params.get(family, {}), "seed": cfg.seed}
+    with open_store(store_location(cfg.home), read_only=True) as con:
+        snap = latest_named(con, name, family_params, home=cfg.home)
+    return None if snap is None else _as_dict(snap)
 
 
 def train_config(cfg: LoopConfig, family: str, dataset_dir: str | None, *, run_name: str,

@@ -127,19 +127,37 @@ def import_runs(home, path: str | Path) -> int:
         raise ValueError(f"{path} lacks column(s) {', '.join(missing)} of a runs export; it has "
                          f"{', '.join(table.column_names)}")
     records: dict[str, dict] = {}
-    for row in table.select(EXPORT_COLUMNS).to_pylist():
+    # Files written before exports described the runs' snapshots have no dataset_params.
+    columns = EXPORT_COLUMNS + [c for c in ("dataset_params",) if c in table.column_names]
+    for row in table.select(columns).to_pylist():
         if row["run_id"] is None or row["config"] is None or row["objective"] is None or row["status"] is None:
             raise ValueError(f"{path}: a row without its run's run_id, objective, config or status: {row}")
         run = {k: row[k] for k in _RUN_COLUMNS} | {"name": row["run_name"], "updated_at": str(row["updated_at"])}
         record = records.setdefault(row["run_id"], {"run": run, "metrics": []})
         if row["step"] is not None:
             record["metrics"].append([row["step"], row["metric"], row["value"]])
+        if row.get("dataset_params") and "dataset" not in record:
+            record["dataset"] = _snapshot_described(path, row)
     con = connect(store_location(home))
     try:
         lake.retry_conflicts(lambda: _apply_all(con, list(records.values())), f"importing runs from {path}")
     finally:
         con.close()
     return len(records)
+
+
+def _snapshot_described(path, row: dict) -> dict:
+    """An exported run's snapshot description (the catalog's params) as import_dataset's values."""
+    try:
+        meta = json.loads(row["dataset_params"])
+        if meta["dataset_id"] != row["dataset_id"]:
+            raise ValueError(f"it describes snapshot {meta['dataset_id']}")
+        n_rows = sum(meta["counts"].get(split, 0) for split in ("train", "test_id", "test_ood"))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: run {row['run_id']}'s dataset_params is not its snapshot's description "
+                         f"(dataset_id {row['dataset_id']}): {e}") from e
+    return {"dataset_id": meta["dataset_id"], "name": meta.get("name"), "params": row["dataset_params"],
+            "clustering_id": meta.get("clustering_id"), "n_rows": n_rows}
 
 
 _RUN_COLUMNS = ("run_id", "objective", "dataset_id", "config", "status", "parent_run_id", "t_mem", "t_grok",
@@ -194,6 +212,9 @@ def _apply(con: duckdb.DuckDBPyConnection, record: dict) -> None:
                 "run_id": pa.array([run_id] * len(checkpoints), pa.string()),
                 "step": pa.array([s for s, _ in checkpoints], pa.int32()),
                 "path": pa.array([p for _, p in checkpoints], pa.string())}))
+    if dataset := record.get("dataset"):
+        con.execute(_SQL["import_dataset"], [dataset["dataset_id"], dataset["name"], dataset["params"],
+                                             dataset["clustering_id"], dataset["n_rows"]])
     if rows := record.get("evaluations"):
         _insert(con, "evaluation_rows", pa.Table.from_pylist(rows, schema=pa.schema([
             ("run_id", pa.string()), ("step", pa.int32()), ("family", pa.string()), ("split", pa.string()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import uuid
 
 import pyarrow as pa
@@ -337,3 +338,19 @@ def test_agent_logs_ingested_become_a_snapshot(tmp_path):
     assert pq.read_table(f"{snap.path}/test_id.parquet")["task_id"].to_pylist() == [
         t.task_id for t in splits["test_id"]]
     con.close()
+
+
+def test_the_same_experience_logged_in_another_order_curates_to_the_same_rows(tmp_path):
+    """Agents that log side by side interleave differently each time: the snapshot (its rows, their
+    order, so the batches a seed draws) must depend on what was collected, not on when each row landed."""
+    fam = family()
+    rows = experience(fam)
+    spec = SnapshotSpec(family="modular", family_params=PARAMS, cluster_method="column", cluster_column="operation",
+                        holdout_clusters=["x-y"], holdout_keep_k=5)
+    curated = []
+    for name, order in (("logged", rows), ("reversed", rows[::-1]), ("shuffled", random.Random(0).sample(rows, len(rows)))):
+        with connect(tmp_path / f"{name}.duckdb") as con:
+            insert_trajectories(con, order)
+            snap = build_snapshot(con, spec, home=tmp_path / name)
+            curated.append(snapshot_rows(con, snap.dataset_id).select(["task_id", "split", "cluster", "prompt", "answer"]))
+    assert curated[0].num_rows > 100 and curated[0].equals(curated[1]) and curated[0].equals(curated[2])

@@ -7,6 +7,7 @@ import torch
 
 from flows.experiments import EXPERIMENTS, run_experiment
 from flows.experiments.clusters import HELD_OUT
+from storage.datasets import snapshot_rows
 from storage.store import open_store
 
 
@@ -181,25 +182,43 @@ def test_means_of_steps_print_as_steps_and_of_accuracies_as_fractions():
 
 
 def test_clusters_variants_and_settings_train_runs_of_their_own(tmp_path, monkeypatch, prefect_server):
-    """`--variants 'held out,1%' --settings grad_clip=1.0`: two of the grid's variants, each run with the
+    """`--variants 'balanced,1%' --settings grad_clip=1.0`: two of the grid's variants, each run with the
     setting changed and named for it (the grid's own runs stay as they are); the page says what changed."""
     from typer.testing import CliRunner
 
     from flows.cli import app
 
     monkeypatch.setenv("GROKLOOP_HOME", str(tmp_path / "home"))
-    base = ["experiment", "clusters", "--quick", "--max-steps", "20", "--variants", "held out,1%"]
+    base = ["experiment", "clusters", "--quick", "--max-steps", "20", "--variants", "balanced,1%"]
     clipped = CliRunner().invoke(app, [*base, "--settings", "grad_clip=1.0", "--out", str(tmp_path / "clip")])
     assert clipped.exit_code == 0, clipped.output
     plain = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "plain")])
     assert plain.exit_code == 0, plain.output
     text = (tmp_path / "clip" / "clusters.md").read_text()
-    assert "--variants 'held out,1%' --settings grad_clip=1.0`" in text
+    assert "--variants balanced,1% --settings grad_clip=1.0`" in text
     assert "Changed from the recipe for every run: `grad_clip=1.0`" in text
     with open_store(tmp_path / "home" / "store.duckdb", read_only=True) as con:
         runs = dict(con.execute("SELECT run_id, (config->>'$.grad_clip')::DOUBLE FROM runs").fetchall())
     assert len(runs) == 4 and sorted(r.split("-s0-")[0] for r in runs) == [
-        "clusters-1pctk1", "clusters-1pctk1-grad_clip1.0", "clusters-heldout", "clusters-heldout-grad_clip1.0"]
+        "clusters-1pctk1", "clusters-1pctk1-grad_clip1.0", "clusters-balanced", "clusters-balanced-grad_clip1.0"]
     assert all((clip == 1.0) == ("grad_clip1.0" in run_id) and (run_id in text) == (clip == 1.0)
                for run_id, clip in runs.items())
-    assert "clusters-balanced" not in text
+    assert "clusters-heldout" not in text and "clusters-k" not in text
+
+    # The store is lost: the page's Parquet file puts its runs, and their snapshots' descriptions, in a new
+    # one, and the page is written again from it alone, number for number; nothing trains on a description.
+    fresh = tmp_path / "fresh"
+    imported = CliRunner().invoke(app, ["import-runs", str(tmp_path / "clip" / "clusters_runs.parquet"),
+                                        "--home", str(fresh)])
+    assert imported.exit_code == 0 and "imported 2 run(s)" in imported.output, imported.output
+    monkeypatch.setenv("GROKLOOP_HOME", str(fresh))
+    restored = CliRunner().invoke(app, [*base, "--settings", "grad_clip=1.0", "--report-only",
+                                        "--out", str(tmp_path / "restored")])
+    assert restored.exit_code == 0, restored.output
+    tables = [[line for line in (tmp_path / d / "clusters.md").read_text().splitlines() if line.startswith("|")]
+              for d in ("clip", "restored")]
+    assert len(tables[0]) == 4 + 4 and tables[0] == tables[1]
+    with open_store(fresh / "store.duckdb", read_only=True) as con:
+        (dataset_id,) = con.execute("SELECT any_value(dataset_id) FROM runs").fetchone()
+        with pytest.raises(ValueError, match=f"snapshot {dataset_id} has no rows in this store: it came with imported"):
+            snapshot_rows(con, dataset_id)

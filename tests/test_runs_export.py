@@ -75,11 +75,16 @@ def test_a_file_that_is_not_a_runs_export_is_named_and_changes_nothing(source, t
     changed = table.to_pylist()
     changed = [{**r, "status": "finished", "final_step": 999} for r in changed[:-1]] + [{**changed[-1], "run_id": None}]
     pq.write_table(pa.Table.from_pylist(changed, schema=table.schema), half_a_row)
+    bad_description = tmp_path / "bad_description.parquet"  # a snapshot description that is not one
+    described = [{**r, "dataset_params": '{"dataset_id": "another", "counts": {}}'} for r in table.to_pylist()]
+    pq.write_table(pa.Table.from_pylist(described), bad_description)
     truncated = tmp_path / "truncated.parquet"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     for bad, message in [(not_parquet, "is not a Parquet file of runs"),
                          (no_metric_column, "lacks column(s) config, metric of a runs export"),
                          (half_a_row, "a row without its run's run_id"),
+                         (bad_description, "run r1's dataset_params is not its snapshot's description (dataset_id "
+                                           "None): it describes snapshot another"),
                          (truncated, "is not a Parquet file of runs")]:
         with pytest.raises(ValueError, match=f"^{re.escape(str(bad))}.*{re.escape(message)}"):
             import_runs(source, bad)

@@ -98,7 +98,8 @@ def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: 
                  settings: dict[str, Any] | None = None) -> tuple[list, dict]:
     """([(variant, seed, snapshot, TrainConfig)], the balanced snapshot) of every run of the grid, seed by
     seed (an interrupted grid has every variant at its first seeds rather than some at all three).
-    `collect`: the agents collect and the store ingests first (the same tasks each time). `variants`: only
+    `collect`: the agents collect, the store ingests and the snapshots are built first (the same tasks each
+    time); without it, the snapshots the store has are read (`--report-only`). `variants`: only
     these (names as `variant_names` gives them). `settings`: training settings changed from the recipe for
     every run; they go into the run names (`clusters-k1-grad_clip1.0-s0-...`), so the grid's runs stay."""
     cfg = LoopConfig(home=home, **runner.loop_settings(), families=["modular"], family_params={"modular": size.params},
@@ -108,15 +109,24 @@ def cluster_plan(size: Size, home: str | None, runner: Runner = LOCAL, collect: 
                                       **size.train})
     if collect:
         steps.collect_once(cfg, "modular")
-    balanced = steps.curate(cfg, "modular", name="clusters-balanced")
+        balanced = steps.curate(cfg, "modular", name="clusters-balanced")
+    else:  # report only: the snapshots the store describes (trained here, or come with imported runs)
+        balanced = steps.stored_snapshot(cfg, "modular", "clusters-balanced")
+        if balanced is None:  # its counts give the shares' k: a page's Parquet has it when it has balanced runs
+            raise ValueError(f"no clusters-balanced snapshot of modular {size.params} in the store: run the "
+                             "experiment, or import the runs of a page with balanced runs (grokloop import-runs "
+                             "docs/results/.../clusters_runs.parquet)")
     grid = [("balanced", None), ("held out", 0)] + [(f"k={k}", k) for k in CLUSTER_KS] \
         + [(f"{share:.0%} (k={_share(balanced, share, held_out)})", _share(balanced, share, held_out))
            for share in CLUSTER_SHARES]
     if variants:
         grid = [(label, keep_k) for label, keep_k in grid if label.split(" (")[0] in variants]
-    snaps = {label: balanced if keep_k is None else steps.curate(
-        cfg, "modular", holdout=[held_out], keep_k=keep_k, name=f"clusters-heldout-{_slug(held_out)}-k{keep_k}")
-        for label, keep_k in grid}
+    names = {label: f"clusters-heldout-{_slug(held_out)}-k{keep_k}" for label, keep_k in grid if keep_k is not None}
+    snaps = {label: balanced if keep_k is None
+             else steps.curate(cfg, "modular", holdout=[held_out], keep_k=keep_k, name=names[label]) if collect
+             else steps.stored_snapshot(cfg, "modular", names[label])
+             for label, keep_k in grid}
+    snaps = {label: snap for label, snap in snaps.items() if snap is not None}  # report only: as far as it got
     settings = settings or {}
     tag = "".join(f"-{_slug(f'{key}{value}')}" for key, value in settings.items())
     # The patience rule watches overall test accuracy, which a removed cluster learnt in part lets a run

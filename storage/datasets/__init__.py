@@ -41,6 +41,7 @@ from storage.datasets.build import ClusterAssignments, Curated, build_snapshot, 
 from storage.datasets.catalog import (
     export_snapshot,
     find_snapshot,
+    latest_named,
     list_snapshots,
     resolve_id,
     show_snapshot,
@@ -61,6 +62,6 @@ from storage.datasets.spec import (
 __all__ = [
     "CURATION_VERSION", "ROW_SCHEMA", "SPLITS", "ClusterAssignments", "Curated", "Snapshot", "SnapshotSpec",
     "TaskFamily", "build_snapshot", "curate_rows", "dataset_card", "export_snapshot", "find_snapshot",
-    "fingerprint", "list_snapshots", "publish_snapshot", "resolve_id", "select_trajectories", "show_snapshot", "snapshot_rows",
+    "fingerprint", "latest_named", "list_snapshots", "publish_snapshot", "resolve_id", "select_trajectories", "show_snapshot", "snapshot_rows",
     "write_export",
 ]

@@ -32,6 +32,17 @@ def find_snapshot(con: duckdb.DuckDBPyConnection, dataset_id: str, home=None) ->
     return snapshot_from_meta(meta, out, built=False)
 
 
+def latest_named(con: duckdb.DuckDBPyConnection, name: str, family_params: dict, home=None) -> Snapshot | None:
+    """The newest recorded snapshot of this name over this task world, without touching its rows (it may
+    be one imported runs described: `grokloop import-runs`), or None."""
+    for params, export_path in con.execute(SQL["named"], [name]).fetchall():
+        meta = json.loads(params)
+        if meta.get("family_params") == family_params:
+            return snapshot_from_meta(meta, Path(export_path) if export_path else datasets_dir(home) / meta["dataset_id"],
+                                      built=False)
+    return None
+
+
 def snapshot_from_meta(meta: dict, out: Path, *, built: bool) -> Snapshot:
     return Snapshot(
         dataset_id=meta["dataset_id"], name=meta.get("name"), family=meta["family"], path=str(out),
@@ -51,8 +62,13 @@ def resolve_id(con: duckdb.DuckDBPyConnection, dataset_id: str) -> str:
 
 
 def snapshot_rows(con: duckdb.DuckDBPyConnection, dataset_id: str) -> pa.Table:
-    """The snapshot's rows from the store, in row order, in the export schema."""
-    return query_arrow(con, SQL["rows"], [dataset_id]).cast(ROW_SCHEMA)
+    """The snapshot's rows from the store, in row order, in the export schema; refused for a snapshot
+    only described (imported with runs trained on it elsewhere): an empty export would train on nothing."""
+    rows = query_arrow(con, SQL["rows"], [dataset_id]).cast(ROW_SCHEMA)
+    if rows.num_rows == 0:
+        raise ValueError(f"dataset snapshot {dataset_id} has no rows in this store: it came with imported runs "
+                         "(`grokloop import-runs`), described but not copied; build it here with `grokloop dataset build`")
+    return rows
 
 
 def list_snapshots(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:

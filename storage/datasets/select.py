@@ -14,7 +14,8 @@ from storage.store import READ_SECONDS, StoreError, one_expression, sandbox, tim
 
 
 def select_trajectories(con: duckdb.DuckDBPyConnection, spec: SnapshotSpec) -> pa.Table:
-    """The trajectories the spec selects, as Arrow, in trajectory-id (time) order."""
+    """The trajectories the spec selects, as Arrow, by task and answer, then oldest first (the order
+    select_trajectories.sql gives, which the `where` condition keeps)."""
     sql = resources.files("storage.sql").joinpath("select_trajectories.sql").read_text()
     params = [spec.family, spec.verified_only, spec.statuses, spec.outcomes, spec.agents,
               spec.since, spec.until]
@@ -30,7 +31,7 @@ def select_trajectories(con: duckdb.DuckDBPyConnection, spec: SnapshotSpec) -> p
         try:
             sandbox_con.register("selected", table)
             with time_limit(sandbox_con, READ_SECONDS):
-                table = query_arrow(sandbox_con, f"SELECT * FROM selected WHERE {where} ORDER BY trajectory_id",
+                table = query_arrow(sandbox_con, f"SELECT * FROM selected WHERE {where} ORDER BY task_id, answer::VARCHAR, trajectory_id",
                                     list(spec.where_params))
         except duckdb.Error as err:
             raise ValueError(f"bad where condition {spec.where!r} (columns: "

@@ -25,6 +25,9 @@ FROM snapshot_rows;
 -- name: find
 SELECT dataset_id, params, export_path FROM datasets WHERE dataset_id = ?;
 
+-- name: named
+SELECT params, export_path FROM datasets WHERE name = ? ORDER BY created_at DESC, dataset_id;
+
 -- name: ids_starting_with
 SELECT dataset_id FROM datasets WHERE starts_with(dataset_id, ?) ORDER BY dataset_id;
 

@@ -45,10 +45,12 @@ SELECT name, value FROM metrics WHERE run_id = ? AND step = ?;
 -- Runs as they ship beside a results page (docs/results/<name>_runs.parquet): one row per
 -- (run, step, metric), each carrying its run's row, so the file alone replots and re-reports
 -- the runs (`import_runs` puts them back in a store). A run with no metric yet is one row of NULLs.
+-- `dataset_params`: the run's snapshot as the catalog describes it (name, spec, rows per split and
+-- cluster; not its rows), which a report groups and counts runs by.
 SELECT r.run_id, r.name AS run_name, r.objective, r.dataset_id, r.config::VARCHAR AS config, r.status,
        r.parent_run_id, r.t_mem, r.t_grok, r.grok_ratio, r.grok_delay, r.final_step, r.updated_at,
-       m.step, m.name AS metric, m.value
-FROM runs r LEFT JOIN metrics m USING (run_id)
+       m.step, m.name AS metric, m.value, d.params::VARCHAR AS dataset_params
+FROM runs r LEFT JOIN metrics m USING (run_id) LEFT JOIN datasets d ON d.dataset_id = r.dataset_id
 WHERE r.run_id IN (SELECT unnest(?::VARCHAR[]))
 ORDER BY r.run_id, m.name, m.step;
 
@@ -58,3 +60,9 @@ ORDER BY r.run_id, m.name, m.step;
 SELECT (config->'trained_on')::VARCHAR AS trained_on, count(*) AS runs
 FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))
 GROUP BY ALL ORDER BY runs DESC, trained_on;
+
+-- name: import_dataset
+-- An imported run's snapshot, described (no rows: `dataset show` names it, nothing trains on it);
+-- a snapshot the store already has stays as it is.
+INSERT INTO datasets (dataset_id, name, params, clustering_id, n_rows, export_path)
+SELECT $1, $2, $3, $4, $5, NULL WHERE NOT EXISTS (FROM datasets WHERE dataset_id = $1);
