@@ -222,3 +222,25 @@ def test_clusters_variants_and_settings_train_runs_of_their_own(tmp_path, monkey
         (dataset_id,) = con.execute("SELECT any_value(dataset_id) FROM runs").fetchone()
         with pytest.raises(ValueError, match=f"snapshot {dataset_id} has no rows in this store: it came with imported"):
             snapshot_rows(con, dataset_id)
+
+
+def test_the_clusters_grid_in_two_fresh_homes_records_the_same_curves(tmp_path, monkeypatch, prefect_server):
+    """A fresh machine repeats a page: its agents collect again (two of them, side by side, logging in an
+    order of their own), and the snapshots, so every run's batches and evaluations, come out the same.
+    Curation in time order gave each home other train rows in another order."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    curves = []
+    for home in ("a", "b"):
+        monkeypatch.setenv("GROKLOOP_HOME", str(tmp_path / home))
+        result = CliRunner().invoke(app, ["experiment", "clusters", "--quick", "--max-steps", "20",
+                                          "--variants", "balanced,k=4", "--out", str(tmp_path / home / "out")])
+        assert result.exit_code == 0, result.output
+        with open_store(tmp_path / home / "store.duckdb", read_only=True) as con:
+            curves.append(con.execute(  # run names end in their snapshot's id, which names its trajectories
+                "SELECT regexp_replace(run_id, '-[0-9a-f]{8}$', ''), step, name, value FROM metrics "
+                "WHERE name <> 'step_time' ORDER BY ALL").fetchall())
+    assert len({run for run, *_ in curves[0]}) == 2 and len(curves[0]) > 100
+    assert curves[0] == curves[1]
