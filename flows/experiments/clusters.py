@@ -248,7 +248,7 @@ GRID_OWNS = ("family", "family_params", "dataset", "seed", "run_name", "home", "
 
 
 def grid_settings(items: list[str]) -> dict[str, Any]:
-    """`--set key=value` items as typed training settings, refusing those the grid sets per run."""
+    """`--settings "key=value ..."` items as typed training settings, refusing those the grid sets per run."""
     from diffusion.config import TrainConfig, parse_settings
 
     settings = parse_settings(TrainConfig, items, what="training")
