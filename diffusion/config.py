@@ -229,9 +229,10 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 1.0              # strong decay is what makes grokking happen at all
     warmup_steps: int = 10                 # linear LR warmup, as in the Grokfast code
-    lr_decay: str = "none"                 # none | cosine: from lr after warmup to min_lr at max_steps (a
-                                           # run resumed with a larger max_steps continues on the longer curve)
-    min_lr: float = 0.0                    # where cosine decay ends
+    lr_decay: str = "none"                 # none | cosine: from lr after warmup to min_lr at decay_steps
+    decay_steps: int = 0                   # 0 = max_steps (a run resumed with a larger max_steps then moves to
+                                           # the longer curve); set it to extend a run on the curve it had
+    min_lr: float = 0.0                    # where cosine decay ends (and stays after decay_steps)
     reference_loop: bool = False           # the Grokfast code's loop: each epoch's last, partial batch is a
                                            # step; warmup gives the first update lr 0
     grad_clip: float = 0.0                 # 0 = no clipping (grokking papers do not clip); 1.0 stops the late
@@ -277,7 +278,7 @@ TRAIN_CHOICES = {"device": ("cpu", "cuda", "auto"), "objective": ("mdm", "ar"), 
                  "grokfast_filter": ("mean", "sum"), "mdm_estimator": ("t", "count"), "init": ("small", "torch"),
                  "eval_schedule": ("linear", "log"), "lr_decay": ("none", "cosine"), "arch": ("denoiser", "grokfast_ref")}
 TRAIN_MINIMUMS = {"batch_size": 1, "eval_every": 1, "sampler_steps": 1, "hidden_size": 1, "num_layers": 1,
-                  "num_heads": 1, "max_steps": 0, "patience": 0, "mem_multiple": 0}
+                  "num_heads": 1, "max_steps": 0, "decay_steps": 0, "patience": 0, "mem_multiple": 0}
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:

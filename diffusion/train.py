@@ -259,15 +259,17 @@ def initial_model(cfg: TrainConfig, tokenizer: Tokenizer) -> Denoiser | Grokfast
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warmup, then constant or (lr_decay=cosine) down to min_lr at max_steps, as nanoGPT does.
+    """Linear warmup, then constant or (lr_decay=cosine) down to min_lr at decay_steps (default max_steps),
+    as nanoGPT does.
     The reference's LambdaLR gives update u the factor u / warmup, so its first update has lr 0 (it only
     primes Adam's moments and the filter); ours starts at 1 / warmup."""
     warm = step if cfg.reference_loop else step + 1
     if cfg.warmup_steps and warm < cfg.warmup_steps:
         return cfg.lr * warm / cfg.warmup_steps
-    if cfg.lr_decay == "none" or cfg.max_steps <= cfg.warmup_steps:
+    decay_end = cfg.decay_steps or cfg.max_steps
+    if cfg.lr_decay == "none" or decay_end <= cfg.warmup_steps:
         return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / (cfg.max_steps - cfg.warmup_steps))
+    progress = min(1.0, (step - cfg.warmup_steps) / (decay_end - cfg.warmup_steps))
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * max(0.0, progress))) * (cfg.lr - cfg.min_lr)
 
 

@@ -223,6 +223,19 @@ def test_cosine_decay_takes_the_lr_from_warmup_down_to_min_lr_at_max_steps(tmp_p
     assert {s: logged[s] for s in expected} == pytest.approx(expected, rel=1e-6)
     assert logged[cap] == pytest.approx(low, rel=1e-2) and logged[warmup + 10] > 0.95 * lr
     assert all(logged[s] > logged[s + 10] for s in range(warmup + 10, cap, 10))
+    # a run that stops at 60 and is then extended to 100 keeps its curve when decay_steps fixes it ...
+    train(tiny(tmp_path, "part", lr=lr, min_lr=low, lr_decay="cosine", warmup_steps=warmup, max_steps=60,
+               decay_steps=cap, eval_every=10))
+    train(load_config("part", ["max_steps=130"], home=str(tmp_path)), resume=True)
+    extended = {step: value for step, name, value in metric_rows(tmp_path, "part") if name == "lr"}
+    assert {s: extended[s] for s in expected} == pytest.approx(expected, rel=1e-6)
+    assert extended[120] == extended[130] == pytest.approx(low)     # ... and stays at min_lr after it
+    # ... and without it, the extension moves to the longer curve (what decay_steps is for)
+    train(tiny(tmp_path, "moved", lr=lr, min_lr=low, lr_decay="cosine", warmup_steps=warmup, max_steps=60,
+               eval_every=10))
+    train(load_config("moved", ["max_steps=100"], home=str(tmp_path)), resume=True)
+    moved = {step: value for step, name, value in metric_rows(tmp_path, "moved") if name == "lr"}
+    assert moved[60] < expected[60] and moved[70] > moved[60]
 
 
 def test_an_existing_run_is_not_overwritten(reference):
