@@ -1,4 +1,5 @@
-"""Tables that are never cut: a rich table when it fits the terminal, CSV when it does not.
+"""Tables that are never cut: a rich table when it fits the terminal, CSV when it does not; and
+Markdown tables for the results pages.
 
 In a log (stdout not a terminal) the console is as wide as the content (agents/progress.py), so
 a table always fits there; in a narrow terminal rich would shrink columns and cut run ids, paths
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Any
 
 from rich.console import Console
 from rich.measure import Measurement
@@ -47,3 +49,18 @@ def _plain(cell) -> str:
     if isinstance(cell, Text):
         return cell.plain
     return Text.from_markup(cell).plain if isinstance(cell, str) else str(cell)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str], round_floats: bool = True) -> list[str]:
+    """A Markdown table's lines; missing values as "—". `round_floats`: 3 decimals below 10, none above
+    (the pages' metrics and step counts); off, values are written as they are (a query formats its own)."""
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "—"
+        if round_floats and isinstance(v, float):
+            return f"{v:.3f}" if v < 10 else f"{v:.0f}"
+        return str(v).replace("|", "\\|")  # a "|" in a value would split its cell
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return lines

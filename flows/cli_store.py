@@ -20,7 +20,7 @@ from rich.text import Text
 
 from agents.progress import LOG_WIDTH, progress_bar
 from flows.cli_common import HOME, OneLineErrors, console, err_console
-from flows.cli_output import fits, print_table
+from flows.cli_output import fits, markdown_table, print_table
 from storage.atif import export_atif
 from storage.export import export_jsonl
 from storage.home import spool_dir, store_location
@@ -39,6 +39,7 @@ class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
+    markdown = "markdown"  # for a results page: values as the query wrote them
     parquet = "parquet"
 
 
@@ -159,6 +160,9 @@ def _write_table(table, format: OutputFormat, output: Path | None) -> None:
     elif format is OutputFormat.json:
         text = b"".join(orjson.dumps(row, default=str) + b"\n" for row in table.to_pylist())
         (output.write_bytes(text) if output else sys.stdout.buffer.write(text))
+    elif format is OutputFormat.markdown:
+        text = "\n".join(markdown_table(table.to_pylist(), table.column_names, round_floats=False)) + "\n"
+        (output.write_text(text) if output else sys.stdout.write(text))
     else:
         pq.write_table(table, output)
     if output:

@@ -84,6 +84,10 @@ def test_cli_sql_formats(store, tmp_path):
     import pyarrow.parquet as pq
 
     assert out.exit_code == 0 and pq.read_table(parquet).column("agent_id").to_pylist() == ["a@1"]
+    # markdown, for a results page: values as the query wrote them, "|" escaped, NULL as a dash
+    out = runner.invoke(app, ["sql", "SELECT agent_id, 12.345 AS x, 'a|b' AS y, NULL AS z FROM agents", "-f", "markdown"])
+    assert out.exit_code == 0 and out.output.splitlines() == [
+        "| agent_id | x | y | z |", "|---|---|---|---|", "| a@1 | 12.345 | a\\|b | — |"]
     out = runner.invoke(app, ["sql", "DROP TABLE agents"])
     assert out.exit_code == 2 and "refused" in out.output
     # a .sql file, comments first (as a query argument, "-- ..." would read as an option)

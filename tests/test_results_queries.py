@@ -59,3 +59,28 @@ def test_the_swapped_pairs_query_splits_test_rows_by_whether_b_op_a_was_trained_
     assert got == [
         {"operation": "x+y", "swapped_pair_in_train": False, "seeds": 2, "rows": 4, "test_acc": "0.250 ± 0.354"},
         {"operation": "x+y", "swapped_pair_in_train": True, "seeds": 2, "rows": 4, "test_acc": "1.000 ± 0.000"}]
+
+
+def test_the_clip_side_by_side_query_pairs_each_seed_with_its_run_without_clipping(home):
+    connect().close()
+    steps = [0.5, 0.99, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # train accuracy at 2,500 ... 20,000
+    runs = {  # run id: (x-y test accuracy, train accuracy)
+        "clusters-10pctk105-s0-db7ffdbc": ([0.1, 0.2, 0.5, 0.96, 0.7, 0.8, 0.9, 0.85], [*steps[:3], 0.9, *steps[4:]]),
+        "clusters-10pctk105-grad_clip1.0-s0-db7ffdbc": ([0.1, 0.3, 0.6, 0.8, 0.9, 0.97, 0.98, 0.99], steps),
+        "clusters-10pctk105-s1-db7ffdbc": ([0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5], steps),
+        "clusters-10pctk105-grad_clip1.0-s1-db7ffdbc": ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.6], steps),
+        "clusters-15pctk157-grad_clip1.0-s0-6b62b5a0": ([0.1] * 8, steps),   # no run without clipping: unpaired
+    }
+    for run_id, (x_y, train) in runs.items():
+        _run(home, run_id, {"test_id/cluster:x-y/acc": x_y, "train/acc": train})
+    got = run_sql((RESULTS / "clusters_clip" / "clip_vs_noclip.sql").read_text()).to_pylist()
+    assert [(r["variant"], r["seed"]) for r in got] == [
+        ("10pctk105", "0"), ("10pctk105", "1"), ("10pctk105", "clip - no clip (n=2)")]
+    seed0, _, paired = got
+    assert (seed0["best_noclip"], seed0["best_clip"], seed0["groks_at_noclip"], seed0["groks_at_clip"]) == \
+        ("0.960", "0.990", "10000", "15000")
+    assert (seed0["end_noclip"], seed0["end_clip"], seed0["train_low_noclip"], seed0["train_low_clip"]) == \
+        ("0.850 @ 20000", "0.990 @ 20000", "0.900", "0.990")
+    # best x-y: +0.03 (seed 0) and +0.20 (seed 1): mean 0.115, sample std 0.17 / sqrt(2)
+    assert (paired["best_clip"], paired["groks_at_noclip"], paired["groks_at_clip"]) == \
+        ("+0.115 ± 0.120", "1/2 reach 95%", "1/2 reach 95%")

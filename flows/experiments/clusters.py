@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 
 from flows import steps
+from flows.cli_output import markdown_table
 from flows.config import LoopConfig
 from flows.experiments.common import (
     LOCAL,
     Size,
     console,
     has_store,
-    markdown_table,
     mean_std_n,
     query,
     train_runs,

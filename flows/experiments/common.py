@@ -110,14 +110,3 @@ def mean_std_n(values: list) -> str | None:
     return f"{mean_std(present)} (n={len(present)})" if present else None
 
 
-def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "—"
-        if isinstance(v, float):
-            return f"{v:.3f}" if v < 10 else f"{v:.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return lines

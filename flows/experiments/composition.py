@@ -12,12 +12,12 @@ from agents.tasks import SPLITS, get_family
 from diffusion.config import config_from_dict
 from diffusion.model import parameter_count, shared_width
 from diffusion.train import TrainConfig
+from flows.cli_output import markdown_table
 from flows.experiments.common import (
     LOCAL,
     Size,
     console,
     has_store,
-    markdown_table,
     mean_std_n,
     metric_series,
     query,

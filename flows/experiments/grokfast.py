@@ -7,7 +7,8 @@ import statistics
 from typing import Any
 
 from diffusion.train import TrainConfig
-from flows.experiments.common import LOCAL, Size, console, markdown_table, run_status, train_sweep
+from flows.cli_output import markdown_table
+from flows.experiments.common import LOCAL, Size, console, run_status, train_sweep
 from flows.runners import Runner
 
 # The published Grokfast setup (Lee et al. 2024) and the ablation that isolates the filter.

@@ -7,13 +7,13 @@ import dataclasses
 import random
 
 from flows import steps
+from flows.cli_output import markdown_table
 from flows.config import LoopConfig
 from flows.experiments.common import (
     LOCAL,
     Size,
     checkpoint_of,
     console,
-    markdown_table,
     mean_std,
     query,
     train_rows,
