@@ -218,6 +218,9 @@ def test_clusters_variants_and_settings_train_runs_of_their_own(tmp_path, monkey
     tables = [[line for line in (tmp_path / d / "clusters.md").read_text().splitlines() if line.startswith("|")]
               for d in ("clip", "restored")]
     assert len(tables[0]) == 4 + 4 and tables[0] == tables[1]
+    columns = [c.strip() for c in tables[0][4].strip("|").split("|")]  # the per-run table's, and its rows
+    minutes = [float(row.strip("|").split("|")[columns.index("train_min")]) for row in tables[0][6:]]
+    assert len(minutes) == 2 and all(0 < m < 5 for m in minutes)  # each run's 20 steps' wall time, in minutes
     with open_store(fresh / "store.duckdb", read_only=True) as con:
         (dataset_id,) = con.execute("SELECT any_value(dataset_id) FROM runs").fetchone()
         with pytest.raises(ValueError, match=f"snapshot {dataset_id} has no rows in this store: it came with imported"):

@@ -18,8 +18,10 @@ from flows.experiments.common import (
     console,
     has_store,
     mean_std_n,
+    metric_series,
     query,
     train_runs,
+    training_minutes,
 )
 from flows.runners import Runner
 from storage.home import store_location
@@ -179,6 +181,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
         (groks_at, kept, best, final, others_at, others_kept, others_lowest), = query(
             "SELECT groks_at, kept, best, final_acc, others_groks_at, others_kept, others_lowest_after "
             "FROM cluster_grokking WHERE run_id = ? AND cluster = ?", [tcfg.run_name, held_out], home) or [(None,) * 7]
+        series = metric_series(tcfg.run_name, ["step_time", "test_id/acc"], home)
         table.append({"variant": label, "seed": seed, "run_id": tcfg.run_name, "status": status,
                       "step": step, "train_rows": snap["counts"]["train"],
                       f"{held_out}_train_rows": snap["clusters"]["train"].get(held_out, 0),
@@ -186,7 +189,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                       f"{held_out}_acc": final, f"best_{held_out}_acc": best, f"{held_out}_groks_at": groks_at,
                       f"{held_out}_kept": kept,
                       "others_grok_at": others_at, "others_kept": others_kept, "others_lowest": others_lowest,
-                      "t_mem": t_mem, "t_grok": t_grok})
+                      "t_mem": t_mem, "t_grok": t_grok,
+                      "train_min": training_minutes(series.get("step_time", []), series.get("test_id/acc", []))})
         runs[tcfg.run_name] = label  # every seed, a panel a variant
         console.print(f"[clusters] {label} seed {seed}: {status} at {table[-1]['step']}, held-out cluster test "
                       f"acc {table[-1][f'{held_out}_acc']}, overall {table[-1]['test_id_acc']}")
@@ -201,14 +205,16 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                             f"best_{held_out}_acc", "t_mem", "t_grok")},
                         f"{held_out}_grokked": f"{len(groks)}/{len(group)}",
                         f"{held_out}_groks_at": mean_std_n(groks),
-                        f"{held_out}_kept": mean_std_n([r[f"{held_out}_kept"] for r in group])})
+                        f"{held_out}_kept": mean_std_n([r[f"{held_out}_kept"] for r in group]),
+                        "train_min": sum(r["train_min"] for r in group)})
     lines = markdown_table(summary, ["variant", "finished", f"{held_out}_train_rows", "test_id_acc", "t_mem", "t_grok",
                                      "others_grok_at", "others_kept", "others_lowest", f"{held_out}_acc",
-                                     f"best_{held_out}_acc", f"{held_out}_grokked", f"{held_out}_groks_at", f"{held_out}_kept"])
+                                     f"best_{held_out}_acc", f"{held_out}_grokked", f"{held_out}_groks_at", f"{held_out}_kept",
+                                     "train_min"])
     per_run = markdown_table(table, ["variant", "seed", "status", "step", "train_rows", f"{held_out}_train_rows",
                                      "test_id_acc", "t_mem", "t_grok", "others_grok_at", "others_kept",
                                      "others_lowest", f"{held_out}_acc",
-                                     f"best_{held_out}_acc", f"{held_out}_groks_at", f"{held_out}_kept"])
+                                     f"best_{held_out}_acc", f"{held_out}_groks_at", f"{held_out}_kept", "train_min"])
     first = train_cfgs[0]
     shares = [s for s in CLUSTER_SHARES if any(r["variant"].startswith(f"{s:.0%} ") for r in table)]  # that ran
     notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, train fraction "
@@ -226,7 +232,8 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
              f"other cluster's test accuracy is >= {first.grok_threshold:g}; `others_kept`: of the evaluations from then on, the share where every "
              f"one still is; `others_lowest`: the lowest any of them fell to after it (grokked clusters can fall back late); `t_mem`: train accuracy >= {first.mem_threshold:g}; "
              f"`t_grok`: overall test accuracy >= {first.grok_threshold:g} (a held-out variant cannot reach it "
-             f"without the removed cluster). Carvalho et al. 2025 report that "
+             f"without the removed cluster); `train_min`: minutes of optimisation steps on the machine it trained on "
+             f"(evaluations not counted; the summary: all of a variant's runs together). Carvalho et al. 2025 report that "
              "with an under-sampled subclass removed the model never grokked it, and 1% of it restored late "
              "generalization.")
     if changed:

@@ -73,6 +73,13 @@ def metric_series(run_id: str, names: list[str], home: str | None) -> dict[str, 
     return out
 
 
+def training_minutes(step_times: list[tuple[int, float]], evals: list[tuple[int, float]]) -> float:
+    """Minutes spent in optimisation steps (each eval's mean step time x the steps since the previous
+    eval; evaluations themselves and pauses between sessions not counted)."""
+    previous = dict(zip([s for s, _ in evals[1:]], [s for s, _ in evals[:-1]], strict=True))
+    return sum(t * (step - previous.get(step, 0)) for step, t in step_times) / 60
+
+
 def query(sql: str, params: list, home: str | None) -> list[tuple]:
     with open_store(store_location(home), read_only=True) as con:
         return con.execute(sql, params).fetchall()

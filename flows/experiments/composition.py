@@ -22,6 +22,7 @@ from flows.experiments.common import (
     metric_series,
     query,
     train_runs,
+    training_minutes,
 )
 from flows.runners import Runner
 from storage.home import runs_dir
@@ -277,20 +278,13 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
             "test_id_acc": last.get("test_id/acc"), "test_ood_acc": last.get("test_ood/acc"),
             "best_ood_acc": best[1], "best_ood_step": best[0], "ood_at_t_grok": at_grok, "ood": dict(ood),
             "n_eval": "/".join(map(str, counts)) or None,
-            "train_min": _training_minutes(series.get("step_time", []), series["test_id/acc"])}
+            "train_min": training_minutes(series.get("step_time", []), series["test_id/acc"])}
 
 
 def _until(last: TrainConfig) -> str:
     """What ends the run, as it was last run (the config of its latest record in the store): the cap
     alone (patience 0) or the stopping rule, then the cap."""
     return f"cap {last.max_steps}" if not last.patience else f"rule, cap {last.max_steps}"
-
-
-def _training_minutes(step_times: list[tuple[int, float]], evals: list[tuple[int, float]]) -> float:
-    """Minutes spent in optimisation steps (each eval's mean step time x the steps since the previous
-    eval; evaluations themselves and pauses between sessions not counted)."""
-    previous = dict(zip([s for s, _ in evals[1:]], [s for s, _ in evals[:-1]], strict=True))
-    return sum(t * (step - previous.get(step, 0)) for step, t in step_times) / 60
 
 
 def ood_milestones(cap: int, eval_every: int, count: int = 6) -> list[int]:
