@@ -14,9 +14,9 @@ from storage.store import connect
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
-def _run(home, run_id: str, curves: dict[str, list[float]]) -> None:
+def _run(home, run_id: str, curves: dict[str, list[float]], status: str = "finished") -> None:
     row = {"run_id": run_id, "name": None, "objective": "mdm", "dataset_id": None,
-           "config": '{"grok_threshold": 0.95}', "status": "finished", "parent_run_id": None, "t_mem": None,
+           "config": '{"grok_threshold": 0.95}', "status": status, "parent_run_id": None, "t_mem": None,
            "t_grok": None, "grok_ratio": None, "grok_delay": None, "final_step": 20000}
     metrics = [(2500 * (i + 1), name, value) for name, curve in curves.items() for i, value in enumerate(curve)]
     assert record_run(home, row, metrics, final=True)
@@ -69,10 +69,12 @@ def test_the_clip_side_by_side_query_pairs_each_seed_with_its_run_without_clippi
         "clusters-10pctk105-grad_clip1.0-s0-db7ffdbc": ([0.1, 0.3, 0.6, 0.8, 0.9, 0.97, 0.98, 0.99], steps),
         "clusters-10pctk105-s1-db7ffdbc": ([0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5], steps),
         "clusters-10pctk105-grad_clip1.0-s1-db7ffdbc": ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.6], steps),
-        "clusters-15pctk157-grad_clip1.0-s0-6b62b5a0": ([0.1] * 8, steps),   # no run without clipping: unpaired
+        "clusters-15pctk157-grad_clip1.0-s0-6b62b5a0": ([0.1] * 8, steps),
     }
     for run_id, (x_y, train) in runs.items():
         _run(home, run_id, {"test_id/cluster:x-y/acc": x_y, "train/acc": train})
+    _run(home, "clusters-15pctk157-s0-6b62b5a0", {"test_id/cluster:x-y/acc": [0.1], "train/acc": [0.5]},
+         status="running")  # its pair, still training: not a pair yet
     got = run_sql((RESULTS / "clusters_clip" / "clip_vs_noclip.sql").read_text()).to_pylist()
     assert [(r["variant"], r["seed"]) for r in got] == [
         ("10pctk105", "0"), ("10pctk105", "1"), ("10pctk105", "clip - no clip (n=2)")]

@@ -13,6 +13,7 @@ WITH arm AS (
                           ['variant', 'clip', 'seed']) AS p
     FROM runs
     WHERE regexp_matches(run_id, '^clusters-([a-z0-9]+)(-grad_clip1\.0)?-s([0-9])-[0-9a-f]+$')
+      AND status = 'finished'  -- a run still training (or stopped) is no pair yet
 ), per_run AS (
     SELECT a.p.variant AS variant, a.p.seed::INTEGER AS seed, a.p.clip <> '' AS clip, g.best, g.groks_at,
            g.final_acc, g.last_step,
