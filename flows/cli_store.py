@@ -26,7 +26,7 @@ from storage.export import export_jsonl
 from storage.home import spool_dir, store_location
 from storage.ingest import ingest_paths, ingest_spool
 from storage.query import run_sql
-from storage.runs import export_runs, flush_pending, import_runs, pending_records
+from storage.runs import export_runs, flush_pending, import_runs, match_runs, pending_records
 from storage.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
 from storage.store import StoreLocked, open_store, schema_version, time_limit
 
@@ -191,14 +191,14 @@ def export(
 
 @app.command("export-runs")
 def export_runs_command(
-    runs: list[str] = typer.Argument(..., help="run ids"),
+    runs: list[str] = typer.Argument(..., help="run ids, or glob patterns of them ('clusters-15pct*')"),
     output: Path = typer.Option(..., "--output", "-o", help="the Parquet file to write"),
     home: str = HOME,
 ) -> None:
     """Write runs and every metric they recorded to one Parquet file, which `grokloop import-runs`
     puts in another store (a results page's runs, a colleague's machine)."""
     try:
-        n = export_runs(home, runs, output)
+        n = export_runs(home, list(dict.fromkeys(r for pattern in runs for r in match_runs(home, pattern))), output)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="RUNS") from e
     console.print(f"wrote {n} run(s) to {output} (their metrics; `grokloop import-runs {output}` reads it)")

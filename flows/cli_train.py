@@ -14,6 +14,7 @@ from diffusion.config import TrainConfig, config_like, load_config, train_overri
 from diffusion.plot import STYLE_NAMES, plot_runs
 from flows.cli_common import HOME, OneLineErrors, console, err_console
 from flows.cli_output import print_table
+from storage.runs import match_runs
 
 # diffusion.train, .evaluate, .checkpoint and flows.model_agent import torch (seconds): each command imports
 # them when it runs, so `grokloop --help` and the store's commands do not wait for torch.
@@ -89,8 +90,9 @@ def _by_split(results: dict[str, float]) -> list[tuple[str, str, str, float]]:
 
 @app.command()
 def plot(
-    runs: list[str] = typer.Argument(..., help="run ids to overlay; PANEL=RUN draws RUN in a panel of that "
-                                                 "name (default: a panel per task family)"),
+    runs: list[str] = typer.Argument(..., help="run ids to overlay, or glob patterns of them ('clusters-15pct*'); "
+                                                 "PANEL=RUN draws RUN (every run a pattern matches) in a panel of "
+                                                 "that name (default: a panel per task family)"),
     output: Path = typer.Option(Path("grokking.png"), "--output", "-o", help="PNG to write"),
     metric: list[str] = typer.Option(None, "--metric", "-m", help="a stored metric to draw instead of train / "
                                      "test ID / test OOD (repeatable), e.g. 'test_id/cluster:x+y/acc'"),
@@ -102,7 +104,8 @@ def plot(
     curves = dict(zip(metric, itertools.cycle(STYLE_NAMES), strict=False)) if metric else None
     # accuracies on 0-1 as always; anything else (a loss) on an axis fitted to it
     fitted = any(not m.endswith("/acc") for m in metric or ())
-    panels = {run: panel or None for panel, _, run in (r.rpartition("=") for r in runs)}
+    panels = {run: panel or None for panel, _, pattern in (r.rpartition("=") for r in runs)
+              for run in match_runs(home, pattern)}
     path = plot_runs(panels, output, home=home, curves=curves, log_steps=False if linear else None,
                      **({"ylim": None} if fitted else {}))
     console.print(f"wrote {path}")

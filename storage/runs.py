@@ -8,7 +8,8 @@ the run's next write that gets through, at the end of the run (which waits `FINA
 the next `grokloop ingest` (`flush_pending`). A run row carries the time it was made
 (`updated_at`), so a pending record that reaches the store late never replaces a newer status.
 `export_runs` / `import_runs` carry runs and their metrics between stores as one Parquet file
-(what a results page ships, so its numbers outlive the store they came from).
+(what a results page ships, so its numbers outlive the store they came from); `match_runs` reads a
+glob pattern as the run ids it matches.
 The SQL is in `storage/sql/runs.sql`.
 """
 
@@ -99,6 +100,18 @@ def runs_trained_on(home, run_ids: Sequence[str]) -> list[tuple[dict | None, int
     with open_store(store_location(home), read_only=True) as con:
         rows = con.execute(_SQL["select_trained_on"], [list(run_ids)]).fetchall()
     return [(json.loads(where) if where else None, n) for where, n in rows]
+
+
+def match_runs(home, pattern: str) -> list[str]:
+    """The run ids a glob pattern matches (`clusters-15pct*-s?-*`), in order; a plain run id is returned
+    as it is, without reading the store. A pattern that matches no stored run is an error naming it."""
+    if not any(c in pattern for c in "*?["):
+        return [pattern]
+    with open_store(store_location(home), read_only=True) as con:
+        run_ids = [r for (r,) in con.execute(_SQL["match_runs"], [pattern]).fetchall()]
+    if not run_ids:
+        raise ValueError(f"no run in the store matches {pattern!r}")
+    return run_ids
 
 
 def export_runs(home, run_ids: Sequence[str], path: str | Path) -> int:

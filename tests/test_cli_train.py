@@ -80,6 +80,16 @@ def test_cli_train_evaluate_plot(tmp_path):
     before = out.read_bytes()
     res = runner.invoke(store_app, ["export-runs", "cli", "ghost", "-o", str(out), "--home", str(tmp_path)])
     assert res.exit_code == 2 and "run(s) ghost" in res.output and out.read_bytes() == before
+    # a glob pattern stands for the runs it matches, in order: the same file, the same figure
+    res = runner.invoke(store_app, ["export-runs", "cli*", "-o", str(tmp_path / "glob.parquet"), "--home", str(tmp_path)])
+    assert res.exit_code == 0 and (tmp_path / "glob.parquet").read_bytes() == before
+    for args, png in ((["cli", "cli-lr"], "both.png"), (["cli*"], "glob.png")):
+        assert runner.invoke(app, ["plot", *args, "-o", str(tmp_path / png), "--home", str(tmp_path)]).exit_code == 0
+    assert (tmp_path / "glob.png").read_bytes() == (tmp_path / "both.png").read_bytes()
+    for command in (app, store_app):
+        name = "plot" if command is app else "export-runs"
+        res = runner.invoke(command, [name, "ghost-*", "-o", str(tmp_path / "g"), "--home", str(tmp_path)])
+        assert res.exit_code == 2 and "no run in the store matches 'ghost-*'" in res.output, res.output
     res = runner.invoke(app, ["train", "--like", "cli", "--resume", "cli", "--home", str(tmp_path)])
     assert res.exit_code == 2 and "give one" in res.output
     res = runner.invoke(app, ["train", "--home", str(tmp_path), "lr=fast"])

@@ -86,3 +86,25 @@ def test_the_clip_side_by_side_query_pairs_each_seed_with_its_run_without_clippi
     # best x-y: +0.03 (seed 0) and +0.20 (seed 1): mean 0.115, sample std 0.17 / sqrt(2)
     assert (paired["best_clip"], paired["groks_at_noclip"], paired["groks_at_clip"]) == \
         ("+0.115 ± 0.120", "1/2 reach 95%", "1/2 reach 95%")
+
+
+def test_the_late_query_windows_each_continued_clip_run(home):
+    connect().close()
+    late = [0.02, 0.03] + [0.04] * 6 + [0.05] * 11 + [0.97]  # steps 2,500 ... 50,000: 95% at the very end
+    runs = {"clusters-1pctk10-grad_clip1.0-s0-4a134ab8": late,
+            "clusters-1pctk10-grad_clip1.0-s1-4a134ab8": [0.01, 0.02, 0.06] + [0.03] * 17,
+            "clusters-10pctk105-grad_clip1.0-s0-db7ffdbc": [0.5] * 8,  # at the grid's cap: not continued
+            "clusters-1pctk10-s0-4a134ab8": [0.9] * 20}                 # continued, but without clipping
+    for run_id, x_y in runs.items():
+        _run(home, run_id, {"test_id/cluster:x-y/acc": x_y})
+    got = run_sql((RESULTS / "clusters_clip" / "late.sql").read_text()).to_pylist()
+    assert [(r["variant"], r["seed"]) for r in got] == [("1pctk10", "0"), ("1pctk10", "1"),
+                                                        ("1pctk10", "mean ± std (n=2)")]
+    seed0, seed1, summary = got
+    assert (seed0["best_to_5000"], seed0["best_to_20000"], seed0["best_after_20000"], seed0["groks_at"], seed0["end"]) \
+        == ("0.030", "0.040", "0.970", "50000", "0.970 @ 50000")
+    assert (seed1["best_to_5000"], seed1["best_to_20000"], seed1["best_after_20000"], seed1["groks_at"]) == \
+        ("0.020", "0.060", "0.030", None)
+    # best after 20,000: 0.97 and 0.03, mean 0.5, sample std 0.94 / sqrt(2)
+    assert (summary["best_after_20000"], summary["groks_at"], summary["end"]) == \
+        ("0.500 ± 0.665", "1/2 reach 95%", "0.500 ± 0.665")

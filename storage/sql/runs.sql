@@ -41,6 +41,10 @@ SELECT max(step) FROM metrics WHERE run_id = ?;
 -- name: select_metrics
 SELECT name, value FROM metrics WHERE run_id = ? AND step = ?;
 
+-- name: match_runs
+-- The run ids a glob pattern matches (`*`, `?`, `[...]`: DuckDB's GLOB, case-sensitive), in order.
+SELECT run_id FROM runs WHERE run_id GLOB ? ORDER BY run_id;
+
 -- name: export_runs
 -- Runs as they ship beside a results page (docs/results/<name>_runs.parquet): one row per
 -- (run, step, metric), each carrying its run's row, so the file alone replots and re-reports
