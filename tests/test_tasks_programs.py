@@ -54,6 +54,21 @@ def test_splits_hold_out_compositions_and_inputs():
     assert all((t.operation, tuple(x)) not in train_inputs for t in s["test_id"] for x in t.spec["inputs"])
 
 
+@pytest.mark.parametrize("world", [{}, {"list_len": (2, 4), "n_examples": 2, "train_per_program": 200}])
+def test_ood_tasks_fit_no_trained_program(world):
+    """Only a composition never trained answers a test_ood task: no program of the training split
+    fits its examples (with two short examples, 42% of them would otherwise)."""
+    fam = ProgramsFamily(seed=0, test_per_program=5, **world)
+    s = fam.splits()
+    trained = {t.answer for t in s["train"]}
+    for t in s["test_ood"]:
+        assert fam.verify(t, list(t.answer))
+        assert not any(fam.verify(t, list(p)) for p in trained), t.task_id
+    assert len({t.operation for t in s["test_ood"]}) == round(0.2 * sum(len(p) == 2 for p in fam.programs))
+    # test_id keeps what a program's examples allow: some of its tasks are fit by other programs too
+    assert any(sum(fam.verify(t, list(p)) for p in trained) > 1 for t in s["test_id"])
+
+
 def test_deterministic_and_seeded():
     a, b = get_family("programs", seed=5).splits(), get_family("programs", seed=5).splits()
     assert all([(t.task_id, t.prompt) for t in a[k]] == [(t.task_id, t.prompt) for t in b[k]] for k in a)
