@@ -153,7 +153,7 @@ def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
              "ID = held-out compositions of seen pieces; OOD = compositions of atomic facts / primitive "
              "pairs never seen composed in training. best OOD is over every evaluation of the run. `train_min`: "
              "minutes of optimisation steps on this CPU (the summary: all of an arm's runs together).")
-    if size.params.get("two_hop") == COMPOSITION_SIZES["full"].params["two_hop"]:
+    if (not worlds or "two_hop" in worlds) and size.params.get("two_hop") == COMPOSITION_SIZES["full"].params["two_hop"]:
         notes += "\n\n" + CPU_SIZE_REASON
     if (not worlds or "programs" in worlds) and size.params.get("programs") == COMPOSITION_SIZES["full"].params["programs"]:
         notes += "\n\n" + PROGRAMS_WORLD_REASON
