@@ -64,6 +64,11 @@ def run_program(program: Sequence[str], xs: Sequence[int]) -> list[int]:
     return out
 
 
+def fits(program: Sequence[str], inputs: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]]) -> bool:
+    """Whether `program` turns every input into its output."""
+    return all(run_program(program, xs) == list(ys) for xs, ys in zip(inputs, outputs, strict=True))
+
+
 def parse_program(program: str | Sequence[str]) -> list[str]:
     """"sort|take2" or ["sort", "take2"] -> ["sort", "take2"]."""
     return [p for p in program.split("|") if p] if isinstance(program, str) else list(program)
@@ -143,8 +148,7 @@ class ProgramsFamily(TaskFamily):
             outputs = [run_program(program, xs) for xs in inputs]
             if not any(outputs):
                 continue  # all-empty outputs say nothing about the program
-            if any(all(run_program(other, xs) == ys for xs, ys in zip(inputs, outputs, strict=True))
-                   for other in excluded):
+            if any(fits(other, inputs, outputs) for other in excluded):
                 continue
             used.update(keys)
             tasks.append(self._task(program, inputs, outputs, split, len(tasks)))
@@ -182,8 +186,7 @@ class ProgramsFamily(TaskFamily):
         program = list(answer)
         if not program or any(p not in PRIMITIVES for p in program):
             return False  # a sample with [MASK]/[UNK] or a number where a primitive belongs
-        return all(run_program(program, xs) == ys
-                   for xs, ys in zip(task.spec["inputs"], task.spec["outputs"], strict=True))
+        return fits(program, task.spec["inputs"], task.spec["outputs"])
 
     def tools(self, task: Task) -> dict[str, Callable]:
         """`apply(primitive, xs)` one primitive; `run(program, xs)` a whole program ("a|b" or list)."""
@@ -201,7 +204,7 @@ class ProgramsFamily(TaskFamily):
             moves.note(observation={"unreadable": str(err)})
             return None
         for tried, program in enumerate(compositions(self.max_len), start=1):
-            if all(run_program(program, xs) == ys for xs, ys in zip(inputs, outputs, strict=True)):
+            if fits(program, inputs, outputs):
                 moves.note(observation={"searched": tried}, result={"program": list(program)})
                 for xs in inputs:
                     moves.call("run", program="|".join(program), xs=xs)

@@ -116,6 +116,7 @@ PROGRAMS_WORLD_REASON = (
     "(batch 128, one seed) rose to 80% train / 71-76% ID with no memorisation gap: whether any arm reaches "
     "95% ID within the cap is what the runs measure. Every test_ood task's examples fit no trained program "
     "(agents/tasks/programs.py): without that, 42% of them would be answered by a program seen in training.")
+WORLD_REASONS = {"two_hop": CPU_SIZE_REASON, "programs": PROGRAMS_WORLD_REASON}
 
 # What each arm is, for the page (its depth and width come from its config).
 ARM_ROLES = {
@@ -153,10 +154,9 @@ def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
              "ID = held-out compositions of seen pieces; OOD = compositions of atomic facts / primitive "
              "pairs never seen composed in training. best OOD is over every evaluation of the run. `train_min`: "
              "minutes of optimisation steps on this CPU (the summary: all of an arm's runs together).")
-    if (not worlds or "two_hop" in worlds) and size.params.get("two_hop") == COMPOSITION_SIZES["full"].params["two_hop"]:
-        notes += "\n\n" + CPU_SIZE_REASON
-    if (not worlds or "programs" in worlds) and size.params.get("programs") == COMPOSITION_SIZES["full"].params["programs"]:
-        notes += "\n\n" + PROGRAMS_WORLD_REASON
+    for name, reason in WORLD_REASONS.items():  # why each CPU world, on the pages that run it
+        if (not worlds or name in worlds) and size.params.get(name) == COMPOSITION_SIZES["full"].params[name]:
+            notes += "\n\n" + reason
     return notes
 
 
