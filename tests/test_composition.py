@@ -68,6 +68,9 @@ def test_arms_have_equal_parameters_and_the_published_size_is_wang_et_al():
 def test_ood_over_the_run_is_read_at_fixed_steps_from_the_runs_that_reached_them():
     assert ood_milestones(60000, 1000) == [10000, 20000, 30000, 40000, 50000, 60000]
     assert ood_milestones(60, 20) == [20, 40, 60]  # every one an evaluation step
+    assert ood_milestones(8000, 1000) == [2000, 4000, 6000, 8000]  # an even stride, none skipped unevenly
+    assert ood_milestones(20000, 1000) == [4000, 8000, 12000, 16000, 20000]
+    assert ood_milestones(2500, 1000) == [1000, 2000, 2500]  # a cap off the schedule is still evaluated
     runs = [{"setting": "two_hop", "arm": "ar-shared", "ood": {20: 0.02, 40: 0.10, 60: 0.20}},
             {"setting": "two_hop", "arm": "ar-shared", "ood": {20: 0.04, 40: 0.06}},  # stopped before 60
             {"setting": "two_hop", "arm": "ar", "ood": {20: 0.03, 40: 0.03, 60: 0.03}}]

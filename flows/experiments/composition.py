@@ -301,8 +301,11 @@ def _until(last: TrainConfig) -> str:
 
 
 def ood_milestones(cap: int, eval_every: int, count: int = 6) -> list[int]:
-    """`count` evaluation steps spread evenly up to the cap (multiples of eval_every)."""
-    return sorted({max(eval_every, round(cap * k / count / eval_every) * eval_every) for k in range(1, count + 1)})
+    """At most `count` evaluation steps: multiples of one stride (itself a multiple of eval_every), then the
+    cap, which the run also evaluates. 8,000 by 1,000 is 2, 4, 6, 8 thousand, not an uneven 1, 3, 4, 5, 7, 8."""
+    evals = -(-cap // eval_every)  # ceil: the cap itself is evaluated when it is not a multiple
+    stride = -(-evals // count) * eval_every
+    return [*range(stride, cap, stride), cap][-count:]
 
 
 def ood_over_run(table: list[dict], steps: list[int]) -> list[dict]:
