@@ -71,6 +71,8 @@ def test_ood_over_the_run_is_read_at_fixed_steps_from_the_runs_that_reached_them
     assert ood_milestones(8000, 1000) == [2000, 4000, 6000, 8000]  # an even stride, none skipped unevenly
     assert ood_milestones(20000, 1000) == [4000, 8000, 12000, 16000, 20000]
     assert ood_milestones(2500, 1000) == [1000, 2000, 2500]  # a cap off the schedule is still evaluated
+    # arms stopped at 3,000 beside one run on to 20,000: a column where all of them are
+    assert ood_milestones(20000, 1000, finished=[3000, 3000, 20000]) == [3000, 4000, 8000, 12000, 16000, 20000]
     runs = [{"setting": "two_hop", "arm": "ar-shared", "ood": {20: 0.02, 40: 0.10, 60: 0.20}},
             {"setting": "two_hop", "arm": "ar-shared", "ood": {20: 0.04, 40: 0.06}},  # stopped before 60
             {"setting": "two_hop", "arm": "ar", "ood": {20: 0.03, 40: 0.03, 60: 0.03}}]
@@ -121,6 +123,11 @@ def test_the_page_describes_the_arms_it_ran_and_no_others():
     assert "arms at equal parameters, data and steps: `ar` = the autoregressive transformer (4 layers of width 64)" \
            in grid and "(one block of width 128 applied 4 times)" in grid and "`programs` = programs" in grid
     assert all(f"`{arm}` = " in grid for arm in DEFAULT_ARMS) and "`ar-wide` =" not in grid
+    # how far the examples fix a programs training label, measured on each seed's world
+    share, ceiling = re.search(r"`programs` \(2000 sampled train tasks per world, one world a seed\): "
+                               r"(0\.\d+) ± 0\.\d+ \(n=3\) of the tasks have examples that more than one program "
+                               r"fits, so .* exactly is (0\.\d+) ± ", grid).groups()
+    assert 0 < float(share) < 1 and 1 - float(share) <= float(ceiling) < 1
 
 
 def test_a_bad_arm_or_size_is_named():

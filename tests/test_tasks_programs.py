@@ -1,7 +1,13 @@
 import pytest
 
 from agents.tasks import get_family
-from agents.tasks.programs import PRIMITIVES, ProgramsFamily, parse_program, run_program
+from agents.tasks.programs import (
+    PRIMITIVES,
+    ProgramsFamily,
+    label_ambiguity,
+    parse_program,
+    run_program,
+)
 
 
 def test_primitives_against_plain_python():
@@ -35,6 +41,19 @@ def test_verifier_accepts_right_and_equivalent_and_rejects_wrong():
     sort_task = next(t for t in s["train"] if t.answer == ("sort",))
     assert fam.verify(sort_task, ["sort", "sort"])  # a longer program with the same behaviour
     assert fam.verify(sort_task, ["reverse", "sort"])
+
+
+def test_label_ambiguity_counts_the_programs_that_fit_each_task():
+    fam = ProgramsFamily(seed=0)
+    sorted_in = fam.task_from_prompt(["1", "2", "->", "1", "2", ";"], ["sort"])  # only sort of the three fits
+    unsorted_in = fam.task_from_prompt(["2", "1", "->", "1", "2", ";"], ["sort"])  # sort and reverse both fit
+    programs = [("+1",), ("reverse",), ("sort",)]
+    assert label_ambiguity([sorted_in, unsorted_in], programs) == (0.5, 0.75)  # 1/1 and 1/2 on average
+    with pytest.raises(ValueError, match="own program"):
+        label_ambiguity([sorted_in], [("+1",)])
+    # In a generated world a rule that reads only the examples cannot match every training label.
+    share, ceiling = label_ambiguity(fam.splits()["train"][::40], fam.programs)
+    assert 0 < share < 1 and 1 - share <= ceiling <= 1 - share / 2  # an ambiguous task gives at most 1/2
 
 
 def test_splits_hold_out_compositions_and_inputs():

@@ -69,6 +69,18 @@ def fits(program: Sequence[str], inputs: Sequence[Sequence[int]], outputs: Seque
     return all(run_program(program, xs) == list(ys) for xs, ys in zip(inputs, outputs, strict=True))
 
 
+def label_ambiguity(tasks: Sequence[Task], programs: Sequence[Sequence[str]]) -> tuple[float, float]:
+    """(share of tasks whose examples more than one of `programs` fits, the exact-match ceiling). Inputs are
+    drawn alike for every program, so each program that fits a task's examples is equally likely to have made
+    them: the best any function of the prompt can do is to name the generating one with probability 1/k,
+    k fitting programs. A model that matches more training labels than that has memorised them; the verifier
+    (accuracy) counts every fitting program right."""
+    counts = [sum(fits(p, t.spec["inputs"], t.spec["outputs"]) for p in programs) for t in tasks]
+    if not counts or min(counts) < 1:
+        raise ValueError("label_ambiguity needs tasks whose own program is among `programs`")
+    return sum(k > 1 for k in counts) / len(counts), sum(1 / k for k in counts) / len(counts)
+
+
 def parse_program(program: str | Sequence[str]) -> list[str]:
     """"sort|take2" or ["sort", "take2"] -> ["sort", "take2"]."""
     return [p for p in program.split("|") if p] if isinstance(program, str) else list(program)

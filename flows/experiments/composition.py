@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from typing import Any
 
 from agents.tasks import SPLITS, get_family
+from agents.tasks.programs import label_ambiguity
 from diffusion.config import config_from_dict
 from diffusion.model import parameter_count, shared_width
 from diffusion.train import TrainConfig
@@ -153,11 +155,34 @@ def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
              "T_grok - T_mem (negative: in-distribution accuracy got there first). "
              "ID = held-out compositions of seen pieces; OOD = compositions of atomic facts / primitive "
              "pairs never seen composed in training. best OOD is over every evaluation of the run. `train_min`: "
-             "minutes of optimisation steps on this CPU (the summary: all of an arm's runs together).")
+             "minutes of optimisation steps on this CPU (the summary: all of an arm's runs together). `train_exact`, per "
+             "run: train rows whose answer matches the training label token for token (the verifier's accuracy "
+             "also counts any other right answer).")
     for name, reason in WORLD_REASONS.items():  # why each CPU world, on the pages that run it
         if (not worlds or name in worlds) and size.params.get(name) == COMPOSITION_SIZES["full"].params[name]:
             notes += "\n\n" + reason
+    if programs := {cfg.seed: cfg.family_params for _, _, cfg in plan if cfg.family == "programs"}:
+        notes += "\n\n" + programs_label_note(list(programs.values()))
     return notes
+
+
+def programs_label_note(worlds: list[dict], sample: int = 2000) -> str:
+    """How far the examples determine a `programs` training label, over a seeded sample of each world's
+    train tasks: what `train_exact` is to be read against."""
+    shares, ceilings, sizes = [], [], set()
+    for world in worlds:
+        fam = get_family("programs", **world)
+        train = fam.splits()["train"]
+        tasks = random.Random(0).sample(train, min(sample, len(train)))
+        share, ceiling = label_ambiguity(tasks, fam.programs)
+        shares.append(share)
+        ceilings.append(ceiling)
+        sizes.add(len(tasks))
+    return (f"Training labels on `programs` ({'/'.join(map(str, sorted(sizes)))} sampled train tasks per world, "
+            f"one world a seed): {mean_std_n(shares)} of the tasks have examples that more than one program fits, "
+            f"so the best any function of the examples can match the training label exactly is "
+            f"{mean_std_n(ceilings)} (1/k for k fitting programs, on average). `train_exact` above that is labels "
+            "memorised; accuracy, the verifier, counts every fitting program right.")
 
 
 def _arm_line(arm: str, cfg: TrainConfig) -> str:
@@ -251,10 +276,11 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=DEFAU
                                "grokked", "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
                                "ood_at_t_grok", "n_eval", "train_min"])
     per_run = markdown_table(table, ["setting", "arm", "seed", "status", "step", "until", "t_mem", "t_grok", "delay",
-                                      "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
+                                      "train_inferred_acc", "train_exact", "test_id_acc", "test_ood_acc", "best_ood_acc",
                                       "best_ood_step", "ood_at_t_grok", "n_eval", "train_min"])
     notes = composition_notes(size, plan, arms, worlds)
-    milestones = ood_milestones(size.max_steps, size.eval_every)
+    milestones = ood_milestones(size.max_steps, size.eval_every,
+                                finished=[r["step"] for r in table if r["status"] == "finished"])
     over_run = markdown_table(ood_over_run(table, milestones), ["setting", "arm", *map(str, milestones)])
     body = "\n".join(["Mean ± std over seeds (n = runs; T_mem / T_grok over the runs that reached them):", "",
                       *summary, "", "OOD accuracy at fixed steps, mean ± std over the runs that reached the step:",
@@ -270,7 +296,8 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
     if not found:
         return None
     status, step, t_mem, t_grok, config = found[0]
-    series = metric_series(cfg.run_name, ["train_inferred/acc", "train/acc", "test_id/acc", "test_ood/acc", "step_time",
+    series = metric_series(cfg.run_name, ["train_inferred/acc", "train/acc", "train/exact", "test_id/acc",
+                                          "test_ood/acc", "step_time",
                                           *(f"{split}/n" for split in SPLITS)], home)
     if not series.get("test_id/acc"):
         return None
@@ -288,6 +315,7 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
             "t_mem": t_mem, "t_grok": t_grok,
             "delay": t_grok - t_mem if t_grok is not None and t_mem is not None else None,
             "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
+            "train_exact": last.get("train/exact"),
             "test_id_acc": last.get("test_id/acc"), "test_ood_acc": last.get("test_ood/acc"),
             "best_ood_acc": best[1], "best_ood_step": best[0], "ood_at_t_grok": at_grok, "ood": dict(ood),
             "n_eval": "/".join(map(str, counts)) or None,
@@ -300,12 +328,13 @@ def _until(last: TrainConfig) -> str:
     return f"cap {last.max_steps}" if not last.patience else f"rule, cap {last.max_steps}"
 
 
-def ood_milestones(cap: int, eval_every: int, count: int = 6) -> list[int]:
+def ood_milestones(cap: int, eval_every: int, count: int = 6, finished=()) -> list[int]:
     """At most `count` evaluation steps: multiples of one stride (itself a multiple of eval_every), then the
-    cap, which the run also evaluates. 8,000 by 1,000 is 2, 4, 6, 8 thousand, not an uneven 1, 3, 4, 5, 7, 8."""
+    cap, which the run also evaluates. 8,000 by 1,000 is 2, 4, 6, 8 thousand, not an uneven 1, 3, 4, 5, 7, 8.
+    Plus the steps where `finished` runs stopped, so arms run to different caps meet in one column."""
     evals = -(-cap // eval_every)  # ceil: the cap itself is evaluated when it is not a multiple
     stride = -(-evals // count) * eval_every
-    return [*range(stride, cap, stride), cap][-count:]
+    return sorted({*[*range(stride, cap, stride), cap][-count:], *finished})
 
 
 def ood_over_run(table: list[dict], steps: list[int]) -> list[dict]:
