@@ -105,7 +105,7 @@ def test_a_world_can_be_run_alone_under_the_same_run_names():
     assert [c.run_name for _, _, c in programs] == [c.run_name for n, _, c in everything if n == "programs"]
     assert len(programs) == size.seeds
     with pytest.raises(ValueError, match=r"unknown world\(s\) \['two_hop-phi18'\] at this size; its worlds: "
-                                         r"two_hop, programs"):
+                                         r"two_hop, programs, programs-canonical"):
         composition_configs(size, None, worlds=["two_hop-phi18"])
     published = composition_configs(COMPOSITION_SIZES["published"], None, arms=["ar"], worlds=["two_hop-phi18"])
     assert {c.family_params["phi"] for _, _, c in published} == {18.0}
@@ -128,6 +128,8 @@ def test_the_page_describes_the_arms_it_ran_and_no_others():
                                r"(0\.\d+) ± 0\.\d+ \(n=3\) of the tasks have examples that more than one program "
                                r"fits, so .* exactly is (0\.\d+) ± ", grid).groups()
     assert 0 < float(share) < 1 and 1 - float(share) <= float(ceiling) < 1
+    assert f"Training labels on `programs-canonical` (2000 sampled train tasks per world, one world a seed): " \
+           f"{share} ± " in grid and "a function of the examples, so `train_exact` can reach 1" in grid
 
 
 def test_a_bad_arm_or_size_is_named():

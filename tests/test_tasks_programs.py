@@ -4,6 +4,7 @@ from agents.tasks import get_family
 from agents.tasks.programs import (
     PRIMITIVES,
     ProgramsFamily,
+    fits,
     label_ambiguity,
     parse_program,
     run_program,
@@ -54,6 +55,28 @@ def test_label_ambiguity_counts_the_programs_that_fit_each_task():
     # In a generated world a rule that reads only the examples cannot match every training label.
     share, ceiling = label_ambiguity(fam.splits()["train"][::40], fam.programs)
     assert 0 < share < 1 and 1 - share <= ceiling <= 1 - share / 2  # an ambiguous task gives at most 1/2
+
+
+def test_canonical_labels_are_the_first_trained_program_that_fits():
+    generating = ProgramsFamily(seed=2, n_examples=2, list_len=(2, 4), train_per_program=20)
+    canonical = ProgramsFamily(seed=2, n_examples=2, list_len=(2, 4), train_per_program=20, labels="canonical")
+    assert canonical.config_tag == generating.config_tag.replace("-u-", "-u-c-")  # other task ids, other runs
+    trained = [p for p in canonical.programs if p not in {t.answer for t in canonical.splits()["test_ood"]}]
+    changed = 0
+    for split in ("train", "test_id", "test_ood"):
+        for g, c in zip(generating.splits()[split], canonical.splits()[split], strict=True):
+            assert (g.prompt, g.operation) == (c.prompt, c.operation)  # the same examples, the same program made them
+            assert canonical.verify(c, c.answer)
+            if split == "test_ood":
+                assert c.answer == g.answer  # fits no trained program: its own is its label
+                continue
+            fitting = [p for p in trained if fits(p, c.spec["inputs"], c.spec["outputs"])]
+            assert c.answer == fitting[0] and trained.index(c.answer) <= trained.index(g.answer)
+            changed += c.answer != g.answer
+    assert changed  # with two short examples some tasks are fit by an earlier program than their own
+    relabelled = next(c for g, c in zip(generating.splits()["train"], canonical.splits()["train"], strict=True)
+                      if c.answer != g.answer)
+    assert canonical.task_from_ref(relabelled.ref()) == relabelled  # a stored task comes back with its label
 
 
 def test_splits_hold_out_compositions_and_inputs():
@@ -122,6 +145,7 @@ def test_tools_and_ref_round_trip():
     ({"list_len": (4, 2)}, "list_len"),
     ({"ood_fraction": 1.5}, "ood_fraction"),
     ({"max_len": 0}, "max_len"),
+    ({"labels": "noisy"}, "labels must be one of generating, canonical, got 'noisy'"),
 ])
 def test_bad_parameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):

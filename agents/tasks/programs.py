@@ -11,6 +11,12 @@ shortest (then first in primitive order) stands for them. Each task shows
 `n_examples` input/output pairs and asks for the program; any program with the
 right behaviour on the examples is correct.
 
+Labels: by default a task's answer is the program that made its examples ("generating"); with two
+short examples about half the tasks fit more than one program, so that label is partly arbitrary and a
+model can only match it by memorising it (`label_ambiguity`). `labels="canonical"` answers each train and
+test_id task with the first trained program, shortest first, that fits its examples: one label per
+prompt, a function of the examples. The verifier accepts any fitting program either way.
+
 Splits: a seeded share `ood_fraction` of the length-`max_len` compositions is held
 out as `test_ood` (their primitives all occur in training, in other compositions);
 the other programs give `train` tasks and `test_id` tasks on inputs never used in
@@ -25,6 +31,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from agents.tasks.base import Moves, Task, TaskFamily, Tokenizer
 
@@ -52,6 +59,7 @@ def _primitives() -> dict[str, Callable[[list[int]], list[int]]]:
 
 PRIMITIVES = _primitives()
 ARROW, SEP = "->", ";"
+LABELS = ("generating", "canonical")
 
 
 def run_program(program: Sequence[str], xs: Sequence[int]) -> list[int]:
@@ -67,6 +75,11 @@ def run_program(program: Sequence[str], xs: Sequence[int]) -> list[int]:
 def fits(program: Sequence[str], inputs: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]]) -> bool:
     """Whether `program` turns every input into its output."""
     return all(run_program(program, xs) == list(ys) for xs, ys in zip(inputs, outputs, strict=True))
+
+
+def first_fit(programs: Sequence[tuple[str, ...]], task: Task) -> tuple[str, ...]:
+    """The first of `programs` that fits the task's examples (StopIteration when none does)."""
+    return next(p for p in programs if fits(p, task.spec["inputs"], task.spec["outputs"]))
 
 
 def label_ambiguity(tasks: Sequence[Task], programs: Sequence[Sequence[str]]) -> tuple[float, float]:
@@ -91,7 +104,7 @@ class ProgramsFamily(TaskFamily):
 
     def __init__(self, seed: int = 0, max_len: int = 2, n_examples: int = 3,
                  list_len: tuple[int, int] = (3, 5), max_value: int = 9, ood_fraction: float = 0.2,
-                 train_per_program: int = 40, test_per_program: int = 10):
+                 train_per_program: int = 40, test_per_program: int = 10, labels: str = "generating"):
         lo, hi = list_len
         if not 1 <= lo <= hi:
             raise ValueError(f"list_len must be (lo, hi) with 1 <= lo <= hi, got {list_len}")
@@ -99,12 +112,15 @@ class ProgramsFamily(TaskFamily):
             raise ValueError("max_len, n_examples and max_value must be >= 1")
         if not 0.0 <= ood_fraction < 1.0:
             raise ValueError(f"ood_fraction must be in [0, 1), got {ood_fraction}")
+        if labels not in LABELS:
+            raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
         self.seed, self.max_len, self.n_examples = int(seed), int(max_len), int(n_examples)
         self.list_len, self.max_value, self.ood_fraction = (int(lo), int(hi)), int(max_value), float(ood_fraction)
         self.train_per_program, self.test_per_program = int(train_per_program), int(test_per_program)
+        self.labels = labels
         # "-u": test_ood examples fit no trained program (task ids of the earlier splits differ)
         self.config_tag = (f"L{self.max_len}-x{self.n_examples}-n{lo}_{hi}-v{self.max_value}"
-                           f"-o{self.ood_fraction:g}-u-s{self.seed}")
+                           f"-o{self.ood_fraction:g}-u{'-c' * (labels == 'canonical')}-s{self.seed}")
         self.programs = self._distinct_programs()
         self._splits: dict[str, list[Task]] | None = None
 
@@ -143,6 +159,9 @@ class ProgramsFamily(TaskFamily):
                 out["train"] += self._tasks(program, "train", self.train_per_program, rng, used)
                 # `used` now holds every training input of this program: test_id inputs avoid them.
                 out["test_id"] += self._tasks(program, "test_id", self.test_per_program, rng, used)
+        if self.labels == "canonical":  # the generating program fits, so there is always one; a held-out
+            for split in ("train", "test_id"):  # program is never a label, as with generating labels
+                out[split] = [replace(t, answer=first_fit(trained, t)) for t in out[split]]
         self._splits = out
         return out
 

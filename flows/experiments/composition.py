@@ -64,6 +64,7 @@ COMPOSITION_TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "gro
 # (2.5% at the CPU size) to 20% is visible and not a flat dotted line on 0-1.
 FIGURES = {"": {"curves": None}, "_ood": {"curves": {"test_ood/acc": ":"}, "ylim": None}}
 
+PROGRAMS_CPU_WORLD = {"list_len": (2, 4), "n_examples": 2, "train_per_program": 200, "test_per_program": 30}
 # Settings: name -> (family, world). The default ("full") is the CPU size; see docs/results/composition.md
 # for why two_hop's world is this one (phi, not size, sets how fast it groks: Wang et al. 2024, Fig. 3).
 COMPOSITION_SIZES = {
@@ -80,8 +81,9 @@ COMPOSITION_SIZES = {
                                 "ood_fraction": 0.15, "test_size": 3000}),
         # PROGRAMS_WORLD_REASON says why this world; 30 test tasks per program: >= 500 OOD items (19-21
         # held-out compositions), as two_hop has
-        "programs": ("programs", {"list_len": (2, 4), "n_examples": 2, "train_per_program": 200,
-                                  "test_per_program": 30})}),
+        "programs": ("programs", PROGRAMS_CPU_WORLD),
+        # the same tasks, each labelled with the first trained program that fits its examples
+        "programs-canonical": ("programs", {**PROGRAMS_CPU_WORLD, "labels": "canonical"})}),
     # Wang et al. 2024's own world (2,000 entities, 200 relations, 20 per entity, 5% OOD atomic facts)
     # at two of its phi, and its model (8 layers, width 768): a GPU's size.
     "published": Size(seeds=3, max_steps=200000, eval_every=5000,
@@ -118,7 +120,14 @@ PROGRAMS_WORLD_REASON = (
     "(batch 128, one seed) rose to 80% train / 71-76% ID with no memorisation gap: whether any arm reaches "
     "95% ID within the cap is what the runs measure. Every test_ood task's examples fit no trained program "
     "(agents/tasks/programs.py): without that, 42% of them would be answered by a program seen in training.")
-WORLD_REASONS = {"two_hop": CPU_SIZE_REASON, "programs": PROGRAMS_WORLD_REASON}
+PROGRAMS_CANONICAL_REASON = (
+    "Why `programs-canonical`: with two examples of 2-4 items about 45% of the training tasks fit more than one "
+    "program, and `programs` labels each with the program that made it: a model matches those labels only by "
+    "memorising them, which weight decay cannot remove without giving up training loss, so there may be no "
+    "rule-only solution for a run to grok towards. Here the same tasks are labelled with the first trained "
+    "program, shortest first, that fits their examples: one rule fits every label, as in two_hop.")
+WORLD_REASONS = {"two_hop": CPU_SIZE_REASON, "programs": PROGRAMS_WORLD_REASON,
+                 "programs-canonical": PROGRAMS_CANONICAL_REASON}
 
 # What each arm is, for the page (its depth and width come from its config).
 ARM_ROLES = {
@@ -161,12 +170,13 @@ def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
     for name, reason in WORLD_REASONS.items():  # why each CPU world, on the pages that run it
         if (not worlds or name in worlds) and size.params.get(name) == COMPOSITION_SIZES["full"].params[name]:
             notes += "\n\n" + reason
-    if programs := {cfg.seed: cfg.family_params for _, _, cfg in plan if cfg.family == "programs"}:
-        notes += "\n\n" + programs_label_note(list(programs.values()))
+    for name in dict.fromkeys(name for name, _, cfg in plan if cfg.family == "programs"):
+        seeds = {cfg.seed: cfg.family_params for setting, _, cfg in plan if setting == name}
+        notes += "\n\n" + programs_label_note(name, list(seeds.values()))
     return notes
 
 
-def programs_label_note(worlds: list[dict], sample: int = 2000) -> str:
+def programs_label_note(name: str, worlds: list[dict], sample: int = 2000) -> str:
     """How far the examples determine a `programs` training label, over a seeded sample of each world's
     train tasks: what `train_exact` is to be read against."""
     shares, ceilings, sizes = [], [], set()
@@ -178,11 +188,14 @@ def programs_label_note(worlds: list[dict], sample: int = 2000) -> str:
         shares.append(share)
         ceilings.append(ceiling)
         sizes.add(len(tasks))
-    return (f"Training labels on `programs` ({'/'.join(map(str, sorted(sizes)))} sampled train tasks per world, "
-            f"one world a seed): {mean_std_n(shares)} of the tasks have examples that more than one program fits, "
-            f"so the best any function of the examples can match the training label exactly is "
-            f"{mean_std_n(ceilings)} (1/k for k fitting programs, on average). `train_exact` above that is labels "
-            "memorised; accuracy, the verifier, counts every fitting program right.")
+    head = (f"Training labels on `{name}` ({'/'.join(map(str, sorted(sizes)))} sampled train tasks per world, "
+            f"one world a seed): {mean_std_n(shares)} of the tasks have examples that more than one program fits")
+    if fam.labels == "canonical":
+        return (head + "; each task's label is the first trained program, shortest first, that fits (`labels` "
+                "canonical), a function of the examples, so `train_exact` can reach 1 without memorising labels.")
+    return (head + f", so the best any function of the examples can match the training label (the program that made "
+            f"the examples) exactly is {mean_std_n(ceilings)} (1/k for k fitting programs, on average). "
+            "`train_exact` above that is labels memorised; accuracy, the verifier, counts every fitting program right.")
 
 
 def _arm_line(arm: str, cfg: TrainConfig) -> str:
