@@ -190,7 +190,7 @@ def programs_label_note(name: str, worlds: list[dict], sample: int = 2000) -> st
         sizes.add(len(tasks))
     head = (f"Training labels on `{name}` ({'/'.join(map(str, sorted(sizes)))} sampled train tasks per world, "
             f"one world a seed): {mean_std_n(shares)} of the tasks have examples that more than one program fits")
-    if fam.labels == "canonical":
+    if worlds[0].get("labels") == "canonical":  # one setting: every seed's world is labelled alike
         return (head + "; each task's label is the first trained program, shortest first, that fits (`labels` "
                 "canonical), a function of the examples, so `train_exact` can reach 1 without memorising labels.")
     return (head + f", so the best any function of the examples can match the training label (the program that made "
