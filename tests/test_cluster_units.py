@@ -3,7 +3,10 @@ for object storage (tests/test_cluster.py runs the real S3 server and Dask clust
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import duckdb
 import fsspec
@@ -17,6 +20,18 @@ from storage.home import is_url, spool_location
 from storage.ingest import ingest_spool
 from storage.spool import published_segments, read_records, remove_stale_tmp, write_segment
 from storage.store import open_store
+
+
+@pytest.mark.parametrize("given, waits", [(None, 180), ("45", 45)])
+def test_workers_wait_for_their_ephemeral_prefect_server_unless_told_otherwise(given, waits):
+    # A fresh interpreter: the setting is read from the environment flows leaves to the Dask workers.
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    if given:
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = given
+    read = ("import flows; from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as t; "
+            "print(t.value())")
+    out = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == str(waits)
 
 
 @pytest.mark.parametrize("settings, message", [
