@@ -249,6 +249,7 @@ class TrainConfig:
     eval_every: int = 100                  # steps between metrics (and checkpoints by default)
     eval_schedule: str = "linear"          # linear: every eval_every | log: also ~10 per decade below it (log-axis plots)
     checkpoint_every: int = 0              # 0 = every eval
+    checkpoint_minutes: float = 10.0       # also this often by the clock (0: off): a kill loses no more than this
     keep_checkpoints: int = 3              # older ones are deleted (the latest always kept)
     eval_max_rows: int = 4096              # rows per split used for metrics (a seeded sample); 0 = all
     sampler_steps: int = 8                 # denoising steps when sampling answers (capped at answer length)
@@ -278,7 +279,8 @@ TRAIN_CHOICES = {"device": ("cpu", "cuda", "auto"), "objective": ("mdm", "ar"), 
                  "grokfast_filter": ("mean", "sum"), "mdm_estimator": ("t", "count"), "init": ("small", "torch"),
                  "eval_schedule": ("linear", "log"), "lr_decay": ("none", "cosine"), "arch": ("denoiser", "grokfast_ref")}
 TRAIN_MINIMUMS = {"batch_size": 1, "eval_every": 1, "sampler_steps": 1, "hidden_size": 1, "num_layers": 1,
-                  "num_heads": 1, "max_steps": 0, "decay_steps": 0, "patience": 0, "mem_multiple": 0}
+                  "num_heads": 1, "max_steps": 0, "decay_steps": 0, "patience": 0, "mem_multiple": 0,
+                  "checkpoint_minutes": 0}
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:

@@ -68,13 +68,14 @@ class Processes:
             return model
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-    def any(self, flag: bool) -> bool:
-        """True on every process if it is True on any (a SIGTERM one process saw stops them all at the same step)."""
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag True on every process if it is True on any (a SIGTERM one process saw, or its clock
+        saying a checkpoint is due, acts on all of them at the same step)."""
         if not self.distributed:
-            return flag
-        t = torch.tensor([int(flag)], device=self.device)
+            return list(flags)
+        t = torch.tensor([int(f) for f in flags], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return [bool(v) for v in t.tolist()]
 
     def from_main(self, value):
         """Rank 0's value, on every process (a run id made from the clock and pid)."""

@@ -153,12 +153,14 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
         board = metrics_board(run_dir, purge_step=state.step if resume_from is not None else None)
     progress = progress_display(cfg, console)
     pace = Pace(state.step, cfg.max_steps)
+    saved_at = time.monotonic()
     model.train()
     try:
         with progress, sigterm_stops() as sigterm:
             bar = progress.add_task(cfg.run_id, total=cfg.max_steps, completed=state.step, info="")
             while True:
-                step, stopping = state.step, procs.any(sigterm.is_set())  # every process stops at one step
+                step = state.step  # every process stops, and checkpoints, at one step
+                stopping, overdue = procs.any(sigterm.is_set(), checkpoint_overdue(cfg, saved_at))
                 done = step >= cfg.max_steps or patience_over(cfg, step, state.t_grok, state.t_mem)
 
                 # evaluate on the schedule and at the end, each step once even across restarts
@@ -176,14 +178,15 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
                                               f"test {metrics.get('test_id/acc', 0):.3f}")
                     done = done or patience_over(cfg, step, state.t_grok, state.t_mem)
 
-                # checkpoint on its schedule, at the end and on SIGTERM; it carries this evaluation's rows
+                # checkpoint on its schedule, by the clock, at the end and on SIGTERM; it carries this
+                # evaluation's rows
                 checkpoints = []
-                if (step % ckpt_every == 0 or done or stopping) and state.saved < step:
+                if (step % ckpt_every == 0 or overdue or done or stopping) and state.saved < step:
                     state.accum["loss"] = procs.mean(state.accum["loss"])  # what every process resumes with
                     if procs.is_main:  # every process resumes from rank 0's checkpoint
                         path = save_training_checkpoint(run_dir, cfg, model, optimizer, sampler, noise, state, rows)
                         checkpoints = [(step, path)]
-                    state.saved = step
+                    state.saved, saved_at = step, time.monotonic()
 
                 status = "finished" if done else "stopped" if stopping else "running"
                 wrote = rows or checkpoints or status != "running"
@@ -287,6 +290,13 @@ def _log_steps(below: int) -> set[int]:
         steps.add(round(x))
         x *= 1.25
     return steps
+
+
+def checkpoint_overdue(cfg: TrainConfig, saved_at: float) -> bool:
+    """`checkpoint_minutes` of wall time since the last checkpoint. The schedule counts steps; this
+    bounds what any kill costs (SIGKILL, a machine or session going away, a Dask cluster closing its
+    workers, where SIGTERM cannot reach a run's thread) whatever a step takes."""
+    return bool(cfg.checkpoint_minutes) and time.monotonic() - saved_at >= 60 * cfg.checkpoint_minutes
 
 
 def patience_over(cfg: TrainConfig, step: int, t_grok: int | None, t_mem: int | None = None) -> bool:

@@ -9,8 +9,12 @@ keeps its traceback; `grokloop --debug ...` shows the traceback for every error.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import duckdb
 import typer
@@ -80,6 +84,25 @@ def print_error(message: str) -> None:
     err_console.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
 
 
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM ends a command as Ctrl-C does, by an exception: `finally` blocks and atexit run, so the
+    Prefect server a command started stops with it instead of outliving it. A training loop catches
+    SIGTERM itself while it runs (diffusion/train.py: checkpoint, then exit 143)."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal's rule
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 class OneLineErrors(TyperGroup):
     """The root `grokloop` command: an error a person can fix, raised anywhere in any command
     (or by click while reading the command line), comes out as one line and exit code 2."""
@@ -87,6 +110,11 @@ class OneLineErrors(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:  # a caller that wants the exceptions
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        with sigterm_exits():
+            code = self._main(args, prog_name, complete_var, **extra)
+        sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(n) comes back as n
+
+    def _main(self, args, prog_name, complete_var, **extra):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as err:
@@ -104,4 +132,4 @@ class OneLineErrors(TyperGroup):
                 raise
             print_error(message)
             sys.exit(2)
-        sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(n) comes back as n
+        return code

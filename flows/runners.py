@@ -78,7 +78,9 @@ def task_runner(runner: Runner):
         if runner.address:
             return RayTaskRunner(address=runner.address)
         # one CPU per task (Ray's default): n_workers runs at a time, one torch thread each
-        return RayTaskRunner(init_kwargs={"num_cpus": runner.n_workers, "include_dashboard": False})
+        env = workers_prefect_api()
+        return RayTaskRunner(init_kwargs={"num_cpus": runner.n_workers, "include_dashboard": False,
+                                          **({"runtime_env": {"env_vars": env}} if env else {})})
     try:  # an optional extra
         from prefect_dask import DaskTaskRunner
     except ImportError as err:
@@ -89,7 +91,23 @@ def task_runner(runner: Runner):
     # a process of the local runner does, and torch's threads are not shared between two runs.
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": runner.n_workers, "processes": True,
-                                          "threads_per_worker": 1})
+                                          "threads_per_worker": 1, "env": workers_prefect_api()})
+
+
+def workers_prefect_api() -> dict[str, str]:
+    """The environment that points a local cluster's workers at this process's Prefect API. Without
+    PREFECT_API_URL, Prefect starts an ephemeral server here, and would start one in every worker too:
+    n servers on one SQLite file, started at once on the cores the runs need (a startup timeout on a
+    busy machine), and left running when the experiment is stopped (their cleanup is atexit, which a
+    killed worker never reaches). Started now, so the workers are told its address instead."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return {}  # a server of the user's (the workers inherit the setting), or none: Prefect's own error
+    server = SubprocessASGIServer()  # the one Prefect's client here uses (one per process)
+    server.start()
+    return {"PREFECT_API_URL": server.api_url}
 
 
 def fan_out(runner: Runner, task, calls: Sequence[tuple], name: str | None = None) -> list[Any]:

@@ -8,9 +8,12 @@ import dataclasses
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -211,6 +214,52 @@ def test_a_run_whose_worker_dies_resumes_on_the_other_from_its_checkpoint(cluste
 
     train_runs([tiny(tmp_path / "ref", "mover", max_steps=240, eval_every=20)], Runner())
     assert _runs(tmp_path / "dask") == _runs(tmp_path / "ref")
+
+
+def test_a_dask_experiment_stopped_by_sigterm_leaves_no_process_and_the_same_command_continues_it(tmp_path):
+    """The CLI as a user runs it: no PREFECT_API_URL (Prefect's ephemeral server), a local cluster of 2
+    worker processes. One Prefect server serves the CLI and its workers; SIGTERM ends the CLI (143) and
+    every process it started; the same command then continues each run from its checkpoint to the cap."""
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(GROKLOOP_HOME=str(tmp_path), OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    command = [sys.executable, "-m", "flows.cli", "experiment", "composition", "--quick", "--worlds", "two_hop",
+               "--arms", "ar", "--seeds", "2", "--max-steps", "300", "--runner", "dask", "--dask-workers", "2",
+               "--out", str(tmp_path / "out")]
+    runs = tmp_path / "runs"
+
+    def latest_steps() -> dict[str, int]:
+        return {p.parent.name: int(p.read_text().split("_")[1]) for p in runs.glob("*/latest")}
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not any(latest_steps().values()):  # a checkpoint past step 0: the runs are training
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    started = psutil.Process(proc.pid).children(recursive=True)
+    servers = [p for p in started if "prefect.server.api.server:create_app" in " ".join(p.cmdline())]
+    assert len(servers) == 1 and servers[0].ppid() == proc.pid  # the CLI's; none in the workers
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    _, alive = psutil.wait_procs(started, timeout=60)
+    assert not alive, [p.cmdline() for p in alive]
+    stopped_at = latest_steps()
+    assert len(stopped_at) == 2 and all(step < 300 for step in stopped_at.values()), stopped_at
+    with duckdb.connect(str(store_path(tmp_path)), read_only=True) as con:
+        before = con.execute("SELECT run_id, step, name, value FROM metrics ORDER BY ALL").fetchall()
+
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=900)
+    with duckdb.connect(str(store_path(tmp_path)), read_only=True) as con:
+        finished = con.execute("SELECT run_id, status, final_step FROM runs ORDER BY run_id").fetchall()
+        after = con.execute("SELECT run_id, step, name, value FROM metrics ORDER BY ALL").fetchall()
+    assert [(r, s, n) for r, s, n in finished] == [(r, "finished", 300) for r in sorted(stopped_at)]
+    # Continued, not restarted: the first process's rows before its checkpoint are all still there,
+    # wall-clock step times included (a restart rewrites them), and the rows after it are new.
+    first = {row for row in before if row[1] < stopped_at[row[0]]}
+    assert first and first <= set(after) and len(after) > len(before)
 
 
 def test_a_step_written_again_on_s3_is_read_anew_not_from_the_local_copy_of_the_earlier_one(s3, tmp_path,

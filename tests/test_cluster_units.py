@@ -3,10 +3,12 @@ for object storage (tests/test_cluster.py runs the real S3 server and Dask clust
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import fsspec
@@ -23,8 +25,8 @@ from storage.store import open_store
 
 
 @pytest.mark.parametrize("given, waits", [(None, 180), ("45", 45)])
-def test_workers_wait_for_their_ephemeral_prefect_server_unless_told_otherwise(given, waits):
-    # A fresh interpreter: the setting is read from the environment flows leaves to the Dask workers.
+def test_the_ephemeral_prefect_server_is_waited_for_180_s_unless_told_otherwise(given, waits):
+    # A fresh interpreter: the setting is read from the environment flows sets for this process and its workers.
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
     if given:
         env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = given
@@ -32,6 +34,34 @@ def test_workers_wait_for_their_ephemeral_prefect_server_unless_told_otherwise(g
             "print(t.value())")
     out = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == str(waits)
+
+
+WORKERS_API = """
+import os, sys
+import flows  # first, as the CLI imports it: its Prefect settings
+from prefect import task
+from prefect.server.api.server import SubprocessASGIServer
+from flows.runners import Runner, fan_out
+
+@task
+def api(i):  # where this worker reports to, and how many Prefect servers it started itself
+    import psutil
+    started = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+    return os.environ.get("PREFECT_API_URL"), sum("prefect.server.api.server" in c for c in started)
+
+print(fan_out(Runner("ray", n_workers=2), api, [(0,), (1,)]), SubprocessASGIServer().api_url)
+"""
+
+
+def test_a_local_ray_s_workers_report_to_this_process_s_ephemeral_prefect_server():
+    # A fresh interpreter without PREFECT_API_URL, as a user runs the CLI (the Dask cluster's case is
+    # tests/test_cluster.py's SIGTERM test).
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    out = subprocess.run([sys.executable, "-c", WORKERS_API], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    workers, here = out.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert here.startswith("http://127.0.0.1:") and ast.literal_eval(workers) == [(here, 0), (here, 0)]
 
 
 @pytest.mark.parametrize("settings, message", [

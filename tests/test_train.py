@@ -353,6 +353,14 @@ def test_checkpoints_follow_checkpoint_every_not_only_eval_steps(tmp_path):
     assert again.final_step == 100 and metric_rows(tmp_path, "ck") == before
 
 
+@pytest.mark.parametrize(("minutes", "kept"), [(0, [0, 12]), (1e-9, list(range(13)))])
+def test_a_run_also_checkpoints_by_the_clock_between_scheduled_checkpoints(tmp_path, minutes, kept):
+    """No scheduled checkpoint between 0 and 12; a clock rule of ~0 minutes is due after every step."""
+    result = train(tiny(tmp_path, "clock", max_steps=12, eval_every=50, checkpoint_minutes=minutes,
+                        keep_checkpoints=0))
+    assert sorted(int(p.name.split("_")[1]) for p in (result.run_dir / "checkpoints").iterdir()) == kept
+
+
 def test_the_directory_is_fsynced_after_each_atomic_rename(tmp_path, monkeypatch):
     events = []
     real_replace, real_fsync = os.replace, os.fsync
