@@ -187,8 +187,8 @@ def single_loop(cfg, steps: int) -> float:
 def evaluation(cfg, repeat: int) -> tuple[float, float]:
     """(our evaluation, one plain forward pass) of the full test split, seconds, best of `repeat`."""
     from diffusion.data import load_family, load_splits
+    from diffusion.evaluate import estimate
     from diffusion.model import Denoiser
-    from diffusion.train import estimate
 
     tok, splits = load_splits(cfg)
     family = load_family(cfg)

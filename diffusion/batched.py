@@ -35,20 +35,19 @@ from diffusion.checkpoint import (
 )
 from diffusion.config import TrainConfig, check_config, config_to_json, run_id_of
 from diffusion.data import BatchSampler, load_family, load_splits, read_snapshot_meta
+from diffusion.evaluate import evaluation, update_diagnostics
 from diffusion.grokfast import ema_filter_, ma_filter_
 from diffusion.grouped import grouped_forward, stack_params
 from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
 from diffusion.train import (
     RunResult,
     eval_line,
-    evaluation,
     initial_model,
     is_eval_step,
     learning_rate,
     metrics_board,
     patience_over,
     run_record,
-    update_diagnostics,
 )
 from storage.home import grokloop_home, runs_dir
 from storage.runs import record_run
@@ -247,8 +246,7 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
         run.accum = {"loss": 0.0, "n": 0, "time": 0.0}
         rows = [(step, k, float(v)) for k, v in sorted(m.items())]
         run.metrics, run.evaluated = m, step
-        if cfg.progress:
-            print(eval_line(step, m, run.t_mem, run.t_grok), flush=True)
+        print(eval_line(step, m, run.t_mem, run.t_grok, cfg.run_id), flush=True)  # seeds share the log
         done = done or patience_over(cfg, step, run.t_grok)
     ckpts = []
     if checkpoint_now or done:

@@ -265,7 +265,8 @@ class TrainConfig:
     home: str | None = None                # grokloop home; None = $GROKLOOP_HOME or ./.grokloop
     shared_home: str | None = None         # a URL (s3://bucket/prefix): checkpoints go there, so the run
                                            # resumes on any machine (storage/shared.py); None: the run dir
-    progress: bool = True                  # rich progress bar
+    progress: bool = True                  # rich progress bar; False: none, and each eval line names
+                                           # its run (an experiment's runs share one log)
     compile: bool = False                  # torch.compile the training forward (see bench/throughput.py --compile)
     device: str = "cpu"                    # cpu | cuda | auto (cuda when there is one); under torchrun each
                                            # process takes its LOCAL_RANK's GPU (diffusion/distributed.py)

@@ -1,5 +1,6 @@
 """Accuracy: the task family's verifier on the decoded answer. One definition, used by training
-metrics (`estimate`), checkpoint evaluation and the experiments' tables.
+metrics (`estimate`, and `evaluation`: one evaluation as the training loops record it), checkpoint
+evaluation and the experiments' tables.
 
 Per split it reports (names as in the store's `evaluations.split` / `metrics.name` without "/acc"):
     <split>                  verified accuracy over the split's rows
@@ -27,6 +28,7 @@ from diffusion.data import (
     splits_from_family,
     splits_from_snapshot,
 )
+from diffusion.grokfast import slow_part
 from diffusion.objective import never_predict_mask, objective_loss
 from diffusion.sample import answer_columns, exact_match, predict, sampler_info
 from storage.home import is_url
@@ -220,3 +222,53 @@ def write_answers(path: str | Path, meta: dict, family: TaskFamily, tokenizer: T
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
+
+
+# --- evaluation during training ------------------------------------------------------------------
+
+def evaluation(cfg: TrainConfig, model: torch.nn.Module, eval_splits: dict[str, EncodedSplit], family: TaskFamily,
+               tokenizer: Tokenizer, step: int, lr: float, accum: dict, diagnostics: dict,
+               t_mem: int | None, t_grok: int | None, board) -> tuple[dict[str, float], int | None, int | None]:
+    """One evaluation as every loop records it (`train`, and each run of `train_batched`): the
+    estimate, lr, the mean batch loss and step time since the last one, the update's diagnostics;
+    T_mem and T_grok set when first reached; mirrored to TensorBoard."""
+    metrics = estimate(cfg, model, eval_splits, family, tokenizer, step)
+    metrics["lr"] = lr
+    if accum["n"]:
+        metrics["train/batch_loss"] = accum["loss"] / accum["n"]
+        metrics["step_time"] = accum["time"] / accum["n"]
+    metrics.update(diagnostics)
+    if t_mem is None and metrics.get(memorized_metric(family, metrics), 0.0) >= cfg.mem_threshold:
+        t_mem = step
+    if t_grok is None and metrics.get("test_id/acc", 0.0) >= cfg.grok_threshold:
+        t_grok = step
+    if board is not None:  # rank 0's (distributed.py)
+        for name, value in sorted(metrics.items()):
+            board.add_scalar(name, value, step)
+        board.flush()
+    return metrics, t_mem, t_grok
+
+
+def memorized_metric(family: TaskFamily, metrics: dict[str, float]) -> str:
+    """What T_mem is measured on: the rows that must be memorised (two_hop: inferred train facts)."""
+    kind = f"train_{family.memorized_kind}/acc"
+    return kind if kind in metrics else "train/acc"
+
+
+def update_diagnostics(cfg: TrainConfig, model: torch.nn.Module, filter_state, clip_norm: torch.Tensor | None) -> dict:
+    """grad_norm (the raw gradient) and grokfast/filter_ratio (|added| / |raw|) of the last update, read
+    at eval time off the gradients it left and the filter's state, so the step itself does no extra work."""
+    params = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
+    if not params:
+        return {}
+    # p.grad is the filtered gradient, scaled by clipping when it clipped
+    scale = min(1.0, cfg.grad_clip / (float(clip_norm) + 1e-6)) if cfg.grad_clip and clip_norm is not None else 1.0
+    added = slow_part(filter_state, cfg.grokfast, cfg.grokfast_lamb, cfg.grokfast_filter,
+                      window_size=cfg.grokfast_window) if cfg.grokfast != "none" else {}
+    with torch.no_grad():
+        raw = [p.grad / scale - added[n] if n in added else p.grad / scale for n, p in params]
+        raw_norm = global_norm(raw)
+        out = {"grad_norm": raw_norm}
+        if added:
+            out["grokfast/filter_ratio"] = global_norm(list(added.values())) / max(raw_norm, 1e-12)
+    return out

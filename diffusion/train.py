@@ -6,8 +6,8 @@
 
 One loop, read top to bottom: evaluate + record + checkpoint on their schedules, set the LR,
 forward/backward, Grokfast filter, clip, step. The settings are `TrainConfig` (diffusion/config.py);
-checkpoints and the run directory are diffusion/checkpoint.py; metrics leave the loop through one
-call, `record`, into storage/runs.py. Everything random draws from explicit generators saved with
+checkpoints and the run directory are diffusion/checkpoint.py; an evaluation is
+diffusion/evaluate.py's `evaluation`; metrics leave the loop through one call, `record`, into storage/runs.py. Everything random draws from explicit generators saved with
 the checkpoint, so a run killed at any point (SIGKILL included) resumes to exactly the numbers it
 would have produced uninterrupted (on CPU).
 """
@@ -37,7 +37,7 @@ from rich.progress import (
 from rich.text import Text
 
 from agents.progress import output_console, progress_bar
-from agents.tasks import TaskFamily, Tokenizer
+from agents.tasks import Tokenizer
 from diffusion import distributed
 from diffusion.checkpoint import (
     TrainState,
@@ -60,9 +60,9 @@ from diffusion.config import (
     run_id_of,
     train_overrides,
 )
-from diffusion.data import BatchSampler, EncodedSplit, load_family, load_splits, read_snapshot_meta
-from diffusion.evaluate import estimate, global_norm
-from diffusion.grokfast import gradfilter_ema, gradfilter_ma, slow_part
+from diffusion.data import BatchSampler, load_family, load_splits, read_snapshot_meta
+from diffusion.evaluate import evaluation, update_diagnostics
+from diffusion.grokfast import gradfilter_ema, gradfilter_ma
 from diffusion.model import Denoiser, GrokfastRefDecoder
 from diffusion.objective import objective_loss
 from storage.home import grokloop_home, runs_dir
@@ -114,8 +114,8 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
                                 f"checkpoints are not under {home} (it was trained elsewhere and imported): it "
                                 "cannot be continued here; continue it where its checkpoints are, or pick "
                                 "another run_name")
-    # a log gets whole lines, a progress line every 10 s; only rank 0 prints
-    console = output_console(quiet=not (cfg.progress and procs.is_main))
+    # a log gets whole lines, a progress line every 10 s (no bar with progress=False); only rank 0 prints
+    console = output_console(quiet=not procs.is_main)
 
     # data and model (bad data fails here, before anything is written)
     tokenizer, splits = load_splits(cfg)
@@ -173,7 +173,8 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
                         state.accum, diagnostics, state.t_mem, state.t_grok, board)
                     state.accum, state.evaluated = new_accum(), step
                     rows = [(step, k, float(v)) for k, v in sorted(metrics.items())]
-                    progress.console.print(eval_line(step, metrics, state.t_mem, state.t_grok) + pace.line(step))
+                    progress.console.print(eval_line(step, metrics, state.t_mem, state.t_grok, run_of(cfg))
+                                           + pace.line(step))
                     progress.update(bar, info=f"train {metrics.get('train/acc', 0):.3f} "
                                               f"test {metrics.get('test_id/acc', 0):.3f}")
                     done = done or patience_over(cfg, step, state.t_grok, state.t_mem)
@@ -323,56 +324,6 @@ def sigterm_stops() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# --- evaluation during training ------------------------------------------------------------------
-
-def evaluation(cfg: TrainConfig, model: Denoiser, eval_splits: dict[str, EncodedSplit], family: TaskFamily,
-               tokenizer: Tokenizer, step: int, lr: float, accum: dict, diagnostics: dict,
-               t_mem: int | None, t_grok: int | None, board) -> tuple[dict[str, float], int | None, int | None]:
-    """One evaluation as every loop records it (`train`, and each run of `train_batched`): the
-    estimate, lr, the mean batch loss and step time since the last one, the update's diagnostics;
-    T_mem and T_grok set when first reached; mirrored to TensorBoard."""
-    metrics = estimate(cfg, model, eval_splits, family, tokenizer, step)
-    metrics["lr"] = lr
-    if accum["n"]:
-        metrics["train/batch_loss"] = accum["loss"] / accum["n"]
-        metrics["step_time"] = accum["time"] / accum["n"]
-    metrics.update(diagnostics)
-    if t_mem is None and metrics.get(memorized_metric(family, metrics), 0.0) >= cfg.mem_threshold:
-        t_mem = step
-    if t_grok is None and metrics.get("test_id/acc", 0.0) >= cfg.grok_threshold:
-        t_grok = step
-    if board is not None:  # rank 0's (distributed.py)
-        for name, value in sorted(metrics.items()):
-            board.add_scalar(name, value, step)
-        board.flush()
-    return metrics, t_mem, t_grok
-
-
-def memorized_metric(family: TaskFamily, metrics: dict[str, float]) -> str:
-    """What T_mem is measured on: the rows that must be memorised (two_hop: inferred train facts)."""
-    kind = f"train_{family.memorized_kind}/acc"
-    return kind if kind in metrics else "train/acc"
-
-
-def update_diagnostics(cfg: TrainConfig, model: Denoiser, filter_state, clip_norm: torch.Tensor | None) -> dict:
-    """grad_norm (the raw gradient) and grokfast/filter_ratio (|added| / |raw|) of the last update, read
-    at eval time off the gradients it left and the filter's state, so the step itself does no extra work."""
-    params = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
-    if not params:
-        return {}
-    # p.grad is the filtered gradient, scaled by clipping when it clipped
-    scale = min(1.0, cfg.grad_clip / (float(clip_norm) + 1e-6)) if cfg.grad_clip and clip_norm is not None else 1.0
-    added = slow_part(filter_state, cfg.grokfast, cfg.grokfast_lamb, cfg.grokfast_filter,
-                      window_size=cfg.grokfast_window) if cfg.grokfast != "none" else {}
-    with torch.no_grad():
-        raw = [p.grad / scale - added[n] if n in added else p.grad / scale for n, p in params]
-        raw_norm = global_norm(raw)
-        out = {"grad_norm": raw_norm}
-        if added:
-            out["grokfast/filter_ratio"] = global_norm(list(added.values())) / max(raw_norm, 1e-12)
-    return out
-
-
 # --- records: the store, TensorBoard, the console ------------------------------------------------
 
 def record(cfg: TrainConfig, state: TrainState, dataset_id: str | None, status: str,
@@ -425,7 +376,12 @@ class StepsPerSecond(ProgressColumn):
 def progress_display(cfg: TrainConfig, console):
     return progress_bar(TextColumn(f"[bold]{cfg.run_id}"), BarColumn(), MofNCompleteColumn(), StepsPerSecond(),
                         TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
-                        disable=console.quiet)
+                        disable=console.quiet or not cfg.progress)
+
+
+def run_of(cfg: TrainConfig) -> str | None:
+    """Without the bar (an experiment's runs, several to a log) each eval line names its run."""
+    return None if cfg.progress else cfg.run_id
 
 
 class Pace:
@@ -450,8 +406,9 @@ def pending_line(run_id: str, run_dir: Path, done: bool) -> str:
             f"`grokloop ingest` writes them when the store is free")
 
 
-def eval_line(step: int, m: dict[str, float], t_mem: int | None, t_grok: int | None) -> str:
-    parts = [f"step {step:>6}"]
+def eval_line(step: int, m: dict[str, float], t_mem: int | None, t_grok: int | None,
+              run_id: str | None = None) -> str:
+    parts = [f"{run_id + ' ' if run_id else ''}step {step:>6}"]
     for split in ("train", "test_id", "test_ood"):
         if f"{split}/acc" in m:
             parts.append(f"{split} loss {m[f'{split}/loss']:.4f} acc {m[f'{split}/acc']:.3f}")

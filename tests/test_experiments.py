@@ -12,9 +12,10 @@ from storage.store import open_store
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
-def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path, prefect_server):
+def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path, prefect_server, capsys):
     out = tmp_path / "results"
     result = run_experiment(name, quick=True, out_dir=out, home=str(tmp_path / "home"))
+    printed = capsys.readouterr().out.splitlines()
 
     summary, plot = result["summary"], result["plot"]
     assert summary == out / f"{name}.md" and plot == out / f"{name}.png"
@@ -37,6 +38,10 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
             assert run_id in text
             n_metrics = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run_id]).fetchone()[0]
             assert n_metrics > 0
+            # its progress while it trained: a line per evaluation, naming the run (runs share the log)
+            evals = con.execute("SELECT count(*) FROM metrics WHERE run_id = ? AND name = 'test_id/acc'",
+                                [run_id]).fetchone()[0]
+            assert sum(line.startswith(f"{run_id} step ") for line in printed) == evals > 0
         # Every T_mem and T_grok the table reports is the one the store recorded for that run.
         for row in result["table"]:
             for key in ("t_mem", "t_grok"):

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from agents.tasks import get_family
 from agents.tasks.programs import PRIMITIVES
 from diffusion.data import EncodedSplit, encode_rows, eval_rows, splits_from_family
-from diffusion.evaluate import accuracy_by_split, answers_correct
+from diffusion.evaluate import accuracy_by_split, answers_correct, estimate
 from diffusion.sample import exact_match
-from diffusion.train import TrainConfig, estimate, load_config, train
+from diffusion.train import TrainConfig, load_config, train
 
 P5 = {"p": 5, "train_fraction": 0.6, "seed": 0}
 
@@ -173,11 +173,11 @@ def test_two_hop_reports_atomic_and_inferred_train_accuracy_and_the_run_keeps_it
 
 
 def test_t_mem_is_on_the_inferred_train_facts(tmp_path, monkeypatch):
-    import diffusion.train as train_module
+    import diffusion.evaluate as evaluate_module
 
     fake = {"train/acc": 1.0, "train_atomic/acc": 1.0, "train_inferred/acc": 0.5, "test_id/acc": 0.0,
             "train/loss": 0.0, "test_id/loss": 0.0, "weight_norm": 1.0}
-    monkeypatch.setattr(train_module, "estimate", lambda *a, **k: dict(fake))
+    monkeypatch.setattr(evaluate_module, "estimate", lambda *a, **k: dict(fake))
     cfg = TrainConfig(family="two_hop", family_params=TWO_HOP, hidden_size=16, num_layers=1, num_heads=2,
                       batch_size=16, max_steps=2, eval_every=1, home=str(tmp_path), run_name="tm",
                       progress=False)
