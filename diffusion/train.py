@@ -6,10 +6,10 @@
 
 One loop, read top to bottom: evaluate + record + checkpoint on their schedules, set the LR,
 forward/backward, Grokfast filter, clip, step. The settings are `TrainConfig` (diffusion/config.py);
-checkpoints and the run directory are diffusion/checkpoint.py; an evaluation is
-diffusion/evaluate.py's `evaluation`; metrics leave the loop through one call, `record`, into storage/runs.py. Everything random draws from explicit generators saved with
-the checkpoint, so a run killed at any point (SIGKILL included) resumes to exactly the numbers it
-would have produced uninterrupted (on CPU).
+checkpoints and the run directory are diffusion/checkpoint.py; an evaluation is diffusion/evaluate.py's
+`evaluation`; metrics leave the loop through one call, `record`, into storage/runs.py. Everything
+random draws from explicit generators saved with the checkpoint, so a run killed at any point
+(SIGKILL included) resumes to exactly the numbers it would have produced uninterrupted (on CPU).
 """
 
 from __future__ import annotations
