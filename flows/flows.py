@@ -22,7 +22,7 @@ from prefect.tasks import exponential_backoff
 
 from flows import steps
 from flows.config import LoopConfig
-from flows.runners import fan_out
+from flows.runners import Runner, fan_out
 
 # Every step reads or writes the store, whose contents change between calls with equal arguments,
 # so Prefect's input cache would return stale results: caching is off and idempotence lives in the
@@ -44,6 +44,17 @@ train_seeds_task = task(steps.train_seeds, name="train-seeds", cache_policy=NONE
 # rerun logs new trajectories (new ids) beside what the first attempt flushed.
 collect_shard_task = task(steps.collect_shard, name="collect-shard", cache_policy=NONE)
 propose_task = task(steps.propose, name="propose", cache_policy=NONE, retries=1, retry_delay_seconds=1)
+
+
+def train_on(runner: Runner, train, calls: list[tuple], name: str) -> list[Any]:
+    """`fan_out` of a training task (`train_task`, each call's one argument a TrainConfig, or
+    `train_seeds_task`, a list of them). If it ends early, the runs it leaves `running` are recorded
+    as stopped (`steps.record_stopped`): on a cluster, nothing else would."""
+    try:
+        return fan_out(runner, train, calls, name=name)
+    except BaseException:
+        steps.record_stopped([cfg for (arg,) in calls for cfg in (arg if isinstance(arg, list) else [arg])])
+        raise
 
 
 def _config(cfg: LoopConfig | None) -> LoopConfig:
@@ -113,7 +124,7 @@ def loop_flow(cfg: LoopConfig | None = None, run_prefix: str = "loop", fresh_see
                  f"{steps.train_config(c, family, None, run_name='-').max_steps:,} steps -> evaluate")
         snap = curate_task(c, family)
         # The run is one task: on a cluster worker when `cfg.runner` says, here otherwise.
-        run, = fan_out(c.runner_settings(), train_task, [(steps.train_config(
+        run, = train_on(c.runner_settings(), train_task, [(steps.train_config(
             c, family, snap["path"], run_name=f"{run_prefix}-{family}-{snap['dataset_id'][:8]}"),)], name="train-run")
         evaluation = evaluate_task(c, run["checkpoint_dir"])
         summary[family] = {"dataset": snap, "run": run, "evaluation": evaluation,
@@ -157,7 +168,7 @@ def self_improve_flow(cfg: LoopConfig | None = None, family: str = "modular", ro
             ingest_task(c)
         snap = curate_task(c, family)
         # Each round trains on from the last: one run at a time, on a worker when `cfg.runner` says.
-        run, = fan_out(c.runner_settings(), train_task, [(steps.train_config(
+        run, = train_on(c.runner_settings(), train_task, [(steps.train_config(
             c, family, snap["path"], run_name=f"{loop_id}-r{r}", init_from=checkpoint),)], name="train-round")
         evaluation = evaluate_task(c, run["checkpoint_dir"])
         checkpoint = run["checkpoint_dir"]

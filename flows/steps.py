@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from agents.runner import run_agents, run_shard, shard_report
 from agents.tasks import get_family
 from diffusion import train as training  # training.train looked up per call: tests wrap it
 from diffusion.batched import batchable, batching_pays, train_batched
 from diffusion.checkpoint import checkpoint_meta, has_checkpoint, resolve_checkpoint
-from diffusion.config import TrainConfig
+from diffusion.config import TrainConfig, run_id_of
 from diffusion.evaluate import evaluate_checkpoint
 from flows.config import LoopConfig
 from flows.model_agent import model_version, run_model_agent
 from storage.datasets import SnapshotSpec, build_snapshot, latest_named, publish_snapshot
 from storage.home import grokloop_home, has_store, spool_location, store_location
 from storage.ingest import ingest_spool
+from storage.runs import mark_stopped
 from storage.store import open_store
+
+_stderr = Console(stderr=True)
 
 
 def collect(cfg: LoopConfig, family: str, *, policy: str | None = None, seed: int | None = None,
@@ -172,6 +178,24 @@ def train_seeds(cfgs: list, batch: bool | None = None) -> list:
     if batch and len(cfgs) > 1 and batchable(cfgs) is None and not any(has_checkpoint(c) for c in cfgs):
         return train_batched(cfgs)
     return [training.train(cfg, resume=has_checkpoint(cfg)) for cfg in cfgs]
+
+
+def record_stopped(cfgs: Sequence[TrainConfig]) -> list[str]:
+    """After a fan-out of these runs ended early (Ctrl-C, SIGTERM, one run failing and the cluster
+    closing on the others): record as stopped those the store still has as running, and say so. A
+    cluster worker killed with the command cannot record its run's end; a run that trained here did
+    (stopped or failed) and is left as it is. Returns the run ids marked."""
+    marked: list[str] = []
+    for home in {cfg.home for cfg in cfgs}:
+        run_ids = [run_id for cfg in cfgs if cfg.home == home and (run_id := run_id_of(cfg))]
+        try:
+            marked += mark_stopped(home, run_ids)
+        except Exception as err:  # the error that ended the fan-out is the one to raise
+            _stderr.print(f"could not record {len(run_ids)} runs as stopped: {err}")
+    if marked:
+        _stderr.print(f"recorded as stopped at their last evaluation (their workers ended with this "
+                      f"command; the same command continues them): {', '.join(marked)}")
+    return marked
 
 
 def evaluate(cfg: LoopConfig, checkpoint_dir: str) -> dict[str, Any]:

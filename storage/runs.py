@@ -55,6 +55,29 @@ def record_evaluation(home, run_id: str, rows: list[dict]) -> bool:
     return _write(home, run_id, {"evaluations": rows}, FINAL_TIMEOUT)
 
 
+def mark_stopped(home, run_ids: Sequence[str]) -> list[str]:
+    """Record as `stopped` those of `run_ids` the store has as `running` (storage/sql/runs.sql
+    `mark_stopped`); returns them, sorted. A busy store is waited for 30 s (a stopped command should
+    not hang), then StoreLocked."""
+    if not run_ids or not has_store(home):
+        return []
+    now = datetime.now(UTC).replace(tzinfo=None)
+
+    def mark(con: duckdb.DuckDBPyConnection) -> list[str]:
+        con.execute("BEGIN")
+        try:
+            running = [r for (r,) in con.execute(_SQL["select_running"], [list(run_ids)]).fetchall()]
+            con.execute(_SQL["mark_stopped"], [now, running])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return running
+
+    with open_store(store_location(home), timeout=30.0) as con:
+        return lake.retry_conflicts(lambda: mark(con), "recording runs as stopped")
+
+
 def stored_metrics(home, run_id: str, step: int) -> dict[str, float]:
     """The evaluation recorded at `step` (in the store, or still pending in the run directory):
     what a resumed, already complete run reports."""

@@ -250,6 +250,10 @@ def test_a_dask_experiment_stopped_by_sigterm_leaves_no_process_and_the_same_com
     assert len(stopped_at) == 2 and all(step < 300 for step in stopped_at.values()), stopped_at
     with duckdb.connect(str(store_path(tmp_path)), read_only=True) as con:
         before = con.execute("SELECT run_id, step, name, value FROM metrics ORDER BY ALL").fetchall()
+        # the killed workers could not say so; the CLI did, for each run at the last step recorded
+        stopped = con.execute("SELECT run_id, status, final_step = (SELECT max(step) FROM metrics m "
+                              "WHERE m.run_id = runs.run_id) FROM runs ORDER BY run_id").fetchall()
+    assert stopped == [(r, "stopped", True) for r in sorted(stopped_at)]
 
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=900)
     with duckdb.connect(str(store_path(tmp_path)), read_only=True) as con:

@@ -18,7 +18,7 @@ import torch
 from agents.sdk import TrajectoryLogger
 from flows.config import LoopConfig
 from flows.runners import Runner
-from storage.home import is_url, spool_location
+from storage.home import is_url, spool_location, store_path
 from storage.ingest import ingest_spool
 from storage.spool import published_segments, read_records, remove_stale_tmp, write_segment
 from storage.store import open_store
@@ -253,3 +253,34 @@ def test_a_republished_directory_replaces_its_local_copy(memory_home, tmp_path, 
     second = shared.local_copy(url, "meta.json")
     assert second != first and (second / "rows.txt").read_bytes() == b"v2"
     assert sorted((tmp_path / "grokloop-shared").iterdir()) == [second]  # the stale copy is gone
+
+
+def test_a_training_fan_out_that_ends_early_records_the_runs_it_left_running_as_stopped(tmp_path):
+    """What a cluster stop leaves: a worker killed mid-run never records its run's end. `train_on`
+    records the runs still `running` as stopped at the step they reached (the command's own error is
+    still raised); runs already over keep their status; a worker that outlived the command writes a
+    newer row, which wins. Both call forms: a list of seeds (train_seeds_task) and one config."""
+    from prefect import task
+
+    from diffusion.train import TrainConfig, run_record
+    from flows.flows import train_on
+    from storage.runs import record_run
+
+    home = str(tmp_path)
+    cfgs = {name: TrainConfig(run_id=name, run_name=name, home=home) for name in ("lost", "done", "crashed")}
+    for name, status, step in [("lost", "running", 40), ("done", "finished", 100), ("crashed", "failed", 30)]:
+        record_run(home, run_record(cfgs[name], status, step, None, None, None))
+
+    def worker_lost(_):
+        raise RuntimeError("worker lost")
+
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train_on(Runner(), task(worker_lost), [([cfgs["lost"], cfgs["done"]],), (cfgs["crashed"],)], name="t")
+
+    def runs() -> dict:
+        with open_store(store_path(home), read_only=True) as con:
+            return {r: (s, n) for r, s, n in con.execute("SELECT run_id, status, final_step FROM runs").fetchall()}
+
+    assert runs() == {"lost": ("stopped", 40), "done": ("finished", 100), "crashed": ("failed", 30)}
+    record_run(home, run_record(cfgs["lost"], "running", 60, None, None, None))  # its worker lived on
+    assert runs()["lost"] == ("running", 60)

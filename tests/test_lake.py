@@ -233,12 +233,13 @@ def test_an_unreachable_catalog_is_one_clear_error(postgres, home, monkeypatch):
 
 
 def test_training_records_land_in_the_lake(lake_store, home):
-    from storage.runs import record_evaluation, record_run, stored_metrics
+    from storage.runs import mark_stopped, record_evaluation, record_run, stored_metrics
 
     row = {"run_id": "r1", "name": "r1", "objective": "mdm", "dataset_id": None, "config": "{}",
            "status": "running", "parent_run_id": None, "t_mem": None, "t_grok": None,
            "grok_ratio": None, "grok_delay": None, "final_step": None}
     assert record_run(home, row, [(10, "train/loss", 2.0)], [(10, home / "ckpt")])
+    assert mark_stopped(home, ["r1", "r2"]) == ["r1"]  # a cluster stop's mark (no r2 in the store)
     # The run's later records replace its status and a metric written again (MERGE: no key needed).
     assert record_run(home, {**row, "status": "finished", "final_step": 20},
                       [(10, "train/loss", 1.5), (20, "train/loss", 1.0)], final=True)

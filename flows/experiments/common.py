@@ -11,8 +11,8 @@ from rich.console import Console
 
 from diffusion.checkpoint import imported_step
 from diffusion.config import run_id_of
-from flows.flows import train_seeds_task, train_task
-from flows.runners import Runner, fan_out
+from flows.flows import train_on, train_seeds_task, train_task
+from flows.runners import Runner
 from storage.home import has_store, store_location
 from storage.runs import last_stored_step
 from storage.store import open_store
@@ -37,14 +37,14 @@ def train_sweep(groups: list[list], runner: Runner = LOCAL) -> list[list]:
     """Every setting's seeds (`train_seeds`: one batched model when they can be): in turn here,
     or one task per setting, side by side on a cluster's workers (`runner`, flows/runners.py).
     Results per group, in order."""
-    return fan_out(runner, train_seeds_task, [(cfgs,) for cfgs in groups], name="sweep")
+    return train_on(runner, train_seeds_task, [(cfgs,) for cfgs in groups], name="sweep")
 
 
 def train_runs(cfgs: list, runner: Runner = LOCAL) -> list[dict[str, Any]]:
     """Train (or resume) every run of a sweep: in turn here, or side by side on a cluster's workers
     (`runner`, flows/runners.py). Results in `cfgs`' order, as `steps.train` returns them, less the
     runs that were trained elsewhere and imported (`imported_step`): those stay as the store has them."""
-    return fan_out(runner, train_task, [(cfg,) for cfg in trainable_here(cfgs)], name="sweep")
+    return train_on(runner, train_task, [(cfg,) for cfg in trainable_here(cfgs)], name="sweep")
 
 
 def trainable_here(cfgs: list) -> list:

@@ -70,3 +70,13 @@ GROUP BY ALL ORDER BY runs DESC, trained_on;
 -- a snapshot the store already has stays as it is.
 INSERT INTO datasets (dataset_id, name, params, clustering_id, n_rows, export_path)
 SELECT $1, $2, $3, $4, $5, NULL WHERE NOT EXISTS (FROM datasets WHERE dataset_id = $1);
+
+-- name: select_running
+SELECT run_id FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[])) AND status = 'running' ORDER BY run_id;
+
+-- name: mark_stopped
+-- Runs left `running` by a command that ended early (their workers killed with it) recorded as
+-- stopped, at the step they were recorded at. A worker that outlived the command writes a newer
+-- row (`updated_at`) and wins, as any later record does. (No RETURNING: DuckLake has none for UPDATE.)
+UPDATE runs SET status = 'stopped', updated_at = ?::TIMESTAMP
+WHERE run_id IN (SELECT unnest(?::VARCHAR[])) AND status = 'running';
