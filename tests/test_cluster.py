@@ -299,20 +299,26 @@ def test_a_step_written_again_on_s3_is_read_anew_not_from_the_local_copy_of_the_
         assert (now / name).read_bytes() == shared.read_bytes(f"{step_20}/{name}"), name
 
 
-def test_a_sweep_on_a_local_ray_records_the_runs_the_local_sweep_does(tmp_path, one_thread):
+def test_a_sweep_on_a_local_ray_records_the_runs_the_local_sweep_does(tmp_path, one_thread, capfd):
     """runner=ray: a Ray instance started for the sweep (2 CPUs, so both runs at once, each in a Ray
-    worker process), through prefect-ray; the same runs as made here, one after the other."""
+    worker process), through prefect-ray; the same runs as made here, one after the other. Each
+    run's eval lines reach this process's output (Ray forwards its workers')."""
     import ray
 
     def sweep(home, runner):
         cfgs = [tiny(home, f"ray-s{seed}", seed=seed) for seed in (0, 1)]
         return train_runs(cfgs, runner)
 
+    capfd.readouterr()
     on_ray = sweep(tmp_path / "ray", Runner("ray", n_workers=2))
     assert not ray.is_initialized()  # the runner stopped the Ray it started
+    printed = "".join(capfd.readouterr())
     here = sweep(tmp_path / "local", Runner())
-    assert [r["status"] for r in on_ray] == ["finished", "finished"]
     runs, metrics = _runs(tmp_path / "ray")
+    for run_id, *_ in runs:
+        evaluated = [step for r, step, name, _ in metrics if r == run_id and name == "test_id/acc"]
+        assert printed.count(f"{run_id} step ") == len(evaluated) > 1, (run_id, printed[-2000:])
+    assert [r["status"] for r in on_ray] == ["finished", "finished"]
     assert len(runs) == 2 and len({r[0] for r in metrics}) == 2
     assert (runs, metrics) == _runs(tmp_path / "local")
     assert [{k: v for k, v in r["metrics"].items() if k != "step_time"} for r in on_ray] == \
