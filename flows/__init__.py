@@ -8,3 +8,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # cores its start took longer than Prefect's 20 s ("Timed out while attempting to connect to ephemeral
 # Prefect API server"). Set here, so the worker processes see the same value.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# Ray collapses like lines of its workers within 5 s, ignoring every word with a digit: the eval lines
+# of an experiment's runs (`<run>-s0-... step 200 | ...`, one per run) would print as one "[repeated
+# 3x across cluster]". Read when ray is imported, so set before.
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
