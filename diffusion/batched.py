@@ -41,6 +41,7 @@ from diffusion.grouped import grouped_forward, stack_params
 from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
 from diffusion.train import (
     RunResult,
+    ended_status,
     eval_line,
     initial_model,
     is_eval_step,
@@ -146,10 +147,10 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
 
     try:
         _loop(runs, cfg, params, names, optimizer, batched_loss, mask_id, device)
-    except BaseException:
+    except BaseException as err:
         for run in runs:
             if not run.done:
-                record_run(run.home, run.row("failed"), [], [])
+                record_run(run.home, run.row(ended_status(err)), [], [])
                 run.board.close()
         raise
     return [RunResult(run_id=r.cfg.run_id, run_dir=r.dir, checkpoint_dir=latest_checkpoint(run_location(r.cfg, r.dir)),

@@ -156,11 +156,11 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
     saved_at = time.monotonic()
     model.train()
     try:
-        with progress, sigterm_stops() as sigterm:
+        with progress, stop_signals() as received:
             bar = progress.add_task(cfg.run_id, total=cfg.max_steps, completed=state.step, info="")
             while True:
                 step = state.step  # every process stops, and checkpoints, at one step
-                stopping, overdue = procs.any(sigterm.is_set(), checkpoint_overdue(cfg, saved_at))
+                stopping, overdue = procs.any(bool(received), checkpoint_overdue(cfg, saved_at))
                 done = step >= cfg.max_steps or patience_over(cfg, step, state.t_grok, state.t_mem)
 
                 # evaluate on the schedule and at the end, each step once even across restarts
@@ -223,15 +223,19 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
                 state.accum["n"] += 1
                 progress.update(bar, completed=state.step)
                 state.accum["time"] += time.perf_counter() - t0  # the whole step, bookkeeping included
-    except BaseException:
-        record(cfg, state, dataset_id, "failed")
+    except BaseException as err:
+        record(cfg, state, dataset_id, ended_status(err))
         raise
     finally:
         if board is not None:
             board.close()
     if status == "stopped":
-        # Exit as SIGTERM would (143): a caller looping over runs (an experiment, a flow) must stop too.
-        console.print(f"SIGTERM: saved step {state.step}; resume with --resume {cfg.run_id}")
+        # End as the signal would: a caller looping over runs (an experiment, a flow) must stop too.
+        # Ctrl-C as KeyboardInterrupt (a notebook's cell stops as usual), SIGTERM as exit 143.
+        by = "SIGTERM" if signal.SIGTERM in received else "Ctrl-C"
+        console.print(f"{by}: saved step {state.step}; resume with --resume {cfg.run_id}")
+        if by == "Ctrl-C":
+            raise KeyboardInterrupt
         raise SystemExit(128 + signal.SIGTERM)
     if not metrics:  # a complete run resumed: nothing left to do, its last evaluation is in the store
         metrics = stored_metrics(home, cfg.run_id, state.step)
@@ -309,19 +313,35 @@ def patience_over(cfg: TrainConfig, step: int, t_grok: int | None, t_mem: int | 
 
 
 @contextlib.contextmanager
-def sigterm_stops() -> Iterator[threading.Event]:
-    """SIGTERM sets the event instead of killing the process: the loop finishes its step, checkpoints,
-    records the run as stopped and exits. Only the main thread can catch signals; elsewhere the event
-    is never set."""
-    stop = threading.Event()
+def stop_signals() -> Iterator[list[int]]:
+    """SIGTERM or Ctrl-C (SIGINT) asks the loop to stop (the signals received, in order): it finishes
+    its step, checkpoints, records the run as stopped and ends as the signal would. A second Ctrl-C
+    stops at once (KeyboardInterrupt; the run keeps its last checkpoint). Only the main thread can
+    catch signals; elsewhere none is caught. A SIGINT the process ignores (a background job of a
+    script) stays ignored."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield stop
+        yield received
         return
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def stop(signum: int, frame) -> None:
+        received.append(signum)
+        if signum == signal.SIGINT:  # the next Ctrl-C interrupts as Python's default does
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    caught = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
+    previous = {signum: signal.signal(signum, stop) for signum in caught}
     try:
-        yield stop
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def ended_status(err: BaseException) -> str:
+    """A run's status when `err` ended its loop: stopped by a person or a signal (Ctrl-C, SIGTERM
+    turned into SystemExit by the CLI), which the same command continues; anything else failed."""
+    return "stopped" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
 
 
 # --- records: the store, TensorBoard, the console ------------------------------------------------

@@ -1,9 +1,11 @@
-"""`grokloop ingest | sql | export | export-runs | import-runs | status`: the store from the command line."""
+"""`grokloop ingest | sql | export | export-runs | import-runs | mark-stopped | status`: the store from the
+command line."""
 
 from __future__ import annotations
 
 import re
 import sys
+from datetime import timedelta
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -26,10 +28,19 @@ from storage.export import export_jsonl
 from storage.home import spool_dir, store_location
 from storage.ingest import ingest_paths, ingest_spool
 from storage.query import run_sql
-from storage.runs import export_runs, flush_pending, import_runs, match_runs, pending_records
+from storage.runs import (
+    export_runs,
+    flush_pending,
+    import_runs,
+    mark_stopped,
+    match_runs,
+    pending_records,
+    quiet_runs,
+)
 from storage.spool import TMP_SUFFIX, published_segments, remove_stale_tmp
 from storage.store import StoreLocked, open_store, schema_version, time_limit
 
+QUIET_RUN = timedelta(hours=1)  # `status` names runs `running` with no record for this long
 SHOWN_ROWS = 1000  # --format table shows at most this many rows; csv, json and parquet write them all
 
 app = typer.Typer(cls=OneLineErrors, no_args_is_help=True)
@@ -222,6 +233,26 @@ def import_runs_command(
                   "stay where they were trained, so they are reported here, not trained on)")
 
 
+@app.command("mark-stopped")
+def mark_stopped_command(
+    runs: list[str] = typer.Argument(..., help="run ids, or glob patterns of them ('composition-programs-*')"),
+    home: str = HOME,
+) -> None:
+    """Record as `stopped` those of these runs the store still has as `running` because their process
+    died without saying so (SIGKILL, a lost machine; `grokloop status` names the likely ones). The
+    command that started them continues them from their checkpoints. It stops no process: a run
+    still training records itself `running` again at its next evaluation."""
+    try:
+        run_ids = list(dict.fromkeys(r for pattern in runs for r in match_runs(home, pattern, stored=True)))
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="RUNS") from e
+    marked = mark_stopped(home, run_ids)
+    left = [r for r in run_ids if r not in marked]
+    console.print(f"recorded {len(marked)} run(s) as stopped" + (f": {', '.join(marked)}" if marked else ""))
+    if left:
+        console.print(f"{len(left)} not running, left as they were: {', '.join(left)}")
+
+
 @app.command()
 def status(home: str = HOME) -> None:
     """Where the store is, its schema version, rows per table and the spool backlog."""
@@ -248,3 +279,7 @@ def status(home: str = HOME) -> None:
         for name in tables:
             counts.add_row(name, f"{con.execute(f'SELECT count(*) FROM {name}').fetchall()[0][0]:,}")
     print_table(counts, console, err_console)
+    if quiet := quiet_runs(home, QUIET_RUN):
+        console.print(f"runs    {len(quiet)} recorded `running` with no record for over {QUIET_RUN.total_seconds() / 3600:g} h, their process "
+                      f"likely gone (`grokloop mark-stopped RUN...` records them stopped): "
+                      + ", ".join(f"{run_id} (last {at:%Y-%m-%d %H:%M} UTC)" for run_id, at in quiet))

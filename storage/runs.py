@@ -7,6 +7,7 @@ pending file (`runs/<run_id>/pending/<time>.json`: write, then rename), and reac
 the run's next write that gets through, at the end of the run (which waits `FINAL_TIMEOUT`), or at
 the next `grokloop ingest` (`flush_pending`). A run row carries the time it was made
 (`updated_at`), so a pending record that reaches the store late never replaces a newer status.
+`mark_stopped` records as stopped runs whose process is gone (`quiet_runs` lists the likely ones).
 `export_runs` / `import_runs` carry runs and their metrics between stores as one Parquet file
 (what a results page ships, so its numbers outlive the store they came from); `match_runs` reads a
 glob pattern as the run ids it matches.
@@ -19,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,16 @@ def mark_stopped(home, run_ids: Sequence[str]) -> list[str]:
         return lake.retry_conflicts(lambda: mark(con), "recording runs as stopped")
 
 
+def quiet_runs(home, quiet_for: timedelta) -> list[tuple[str, datetime]]:
+    """[(run_id, its last record)] of the runs the store has as `running` with no record for
+    `quiet_for`, the quietest first: their process is likely gone (`grokloop mark-stopped`)."""
+    if not has_store(home):
+        return []
+    since = datetime.now(UTC).replace(tzinfo=None) - quiet_for
+    with open_store(store_location(home), read_only=True, timeout=WRITE_TIMEOUT) as con:
+        return con.execute(_SQL["select_quiet_running"], [since]).fetchall()
+
+
 def stored_metrics(home, run_id: str, step: int) -> dict[str, float]:
     """The evaluation recorded at `step` (in the store, or still pending in the run directory):
     what a resumed, already complete run reports."""
@@ -125,11 +136,14 @@ def runs_trained_on(home, run_ids: Sequence[str]) -> list[tuple[dict | None, int
     return [(json.loads(where) if where else None, n) for where, n in rows]
 
 
-def match_runs(home, pattern: str) -> list[str]:
+def match_runs(home, pattern: str, *, stored: bool = False) -> list[str]:
     """The run ids a glob pattern matches (`clusters-15pct*-s?-*`), in order; a plain run id is returned
-    as it is, without reading the store. A pattern that matches no stored run is an error naming it."""
-    if not any(c in pattern for c in "*?["):
+    as it is, without reading the store (`stored`: it too must be in the store). A pattern that
+    matches no stored run is an error naming it."""
+    if not stored and not any(c in pattern for c in "*?["):
         return [pattern]
+    if not has_store(home):
+        raise ValueError(f"no run in the store matches {pattern!r}: there is no store at {store_location(home)}")
     with open_store(store_location(home), read_only=True) as con:
         run_ids = [r for (r,) in con.execute(_SQL["match_runs"], [pattern]).fetchall()]
     if not run_ids:

@@ -82,6 +82,33 @@ def test_batched_seeds_match_the_same_seeds_trained_one_by_one(tmp_path, grokfas
         close_rows(metric_rows(tmp_path, b.run_id), metric_rows(tmp_path, a.run_id))
 
 
+def test_interrupted_batched_seeds_are_recorded_stopped_and_each_resumes(tmp_path, monkeypatch):
+    """Ctrl-C (or the CLI's SIGTERM, a SystemExit) mid-step: every unfinished run is `stopped`, not
+    failed, and continues alone from its checkpoint to the numbers of the uninterrupted run."""
+    import diffusion.batched as batched_module
+
+    cfgs = [tiny(tmp_path, f"b{s}", seed=s, family_params={**P5, "seed": s}, max_steps=60, eval_every=20,
+                 checkpoint_every=20) for s in (0, 1)]
+    real = batched_module.learning_rate
+
+    def interrupted_at_45(cfg, step):
+        if step == 45:
+            raise KeyboardInterrupt
+        return real(cfg, step)
+
+    monkeypatch.setattr(batched_module, "learning_rate", interrupted_at_45)
+    with pytest.raises(KeyboardInterrupt):
+        train_batched(cfgs)
+    monkeypatch.setattr(batched_module, "learning_rate", real)
+    for cfg in cfgs:
+        assert run_row(tmp_path, cfg.run_name)["status"] == "stopped"
+        assert (tmp_path / "runs" / cfg.run_name / "latest").read_text() == "step_40"
+        resumed = train(load_config(cfg.run_name, home=str(tmp_path)), resume=True)
+        alone = train(dataclasses.replace(cfg, run_name=f"one{cfg.seed}"))
+        assert resumed.final_step == 60 and run_row(tmp_path, cfg.run_name)["status"] == "finished"
+        close_rows(metric_rows(tmp_path, cfg.run_name), metric_rows(tmp_path, alone.run_id))
+
+
 def test_runs_that_differ_in_architecture_or_need_per_run_clipping_are_refused(tmp_path):
     a, b = tiny(tmp_path, "a"), tiny(tmp_path, "b", hidden_size=64)
     assert "hidden_size" in batchable([a, b])

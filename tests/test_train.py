@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import diffusion.train as train_module
 from agents.tasks import get_family
 from diffusion.evaluate import evaluate_checkpoint
 from diffusion.plot import _steps_before, plot_runs
@@ -180,6 +181,102 @@ def test_killed_run_resumes_to_identical_metrics(reference, tmp_path, sig):
     assert again.final_step == 300 and run_row(tmp_path, "victim")["status"] == "finished"
     assert again.metrics == result.metrics and again.t_grok == result.t_grok
     assert metric_rows(tmp_path, "victim") == metric_rows(ref_home, "ref")
+
+
+def test_ctrl_c_on_grokloop_train_checkpoints_records_stopped_and_exits_130(reference, tmp_path):
+    """A person's Ctrl-C does what SIGTERM does (checkpoint at this step, `stopped`), and the
+    command exits 130 (typer's code for it), no traceback; the run resumes to the uninterrupted numbers."""
+    ref_home, _ = reference
+    cfg = tiny(tmp_path, "victim", max_steps=300)
+    settings = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in asdict(cfg).items()
+                if k in ("family", "family_params", "hidden_size", "num_layers", "num_heads", "lr", "weight_decay",
+                         "batch_size", "max_steps", "eval_every", "sampler_steps", "grokfast", "run_name", "progress")]
+    code = "import sys; from flows.cli import app; sys.argv[0] = 'grokloop'; app()"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    # Ctrl-C reaches a process whose SIGINT is not ignored (a background job of a script ignores it,
+    # and so would this child of a backgrounded test run, without the reset).
+    proc = subprocess.Popen([sys.executable, "-c", code, "train", *settings, "--home", str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for_checkpoint(tmp_path / "runs" / "victim", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, err.decode()
+    row = run_row(tmp_path, "victim")
+    assert row["status"] == "stopped" and 0 < row["final_step"] < 300
+    assert (tmp_path / "runs" / "victim" / "latest").read_text() == f"step_{row['final_step']}"
+    assert f"Ctrl-C: saved step {row['final_step']}; resume with --resume victim" in out.decode()
+    assert b"Traceback" not in err
+    result = train(load_config("victim", home=str(tmp_path)), resume=True)
+    assert result.final_step == 300 and run_row(tmp_path, "victim")["status"] == "finished"
+    assert metric_rows(tmp_path, "victim") == metric_rows(ref_home, "ref")
+
+
+def test_an_interrupt_mid_step_records_stopped_and_the_run_resumes(reference, tmp_path, monkeypatch):
+    """A second Ctrl-C interrupts at once (KeyboardInterrupt mid-step): the run is recorded `stopped`,
+    not failed, and continues from its last checkpoint. A SIGINT the process ignores stays ignored."""
+    ref_home, _ = reference
+    real, handlers = train_module.learning_rate, []
+
+    def interrupted_at_137(cfg, step):  # the loop calls it once a step, inside its signal handling
+        handlers.append(signal.getsignal(signal.SIGINT))
+        if step == 137:
+            raise KeyboardInterrupt
+        return real(cfg, step)
+
+    monkeypatch.setattr(train_module, "learning_rate", interrupted_at_137)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny(tmp_path, "victim", max_steps=300))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert handlers and all(h is signal.SIG_IGN for h in handlers)
+    row = run_row(tmp_path, "victim")
+    assert row["status"] == "stopped" and row["final_step"] == 137
+    monkeypatch.setattr(train_module, "learning_rate", real)
+    result = train(load_config("victim", home=str(tmp_path)), resume=True)
+    assert result.final_step == 300 and run_row(tmp_path, "victim")["status"] == "finished"
+    assert metric_rows(tmp_path, "victim") == metric_rows(ref_home, "ref")
+
+
+def test_a_run_killed_with_sigkill_is_named_by_status_and_marked_stopped_by_hand(tmp_path, monkeypatch):
+    """SIGKILL leaves a run `running` with nobody to say otherwise: `grokloop status` names it once it
+    has been quiet (an hour; no wait here), `grokloop mark-stopped` records it stopped and leaves a
+    finished run alone, a bad name changes nothing, and the run continues to its end."""
+    from datetime import timedelta
+
+    from typer.testing import CliRunner
+
+    import flows.cli_store
+    from flows.cli import app
+
+    def cli(*args):
+        return CliRunner().invoke(app, [*args, "--home", str(tmp_path)])
+
+    train(tiny(tmp_path, "done", max_steps=20))
+    proc = _spawn(tiny(tmp_path, "victim", max_steps=300))
+    _wait_for_checkpoint(tmp_path / "runs" / "victim", proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert run_row(tmp_path, "victim")["status"] == "running"
+    assert "victim (last" not in cli("status").output  # recorded moments ago: not quiet yet
+    monkeypatch.setattr(flows.cli_store, "QUIET_RUN", timedelta(0))
+    quiet = " ".join(cli("status").output.split())
+    assert "1 recorded `running` with no record for over 0 h" in quiet and "victim (last" in quiet
+
+    bad = cli("mark-stopped", "victim", "nosuch")
+    assert bad.exit_code == 2 and "no run in the store matches 'nosuch'" in bad.output
+    assert run_row(tmp_path, "victim")["status"] == "running"  # nothing marked when any name is wrong
+    marked = cli("mark-stopped", "vic*", "done")
+    assert marked.exit_code == 0, marked.output
+    assert "recorded 1 run(s) as stopped: victim" in marked.output
+    assert "1 not running, left as they were: done" in marked.output
+    assert [run_row(tmp_path, r)["status"] for r in ("victim", "done")] == ["stopped", "finished"]
+    assert "victim (last" not in cli("status").output
+
+    result = train(load_config("victim", home=str(tmp_path)), resume=True)
+    assert result.final_step == 300 and run_row(tmp_path, "victim")["status"] == "finished"
 
 
 def test_stopping_and_extending_a_run_matches_the_uninterrupted_one(reference, tmp_path):

@@ -71,6 +71,11 @@ GROUP BY ALL ORDER BY runs DESC, trained_on;
 INSERT INTO datasets (dataset_id, name, params, clustering_id, n_rows, export_path)
 SELECT $1, $2, $3, $4, $5, NULL WHERE NOT EXISTS (FROM datasets WHERE dataset_id = $1);
 
+-- name: select_quiet_running
+-- Runs recorded `running` with no record since a time (naive UTC, as `updated_at`): a run writes at
+-- least at each checkpoint (every `checkpoint_minutes`), so these are likely runs whose process is gone.
+SELECT run_id, updated_at FROM runs WHERE status = 'running' AND updated_at < ?::TIMESTAMP ORDER BY updated_at, run_id;
+
 -- name: select_running
 SELECT run_id FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[])) AND status = 'running' ORDER BY run_id;
 
