@@ -251,6 +251,9 @@ def _apply(con: duckdb.DuckDBPyConnection, record: dict) -> None:
             run["run_id"], run["name"], run["objective"], run["dataset_id"], run["config"], run["status"],
             run["parent_run_id"], run["t_mem"], run["t_grok"], run["grok_ratio"], run["grok_delay"],
             run["final_step"], run["updated_at"]])
+        if run["final_step"] is not None:
+            con.execute(_SQL["advance_stopped"], {k: run[k] for k in (
+                "run_id", "t_mem", "t_grok", "grok_ratio", "grok_delay", "final_step")})
         run_id = run["run_id"]
         if metrics := record.get("metrics"):
             steps, names, values = zip(*metrics, strict=True)

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -18,7 +19,7 @@ import torch
 from agents.sdk import TrajectoryLogger
 from flows.config import LoopConfig
 from flows.runners import Runner
-from storage.home import is_url, spool_location, store_path
+from storage.home import is_url, runs_dir, spool_location, store_path
 from storage.ingest import ingest_spool
 from storage.spool import published_segments, read_records, remove_stale_tmp, write_segment
 from storage.store import open_store
@@ -264,7 +265,7 @@ def test_a_training_fan_out_that_ends_early_records_the_runs_it_left_running_as_
 
     from diffusion.train import TrainConfig, run_record
     from flows.flows import train_on
-    from storage.runs import record_run
+    from storage.runs import _save_pending, flush_pending, record_run
 
     home = str(tmp_path)
     cfgs = {name: TrainConfig(run_id=name, run_name=name, home=home) for name in ("lost", "done", "crashed")}
@@ -282,5 +283,13 @@ def test_a_training_fan_out_that_ends_early_records_the_runs_it_left_running_as_
             return {r: (s, n) for r, s, n in con.execute("SELECT run_id, status, final_step FROM runs").fetchall()}
 
     assert runs() == {"lost": ("stopped", 40), "done": ("finished", 100), "crashed": ("failed", 30)}
-    record_run(home, run_record(cfgs["lost"], "running", 60, None, None, None))  # its worker lived on
+    # A record the lost worker made before the mark, at a later evaluation, that waited as a file for
+    # a busy store and lands after it: the run stays stopped, at the step and T_mem it had reached.
+    made = (datetime.now(UTC) - timedelta(minutes=1)).replace(tzinfo=None).isoformat()
+    _save_pending(runs_dir(home) / "lost", {"run": {**run_record(cfgs["lost"], "running", 50, 45, None, None),
+                                                    "updated_at": made}, "metrics": [[50, "train/acc", 1.0]]})
+    with open_store(store_path(home)) as con:
+        assert flush_pending(con, home) == 1
+    assert runs()["lost"] == ("stopped", 50)
+    record_run(home, run_record(cfgs["lost"], "running", 60, 45, None, None))  # its worker lived on
     assert runs()["lost"] == ("running", 60)

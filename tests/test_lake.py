@@ -19,9 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from storage import lake
+from storage.home import store_location
 from storage.ingest import ingest_paths
 from storage.query import run_sql
-from storage.store import StoreError, connect, migrations, schema_version
+from storage.store import StoreError, connect, migrations, open_store, schema_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -233,13 +234,18 @@ def test_an_unreachable_catalog_is_one_clear_error(postgres, home, monkeypatch):
 
 
 def test_training_records_land_in_the_lake(lake_store, home):
-    from storage.runs import mark_stopped, record_evaluation, record_run, stored_metrics
+    from storage.runs import _apply_all, mark_stopped, record_evaluation, record_run, stored_metrics
 
     row = {"run_id": "r1", "name": "r1", "objective": "mdm", "dataset_id": None, "config": "{}",
            "status": "running", "parent_run_id": None, "t_mem": None, "t_grok": None,
            "grok_ratio": None, "grok_delay": None, "final_step": None}
     assert record_run(home, row, [(10, "train/loss", 2.0)], [(10, home / "ckpt")])
     assert mark_stopped(home, ["r1", "r2"]) == ["r1"]  # a cluster stop's mark (no r2 in the store)
+    # A record made before the mark that lands after it (it waited as a file): later step, still stopped.
+    with open_store(store_location(home)) as con:
+        _apply_all(con, [{"run": {**row, "final_step": 15, "updated_at": "2000-01-01T00:00:00"}}])
+    with open_store(store_location(home), read_only=True) as con:
+        assert con.execute("SELECT status, final_step FROM runs").fetchall() == [("stopped", 15)]
     # The run's later records replace its status and a metric written again (MERGE: no key needed).
     assert record_run(home, {**row, "status": "finished", "final_step": 20},
                       [(10, "train/loss", 1.5), (20, "train/loss", 1.0)], final=True)

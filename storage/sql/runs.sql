@@ -1,11 +1,12 @@
--- A training run's records (storage/runs.py runs these blocks; `?` parameters, or the Arrow
+-- A training run's records (storage/runs.py runs these blocks; `?` or `$name` parameters, or the Arrow
 -- tables it registers: metric_rows(run_id, step, name, value), checkpoint_rows(run_id, step, path),
 -- evaluation_rows(run_id, step, family, split, n, accuracy, sampler)).
 
 -- name: upsert_run
 -- `updated_at` is when the record was made, not when it reached the store: a record that waited
--- as a file (the store was busy) never replaces a newer one. MERGE, not INSERT ... ON CONFLICT:
--- it needs no primary key, so the same statement runs on DuckLake (storage/lake.py).
+-- as a file (the store was busy) never replaces a newer one (but see `advance_stopped`). MERGE, not
+-- INSERT ... ON CONFLICT: it needs no primary key, so the same statement runs on DuckLake
+-- (storage/lake.py), which allows one UPDATE action in it.
 MERGE INTO runs USING (
     SELECT ?::VARCHAR AS run_id, ?::VARCHAR AS name, ?::VARCHAR AS objective, ?::VARCHAR AS dataset_id,
            ?::JSON AS config, ?::VARCHAR AS status, ?::VARCHAR AS parent_run_id, ?::INTEGER AS t_mem,
@@ -16,6 +17,14 @@ WHEN MATCHED AND r.updated_at >= runs.updated_at THEN UPDATE SET config = r.conf
     t_mem = r.t_mem, t_grok = r.t_grok, grok_ratio = r.grok_ratio, grok_delay = r.grok_delay,
     final_step = r.final_step, updated_at = r.updated_at
 WHEN NOT MATCHED THEN INSERT BY NAME;
+
+-- name: advance_stopped
+-- After `upsert_run`: a run recorded `stopped` (`mark_stopped`, or by hand) by someone who could not
+-- see a record still waiting as a file takes that record's later step and T_mem / T_grok, and stays
+-- stopped. A no-op for any other run, and for the run's own stop (its step is the record's).
+UPDATE runs SET t_mem = $t_mem, t_grok = $t_grok, grok_ratio = $grok_ratio, grok_delay = $grok_delay,
+    final_step = $final_step
+WHERE run_id = $run_id AND status = 'stopped' AND coalesce(final_step, -1) < $final_step;
 
 -- name: insert_metrics
 MERGE INTO metrics USING metric_rows AS r
