@@ -280,6 +280,7 @@ def status(home: str = HOME) -> None:
             counts.add_row(name, f"{con.execute(f'SELECT count(*) FROM {name}').fetchall()[0][0]:,}")
     print_table(counts, console, err_console)
     if quiet := quiet_runs(home, QUIET_RUN):
-        console.print(f"runs    {len(quiet)} recorded `running` with no record for over {QUIET_RUN.total_seconds() / 3600:g} h, their process "
+        hours = QUIET_RUN.total_seconds() / 3600
+        console.print(f"runs    {len(quiet)} recorded `running` with no record for over {hours:g} h, their process "
                       f"likely gone (`grokloop mark-stopped RUN...` records them stopped): "
                       + ", ".join(f"{run_id} (last {at:%Y-%m-%d %H:%M} UTC)" for run_id, at in quiet))
