@@ -3,6 +3,7 @@ claims from them is what they compute, and they still bind to the store's views.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -108,3 +109,28 @@ def test_the_late_query_windows_each_continued_clip_run(home):
     # best after 20,000: 0.97 and 0.03, mean 0.5, sample std 0.94 / sqrt(2)
     assert (summary["best_after_20000"], summary["groks_at"], summary["end"]) == \
         ("0.500 ± 0.665", "1/2 reach 95%", "0.500 ± 0.665")
+
+
+def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
+    connect().close()
+    def probe(run_id: str, tasks: int, t_mem: int | None, train: list[float], test_id: list[float]) -> None:
+        config = json.dumps({"weight_decay": 0.1, "seed": 0, "family_params": {"train_per_program": tasks}})
+        row = {"run_id": run_id, "name": None, "objective": "ar", "dataset_id": None, "config": config,
+               "status": "finished", "parent_run_id": None, "t_mem": t_mem, "t_grok": None, "grok_ratio": None,
+               "grok_delay": None, "final_step": 2500 * len(train)}
+        metrics = [(2500 * (i + 1), name, v) for name, curve in (("train/acc", train), ("test_id/acc", test_id),
+                                                                  ("test_ood/acc", [0.01] * len(train)))
+                   for i, v in enumerate(curve)]
+        assert record_run(home, row, metrics, final=True)
+    # memorised at the second evaluation (5,000), ID 0.40 there, best 0.45 after, ends at 0.41
+    probe("tpp20-wd0.1", 20, 5000, [0.5, 0.99, 1.0, 1.0], [0.30, 0.40, 0.45, 0.41])
+    probe("tpp50-wd1", 50, None, [0.5, 0.6], [0.5, 0.55])  # never memorised
+    probe("composition-x", 20, 2500, [1.0], [0.9])          # not a probe run
+    got = run_sql((RESULTS / "composition_programs_probe" / "probe.sql").read_text()).to_pylist()
+    assert [r["run_id"] for r in got] == ["tpp20-wd0.1", "tpp50-wd1"]
+    mem, never = got
+    assert (mem["t_mem"], mem["last_eval"], mem["x_t_mem"], mem["id_at_t_mem"], mem["id_best_after"]) == \
+        (5000, 10000, 2.0, 0.40, 0.45)
+    assert (mem["id_mean_from_t_mem"], mem["id_last"], mem["train_last"], mem["ood_best"]) == (0.42, 0.41, 1.0, 0.01)
+    assert (never["tasks_per_program"], never["id_at_t_mem"], never["id_best_after"], never["id_last"]) == \
+        (50, None, None, 0.55)
