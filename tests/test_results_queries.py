@@ -15,9 +15,10 @@ from storage.store import connect
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
-def _run(home, run_id: str, curves: dict[str, list[float]], status: str = "finished") -> None:
+def _run(home, run_id: str, curves: dict[str, list[float]], status: str = "finished",
+         config: str = '{"grok_threshold": 0.95}', t_mem: int | None = None) -> None:
     row = {"run_id": run_id, "name": None, "objective": "mdm", "dataset_id": None,
-           "config": '{"grok_threshold": 0.95}', "status": status, "parent_run_id": None, "t_mem": None,
+           "config": config, "status": status, "parent_run_id": None, "t_mem": t_mem,
            "t_grok": None, "grok_ratio": None, "grok_delay": None, "final_step": 20000}
     metrics = [(2500 * (i + 1), name, value) for name, curve in curves.items() for i, value in enumerate(curve)]
     assert record_run(home, row, metrics, final=True)
@@ -115,13 +116,8 @@ def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
     connect().close()
     def probe(run_id: str, tasks: int, t_mem: int | None, train: list[float], test_id: list[float]) -> None:
         config = json.dumps({"weight_decay": 0.1, "seed": 0, "family_params": {"train_per_program": tasks}})
-        row = {"run_id": run_id, "name": None, "objective": "ar", "dataset_id": None, "config": config,
-               "status": "finished", "parent_run_id": None, "t_mem": t_mem, "t_grok": None, "grok_ratio": None,
-               "grok_delay": None, "final_step": 2500 * len(train)}
-        metrics = [(2500 * (i + 1), name, v) for name, curve in (("train/acc", train), ("test_id/acc", test_id),
-                                                                  ("test_ood/acc", [0.01] * len(train)))
-                   for i, v in enumerate(curve)]
-        assert record_run(home, row, metrics, final=True)
+        _run(home, run_id, {"train/acc": train, "test_id/acc": test_id, "test_ood/acc": [0.01] * len(train)},
+             config=config, t_mem=t_mem)
     # memorised at the second evaluation (5,000), ID 0.40 there, best 0.45 after, ends at 0.41
     probe("tpp20-wd0.1", 20, 5000, [0.5, 0.99, 1.0, 1.0], [0.30, 0.40, 0.45, 0.41])
     probe("tpp50-wd1", 50, None, [0.5, 0.6], [0.5, 0.55])  # never memorised

@@ -6,7 +6,7 @@
 --   grokloop import-runs docs/results/composition_programs_probe/probe_runs.parquet
 --   grokloop sql --file docs/results/composition_programs_probe/probe.sql
 WITH probe AS (
-    SELECT run_id, t_mem, final_step, status,
+    SELECT run_id, t_mem, status,
            CAST(json_extract(config, '$.family_params.train_per_program') AS INTEGER) AS tasks_per_program,
            CAST(json_extract(config, '$.weight_decay') AS DOUBLE) AS weight_decay,
            CAST(json_extract(config, '$.seed') AS INTEGER) AS seed
