@@ -120,6 +120,8 @@ def processes(device: str = "cpu") -> Iterator[Processes]:
     where = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(where)
+        # TF32 matmuls (as nanoGPT): ~8x fp32's rate on Ampere and later, float32 weights and optimizer
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     joins = world_size > 1 and not dist.is_initialized()
     if joins:
         dist.init_process_group("nccl" if use_cuda else "gloo")

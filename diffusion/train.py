@@ -376,7 +376,7 @@ def trained_on(cfg: TrainConfig) -> dict:
     threads instead of one reaches T_mem at other steps. Each run row write carries this process's."""
     gpu = distributed.uses_cuda(cfg.device)
     return {"torch": torch.__version__, "device": torch.cuda.get_device_name() if gpu else "cpu",
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), **({"matmul": "tf32"} if gpu else {})}
 
 
 def metrics_board(run_dir: Path, purge_step: int | None = None):

@@ -105,7 +105,8 @@ def test_a_world_can_be_run_alone_under_the_same_run_names():
     assert [c.run_name for _, _, c in programs] == [c.run_name for n, _, c in everything if n == "programs"]
     assert len(programs) == size.seeds
     with pytest.raises(ValueError, match=r"unknown world\(s\) \['two_hop-phi18'\] at this size; its worlds: "
-                                         r"two_hop, programs, programs-canonical"):
+                                         r"two_hop, programs, programs-canonical, "
+                                         r"programs-canonical-20"):
         composition_configs(size, None, worlds=["two_hop-phi18"])
     published = composition_configs(COMPOSITION_SIZES["published"], None, arms=["ar"], worlds=["two_hop-phi18"])
     assert {c.family_params["phi"] for _, _, c in published} == {18.0}

@@ -83,10 +83,13 @@ COMPOSITION_SIZES = {
         # held-out compositions), as two_hop has
         "programs": ("programs", PROGRAMS_CPU_WORLD),
         # the same tasks, each labelled with the first trained program that fits its examples
-        "programs-canonical": ("programs", {**PROGRAMS_CPU_WORLD, "labels": "canonical"})}),
+        "programs-canonical": ("programs", {**PROGRAMS_CPU_WORLD, "labels": "canonical"}),
+        # a tenth of the training tasks: a world where AR memorises (PROGRAMS_20_REASON)
+        "programs-canonical-20": ("programs", {**PROGRAMS_CPU_WORLD, "train_per_program": 20,
+                                               "labels": "canonical"})}),
     # Wang et al. 2024's own world (2,000 entities, 200 relations, 20 per entity, 5% OOD atomic facts)
     # at two of its phi, and its model (8 layers, width 768): a GPU's size.
-    "published": Size(seeds=3, max_steps=200000, eval_every=5000,
+    "published": Size(seeds=3, max_steps=200000, eval_every=1000,
                       train={"batch_size": 512, "hidden_size": 768, "num_layers": 8, "num_heads": 12,
                              "lr": 1e-4, "eval_max_rows": 3000, "patience": 20000}, params={
         f"two_hop-phi{phi:g}": ("two_hop", {"n_entities": 2000, "n_relations": 200, "relations_per_entity": 20,
@@ -126,8 +129,13 @@ PROGRAMS_CANONICAL_REASON = (
     "memorising them, which weight decay cannot remove without giving up training loss, so there may be no "
     "rule-only solution for a run to grok towards. Here the same tasks are labelled with the first trained "
     "program, shortest first, that fits their examples: one rule fits every label, as in two_hop.")
+PROGRAMS_20_REASON = (
+    "Why `programs-canonical-20`: on `programs-canonical` (200 training tasks per program) no arm memorises "
+    "within 3,000 steps (train and ID rise together): there is no T_mem to grok after. With 20 tasks per "
+    "program (1,900 training tasks) AR memorises at step 1,000-1,500 (docs/results/composition_programs_probe, "
+    "two inits), so 10 x T_mem is ~15,000 steps: a grid a CPU runs in hours.")
 WORLD_REASONS = {"two_hop": CPU_SIZE_REASON, "programs": PROGRAMS_WORLD_REASON,
-                 "programs-canonical": PROGRAMS_CANONICAL_REASON}
+                 "programs-canonical": PROGRAMS_CANONICAL_REASON, "programs-canonical-20": PROGRAMS_20_REASON}
 
 # What each arm is, for the page (its depth and width come from its config).
 ARM_ROLES = {
@@ -164,7 +172,7 @@ def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
              "T_grok - T_mem (negative: in-distribution accuracy got there first). "
              "ID = held-out compositions of seen pieces; OOD = compositions of atomic facts / primitive "
              "pairs never seen composed in training. best OOD is over every evaluation of the run. `train_min`: "
-             "minutes of optimisation steps on this CPU (the summary: all of an arm's runs together). `train_exact`, per "
+             "minutes of optimisation steps where the runs trained (`Trained on`; the summary: all of an arm's runs together). `train_exact`, per "
              "run: train rows whose answer matches the training label token for token (the verifier's accuracy "
              "also counts any other right answer).")
     for name, reason in WORLD_REASONS.items():  # why each CPU world, on the pages that run it
@@ -293,7 +301,7 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=DEFAU
                                       "best_ood_step", "ood_at_t_grok", "n_eval", "train_min"])
     notes = composition_notes(size, plan, arms, worlds)
     milestones = ood_milestones(size.max_steps, size.eval_every,
-                                finished=[r["step"] for r in table if r["status"] == "finished"])
+                                finished=[r["step"] for r in table if r["status"] in ("finished", "stopped")])
     over_run = markdown_table(ood_over_run(table, milestones), ["setting", "arm", *map(str, milestones)])
     body = "\n".join(["Mean ± std over seeds (n = runs; T_mem / T_grok over the runs that reached them):", "",
                       *summary, "", "OOD accuracy at fixed steps, mean ± std over the runs that reached the step:",
@@ -344,7 +352,7 @@ def _until(last: TrainConfig) -> str:
 def ood_milestones(cap: int, eval_every: int, count: int = 6, finished=()) -> list[int]:
     """At most `count` evaluation steps: multiples of one stride (itself a multiple of eval_every), then the
     cap, which the run also evaluates. 8,000 by 1,000 is 2, 4, 6, 8 thousand, not an uneven 1, 3, 4, 5, 7, 8.
-    Plus the steps where `finished` runs stopped, so arms run to different caps meet in one column."""
+    Plus the steps where `finished` runs ended (finished or stopped), so arms run to different caps meet in one column."""
     evals = -(-cap // eval_every)  # ceil: the cap itself is evaluated when it is not a multiple
     stride = -(-evals // count) * eval_every
     return sorted({*[*range(stride, cap, stride), cap][-count:], *finished})
