@@ -232,7 +232,7 @@ def _optimizer_slice(optimizer, i: int) -> dict:
 def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_state, ckpt_every: int) -> None:
     """`train`'s loop top for one run: evaluate, T_mem / T_grok, checkpoint, store, stop."""
     cfg = run.cfg
-    done = step >= cfg.max_steps or patience_over(cfg, step, run.t_grok)
+    done = step >= cfg.max_steps or patience_over(cfg, step, run.t_grok, run.t_mem)
     evaluate_now = is_eval_step(cfg, step) or done  # the schedule `train` keeps (log included)
     checkpoint_now = step % ckpt_every == 0 or done
     if not (evaluate_now or checkpoint_now):
@@ -248,7 +248,7 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
         rows = [(step, k, float(v)) for k, v in sorted(m.items())]
         run.metrics, run.evaluated = m, step
         print(eval_line(step, m, run.t_mem, run.t_grok, cfg.run_id), flush=True)  # seeds share the log
-        done = done or patience_over(cfg, step, run.t_grok)
+        done = done or patience_over(cfg, step, run.t_grok, run.t_mem)
     ckpts = []
     if checkpoint_now or done:
         state = {"pending_rows": rows, "step": step, "optimizer": _optimizer_slice(optimizer, run.index),

@@ -82,6 +82,17 @@ def test_batched_seeds_match_the_same_seeds_trained_one_by_one(tmp_path, grokfas
         close_rows(metric_rows(tmp_path, b.run_id), metric_rows(tmp_path, a.run_id))
 
 
+def test_batched_runs_stop_by_the_rule_where_train_stops_them(tmp_path):
+    """patience after T_grok, once past mem_multiple x T_mem: T_grok here is step 0 (a threshold of 0.2),
+    T_mem 140, so the rule ends the run at 280, before the cap, batched or not."""
+    cfg = tiny(tmp_path, "rule", max_steps=300, patience=20, mem_multiple=2.0, grok_threshold=0.2)
+    alone = train(dataclasses.replace(cfg, run_name="rule-alone"))
+    (batched,) = train_batched([cfg])
+    assert (alone.t_grok, alone.t_mem, alone.final_step) == (0, 140, 280)
+    assert (batched.t_grok, batched.t_mem, batched.final_step) == (0, 140, 280)
+    assert run_row(tmp_path, "rule")["status"] == "finished"
+
+
 def test_interrupted_batched_seeds_are_recorded_stopped_and_each_resumes(tmp_path, monkeypatch):
     """Ctrl-C (or the CLI's SIGTERM, a SystemExit) mid-step: every unfinished run is `stopped`, not
     failed, and continues alone from its checkpoint to the numbers of the uninterrupted run."""
