@@ -37,13 +37,11 @@ from diffusion.config import config_from_dict, config_to_json  # noqa: E402
 
 def plan(path: Path, size: str, arms: list[str], worlds: list[str] | None, seeds: int | None,
          max_steps: int | None) -> None:
-    from flows.experiments.composition import COMPOSITION_SIZES, composition_configs
+    from flows.experiments import experiment_size
+    from flows.experiments.composition import composition_configs
 
-    chosen = COMPOSITION_SIZES[size]
-    if seeds:
-        chosen = dataclasses.replace(chosen, seeds=seeds)
-    if max_steps:  # the cap is not part of a run's name: the experiment continues these runs
-        chosen = dataclasses.replace(chosen, max_steps=max_steps)
+    # the cap is not part of a run's name: the experiment continues these runs past it
+    chosen = experiment_size("composition", size, seeds, max_steps)
     cfgs = [cfg for _, _, cfg in composition_configs(chosen, None, tuple(arms), worlds=worlds)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([json.loads(config_to_json(cfg)) for cfg in cfgs], indent=1))

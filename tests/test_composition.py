@@ -72,7 +72,7 @@ def test_ood_over_the_run_is_read_at_fixed_steps_from_the_runs_that_reached_them
     assert ood_milestones(20000, 1000) == [4000, 8000, 12000, 16000, 20000]
     assert ood_milestones(2500, 1000) == [1000, 2000, 2500]  # a cap off the schedule is still evaluated
     # arms stopped at 3,000 beside one run on to 20,000: a column where all of them are
-    assert ood_milestones(20000, 1000, finished=[3000, 3000, 20000]) == [3000, 4000, 8000, 12000, 16000, 20000]
+    assert ood_milestones(20000, 1000, ended=[3000, 3000, 20000]) == [3000, 4000, 8000, 12000, 16000, 20000]
     runs = [{"setting": "two_hop", "arm": "ar-shared", "ood": {20: 0.02, 40: 0.10, 60: 0.20}},
             {"setting": "two_hop", "arm": "ar-shared", "ood": {20: 0.04, 40: 0.06}},  # stopped before 60
             {"setting": "two_hop", "arm": "ar", "ood": {20: 0.03, 40: 0.03, 60: 0.03}}]

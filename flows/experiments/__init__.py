@@ -43,6 +43,21 @@ EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size], dict[str, dict[str, Any]
 }
 
 
+def experiment_size(name: str, size_name: str, seeds: int | None = None, max_steps: int | None = None):
+    """Experiment `name`'s size `size_name`, its seeds and step cap overridden where given (a copy)."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    sizes = EXPERIMENTS[name][1]
+    if size_name not in sizes:
+        raise ValueError(f"experiment {name!r} has no size {size_name!r}; sizes: {', '.join(sizes)}")
+    chosen = dataclasses.replace(sizes[size_name])
+    if seeds:
+        chosen.seeds = seeds
+    if max_steps:
+        chosen.max_steps = max_steps
+    return chosen
+
+
 def run_experiment(name: str, *, quick: bool = False, size: str | None = None, seeds: int | None = None,
                    max_steps: int | None = None, out_dir: str | Path = "docs/results", home: str | None = None,
                    runner: Runner = LOCAL, **options: Any) -> dict[str, Any]:
@@ -51,18 +66,10 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     size's; `options` go to the experiment (grokfast's `setups` / `objectives`, composition's `arms`,
     `worlds`, `patience`, `report_only`; clusters' `train_fraction`, `held_out`); returns {"table", "runs",
     "summary": md path, "plot": the main png, "plots": all}."""
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
-    fn, sizes, figures = EXPERIMENTS[name]
-    figures = figures(options) if callable(figures) else figures
     size_name = size or ("quick" if quick else "full")
-    if size_name not in sizes:
-        raise ValueError(f"experiment {name!r} has no size {size_name!r}; sizes: {', '.join(sizes)}")
-    chosen = dataclasses.replace(sizes[size_name])
-    if seeds:
-        chosen.seeds = seeds
-    if max_steps:
-        chosen.max_steps = max_steps
+    chosen = experiment_size(name, size_name, seeds, max_steps)
+    fn, _, figures = EXPERIMENTS[name]
+    figures = figures(options) if callable(figures) else figures
     home = str(grokloop_home(home))
     started = time.perf_counter()
     table, runs, body = fn(chosen, home, runner=runner, **options)

@@ -301,7 +301,7 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=DEFAU
                                       "best_ood_step", "ood_at_t_grok", "n_eval", "train_min"])
     notes = composition_notes(size, plan, arms, worlds)
     milestones = ood_milestones(size.max_steps, size.eval_every,
-                                finished=[r["step"] for r in table if r["status"] in ("finished", "stopped")])
+                                ended=[r["step"] for r in table if r["status"] in ("finished", "stopped")])
     over_run = markdown_table(ood_over_run(table, milestones), ["setting", "arm", *map(str, milestones)])
     body = "\n".join(["Mean ± std over seeds (n = runs; T_mem / T_grok over the runs that reached them):", "",
                       *summary, "", "OOD accuracy at fixed steps, mean ± std over the runs that reached the step:",
@@ -349,13 +349,13 @@ def _until(last: TrainConfig) -> str:
     return f"cap {last.max_steps}" if not last.patience else f"rule, cap {last.max_steps}"
 
 
-def ood_milestones(cap: int, eval_every: int, count: int = 6, finished=()) -> list[int]:
+def ood_milestones(cap: int, eval_every: int, count: int = 6, ended=()) -> list[int]:
     """At most `count` evaluation steps: multiples of one stride (itself a multiple of eval_every), then the
     cap, which the run also evaluates. 8,000 by 1,000 is 2, 4, 6, 8 thousand, not an uneven 1, 3, 4, 5, 7, 8.
-    Plus the steps where `finished` runs ended (finished or stopped), so arms run to different caps meet in one column."""
+    Plus the steps where runs `ended` (finished or stopped), so arms run to different caps meet in one column."""
     evals = -(-cap // eval_every)  # ceil: the cap itself is evaluated when it is not a multiple
     stride = -(-evals // count) * eval_every
-    return sorted({*[*range(stride, cap, stride), cap][-count:], *finished})
+    return sorted({*[*range(stride, cap, stride), cap][-count:], *ended})
 
 
 def ood_over_run(table: list[dict], steps: list[int]) -> list[dict]:
