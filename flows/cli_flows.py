@@ -184,7 +184,8 @@ def experiment(
                                            "10%,15%,25%,50% (default: all)"),
     settings: str = typer.Option("", help="clusters only: training settings changed for every run, "
                                           "'key=value ...' (e.g. 'grad_clip=1.0'); runs of their own"),
-    out: Path = typer.Option(Path("docs/results"), help="where NAME.md and NAME.png go"),
+    out: Path | None = typer.Option(None, help="where NAME.md and NAME.png go (default docs/results, where a page "
+                                                "written by another command is not replaced: say --out)"),
     setups: str = typer.Option("", help="grokfast only: a subset, e.g. baseline,ema"),
     objectives: str = typer.Option("", help="grokfast only: a subset, e.g. mdm-count,ar"),
     init: str = typer.Option("", help="grokfast only: torch (the published init, default) or small"),

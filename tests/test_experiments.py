@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -252,3 +254,36 @@ def test_the_clusters_grid_in_two_fresh_homes_records_the_same_curves(tmp_path, 
                 "WHERE name <> 'step_time' ORDER BY ALL").fetchall())
     assert len({run for run, *_ in curves[0]}) == 2 and len(curves[0]) > 100
     assert curves[0] == curves[1]
+
+
+def test_a_committed_page_is_not_replaced_by_another_command(tmp_path, monkeypatch):
+    """docs/results/NAME.md, written by one command, is kept when another (a --quick try, a part of its
+    grid) runs without --out: one line naming both commands, exit 2, before anything trains; the same
+    command (here its --report-only) rewrites it; --out gives the other one its own folder."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    home = str(tmp_path / "home")
+    page = tmp_path / "docs" / "results" / "composition.md"
+    page.parent.mkdir(parents=True)
+    committed = "# Experiment: composition\n\nReproduce: `grokloop experiment composition --size quick` (1 min).\n"
+    page.write_text(committed)
+
+    for part in (["--quick", "--arms", "ar"], ["--worlds", "programs", "--report-only"]):
+        result = CliRunner().invoke(app, ["experiment", "composition", *part, "--home", home])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {Path('docs/results/composition.md')} was written by "
+                                        "`grokloop experiment composition --size quick`, not by `grokloop "
+                                        "experiment composition"), result.output
+        assert page.read_text() == committed and not (tmp_path / "home" / "runs").exists()
+
+    same = CliRunner().invoke(app, ["experiment", "composition", "--quick", "--report-only", "--home", home])
+    assert same.exit_code == 0, same.output
+    assert "Reproduce: `grokloop experiment composition --size quick` (this report" in page.read_text()
+    elsewhere = CliRunner().invoke(app, ["experiment", "composition", "--quick", "--arms", "ar", "--report-only",
+                                         "--out", "docs/results/ar", "--home", home])
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert "--arms ar" in (page.parent / "ar" / "composition.md").read_text()
+    assert "--arms" not in page.read_text()

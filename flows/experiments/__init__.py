@@ -17,6 +17,7 @@ The numbers in the tables are read back from the store, not from memory.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from storage.runs import export_runs, last_stored_step, runs_trained_on
 
 # Below this line a results page is a person's words: regenerating the page keeps them (hand_written).
 HAND_WRITTEN = "<!-- hand-written below: kept when this page is written again -->"
+DEFAULT_OUT = Path("docs/results")
 
 # name -> (the experiment, its sizes, its figures: file suffix -> plot_runs options or a function
 # (table, png path) -> png path; or a function of the experiment's options that gives them)
@@ -59,22 +61,24 @@ def experiment_size(name: str, size_name: str, seeds: int | None = None, max_ste
 
 
 def run_experiment(name: str, *, quick: bool = False, size: str | None = None, seeds: int | None = None,
-                   max_steps: int | None = None, out_dir: str | Path = "docs/results", home: str | None = None,
+                   max_steps: int | None = None, out_dir: str | Path | None = None, home: str | None = None,
                    runner: Runner = LOCAL, **options: Any) -> dict[str, Any]:
     """Run experiment `name` at a size of its own (`size`: "quick", "full" (the default) or, where the
     experiment has one, "published"; `quick=True` is size "quick"); `seeds` / `max_steps` override that
     size's; `options` go to the experiment (grokfast's `setups` / `objectives`, composition's `arms`,
     `worlds`, `patience`, `report_only`; clusters' `train_fraction`, `held_out`); returns {"table", "runs",
-    "summary": md path, "plot": the main png, "plots": all}."""
+    "summary": md path, "plot": the main png, "plots": all}. Without `out_dir` the page goes to
+    docs/results, unless a page there was written by another command: then nothing runs (ValueError)."""
     size_name = size or ("quick" if quick else "full")
     chosen = experiment_size(name, size_name, seeds, max_steps)
+    command = experiment_command(name, size_name, seeds, max_steps, options)
+    out = Path(out_dir) if out_dir is not None else not_replacing(DEFAULT_OUT / f"{name}.md", command).parent
     fn, _, figures = EXPERIMENTS[name]
     figures = figures(options) if callable(figures) else figures
     home = str(grokloop_home(home))
     started = time.perf_counter()
     table, runs, body = fn(chosen, home, runner=runner, **options)
     wall = time.perf_counter() - started
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = [figure(table, out / f"{name}{suffix}.png") if callable(figure)
              else plot_runs(runs, out / f"{name}{suffix}.png", home=home, **figure)
@@ -83,11 +87,6 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     data = out / f"{name}_runs.parquet"
     if runs:
         export_runs(home, list(runs), data)
-    shown_options = {k: v for k, v in options.items() if k != "report_only"}
-    command = " ".join([f"grokloop experiment {name}", *([f"--size {size_name}"] if size_name != "full" else []),
-                        *([f"--seeds {seeds}"] if seeds else []), *([f"--max-steps {max_steps}"] if max_steps else []),
-                        *(f"--{k.replace('_', '-')} {shlex.quote(','.join(v) if isinstance(v, list) else str(v))}"
-                          for k, v in shown_options.items())])
     how = ("this report was written from the store with `--report-only` (training goes on elsewhere; "
            f"{wall:.0f} s to write it)" if options.get("report_only") else f"wall time {wall / 60:.1f} min")
     kept = hand_written(summary)
@@ -103,6 +102,27 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
         + kept
     )
     return {"table": table, "runs": runs, "summary": summary, "plot": plots[0] if plots else None, "plots": plots}
+
+
+def experiment_command(name: str, size_name: str, seeds: int | None, max_steps: int | None,
+                       options: dict[str, Any]) -> str:
+    """The command line that runs this grid (the page's "Reproduce:"); `--report-only` of a grid is
+    the same grid."""
+    shown = {k: v for k, v in options.items() if k != "report_only"}
+    return " ".join([f"grokloop experiment {name}", *([f"--size {size_name}"] if size_name != "full" else []),
+                     *([f"--seeds {seeds}"] if seeds else []), *([f"--max-steps {max_steps}"] if max_steps else []),
+                     *(f"--{k.replace('_', '-')} {shlex.quote(','.join(v) if isinstance(v, list) else str(v))}"
+                       for k, v in shown.items())])
+
+
+def not_replacing(page: Path, command: str) -> Path:
+    """`page`, if it is free for `command`: absent, or written by the same command (a longer run of the
+    same grid, `--report-only`). A committed page is not replaced by a quick try or a part of its grid."""
+    written_by = re.search(r"Reproduce: `([^`]*)`", page.read_text()) if page.is_file() else None
+    if written_by and written_by.group(1) != command:
+        raise ValueError(f"{page} was written by `{written_by.group(1)}`, not by `{command}`: give this "
+                         f"one's page a folder of its own with --out DIR (--out {page.parent} replaces it)")
+    return page
 
 
 def _steps_run(home: str, run_ids, cap: int) -> str:
