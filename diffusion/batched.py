@@ -120,8 +120,9 @@ def batching_pays(cfg: TrainConfig) -> bool:
 
 def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
     """Train these runs (one architecture) as one stacked model; one RunResult each, as `train` returns.
-    The stacked model trains on the runs' `device`; each run's own model, evaluation and checkpoints
-    stay on the CPU."""
+    The stacked model trains on the runs' `device`, and each run's own model, evaluated and
+    checkpointed there, lives there too (as `train` keeps it): on a GPU nothing goes back to the CPU
+    but the metrics."""
     cfgs = [check_config(dataclasses.replace(c)) for c in cfgs]
     if why := batchable(cfgs):
         raise ValueError(f"these runs cannot train as one batched model: {why}")
@@ -130,6 +131,8 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
     if len({r.cfg.run_id for r in runs}) < len(runs):
         raise ValueError("batched runs need distinct run names")
     device = training_device(cfg)
+    for run in runs:
+        run.model.to(device)
     params = stack_params([r.model for r in runs], device)  # {name: (N, ...)} leaf tensors
     names = list(params)
     for run in runs:  # refused (above) before anything is written
@@ -217,8 +220,9 @@ def _run_slice(run: Run, params: dict, optimizer, filter_state) -> tuple[dict, o
 
 
 def _own(t: torch.Tensor) -> torch.Tensor:
-    """A run's own copy of its slice, on the CPU where `train` keeps its state."""
-    return t.to("cpu", copy=True)
+    """A run's own copy of its slice (not a view into the stack), on the device of the stack, where
+    the run's model is and `train` keeps its state."""
+    return t.clone()
 
 
 def _optimizer_slice(optimizer, i: int) -> dict:
