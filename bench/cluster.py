@@ -14,6 +14,10 @@ Each figure is measured in this one run, side by side:
   the cost of going through s3fs and HTTP per segment, not of a real network.
 - S3 home: the same sweep (2 workers) with shared_home on that server, so every checkpoint
   (one per evaluation) is uploaded there instead of written to the run directory.
+- one run in a worker: a grokfast-size run (a*b mod 97, batch 512, `--worker-steps` steps) in this
+  process, in a worker of `flows.runners.local_cluster` (the runner's), and in a worker of Dask's
+  own LocalCluster, whose nanny sets MALLOC_TRIM_THRESHOLD_ (glibc then maps and unmaps a step's
+  large buffers on every step).
 The ratios cannot exceed the free cores (printed, with the load average): on a shared machine,
 read them with the load beside them.
 """
@@ -34,9 +38,9 @@ MODULAR = {"p": 23, "operations": ["x+y", "x*y"], "train_fraction": 0.6}
 
 
 def _cluster(n_workers: int):
-    from distributed import LocalCluster
+    from flows.runners import local_cluster
 
-    return LocalCluster(n_workers=n_workers, processes=True, threads_per_worker=1, dashboard_address=None)
+    return local_cluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=None)
 
 
 def collect(address: str, home: Path, spool: str | None, shards: int, episodes: int) -> dict:
@@ -78,6 +82,41 @@ def sweep(address: str, home: Path, runs: int, steps_: int, shared_home: str | N
     return time.perf_counter() - start
 
 
+def one_run(home: Path, steps_: int, address: str | None) -> float:
+    """Seconds for one grokfast-size run of `steps_` steps: in this process, or on the cluster at `address`."""
+    from diffusion.train import TrainConfig, train
+    from flows.experiments.common import train_runs
+    from flows.runners import Runner
+
+    cfg = TrainConfig(family="modular", family_params={"p": 97, "operations": ["x*y"], "train_fraction": 0.5,
+                                                       "seed": 0},
+                      batch_size=512, max_steps=steps_, eval_every=steps_, home=str(home), run_name="one",
+                      progress=False)
+    start = time.perf_counter()
+    if address is None:
+        train(cfg)
+    else:
+        train_runs([cfg], Runner("dask", address))
+    return time.perf_counter() - start
+
+
+def worker_speed(tmp: Path, steps_: int) -> dict[str, float]:
+    """`one_run` here, in a local_cluster worker and in a worker of Dask's own LocalCluster."""
+    from distributed import LocalCluster
+
+    seconds = {"this process": one_run(tmp / "here", steps_, None)}
+    with _cluster(1) as cluster:
+        one_run(tmp / "warm-ours", 2, cluster.scheduler_address)
+        seconds["local_cluster worker"] = one_run(tmp / "ours", steps_, cluster.scheduler_address)
+    environ = dict(os.environ)  # its nanny writes MALLOC_TRIM_THRESHOLD_ into this process's environment
+    with LocalCluster(n_workers=1, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
+        one_run(tmp / "warm-dask", 2, cluster.scheduler_address)
+        seconds["Dask's LocalCluster worker"] = one_run(tmp / "dask", steps_, cluster.scheduler_address)
+    os.environ.clear()
+    os.environ.update(environ)
+    return seconds
+
+
 def _moto():
     from moto.server import ThreadedMotoServer
 
@@ -102,13 +141,20 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=1000, help="episodes per shard")
     ap.add_argument("--runs", type=int, default=4, help="training runs per sweep")
     ap.add_argument("--steps", type=int, default=200, help="steps per training run")
+    ap.add_argument("--worker-steps", type=int, default=300, help="steps of the one run in a worker")
+    ap.add_argument("--only-worker", action="store_true", help="measure the one run in a worker alone")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     console = Console(width=140)
     console.print(f"{cores} cores visible, load average {os.getloadavg()[0]:.1f}")
+    if args.only_worker:
+        with prefect_test_harness(server_startup_timeout=120), tempfile.TemporaryDirectory() as tmp:
+            _print_worker_speed(console, worker_speed(Path(tmp), args.worker_steps), args.worker_steps)
+        return
     server = _moto()  # before the clusters start: their workers inherit the S3 settings
     rows = {}
     with prefect_test_harness(server_startup_timeout=120), tempfile.TemporaryDirectory() as tmp:
+        speed = worker_speed(Path(tmp), args.worker_steps)
         for n in (1, 2):
             with _cluster(n) as cluster:
                 address = cluster.scheduler_address
@@ -144,7 +190,15 @@ def main() -> None:
     s3_home = rows["sweep S3"]["seconds"]
     console.print(f"same sweep, 2 workers, checkpoints on S3 (shared_home): {s3_home:.1f} s "
                   f"({3600 * args.runs / s3_home:.0f} runs/hour), {s3_home / two:.2f}x the time of the local home")
+    _print_worker_speed(console, speed, args.worker_steps)
     console.print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+def _print_worker_speed(console: Console, seconds: dict[str, float], steps_: int) -> None:
+    here = seconds["this process"]
+    console.print(f"one run of {steps_} steps (a*b mod 97, batch 512): " + ", ".join(
+        f"{where} {s:.1f} s ({steps_ / s:.1f} steps/s, {here / s:.2f}x this process's speed)"
+        for where, s in seconds.items()))
 
 
 if __name__ == "__main__":

@@ -89,9 +89,23 @@ def task_runner(runner: Runner):
         return DaskTaskRunner(address=runner.address)
     # One thread per worker process: a worker runs one agent or one training run at a time, as
     # a process of the local runner does, and torch's threads are not shared between two runs.
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": runner.n_workers, "processes": True,
-                                          "threads_per_worker": 1, "env": workers_prefect_api()})
+    return DaskTaskRunner(cluster_class="flows.runners.local_cluster",
+                          cluster_kwargs={"n_workers": runner.n_workers, "threads_per_worker": 1,
+                                          "env": workers_prefect_api()})
+
+
+def local_cluster(**kwargs):
+    """A distributed.LocalCluster of worker processes (kwargs: LocalCluster's) in which torch trains
+    as fast as in a plain process. Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in the workers it
+    starts, to hand freed memory back to the OS; setting it at all turns off glibc's adaptive mmap
+    threshold, so a training step's large buffers are mapped and unmapped on every step: the same
+    loop ran at 0.68x in such a worker (bench/cluster.py). A worker here keeps one run's memory for
+    the run's life anyway, so the variable is not set (the nanny reads it when it is made)."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(processes=True, **kwargs)
 
 
 def workers_prefect_api() -> dict[str, str]:

@@ -67,11 +67,13 @@ def s3():
 @pytest.fixture(scope="module")
 def cluster(s3):
     """A Dask scheduler and 2 worker processes, one thread each; yields the client."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from flows.runners import local_cluster
 
     environ = dict(os.environ)  # distributed sets OMP_NUM_THREADS=1 in this process's environment
     try:
-        with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as lc, \
+        with local_cluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc, \
                 Client(lc) as client:
             client.wait_for_workers(2)
             yield client
