@@ -3,15 +3,18 @@ orchestration stack (no Prefect, no pip registry), in a fixed window of wall tim
 
     python bench/composition_gpu.py plan .gpu/plan.json --arms ar mdm --worlds two_hop-phi18   # here
     python bench/composition_gpu.py run .gpu/plan.json --minutes 8 --out $OUT/runs.parquet  # on the GPU
+    python bench/composition_gpu.py run .gpu/plan.json --minutes 8 --out $OUT/runs.parquet --batched
     grokloop import-runs runs.parquet                                                          # here again
     grokloop experiment composition --size published --arms ar,mdm --worlds two_hop-phi18 --report-only
 
 `plan` writes the experiment's own TrainConfigs (the same run names as the experiment's, so the
 page reports them). `run` trains every planned run at once, one process each on the one GPU (each
-process launch-bound, side by side they keep the GPU busy), each with its own store (one DuckDB
-writer each); at the deadline it stops them as Ctrl-C would (SIGTERM: checkpoint, recorded
-`stopped`), then writes every run and metric to one Parquet file (`grokloop import-runs` reads
-it) and prints steps/s and the last evaluation of each run. The checkpoints stay on that machine.
+process launch-bound, side by side they keep the GPU busy), or with `--batched` one process per
+arm and world whose seeds train as one batched model (diffusion/batched.py), each process with its
+own store (one DuckDB writer each); at the deadline it stops them as Ctrl-C would (SIGTERM:
+checkpoint, recorded `stopped`), then writes every run and metric to one Parquet file (`grokloop
+import-runs` reads it) and prints steps/s and the last evaluation of each run. The checkpoints stay
+on that machine. Steps/s per run are its share of the GPU: runs side by side do not add up.
 """
 
 from __future__ import annotations
@@ -48,26 +51,46 @@ def plan(path: Path, size: str, arms: list[str], worlds: list[str] | None, seeds
     print(f"planned {len(cfgs)} run(s) in {path}: " + ", ".join(cfg.run_name for cfg in cfgs))
 
 
-def train_one(config_file: Path) -> None:
+def train_group(config_file: Path) -> None:
+    """The runs in `config_file`: one alone, or several seeds as one batched model."""
+    from diffusion.batched import train_batched
     from diffusion.train import train
 
-    train(config_from_dict(json.loads(config_file.read_text())))
+    cfgs = [config_from_dict(c) for c in json.loads(config_file.read_text())]
+    train(cfgs[0]) if len(cfgs) == 1 else train_batched(cfgs)
 
 
-def run(plan_file: Path, minutes: float, out: Path, workdir: Path, device: str) -> None:
-    cfgs = [config_from_dict(c) for c in json.loads(plan_file.read_text())]
-    workdir.mkdir(parents=True, exist_ok=True)
-    procs = []
+def groups(cfgs: list, batched: bool) -> list[list[int]]:
+    """Which planned runs train in one process: each alone, or (batched) those that differ only in
+    what differs between the seeds of one arm and world."""
+    from diffusion.batched import PER_RUN
+
+    if not batched:
+        return [[i] for i in range(len(cfgs))]
+    by_setting: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
+        setting = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in PER_RUN}
+        by_setting.setdefault(json.dumps(setting, sort_keys=True, default=str), []).append(i)
+    return list(by_setting.values())
+
+
+def run(plan_file: Path, minutes: float, out: Path, workdir: Path, device: str, batched: bool = False) -> None:
+    planned = [config_from_dict(c) for c in json.loads(plan_file.read_text())]
+    workdir.mkdir(parents=True, exist_ok=True)
+    procs, cfgs = [], []
+    for g, members in enumerate(groups(planned, batched)):
         # its own store; checkpoints only when stopped (each is weights + Adam: ~0.7 GB at 8 x 768)
-        cfg = dataclasses.replace(cfg, home=str(workdir / f"home{i}"), device=device, progress=False,
-                                  checkpoint_every=10**9, checkpoint_minutes=0, keep_checkpoints=1)
-        config_file = workdir / f"config{i}.json"
-        config_file.write_text(config_to_json(cfg))
-        log = open(workdir / f"run{i}.log", "w")  # noqa: SIM115 (the child's, for its life)
-        procs.append((cfg, subprocess.Popen([sys.executable, __file__, "one", str(config_file)],
-                                            stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})))
+        mine = [dataclasses.replace(planned[i], home=str(workdir / f"home{g}"), device=device, progress=False,
+                                    checkpoint_every=10**9, checkpoint_minutes=0, keep_checkpoints=1)
+                for i in members]
+        config_file = workdir / f"config{g}.json"
+        config_file.write_text(json.dumps([json.loads(config_to_json(cfg)) for cfg in mine]))
+        log = open(workdir / f"run{g}.log", "w")  # noqa: SIM115 (the child's, for its life)
+        procs.append((mine[0], subprocess.Popen([sys.executable, __file__, "group", str(config_file)],
+                                                stdout=log, stderr=subprocess.STDOUT,
+                                                env={**os.environ, "PYTHONUNBUFFERED": "1"})))
+        cfgs += mine
+    print(f"{len(cfgs)} run(s) in {len(procs)} process(es)", flush=True)
     deadline = time.monotonic() + minutes * 60
     while time.monotonic() < deadline and any(p.poll() is None for _, p in procs):
         time.sleep(2)
@@ -90,9 +113,9 @@ def export(cfgs, workdir: Path, out: Path) -> None:
     for i, cfg in enumerate(cfgs):
         part = workdir / f"runs{i}.parquet"
         try:
-            export_runs(str(workdir / f"home{i}"), [cfg.run_name], part)
+            export_runs(cfg.home, [cfg.run_name], part)
         except Exception as e:  # a run that never recorded: say so, export the others
-            print(f"{cfg.run_name}: not exported ({e}); its log: {workdir / f'run{i}.log'}")
+            print(f"{cfg.run_name}: not exported ({e}); its process's log is in {workdir}")
             continue
         tables.append(pq.read_table(part))
     if not tables:
@@ -139,15 +162,16 @@ def main() -> None:
     r.add_argument("--out", type=Path, required=True, help="the Parquet file of every run and metric")
     r.add_argument("--workdir", type=Path, default=Path("/tmp/composition_gpu"))
     r.add_argument("--device", default="cuda")
-    o = sub.add_parser("one", help=argparse.SUPPRESS)
+    r.add_argument("--batched", action="store_true", help="one process per arm and world: its seeds batched")
+    o = sub.add_parser("group", help=argparse.SUPPRESS)
     o.add_argument("config_file", type=Path)
     args = parser.parse_args()
     if args.command == "plan":
         plan(args.path, args.size, args.arms, args.worlds, args.seeds, args.max_steps)
     elif args.command == "run":
-        run(args.plan_file, args.minutes, args.out, args.workdir, args.device)
+        run(args.plan_file, args.minutes, args.out, args.workdir, args.device, args.batched)
     else:
-        train_one(args.config_file)
+        train_group(args.config_file)
 
 
 if __name__ == "__main__":

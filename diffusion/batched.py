@@ -10,7 +10,8 @@ metrics, checkpoints and store rows. AdamW and the Grokfast filters are elementw
 and one filter over the stacked tensors are exactly N independent ones. Each run is written as
 `train` writes it (same checkpoint format), so any one of them resumes alone with
 `train(cfg, resume=True)`; a run that stops early (patience) is recorded at its own step, and
-its slice of the stack is simply no longer read.
+its slice of the stack is simply no longer read. SIGTERM or Ctrl-C stops them as `train` stops:
+every run checkpointed at the step, recorded `stopped`, then exit 143 (KeyboardInterrupt).
 
 Not batched (use `train`): gradient clipping (a per-run norm), dropout (one global RNG),
 init_from, resuming, the Grokfast reference decoder. Where it pays: on a GPU (`batching_pays`);
@@ -20,6 +21,7 @@ on a CPU, N batched seeds run no faster than N runs one by one, and experiments 
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 
 import torch
@@ -49,6 +51,7 @@ from diffusion.train import (
     metrics_board,
     patience_over,
     run_record,
+    stop_signals,
 )
 from storage.home import grokloop_home, runs_dir
 from storage.runs import record_run
@@ -90,7 +93,7 @@ class Run:
         self.sampler = BatchSampler(len(self.splits["train"]), cfg.batch_size, seed=cfg.seed)
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
         self.t_mem = self.t_grok = None
-        self.done, self.step, self.evaluated, self.metrics = False, 0, -1, {}
+        self.done, self.stopped, self.step, self.evaluated, self.metrics = False, False, 0, -1, {}
         self.accum = {"loss": 0.0, "n": 0, "time": 0.0}
 
     def start(self) -> None:
@@ -149,13 +152,21 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
         return mdm_loss_given(model, ids, maskable, t, masked, mask_id)
 
     try:
-        _loop(runs, cfg, params, names, optimizer, batched_loss, mask_id, device)
+        with stop_signals() as received:
+            _loop(runs, cfg, params, names, optimizer, batched_loss, mask_id, device, received)
     except BaseException as err:
         for run in runs:
             if not run.done:
                 record_run(run.home, run.row(ended_status(err)), [], [])
                 run.board.close()
         raise
+    if any(r.stopped for r in runs):  # as `train` ends on a signal: each run checkpointed at this step, stopped
+        by = "SIGTERM" if signal.SIGTERM in received else "Ctrl-C"
+        print(f"{by}: saved step {runs[0].step} of {', '.join(r.cfg.run_id for r in runs if r.stopped)}; "
+              "each resumes with grokloop train --resume RUN", flush=True)
+        if by == "Ctrl-C":
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signal.SIGTERM)
     return [RunResult(run_id=r.cfg.run_id, run_dir=r.dir, checkpoint_dir=latest_checkpoint(run_location(r.cfg, r.dir)),
                       status="finished", final_step=r.step, t_mem=r.t_mem, t_grok=r.t_grok,
                       grok_ratio=r.t_grok / r.t_mem if r.t_grok is not None and r.t_mem else None,
@@ -163,14 +174,15 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
 
 
 def _loop(runs: list[Run], cfg: TrainConfig, params: dict, names: list[str], optimizer, batched_loss,
-          mask_id: int, device: torch.device) -> None:
+          mask_id: int, device: torch.device, received: list[int]) -> None:
     filter_state, step = None, 0
     ckpt_every = cfg.checkpoint_every or cfg.eval_every
     while True:
+        stopping = bool(received)  # one step for every run: a signal between runs waits for the next
         for run in runs:
             if not run.done:
                 run.step = step
-                _evaluate_and_record(run, step, params, optimizer, filter_state, ckpt_every)
+                _evaluate_and_record(run, step, params, optimizer, filter_state, ckpt_every, stopping)
         if all(r.done for r in runs):
             break
         # one step of every run
@@ -233,12 +245,14 @@ def _optimizer_slice(optimizer, i: int) -> dict:
     return {"state": state, "param_groups": full["param_groups"]}
 
 
-def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_state, ckpt_every: int) -> None:
-    """`train`'s loop top for one run: evaluate, T_mem / T_grok, checkpoint, store, stop."""
+def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_state, ckpt_every: int,
+                         stopping: bool) -> None:
+    """`train`'s loop top for one run: evaluate, T_mem / T_grok, checkpoint, store, stop (`stopping`:
+    a signal asked every run to stop here)."""
     cfg = run.cfg
     done = step >= cfg.max_steps or patience_over(cfg, step, run.t_grok, run.t_mem)
     evaluate_now = is_eval_step(cfg, step) or done  # the schedule `train` keeps (log included)
-    checkpoint_now = step % ckpt_every == 0 or done
+    checkpoint_now = step % ckpt_every == 0 or done or stopping
     if not (evaluate_now or checkpoint_now):
         return
     grokfast_state = _run_slice(run, params, optimizer, filter_state)
@@ -261,7 +275,8 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
                  "accum": dict(run.accum), "config": dataclasses.asdict(cfg)}
         ckpts = [(step, save_checkpoint(run_location(cfg, run.dir), step, run.model, state, checkpoint_info(cfg, step),
                                         cfg.keep_checkpoints))]
-    record_run(run.home, run.row("finished" if done else "running"), rows, ckpts, final=done)
-    run.done = done
-    if done:
+    status = "finished" if done else "stopped" if stopping else "running"
+    record_run(run.home, run.row(status), rows, ckpts, final=done)
+    run.done, run.stopped = status != "running", status == "stopped"
+    if run.done:
         run.board.close()

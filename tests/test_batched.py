@@ -120,6 +120,40 @@ def test_interrupted_batched_seeds_are_recorded_stopped_and_each_resumes(tmp_pat
         close_rows(metric_rows(tmp_path, cfg.run_name), metric_rows(tmp_path, alone.run_id))
 
 
+def test_batched_seeds_stopped_by_sigterm_checkpoint_at_that_step_and_each_resumes_to_the_same_numbers(
+        tmp_path, monkeypatch):
+    """SIGTERM during step 45 (a deadline, `kill`): the step finishes, every run checkpoints at 46, is
+    recorded `stopped` and the process ends with 143, as `train` does; nothing since the last scheduled
+    checkpoint (40) is lost, and each run continues alone to the uninterrupted run's numbers."""
+    import os
+    import signal
+
+    import diffusion.batched as batched_module
+
+    cfgs = [tiny(tmp_path, f"t{s}", seed=s, family_params={**P5, "seed": s}, max_steps=60, eval_every=20,
+                 checkpoint_every=20) for s in (0, 1)]
+    real = batched_module.learning_rate
+
+    def terminated_at_45(cfg, step):
+        if step == 45:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(cfg, step)
+
+    monkeypatch.setattr(batched_module, "learning_rate", terminated_at_45)
+    with pytest.raises(SystemExit) as ended:
+        train_batched(cfgs)
+    assert ended.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is this call's alone
+    monkeypatch.setattr(batched_module, "learning_rate", real)
+    for cfg in cfgs:
+        assert run_row(tmp_path, cfg.run_name)["status"] == "stopped"
+        assert (tmp_path / "runs" / cfg.run_name / "latest").read_text() == "step_46"
+        resumed = train(load_config(cfg.run_name, home=str(tmp_path)), resume=True)
+        alone = train(dataclasses.replace(cfg, run_name=f"one{cfg.seed}"))
+        assert resumed.final_step == 60 and run_row(tmp_path, cfg.run_name)["status"] == "finished"
+        close_rows(metric_rows(tmp_path, cfg.run_name), metric_rows(tmp_path, alone.run_id))
+
+
 def test_runs_that_differ_in_architecture_or_need_per_run_clipping_are_refused(tmp_path):
     a, b = tiny(tmp_path, "a"), tiny(tmp_path, "b", hidden_size=64)
     assert "hidden_size" in batchable([a, b])
