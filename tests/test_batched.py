@@ -1,4 +1,6 @@
 import dataclasses
+import os
+import signal
 
 import pytest
 import torch
@@ -93,61 +95,43 @@ def test_batched_runs_stop_by_the_rule_where_train_stops_them(tmp_path):
     assert run_row(tmp_path, "rule")["status"] == "finished"
 
 
-def test_interrupted_batched_seeds_are_recorded_stopped_and_each_resumes(tmp_path, monkeypatch):
-    """Ctrl-C (or the CLI's SIGTERM, a SystemExit) mid-step: every unfinished run is `stopped`, not
-    failed, and continues alone from its checkpoint to the numbers of the uninterrupted run."""
+def _interrupt(step):
+    raise KeyboardInterrupt  # Ctrl-C (or the CLI's SIGTERM, a SystemExit) landing mid-step
+
+
+def _terminate(step):
+    os.kill(os.getpid(), signal.SIGTERM)  # a deadline, `kill`: the handler lets the step finish
+
+
+@pytest.mark.parametrize("stop, ends_with, saved", [(_interrupt, KeyboardInterrupt, "step_40"),
+                                                    (_terminate, SystemExit, "step_46")])
+def test_stopped_batched_seeds_are_recorded_stopped_and_each_resumes_to_the_same_numbers(
+        tmp_path, monkeypatch, stop, ends_with, saved):
+    """Stopped during step 45: every unfinished run is `stopped`, not failed, and continues alone from
+    its checkpoint to the numbers of the uninterrupted run. An exception mid-step leaves the last
+    scheduled checkpoint (40); SIGTERM, as for `train`, finishes the step and checkpoints every run at
+    46, then exits 143, and the signal's handler is gone again."""
     import diffusion.batched as batched_module
 
     cfgs = [tiny(tmp_path, f"b{s}", seed=s, family_params={**P5, "seed": s}, max_steps=60, eval_every=20,
                  checkpoint_every=20) for s in (0, 1)]
     real = batched_module.learning_rate
 
-    def interrupted_at_45(cfg, step):
+    def stopped_at_45(cfg, step):
         if step == 45:
-            raise KeyboardInterrupt
+            stop(step)
         return real(cfg, step)
 
-    monkeypatch.setattr(batched_module, "learning_rate", interrupted_at_45)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(batched_module, "learning_rate", stopped_at_45)
+    with pytest.raises(ends_with) as ended:
         train_batched(cfgs)
+    if ends_with is SystemExit:
+        assert ended.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     monkeypatch.setattr(batched_module, "learning_rate", real)
     for cfg in cfgs:
         assert run_row(tmp_path, cfg.run_name)["status"] == "stopped"
-        assert (tmp_path / "runs" / cfg.run_name / "latest").read_text() == "step_40"
-        resumed = train(load_config(cfg.run_name, home=str(tmp_path)), resume=True)
-        alone = train(dataclasses.replace(cfg, run_name=f"one{cfg.seed}"))
-        assert resumed.final_step == 60 and run_row(tmp_path, cfg.run_name)["status"] == "finished"
-        close_rows(metric_rows(tmp_path, cfg.run_name), metric_rows(tmp_path, alone.run_id))
-
-
-def test_batched_seeds_stopped_by_sigterm_checkpoint_at_that_step_and_each_resumes_to_the_same_numbers(
-        tmp_path, monkeypatch):
-    """SIGTERM during step 45 (a deadline, `kill`): the step finishes, every run checkpoints at 46, is
-    recorded `stopped` and the process ends with 143, as `train` does; nothing since the last scheduled
-    checkpoint (40) is lost, and each run continues alone to the uninterrupted run's numbers."""
-    import os
-    import signal
-
-    import diffusion.batched as batched_module
-
-    cfgs = [tiny(tmp_path, f"t{s}", seed=s, family_params={**P5, "seed": s}, max_steps=60, eval_every=20,
-                 checkpoint_every=20) for s in (0, 1)]
-    real = batched_module.learning_rate
-
-    def terminated_at_45(cfg, step):
-        if step == 45:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(cfg, step)
-
-    monkeypatch.setattr(batched_module, "learning_rate", terminated_at_45)
-    with pytest.raises(SystemExit) as ended:
-        train_batched(cfgs)
-    assert ended.value.code == 128 + signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is this call's alone
-    monkeypatch.setattr(batched_module, "learning_rate", real)
-    for cfg in cfgs:
-        assert run_row(tmp_path, cfg.run_name)["status"] == "stopped"
-        assert (tmp_path / "runs" / cfg.run_name / "latest").read_text() == "step_46"
+        assert (tmp_path / "runs" / cfg.run_name / "latest").read_text() == saved
         resumed = train(load_config(cfg.run_name, home=str(tmp_path)), resume=True)
         alone = train(dataclasses.replace(cfg, run_name=f"one{cfg.seed}"))
         assert resumed.final_step == 60 and run_row(tmp_path, cfg.run_name)["status"] == "finished"
