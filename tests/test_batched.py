@@ -123,11 +123,12 @@ def test_stopped_batched_seeds_are_recorded_stopped_and_each_resumes_to_the_same
         return real(cfg, step)
 
     monkeypatch.setattr(batched_module, "learning_rate", stopped_at_45)
+    handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(ends_with) as ended:
         train_batched(cfgs)
     if ends_with is SystemExit:
         assert ended.value.code == 128 + signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is handler
     monkeypatch.setattr(batched_module, "learning_rate", real)
     for cfg in cfgs:
         assert run_row(tmp_path, cfg.run_name)["status"] == "stopped"
