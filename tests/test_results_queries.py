@@ -130,3 +130,27 @@ def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
     assert (mem["id_mean_from_t_mem"], mem["id_last"], mem["train_last"], mem["ood_best"]) == (0.42, 0.41, 1.0, 0.01)
     assert (never["tasks_per_program"], never["id_at_t_mem"], never["id_best_after"], never["id_last"]) == \
         (50, None, None, 0.55)
+
+
+def test_the_programs_20_query_summarises_id_and_ood_from_each_runs_t_mem(home):
+    """composition_programs_20/after_t_mem.sql: per arm, ID at T_mem, its mean and best from T_mem on, ID and
+    OOD at 20,000, best OOD; runs of another world are not counted."""
+    connect().close()
+    ar0 = {"test_id/acc": [0.1, 0.3, 0.4, 0.35, 0.3, 0.3, 0.3, 0.2],  # at steps 2,500 ... 20,000; T_mem 5,000
+           "test_ood/acc": [0.0, 0.01, 0.02, 0.01, 0.0, 0.0, 0.0, 0.01]}
+    _run(home, "composition-programs-canonical-20-ar-s0-aa", ar0, t_mem=5000)
+    _run(home, "composition-programs-canonical-20-ar-s1-bb", {"test_id/acc": [0.5] * 8, "test_ood/acc": [0.03] * 8},
+         t_mem=2500)
+    _run(home, "composition-programs-canonical-20-mdm-s0-cc", {"test_id/acc": [0.2] * 8, "test_ood/acc": [0.05] * 8},
+         t_mem=2500)
+    _run(home, "composition-programs-canonical-ar-s0-dd", {"test_id/acc": [0.9] * 8, "test_ood/acc": [0.9] * 8},
+         t_mem=2500)  # another world
+    got = run_sql((RESULTS / "composition_programs_20" / "after_t_mem.sql").read_text()).to_pylist()
+    # AR: ID at T_mem 30% and 50%; from T_mem on, seed 0's mean is 2.15 / 7 = 30.7%, its best 40%
+    assert got == [
+        {"arm": "ar", "n": 2, "t_mem": "3750 ± 1768", "id_at_t_mem": "40.0 ± 14.1", "id_mean_after": "40.4 ± 13.6",
+         "id_best_after": "45.0 ± 7.1", "id_end": "35.0 ± 21.2 (n=2)", "ood_end": "2.0 ± 1.4 (n=2)",
+         "ood_best": "2.5 ± 0.7"},
+        {"arm": "mdm", "n": 1, "t_mem": "2500 ± 0", "id_at_t_mem": "20.0 ± 0.0", "id_mean_after": "20.0 ± 0.0",
+         "id_best_after": "20.0 ± 0.0", "id_end": "20.0 ± 0.0 (n=1)", "ood_end": "5.0 ± 0.0 (n=1)",
+         "ood_best": "5.0 ± 0.0"}]
