@@ -57,7 +57,10 @@ def train_group(config_file: Path) -> None:
     from diffusion.train import train
 
     cfgs = [config_from_dict(c) for c in json.loads(config_file.read_text())]
-    train(cfgs[0]) if len(cfgs) == 1 else train_batched(cfgs)
+    if len(cfgs) == 1:
+        train(cfgs[0])
+    else:
+        train_batched(cfgs)
 
 
 def groups(cfgs: list, batched: bool) -> list[list[int]]:

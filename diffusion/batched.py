@@ -21,11 +21,11 @@ on a CPU, N batched seeds run no faster than N runs one by one, and experiments 
 from __future__ import annotations
 
 import dataclasses
-import signal
 import time
 
 import torch
 
+from agents.progress import output_console
 from diffusion import distributed
 from diffusion.checkpoint import (
     checkpoint_info,
@@ -43,6 +43,7 @@ from diffusion.grouped import grouped_forward, stack_params
 from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
 from diffusion.train import (
     RunResult,
+    end_as_the_signal,
     ended_status,
     eval_line,
     initial_model,
@@ -160,13 +161,9 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
                 record_run(run.home, run.row(ended_status(err)), [], [])
                 run.board.close()
         raise
-    if any(r.stopped for r in runs):  # as `train` ends on a signal: each run checkpointed at this step, stopped
-        by = "SIGTERM" if signal.SIGTERM in received else "Ctrl-C"
-        print(f"{by}: saved step {runs[0].step} of {', '.join(r.cfg.run_id for r in runs if r.stopped)}; "
-              "each resumes with grokloop train --resume RUN", flush=True)
-        if by == "Ctrl-C":
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signal.SIGTERM)
+    if stopped := [r for r in runs if r.stopped]:  # each checkpointed at the step the signal came
+        end_as_the_signal(received, f"saved step {stopped[0].step} of {', '.join(r.cfg.run_id for r in stopped)}; "
+                                    "each resumes with grokloop train --resume RUN", output_console())
     return [RunResult(run_id=r.cfg.run_id, run_dir=r.dir, checkpoint_dir=latest_checkpoint(run_location(r.cfg, r.dir)),
                       status="finished", final_step=r.step, t_mem=r.t_mem, t_grok=r.t_grok,
                       grok_ratio=r.t_grok / r.t_mem if r.t_grok is not None and r.t_mem else None,

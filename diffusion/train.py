@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from rich.progress import (
@@ -230,13 +231,7 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
         if board is not None:
             board.close()
     if status == "stopped":
-        # End as the signal would: a caller looping over runs (an experiment, a flow) must stop too.
-        # Ctrl-C as KeyboardInterrupt (a notebook's cell stops as usual), SIGTERM as exit 143.
-        by = "SIGTERM" if signal.SIGTERM in received else "Ctrl-C"
-        console.print(f"{by}: saved step {state.step}; resume with --resume {cfg.run_id}")
-        if by == "Ctrl-C":
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signal.SIGTERM)
+        end_as_the_signal(received, f"saved step {state.step}; resume with --resume {cfg.run_id}", console)
     if not metrics:  # a complete run resumed: nothing left to do, its last evaluation is in the store
         metrics = stored_metrics(home, cfg.run_id, state.step)
     ratio = state.t_grok / state.t_mem if state.t_grok is not None and state.t_mem else None
@@ -310,6 +305,17 @@ def patience_over(cfg: TrainConfig, step: int, t_grok: int | None, t_mem: int | 
     if not cfg.patience or t_grok is None or step - t_grok < cfg.patience:
         return False
     return not cfg.mem_multiple or (t_mem is not None and step >= cfg.mem_multiple * t_mem)
+
+
+def end_as_the_signal(received: list[int], saved: str, console) -> NoReturn:
+    """End as the signal would, once the runs are saved: a caller looping over runs (an experiment, a
+    flow) must stop too. Ctrl-C as KeyboardInterrupt (a notebook's cell stops as usual), SIGTERM as
+    exit 143."""
+    by = "SIGTERM" if signal.SIGTERM in received else "Ctrl-C"
+    console.print(f"{by}: {saved}")
+    if by == "Ctrl-C":
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 @contextlib.contextmanager

@@ -99,7 +99,7 @@ def local_cluster(**kwargs):
     as fast as in a plain process. Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in the workers it
     starts, to hand freed memory back to the OS; setting it at all turns off glibc's adaptive mmap
     threshold, so a training step's large buffers are mapped and unmapped on every step: the same
-    loop ran at 0.68x in such a worker (bench/cluster.py). A worker here keeps one run's memory for
+    run trained at 0.58x a plain process's speed in such a worker (bench/cluster.py). A worker here keeps one run's memory for
     the run's life anyway, so the variable is not set (the nanny reads it when it is made)."""
     import dask
     from distributed import LocalCluster

@@ -59,7 +59,7 @@ print(fan_out(Runner(sys.argv[1], n_workers=2), api, [(0,), (1,)]), SubprocessAS
 def test_a_local_cluster_s_workers_report_to_this_process_s_ephemeral_prefect_server(runner):
     """A fresh interpreter without PREFECT_API_URL, as a user runs the CLI. The workers leave glibc's
     malloc as a plain process has it: Dask's nanny would set MALLOC_TRIM_THRESHOLD_, and a training run
-    in such a worker ran at 0.68x (flows.runners.local_cluster)."""
+    in such a worker ran at 0.58x (flows.runners.local_cluster)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MALLOC_TRIM_THRESHOLD_")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
     out = subprocess.run([sys.executable, "-c", WORKERS_API, runner], env=env, capture_output=True, text=True,

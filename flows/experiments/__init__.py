@@ -72,7 +72,9 @@ def run_experiment(name: str, *, quick: bool = False, size: str | None = None, s
     size_name = size or ("quick" if quick else "full")
     chosen = experiment_size(name, size_name, seeds, max_steps)
     command = experiment_command(name, size_name, seeds, max_steps, options)
-    out = Path(out_dir) if out_dir is not None else not_replacing(DEFAULT_OUT / f"{name}.md", command).parent
+    out = Path(out_dir) if out_dir is not None else DEFAULT_OUT
+    if out_dir is None:
+        check_not_replacing(out / f"{name}.md", command)
     fn, _, figures = EXPERIMENTS[name]
     figures = figures(options) if callable(figures) else figures
     home = str(grokloop_home(home))
@@ -115,14 +117,14 @@ def experiment_command(name: str, size_name: str, seeds: int | None, max_steps: 
                        for k, v in shown.items())])
 
 
-def not_replacing(page: Path, command: str) -> Path:
-    """`page`, if it is free for `command`: absent, or written by the same command (a longer run of the
-    same grid, `--report-only`). A committed page is not replaced by a quick try or a part of its grid."""
+def check_not_replacing(page: Path, command: str) -> None:
+    """ValueError unless `page` is free for `command`: absent, or written by the same command (a longer
+    run of the same grid, `--report-only`). A committed page is not replaced by a quick try or a part of
+    its grid."""
     written_by = re.search(r"Reproduce: `([^`]*)`", page.read_text()) if page.is_file() else None
     if written_by and written_by.group(1) != command:
         raise ValueError(f"{page} was written by `{written_by.group(1)}`, not by `{command}`: give this "
                          f"one's page a folder of its own with --out DIR (--out {page.parent} replaces it)")
-    return page
 
 
 def _steps_run(home: str, run_ids, cap: int) -> str:
