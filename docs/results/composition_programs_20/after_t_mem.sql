@@ -1,16 +1,16 @@
--- programs_20.md's table: per arm, over seeds (n), ID accuracy at T_mem, its mean from T_mem to
--- step 20,000, its best from T_mem on and its value at 20,000; OOD at 20,000 and its best (mean ± std). From the
--- store the runs were trained in, or from their Parquet:
+-- programs_20.md's table: per arm, over seeds (n), ID accuracy at T_mem, its mean and its best from T_mem to
+-- step 20,000 and its value at 20,000; OOD at 20,000 and its best to 20,000 (mean ± std): the grid's cap, so a
+-- run continued past it does not change the table. From the store the runs were trained in, or from their Parquet:
 --   grokloop import-runs docs/results/composition_programs_20/composition_runs.parquet
 --   grokloop sql --file docs/results/composition_programs_20/after_t_mem.sql
 WITH per_run AS (
     SELECT regexp_extract(r.run_id, '-(ar|mdm)-s[0-9]+-', 1) AS arm, r.run_id, r.t_mem,
            max(m.value) FILTER (m.name = 'test_id/acc' AND m.step = r.t_mem) AS id_at_t_mem,
-           avg(m.value) FILTER (m.name = 'test_id/acc' AND m.step >= r.t_mem) AS id_mean_after,
-           max(m.value) FILTER (m.name = 'test_id/acc' AND m.step >= r.t_mem) AS id_best_after,
+           avg(m.value) FILTER (m.name = 'test_id/acc' AND m.step BETWEEN r.t_mem AND 20000) AS id_mean_after,
+           max(m.value) FILTER (m.name = 'test_id/acc' AND m.step BETWEEN r.t_mem AND 20000) AS id_best_after,
            max(m.value) FILTER (m.name = 'test_id/acc' AND m.step = 20000) AS id_end,
            max(m.value) FILTER (m.name = 'test_ood/acc' AND m.step = 20000) AS ood_end,
-           max(m.value) FILTER (m.name = 'test_ood/acc') AS ood_best
+           max(m.value) FILTER (m.name = 'test_ood/acc' AND m.step <= 20000) AS ood_best
     FROM runs r JOIN metrics m USING (run_id)
     WHERE r.run_id LIKE 'composition-programs-canonical-20-%'
     GROUP BY ALL
