@@ -18,6 +18,7 @@ from flows.experiments import HAND_WRITTEN, run_experiment
 from flows.experiments.composition import (
     COMPOSITION_SIZES,
     DEFAULT_ARMS,
+    composition,
     composition_configs,
     composition_notes,
     n_eval_range,
@@ -268,3 +269,23 @@ def test_arms_and_sizes_belong_to_their_experiments(tmp_path, monkeypatch):
         result = CliRunner().invoke(app, ["experiment", *args])
         assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "home").exists()
+
+
+def test_each_run_says_how_many_times_t_mem_it_went_on(home):
+    """`x_t_mem`: the last evaluation's step / T_mem, so a run capped before 10 x T_mem shows it (mdm's
+    seed 2 on programs-canonical-20 memorised at 5,000 and ended at the grid's cap, 20,000: 4.0)."""
+    from diffusion.train import run_record
+    from storage.runs import record_run
+
+    size, home = COMPOSITION_SIZES["full"], str(home)
+    plan = composition_configs(size, home, arms=("mdm",), patience=0, worlds=("programs-canonical-20",))
+    memorised, never = plan[2][2], plan[1][2]  # seeds 2 and 1
+    for cfg, t_mem, steps in ((memorised, 5000, (1000, 5000, 20000)), (never, None, (1000, 8000))):
+        metrics = [(s, name, 0.3) for s in steps for name in ("train/acc", "test_id/acc", "test_ood/acc")]
+        row = run_record(dataclasses.replace(cfg, run_id=cfg.run_name), "finished", steps[-1], t_mem, None, None)
+        assert record_run(home, row, metrics, final=True)
+    table, _, body = composition(size, home, arms=("mdm",), patience=0, worlds=("programs-canonical-20",),
+                                 report_only=True)
+    assert [(r["seed"], r["step"], r["t_mem"], r["x_t_mem"]) for r in table] == [(1, 8000, None, None),
+                                                                                  (2, 20000, 5000, "4.0")]
+    assert "| programs-canonical-20 | mdm | 2 | finished | 20000 | cap 100000 | 5000 | 4.0 |" in body

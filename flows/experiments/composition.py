@@ -169,7 +169,8 @@ def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
              "seeded sample of each split fixed for the run (`n_eval`: train / test_id / test_ood rows). "
              "T_mem: first eval with train accuracy >= 0.99 (two_hop: on the inferred train facts); "
              "T_grok: first eval with test_id accuracy >= 0.95 (— = never, within the steps run); `delay`: "
-             "T_grok - T_mem (negative: in-distribution accuracy got there first). "
+             "T_grok - T_mem (negative: in-distribution accuracy got there first); `x_t_mem`: the last evaluation's "
+             "step / T_mem, how long the run went on after memorising (the question needs >= 10). "
              "ID = held-out compositions of seen pieces; OOD = compositions of atomic facts / primitive "
              "pairs never seen composed in training. best OOD is over every evaluation of the run. `train_min`: "
              "minutes of optimisation steps where the runs trained (`Trained on`; the summary: all of an arm's runs together). `train_exact`, per "
@@ -296,7 +297,7 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=DEFAU
                               ["setting", "arm", "params", "width", "steps", "finished", "t_mem", "t_grok", "delay",
                                "grokked", "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
                                "ood_at_t_grok", "n_eval", "train_min"])
-    per_run = markdown_table(table, ["setting", "arm", "seed", "status", "step", "until", "t_mem", "t_grok", "delay",
+    per_run = markdown_table(table, ["setting", "arm", "seed", "status", "step", "until", "t_mem", "x_t_mem", "t_grok", "delay",
                                       "train_inferred_acc", "train_exact", "test_id_acc", "test_ood_acc", "best_ood_acc",
                                       "best_ood_step", "ood_at_t_grok", "n_eval", "train_min"])
     notes = composition_notes(size, plan, arms, worlds)
@@ -326,14 +327,15 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
     ood = series.get("test_ood/acc", [])
     best = max(ood, key=lambda p: p[1]) if ood else (None, None)
     at_grok = dict(ood).get(t_grok) if t_grok is not None else None
+    step_reached = max(p[0] for p in series["test_id/acc"])
     counts = [int(series[f"{split}/n"][-1][1]) for split in SPLITS if series.get(f"{split}/n")]
     rows_file = runs_dir(home) / cfg.run_name / "eval_rows.json"  # runs from before the store had counts
     if not counts and rows_file.is_file():
         counts = [len(v["rows"]) for v in json.loads(rows_file.read_text()).values()]
     return {"setting": setting, "arm": arm, "seed": cfg.seed, "run_id": cfg.run_name, "params": _parameters(cfg),
             "width": cfg.hidden_size, "status": status,
-            "step": max(p[0] for p in series["test_id/acc"]), "until": _until(config_from_dict(json.loads(config))),
-            "t_mem": t_mem, "t_grok": t_grok,
+            "step": step_reached, "until": _until(config_from_dict(json.loads(config))),
+            "t_mem": t_mem, "x_t_mem": f"{step_reached / t_mem:.1f}" if t_mem else None, "t_grok": t_grok,
             "delay": t_grok - t_mem if t_grok is not None and t_mem is not None else None,
             "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
             "train_exact": last.get("train/exact"),
