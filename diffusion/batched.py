@@ -50,7 +50,7 @@ from diffusion.train import (
     is_eval_step,
     learning_rate,
     metrics_board,
-    patience_over,
+    run_over,
     run_record,
     stop_signals,
 )
@@ -247,7 +247,7 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
     """`train`'s loop top for one run: evaluate, T_mem / T_grok, checkpoint, store, stop (`stopping`:
     a signal asked every run to stop here)."""
     cfg = run.cfg
-    done = step >= cfg.max_steps or patience_over(cfg, step, run.t_grok, run.t_mem)
+    done = run_over(cfg, step, run.t_mem, run.t_grok)
     evaluate_now = is_eval_step(cfg, step) or done  # the schedule `train` keeps (log included)
     checkpoint_now = step % ckpt_every == 0 or done or stopping
     if not (evaluate_now or checkpoint_now):
@@ -263,7 +263,7 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
         rows = [(step, k, float(v)) for k, v in sorted(m.items())]
         run.metrics, run.evaluated = m, step
         print(eval_line(step, m, run.t_mem, run.t_grok, cfg.run_id), flush=True)  # seeds share the log
-        done = done or patience_over(cfg, step, run.t_grok, run.t_mem)
+        done = run_over(cfg, step, run.t_mem, run.t_grok)
     ckpts = []
     if checkpoint_now or done:
         state = {"pending_rows": rows, "step": step, "optimizer": _optimizer_slice(optimizer, run.index),

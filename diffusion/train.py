@@ -153,16 +153,16 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
     if procs.is_main:
         board = metrics_board(run_dir, purge_step=state.step if resume_from is not None else None)
     progress = progress_display(cfg, console)
-    pace = Pace(state.step, cfg.max_steps)
+    pace = Pace(state.step)
     saved_at = time.monotonic()
     model.train()
     try:
         with progress, stop_signals() as received:
-            bar = progress.add_task(cfg.run_id, total=cfg.max_steps, completed=state.step, info="")
+            bar = progress.add_task(cfg.run_id, total=end_step(cfg, state.t_mem), completed=state.step, info="")
             while True:
                 step = state.step  # every process stops, and checkpoints, at one step
                 stopping, overdue = procs.any(bool(received), checkpoint_overdue(cfg, saved_at))
-                done = step >= cfg.max_steps or patience_over(cfg, step, state.t_grok, state.t_mem)
+                done = run_over(cfg, step, state.t_mem, state.t_grok)
 
                 # evaluate on the schedule and at the end, each step once even across restarts
                 rows = []
@@ -175,10 +175,10 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
                     state.accum, state.evaluated = new_accum(), step
                     rows = [(step, k, float(v)) for k, v in sorted(metrics.items())]
                     progress.console.print(eval_line(step, metrics, state.t_mem, state.t_grok, run_of(cfg))
-                                           + pace.line(step))
-                    progress.update(bar, info=f"train {metrics.get('train/acc', 0):.3f} "
-                                              f"test {metrics.get('test_id/acc', 0):.3f}")
-                    done = done or patience_over(cfg, step, state.t_grok, state.t_mem)
+                                           + pace.line(step, end_step(cfg, state.t_mem)))
+                    progress.update(bar, total=end_step(cfg, state.t_mem),
+                                    info=f"train {metrics.get('train/acc', 0):.3f} test {metrics.get('test_id/acc', 0):.3f}")
+                    done = run_over(cfg, step, state.t_mem, state.t_grok)
 
                 # checkpoint on its schedule, by the clock, at the end and on SIGTERM; it carries this
                 # evaluation's rows
@@ -299,6 +299,19 @@ def checkpoint_overdue(cfg: TrainConfig, saved_at: float) -> bool:
     return bool(cfg.checkpoint_minutes) and time.monotonic() - saved_at >= 60 * cfg.checkpoint_minutes
 
 
+def end_step(cfg: TrainConfig, t_mem: int | None) -> int:
+    """Where a run ends unless its stopping rule ends it sooner: `max_steps`, or, with `mem_multiple`,
+    that multiple of T_mem when it is later (a run memorising late still goes on long enough for a
+    delay to show; T_mem <= max_steps, so never past mem_multiple x max_steps)."""
+    if cfg.mem_multiple and t_mem is not None:
+        return max(cfg.max_steps, math.ceil(cfg.mem_multiple * t_mem))
+    return cfg.max_steps
+
+
+def run_over(cfg: TrainConfig, step: int, t_mem: int | None, t_grok: int | None) -> bool:
+    return step >= end_step(cfg, t_mem) or patience_over(cfg, step, t_grok, t_mem)
+
+
 def patience_over(cfg: TrainConfig, step: int, t_grok: int | None, t_mem: int | None = None) -> bool:
     """Grokked `patience` steps ago, and (mem_multiple) past that multiple of T_mem: a grokking
     run shows its delay on a log axis only when it runs well past memorisation."""
@@ -413,15 +426,15 @@ def run_of(cfg: TrainConfig) -> str | None:
 class Pace:
     """Steps/s and ETA since this process started, for the log lines (the bar has its own)."""
 
-    def __init__(self, step: int, max_steps: int):
-        self.start_step, self.start, self.max_steps = step, time.perf_counter(), max_steps
+    def __init__(self, step: int):
+        self.start_step, self.start = step, time.perf_counter()
 
-    def line(self, step: int) -> str:
+    def line(self, step: int, end: int) -> str:
         done = step - self.start_step
         if done <= 0:
             return ""
         rate = done / (time.perf_counter() - self.start)
-        eta = (self.max_steps - step) / rate
+        eta = (end - step) / rate
         return f" | {rate:.1f} steps/s ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
 
 

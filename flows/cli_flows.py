@@ -172,7 +172,8 @@ def experiment(
     report_only: bool = typer.Option(False, "--report-only", help="train nothing: write the summary and plot "
                                                                   "from what the store has now (runs may go on)"),
     seeds: int = typer.Option(0, help="override the number of seeds (0: the size's default)"),
-    max_steps: int = typer.Option(0, help="override the step cap per run (0: the size's default)"),
+    max_steps: int = typer.Option(0, help="override the step cap per run (0: the size's default; composition: "
+                                          "a run that memorises late goes on to 10 x its T_mem)"),
     patience: int | None = typer.Option(None, help="composition only: steps a run goes on after T_grok once "
                                                       "past 10 x T_mem (0: to the cap whatever it reached); like "
                                                       "the cap, not part of a run's name: runs continue"),

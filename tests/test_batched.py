@@ -95,6 +95,22 @@ def test_batched_runs_stop_by_the_rule_where_train_stops_them(tmp_path):
     assert run_row(tmp_path, "rule")["status"] == "finished"
 
 
+def test_a_run_that_memorises_late_goes_on_to_mem_multiple_x_t_mem(tmp_path):
+    """T_mem 140 of a 200-step cap, mem_multiple 2: the run goes on past the cap to 280 (no stopping
+    rule), batched or not, and the composition page's `until` says where its cap moved; without
+    mem_multiple the cap is the end."""
+    from flows.experiments.composition import _until
+
+    cfg = tiny(tmp_path, "late", max_steps=200, mem_multiple=2.0)
+    alone = train(dataclasses.replace(cfg, run_name="late-alone"))
+    (batched,) = train_batched([cfg])
+    assert (alone.t_mem, alone.final_step) == (batched.t_mem, batched.final_step) == (140, 280)
+    assert run_row(tmp_path, "late")["status"] == "finished"
+    assert _until(cfg, 140) == "cap 280 (2 x T_mem)" and _until(cfg, 60) == "cap 200"
+    plain = train(dataclasses.replace(cfg, run_name="late-plain", mem_multiple=0.0))
+    assert (plain.t_mem, plain.final_step) == (140, 200)
+
+
 def _interrupt(step):
     raise KeyboardInterrupt  # Ctrl-C (or the CLI's SIGTERM, a SystemExit) landing mid-step
 

@@ -13,7 +13,7 @@ from agents.tasks import SPLITS, get_family
 from agents.tasks.programs import label_ambiguity
 from diffusion.config import config_from_dict
 from diffusion.model import parameter_count, shared_width
-from diffusion.train import TrainConfig
+from diffusion.train import TrainConfig, end_step
 from flows.cli_output import markdown_table
 from flows.experiments.common import (
     LOCAL,
@@ -161,10 +161,13 @@ def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
              "Grokfast. Worlds: "
              + "; ".join(f"`{n}` = {fam} {world}" for n, (fam, world) in size.params.items()
                          if not worlds or n in worlds)
-             + f". Step cap {size.max_steps}; " + (
+             + f". Step cap {size.max_steps}" + (
+                 f", or {first.mem_multiple:g} x T_mem where that is later (a run that memorises late goes on past "
+                 "the cap to it)" if first.mem_multiple else "") + "; " + (
                  f"a run stops {first.patience} steps after T_grok once past {first.mem_multiple:g} x T_mem"
                  if first.patience else "every run goes on to the cap (`--patience 0`: no stopping rule)")
-             + " (`until`, per run: what ends it as it was last run, `rule, cap N` or `cap N` alone with `--patience 0`; "
+             + " (`until`, per run: what ends it as it was last run, `rule, cap N` or `cap N` alone with "
+             f"`--patience 0`, `({first.mem_multiple:g} x T_mem)` where the cap moved; "
              "`steps`, per arm: how far its runs went). Accuracy is the task's verifier on the decoded answer, on a "
              "seeded sample of each split fixed for the run (`n_eval`: train / test_id / test_ood rows). "
              "T_mem: first eval with train accuracy >= 0.99 (two_hop: on the inferred train facts); "
@@ -334,7 +337,7 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
         counts = [len(v["rows"]) for v in json.loads(rows_file.read_text()).values()]
     return {"setting": setting, "arm": arm, "seed": cfg.seed, "run_id": cfg.run_name, "params": _parameters(cfg),
             "width": cfg.hidden_size, "status": status,
-            "step": step_reached, "until": _until(config_from_dict(json.loads(config))),
+            "step": step_reached, "until": _until(config_from_dict(json.loads(config)), t_mem),
             "t_mem": t_mem, "x_t_mem": f"{step_reached / t_mem:.1f}" if t_mem else None, "t_grok": t_grok,
             "delay": t_grok - t_mem if t_grok is not None and t_mem is not None else None,
             "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
@@ -345,10 +348,13 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
             "train_min": training_minutes(series.get("step_time", []), series["test_id/acc"])}
 
 
-def _until(last: TrainConfig) -> str:
+def _until(last: TrainConfig, t_mem: int | None) -> str:
     """What ends the run, as it was last run (the config of its latest record in the store): the cap
-    alone (patience 0) or the stopping rule, then the cap."""
-    return f"cap {last.max_steps}" if not last.patience else f"rule, cap {last.max_steps}"
+    alone (patience 0) or the stopping rule, then the cap; the cap is mem_multiple x T_mem when that
+    is past max_steps (a run that memorised late)."""
+    end = end_step(last, t_mem)
+    cap = f"cap {end}" + (f" ({last.mem_multiple:g} x T_mem)" if end > last.max_steps else "")
+    return cap if not last.patience else f"rule, {cap}"
 
 
 def ood_milestones(cap: int, eval_every: int, count: int = 6, ended=()) -> list[int]:
