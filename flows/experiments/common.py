@@ -11,6 +11,7 @@ from rich.console import Console
 
 from diffusion.checkpoint import imported_step
 from diffusion.config import run_id_of
+from diffusion.train import end_step
 from flows.flows import train_on, train_seeds_task, train_task
 from flows.runners import Runner
 from storage.home import has_store, store_location
@@ -56,12 +57,19 @@ def trainable_here(cfgs: list) -> list:
         if (step := imported_step(cfg)) is not None:
             console.print(f"[sweep] {run_id_of(cfg)}: imported (in the store to step {step:,}, its checkpoints "
                           "are elsewhere): reported as stored, not trained")
-        elif (step := last_stored_step(cfg.home, run_id_of(cfg)) or 0) > cfg.max_steps:
-            console.print(f"[sweep] {run_id_of(cfg)}: continued past this cap of {cfg.max_steps:,} (in the store "
+        elif (step := last_stored_step(cfg.home, run_id_of(cfg)) or 0) > (cap := own_cap(cfg)):
+            console.print(f"[sweep] {run_id_of(cfg)}: continued past this cap of {cap:,} (in the store "
                           f"to step {step:,}): reported as stored, not trained")
         else:
             keep.append(cfg)
     return keep
+
+
+def own_cap(cfg) -> int:
+    """Where a stored run ends under this sweep's config (`end_step`: the cap, or mem_multiple x the
+    T_mem the store has for it when later)."""
+    found = query("SELECT t_mem FROM runs WHERE run_id = ?", [run_id_of(cfg)], cfg.home) if cfg.mem_multiple else []
+    return end_step(cfg, found[0][0] if found else None)
 
 
 def metric_series(run_id: str, names: list[str], home: str | None) -> dict[str, list[tuple[int, float]]]:
