@@ -68,9 +68,10 @@ PROGRAMS_CPU_WORLD = {"list_len": (2, 4), "n_examples": 2, "train_per_program": 
 # Settings: name -> (family, world). The default ("full") is the CPU size; see docs/results/composition.md
 # for why two_hop's world is this one (phi, not size, sets how fast it groks: Wang et al. 2024, Fig. 3).
 COMPOSITION_SIZES = {
+    # quick: every run ends at its cap (no 10 x T_mem past it), so a test's run stays as short as it asks
     "quick": Size(seeds=1, max_steps=60, eval_every=20,
                   train={"batch_size": 64, "hidden_size": 32, "num_layers": 2, "eval_max_rows": 128,
-                         "patience": 20}, params={
+                         "patience": 20, "mem_multiple": 0.0}, params={
         "two_hop": ("two_hop", {"n_entities": 40, "n_relations": 8, "relations_per_entity": 8, "phi": 2.0,
                                 "ood_fraction": 0.4, "test_size": 500}),
         "programs": ("programs", {"train_per_program": 4, "test_per_program": 2})}),
@@ -161,14 +162,8 @@ def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
              "Grokfast. Worlds: "
              + "; ".join(f"`{n}` = {fam} {world}" for n, (fam, world) in size.params.items()
                          if not worlds or n in worlds)
-             + f". Step cap {size.max_steps}" + (
-                 f", or {first.mem_multiple:g} x T_mem where that is later (a run that memorises late goes on past "
-                 "the cap to it)" if first.mem_multiple else "") + "; " + (
-                 f"a run stops {first.patience} steps after T_grok once past {first.mem_multiple:g} x T_mem"
-                 if first.patience else "every run goes on to the cap (`--patience 0`: no stopping rule)")
-             + " (`until`, per run: what ends it as it was last run, `rule, cap N` or `cap N` alone with "
-             f"`--patience 0`, `({first.mem_multiple:g} x T_mem)` where the cap moved; "
-             "`steps`, per arm: how far its runs went). Accuracy is the task's verifier on the decoded answer, on a "
+             + ". " + _stopping_note(size.max_steps, first)
+             + ". Accuracy is the task's verifier on the decoded answer, on a "
              "seeded sample of each split fixed for the run (`n_eval`: train / test_id / test_ood rows). "
              "T_mem: first eval with train accuracy >= 0.99 (two_hop: on the inferred train facts); "
              "T_grok: first eval with test_id accuracy >= 0.95 (— = never, within the steps run); `delay`: "
@@ -186,6 +181,19 @@ def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
         seeds = {cfg.seed: cfg.family_params for setting, _, cfg in plan if setting == name}
         notes += "\n\n" + programs_label_note(name, list(seeds.values()))
     return notes
+
+
+def _stopping_note(cap: int, cfg: TrainConfig) -> str:
+    """When the page's runs end: the cap, moved on to mem_multiple x T_mem for a run that memorises
+    late, and the stopping rule."""
+    late = f"{cfg.mem_multiple:g} x T_mem" if cfg.mem_multiple else ""
+    note = f"Step cap {cap}" + (f", or {late} where that is later (a run that memorises late goes on past the "
+                                "cap to it)" if late else "")
+    note += "; " + (f"a run stops {cfg.patience} steps after T_grok" + (f" once past {late}" if late else "")
+                    if cfg.patience else "every run goes on to the cap (`--patience 0`: no stopping rule)")
+    return note + (" (`until`, per run: what ends it as it was last run, `rule, cap N` or `cap N` alone with "
+                   "`--patience 0`" + (f", `({late})` where the cap moved" if late else "")
+                   + "; `steps`, per arm: how far its runs went)")
 
 
 def programs_label_note(name: str, worlds: list[dict], sample: int = 2000) -> str:
