@@ -293,7 +293,8 @@ def test_each_run_says_how_many_times_t_mem_it_went_on(home):
 
 def test_a_grid_continues_a_run_past_its_cap_to_10_x_its_t_mem_and_no_further(home):
     """Stored at 25,000 of a 20,000 cap: T_mem 5,000 puts its own cap at 50,000, so the grid run again
-    continues it; T_mem 2,000 (cap 20,000) leaves it as the store has it (continued by hand)."""
+    continues it; T_mem 2,000 (cap 20,000) leaves it as the store has it (continued by hand). In a new
+    home (no store yet) every run trains."""
     from diffusion.checkpoint import write_run_config
     from diffusion.train import run_record
     from flows.experiments.common import trainable_here
@@ -303,6 +304,7 @@ def test_a_grid_continues_a_run_past_its_cap_to_10_x_its_t_mem_and_no_further(ho
     size, home = dataclasses.replace(COMPOSITION_SIZES["full"], max_steps=20000), str(home)
     plan = composition_configs(size, home, arms=("mdm",), patience=0, worlds=("programs-canonical-20",))
     late, early, fresh = (cfg for _, _, cfg in plan)
+    assert trainable_here([late, early, fresh]) == [late, early, fresh]  # no store yet: all of them
     for cfg, t_mem in ((late, 5000), (early, 2000)):
         row = run_record(dataclasses.replace(cfg, run_id=cfg.run_name), "finished", 25000, t_mem, None, None)
         assert record_run(home, row, [(25000, "test_id/acc", 0.3)], final=True)

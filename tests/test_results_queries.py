@@ -145,6 +145,8 @@ def test_the_programs_20_query_summarises_id_and_ood_from_each_runs_t_mem(home):
     # continued past the grid's cap (22,500: 90% ID and OOD), which its window leaves out, to 10 x T_mem (25,000)
     _run(home, "composition-programs-canonical-20-mdm-s0-cc",
          {"test_id/acc": [0.2] * 8 + [0.9, 0.4], "test_ood/acc": [0.05] * 8 + [0.9, 0.1]}, t_mem=2500)
+    _run(home, "composition-programs-canonical-20-ar-shared-s0-ee", {"test_id/acc": [0.3] * 8, "test_ood/acc": [0.0] * 8},
+         t_mem=2500)  # an arm whose name has a dash
     _run(home, "composition-programs-canonical-ar-s0-dd", {"test_id/acc": [0.9] * 8, "test_ood/acc": [0.9] * 8},
          t_mem=2500)  # another world
     got = run_sql((RESULTS / "composition_programs_20" / "after_t_mem.sql").read_text()).to_pylist()
@@ -152,12 +154,16 @@ def test_the_programs_20_query_summarises_id_and_ood_from_each_runs_t_mem(home):
     ar = {"arm": "ar", "n": 2, "t_mem": "3750 ± 1768", "id_at_t_mem": "40.0 ± 14.1", "id_mean_after": "40.4 ± 13.6",
           "id_best_after": "45.0 ± 7.1", "ood_best": "2.5 ± 0.7"}
     mdm = {"arm": "mdm", "n": 1, "t_mem": "2500 ± 0", "id_at_t_mem": "20.0 ± 0.0"}
+    shared = {"arm": "ar-shared", "n": 1, "t_mem": "2500 ± 0", "id_at_t_mem": "30.0 ± 0.0", "id_mean_after": "30.0 ± 0.0",
+              "id_best_after": "30.0 ± 0.0", "ood_best": "0.0 ± 0.0"}
     assert got == [
         {"to": "20,000", **ar, "id_end": "35.0 ± 21.2 (n=2)", "ood_end": "2.0 ± 1.4 (n=2)"},
+        {"to": "20,000", **shared, "id_end": "30.0 ± 0.0 (n=1)", "ood_end": "0.0 ± 0.0 (n=1)"},
         {"to": "20,000", **mdm, "id_mean_after": "20.0 ± 0.0", "id_best_after": "20.0 ± 0.0",
          "id_end": "20.0 ± 0.0 (n=1)", "ood_end": "5.0 ± 0.0 (n=1)", "ood_best": "5.0 ± 0.0"},
         # AR's runs end at 20,000, short of 50,000 and 25,000: no value at the window's end
         {"to": "10 x T_mem", **ar, "id_end": "— (n=0)", "ood_end": "— (n=0)"},
+        {"to": "10 x T_mem", **shared, "id_end": "— (n=0)", "ood_end": "— (n=0)"},
         # mdm to 25,000: ID mean (8 x 0.2 + 0.9 + 0.4) / 10
         {"to": "10 x T_mem", **mdm, "id_mean_after": "29.0 ± 0.0", "id_best_after": "90.0 ± 0.0",
          "id_end": "40.0 ± 0.0 (n=1)", "ood_end": "10.0 ± 0.0 (n=1)", "ood_best": "90.0 ± 0.0"}]

@@ -57,7 +57,7 @@ def trainable_here(cfgs: list) -> list:
         if (step := imported_step(cfg)) is not None:
             console.print(f"[sweep] {run_id_of(cfg)}: imported (in the store to step {step:,}, its checkpoints "
                           "are elsewhere): reported as stored, not trained")
-        elif (step := last_stored_step(cfg.home, run_id_of(cfg)) or 0) > (cap := own_cap(cfg)):
+        elif (step := last_stored_step(cfg.home, run_id_of(cfg))) and step > (cap := own_cap(cfg)):
             console.print(f"[sweep] {run_id_of(cfg)}: continued past this cap of {cap:,} (in the store "
                           f"to step {step:,}): reported as stored, not trained")
         else:

@@ -5,10 +5,11 @@
 -- A run continued past a window's end does not change that window's row. From the store the runs were trained
 -- in, or from their Parquet:
 --   grokloop import-runs docs/results/composition_programs_20/composition_runs.parquet
+--   grokloop import-runs docs/results/composition_programs_20_shared/composition_runs.parquet   # ar-shared
 --   grokloop sql --file docs/results/composition_programs_20/after_t_mem.sql
 WITH windows(ord, window_end) AS (VALUES (1, '20,000'), (2, '10 x T_mem')),
 per_run AS (
-    SELECT w.ord, w.window_end, regexp_extract(r.run_id, '-(ar|mdm)-s[0-9]+-', 1) AS arm, r.run_id, r.t_mem,
+    SELECT w.ord, w.window_end, regexp_extract(r.run_id, '-20-(.+)-s[0-9]+-[0-9a-f]+$', 1) AS arm, r.run_id, r.t_mem,
            CASE w.ord WHEN 1 THEN 20000 ELSE 10 * r.t_mem END AS last_step
     FROM runs r CROSS JOIN windows w
     WHERE r.run_id LIKE 'composition-programs-canonical-20-%'
