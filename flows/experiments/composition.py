@@ -54,8 +54,9 @@ OFF_GRID_ARMS = ("ar-wide",)
 DEFAULT_ARMS = tuple(arm for arm in COMPOSITION_ARMS if arm not in OFF_GRID_ARMS)
 # Optimisation of every arm (Wang et al. 2024: AdamW, weight decay 0.1, no Grokfast; lr 1e-3 for a
 # small model on a CPU). Runs stop `patience` steps after grokking once past 10 x T_mem, or at the cap
-# (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5); evals on the log
-# schedule place T_mem and T_grok on a log-step axis.
+# (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5), or, for a run that
+# memorises late, at 10 x its T_mem past the cap; evals on the log schedule place T_mem and T_grok on a
+# log-step axis.
 COMPOSITION_TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "grokfast": "none",
                      "warmup_steps": 10, "eval_schedule": "log", "mem_multiple": 10.0, "keep_checkpoints": 1}
 
