@@ -132,10 +132,10 @@ def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
         (50, None, None, 0.55)
 
 
-def test_the_programs_20_query_summarises_id_and_ood_from_each_runs_t_mem(home):
+def test_the_programs_20_query_summarises_each_window_and_a_run_that_never_memorised(home):
     """composition_programs_20/after_t_mem.sql: per window and arm, ID at T_mem, its mean and best from T_mem
     on, ID and OOD at the window's end, best OOD, all to its end: the grid's cap (20,000), then 10 x each
-    run's T_mem; runs of another world are not counted."""
+    run's T_mem (a run with none: its whole run, and — from T_mem); runs of another world are not counted."""
     connect().close()
     ar0 = {"test_id/acc": [0.1, 0.3, 0.4, 0.35, 0.3, 0.3, 0.3, 0.2],  # at steps 2,500 ... 20,000; T_mem 5,000
            "test_ood/acc": [0.0, 0.01, 0.02, 0.01, 0.0, 0.0, 0.0, 0.01]}
@@ -147,23 +147,30 @@ def test_the_programs_20_query_summarises_id_and_ood_from_each_runs_t_mem(home):
          {"test_id/acc": [0.2] * 8 + [0.9, 0.4], "test_ood/acc": [0.05] * 8 + [0.9, 0.1]}, t_mem=2500)
     _run(home, "composition-programs-canonical-20-ar-shared-s0-ee", {"test_id/acc": [0.3] * 8, "test_ood/acc": [0.0] * 8},
          t_mem=2500)  # an arm whose name has a dash
+    # never memorised: its second window is its whole run (to 20,000, the last metric step here)
+    _run(home, "composition-programs-canonical-20-mdm-full-s0-ff",
+         {"test_id/acc": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.65], "test_ood/acc": [0.0, 0.02, 0.08, 0.05] + [0.06] * 4})
     _run(home, "composition-programs-canonical-ar-s0-dd", {"test_id/acc": [0.9] * 8, "test_ood/acc": [0.9] * 8},
          t_mem=2500)  # another world
     got = run_sql((RESULTS / "composition_programs_20" / "after_t_mem.sql").read_text()).to_pylist()
     # AR: ID at T_mem 30% and 50%; from T_mem on, seed 0's mean is 2.15 / 7 = 30.7%, its best 40%
-    ar = {"arm": "ar", "n": 2, "t_mem": "3750 ± 1768", "id_at_t_mem": "40.0 ± 14.1", "id_mean_after": "40.4 ± 13.6",
+    ar = {"arm": "ar", "n": 2, "memorised": "2/2", "t_mem": "3750 ± 1768", "id_at_t_mem": "40.0 ± 14.1", "id_mean_after": "40.4 ± 13.6",
           "id_best_after": "45.0 ± 7.1", "ood_best": "2.5 ± 0.7"}
-    mdm = {"arm": "mdm", "n": 1, "t_mem": "2500 ± 0", "id_at_t_mem": "20.0 ± 0.0"}
-    shared = {"arm": "ar-shared", "n": 1, "t_mem": "2500 ± 0", "id_at_t_mem": "30.0 ± 0.0", "id_mean_after": "30.0 ± 0.0",
+    mdm = {"arm": "mdm", "n": 1, "memorised": "1/1", "t_mem": "2500 ± 0", "id_at_t_mem": "20.0 ± 0.0"}
+    shared = {"arm": "ar-shared", "n": 1, "memorised": "1/1", "t_mem": "2500 ± 0", "id_at_t_mem": "30.0 ± 0.0", "id_mean_after": "30.0 ± 0.0",
               "id_best_after": "30.0 ± 0.0", "ood_best": "0.0 ± 0.0"}
+    full = {"arm": "mdm-full", "n": 1, "memorised": "0/1", "t_mem": "—", "id_at_t_mem": "—", "id_mean_after": "—",
+            "id_best_after": "—", "id_end": "65.0 ± 0.0 (n=1)", "ood_end": "6.0 ± 0.0 (n=1)", "ood_best": "8.0 ± 0.0"}
     assert got == [
         {"to": "20,000", **ar, "id_end": "35.0 ± 21.2 (n=2)", "ood_end": "2.0 ± 1.4 (n=2)"},
         {"to": "20,000", **shared, "id_end": "30.0 ± 0.0 (n=1)", "ood_end": "0.0 ± 0.0 (n=1)"},
         {"to": "20,000", **mdm, "id_mean_after": "20.0 ± 0.0", "id_best_after": "20.0 ± 0.0",
          "id_end": "20.0 ± 0.0 (n=1)", "ood_end": "5.0 ± 0.0 (n=1)", "ood_best": "5.0 ± 0.0"},
+        {"to": "20,000", **full},
         # AR's runs end at 20,000, short of 50,000 and 25,000: no value at the window's end
         {"to": "10 x T_mem", **ar, "id_end": "— (n=0)", "ood_end": "— (n=0)"},
         {"to": "10 x T_mem", **shared, "id_end": "— (n=0)", "ood_end": "— (n=0)"},
         # mdm to 25,000: ID mean (8 x 0.2 + 0.9 + 0.4) / 10
         {"to": "10 x T_mem", **mdm, "id_mean_after": "29.0 ± 0.0", "id_best_after": "90.0 ± 0.0",
-         "id_end": "40.0 ± 0.0 (n=1)", "ood_end": "10.0 ± 0.0 (n=1)", "ood_best": "90.0 ± 0.0"}]
+         "id_end": "40.0 ± 0.0 (n=1)", "ood_end": "10.0 ± 0.0 (n=1)", "ood_best": "90.0 ± 0.0"},
+        {"to": "10 x T_mem", **full}]
