@@ -149,7 +149,7 @@ def train_batched(cfgs: list[TrainConfig]) -> list[RunResult]:
         def model(x, causal=False):
             return grouped_forward(params, runs[0].model.config, x, causal)
         if cfg.objective == "ar":
-            return ar_loss(model, ids, answer_mask, mask_id)
+            return ar_loss(model, ids, answer_mask, mask_id, full_sequence=cfg.full_sequence)
         return mdm_loss_given(model, ids, maskable, t, masked, mask_id)
 
     try:

@@ -208,7 +208,8 @@ class TrainConfig:
     dataset: str | None = None             # snapshot directory; None trains from the family's generator
     stream: bool = False                   # read the snapshot's rows memory-mapped from its HF `datasets`
                                            # export (hf/), a batch at a time: for data larger than memory
-    full_sequence: bool = False            # mdm: also noise the prompt (unconditional) instead of answer only
+    full_sequence: bool = False            # the loss on every position, not the answer only: mdm also noises
+                                           # the prompt (unconditional); ar predicts every token
     mdm_estimator: str = "count"           # count: t integrated out (less variance) | t: 1/t-weighted Bernoulli(t) masks
     # model (2-layer width-128 groks a*b mod 97 in ~2.5k steps with Grokfast-EMA)
     arch: str = "denoiser"                 # denoiser (ours: RoPE, pre-LN) | grokfast_ref (the Grokfast

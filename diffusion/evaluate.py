@@ -86,12 +86,11 @@ def loss_and_prediction(
     where the answer is one token: masked diffusion's count-estimator loss on a one-token answer masks
     exactly that token, which is also the sampler's only input (its greedy answer is the argmax), and
     the AR loss's teacher-forced logits already predict a last-column answer. Longer answers (or the
-    1/t estimator, or full-sequence noise) go through the objective and the sampler as usual."""
+    1/t estimator, or a full-sequence loss) go through the objective and the sampler as usual."""
     cols = answer_columns(answer_mask)
     last = ids.shape[1] - 1
-    one_pass = len(cols) == 1 and (
-        (objective == "mdm" and estimator == "count" and not full_sequence)
-        or (objective == "ar" and int(cols[0]) == last))
+    one_pass = len(cols) == 1 and not full_sequence and (
+        (objective == "mdm" and estimator == "count") or (objective == "ar" and int(cols[0]) == last))
     was_training = model.training
     model.eval()
     try:

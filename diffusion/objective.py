@@ -100,13 +100,16 @@ def mdm_noise(
     return maskable, t, masked
 
 
-def ar_loss(model, ids: torch.Tensor, answer_mask: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """Autoregressive baseline: the causal model predicts each answer token from everything before it.
-    [MASK] is out of its support too (the AR sampler never emits it), so the two losses compare.
-    Leading dims before (B, T) are independent runs, as in `mdm_loss_given`."""
+def ar_loss(model, ids: torch.Tensor, answer_mask: torch.Tensor, mask_id: int, *,
+            full_sequence: bool = False) -> torch.Tensor:
+    """Autoregressive baseline: the causal model predicts each answer token from everything before it
+    (`full_sequence`: every token after the first, a language model's loss, as masked diffusion's
+    `full_sequence` denoises every position). [MASK] is out of its support too (the AR sampler never
+    emits it), so the two losses compare. Leading dims before (B, T) are independent runs, as in
+    `mdm_loss_given`."""
     logits = never_predict_mask(model(ids[..., :-1], causal=True), mask_id)  # (B, T-1, V): j predicts j+1
     targets = ids[..., 1:]
-    weight = answer_mask[..., 1:].float()  # (B, T-1): only answer tokens count
+    weight = torch.ones_like(targets, dtype=torch.float) if full_sequence else answer_mask[..., 1:].float()
     nll = F.cross_entropy(logits.movedim(-1, 1), targets, reduction="none")
     return (nll * weight).sum(dim=(-2, -1)) / weight.sum(dim=(-2, -1)).clamp(min=1)
 
@@ -125,5 +128,5 @@ def objective_loss(
         maskable, t, masked = (x[rows].to(ids.device) for x in (maskable, t, masked))
         return mdm_loss_given(model, ids[rows], maskable, t, masked, mask_id)
     if objective == "ar":
-        return ar_loss(model, ids[rows], answer_mask[rows], mask_id)
+        return ar_loss(model, ids[rows], answer_mask[rows], mask_id, full_sequence=full_sequence)
     raise ValueError(f"unknown objective {objective!r}; expected 'mdm' or 'ar'")

@@ -166,7 +166,8 @@ def experiment(
     size: str = typer.Option("", help="quick | full (the default: this CPU's size) | published (composition: "
                                       "Wang et al.'s two_hop world and model, for a GPU)"),
     arms: str = typer.Option("", help="composition only: a subset of ar,mdm,mdm-full,ar-shared,ar-1layer (the "
-                                      "default), or ar-wide (4 blocks at ar-shared's width: 4x the parameters)"),
+                                      "default), or ar-wide (4 blocks at ar-shared's width: 4x the parameters), "
+                                      "ar-full (AR's loss on every token: mdm-full's control)"),
     worlds: str = typer.Option("", help="composition only: a subset of the size's worlds (full: two_hop,programs; "
                                         "published: two_hop-phi7.2,two_hop-phi18)"),
     report_only: bool = typer.Option(False, "--report-only", help="train nothing: write the summary and plot "

@@ -61,10 +61,12 @@ def test_grouped_weights_refuse_a_model_they_do_not_know():
         stack_params([Wider(), Wider()])
 
 
-@pytest.mark.parametrize("grokfast", ["ema", "ma"])
-def test_batched_seeds_match_the_same_seeds_trained_one_by_one(tmp_path, grokfast):
+@pytest.mark.parametrize(("grokfast", "objective", "full_sequence"), [("ema", "mdm", False), ("ma", "ar", True)])
+def test_batched_seeds_match_the_same_seeds_trained_one_by_one(tmp_path, grokfast, objective, full_sequence):
     # Two seeds, each its own family split too: own data, order, noise, filter state, metrics; one lr schedule.
+    # (AR with its loss on every token, composition's ar-full, the second time.)
     cfgs = [tiny(tmp_path, f"b{s}", seed=s, family_params={**P5, "seed": s}, max_steps=60, grokfast=grokfast,
+                 objective=objective, full_sequence=full_sequence,
                  grokfast_window=5, eval_every=20, checkpoint_every=30, lr_decay="cosine", min_lr=1e-4)
             for s in (0, 1)]
     batched = train_batched(cfgs)

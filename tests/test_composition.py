@@ -50,6 +50,10 @@ def test_arms_have_equal_parameters_and_the_published_size_is_wang_et_al():
     wide = composition_configs(COMPOSITION_SIZES["full"], home=None, arms=("ar-wide",), worlds=("two_hop",))[0][2]
     assert (wide.hidden_size, wide.num_layers, wide.share_layers) == (two_hop["ar-shared"].hidden_size, 4, False)
     assert wide.run_name.startswith("composition-two_hop-ar-wide-s0-")
+    # and ar-full, mdm-full's control: AR's model with its loss on every token
+    full = composition_configs(COMPOSITION_SIZES["full"], home=None, arms=("ar-full",), worlds=("two_hop",))[0][2]
+    assert "ar-full" not in two_hop and full.full_sequence and full.objective == "ar"
+    assert (full.hidden_size, full.num_layers, full.share_layers) == (two_hop["ar"].hidden_size, 4, False)
     assert len({(c.max_steps, c.batch_size, c.lr, c.weight_decay) for c in two_hop.values()}) == 1
     assert {cfg.seed for _, _, cfg in plan} == {0, 1, 2}
     # the CPU world has >= 500 OOD items and phi x |all atomic facts| inferred train facts
@@ -233,7 +237,8 @@ def _store_contents(home: Path) -> tuple[list, list]:
     (["composition", "--size", "huge"], "error: experiment 'composition' has no size 'huge'; sizes: quick, full, "
                                         "published"),
     (["composition", "--quick", "--arms", "ar,diffusion"], "error: unknown arm(s) ['diffusion']; known: ar, mdm, "
-                                                           "mdm-full, ar-shared, ar-1layer, ar-wide"),
+                                                           "mdm-full, ar-shared, ar-1layer, ar-wide, "
+                                                           "ar-full"),
     (["clusters", "--report-only"], "error: nothing to report: no store at "),
     (["composition", "--quick", "--patience", "-5"], "error: --patience must be >= 0 (0: run to the cap), got -5"),
     (["clusters", "--quick", "--patience", "0"], "error: --patience applies to the composition experiment only"),

@@ -151,15 +151,17 @@ def test_rows_with_no_maskable_token_give_no_nan_and_do_not_count():
         assert float(nothing) == 0.0
 
 
-def test_ar_loss_matches_left_to_right_reference():
+@pytest.mark.parametrize("full_sequence", [False, True])
+def test_ar_loss_matches_left_to_right_reference(full_sequence):
+    """The answer's tokens, each from everything before it; `full_sequence`: every token after the first."""
     model = tiny_model()
     ids = torch.tensor([[3, 4, 5, 6, 7], [8, 3, 3, 4, 0]])
     answer = torch.tensor([[0, 0, 1, 1, 1]] * 2, dtype=torch.bool)
     with torch.no_grad():
-        got = float(ar_loss(model, ids, answer, MASK))
+        got = float(ar_loss(model, ids, answer, MASK, full_sequence=full_sequence))
         nlls = []
         for b in range(2):
-            for j in range(2, 5):
+            for j in range(1 if full_sequence else 2, 5):
                 logits = model(ids[b:b + 1, :j], causal=True)[0, -1].clone()
                 logits[MASK] = -math.inf  # [MASK] is never a target
                 nlls.append(-float(F.log_softmax(logits, -1)[ids[b, j]]))

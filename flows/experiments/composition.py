@@ -38,7 +38,9 @@ from storage.home import runs_dir
 # "ar-1layer": that block applied once (the same parameters and width, one layer deep), which separates
 # what sharing does from what the wider block does. "ar-wide" (run only when named: 4x the parameters,
 # off the equal-parameter grid): num_layers unshared blocks at the shared block's width, the same
-# compute per step as ar-shared, which separates sharing from width.
+# compute per step as ar-shared, which separates sharing from width. "ar-full" (run only when named):
+# AR's loss on every token, not the answer only, mdm-full's control: it separates what diffusion does
+# from what a loss on the whole sequence does (on programs, predicting the examples' outputs too).
 COMPOSITION_ARMS: dict[str, dict[str, Any]] = {
     "ar": {"objective": "ar"},
     "mdm": {"objective": "mdm", "mdm_estimator": "count"},
@@ -46,12 +48,13 @@ COMPOSITION_ARMS: dict[str, dict[str, Any]] = {
     "ar-shared": {"objective": "ar", "share_layers": True},
     "ar-1layer": {"objective": "ar", "num_layers": 1},
     "ar-wide": {"objective": "ar"},
+    "ar-full": {"objective": "ar", "full_sequence": True},
 }
 # the arms at the width of one block widened to the others' parameter count
 SHARED_WIDTH_ARMS = ("ar-shared", "ar-1layer", "ar-wide")
-# the grid's arms (equal parameters); the others run when --arms names them
-OFF_GRID_ARMS = ("ar-wide",)
-DEFAULT_ARMS = tuple(arm for arm in COMPOSITION_ARMS if arm not in OFF_GRID_ARMS)
+# the arms off the equal-parameter grid; the default grid leaves out the arms run only when --arms names them
+UNEQUAL_PARAMETER_ARMS = ("ar-wide",)
+DEFAULT_ARMS = tuple(arm for arm in COMPOSITION_ARMS if arm not in ("ar-wide", "ar-full"))
 # Optimisation of every arm (Wang et al. 2024: AdamW, weight decay 0.1, no Grokfast; lr 1e-3 for a
 # small model on a CPU). Runs stop `patience` steps after grokking once past 10 x T_mem, or at the cap
 # (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5), or, for a run that
@@ -147,6 +150,7 @@ ARM_ROLES = {
     "ar-shared": "AR whose layers share one block, widened to AR's parameter count",
     "ar-1layer": "`ar-shared`'s block applied once",
     "ar-wide": "AR with unshared blocks at `ar-shared`'s width: ~4x the parameters, the same compute per step",
+    "ar-full": "AR with its loss on every token (a language model's), not the answer only: `mdm-full`'s control",
 }
 
 
@@ -154,7 +158,7 @@ def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
     """What the page's runs are: seeds, each arm as run, the worlds, when a run stops, what each
     column measures."""
     first = plan[0][2]
-    off_grid = [f"`{arm}`" for arm in arms if arm in OFF_GRID_ARMS]
+    off_grid = [f"`{arm}`" for arm in arms if arm in UNEQUAL_PARAMETER_ARMS]
     equal = (f"at equal data and steps (and parameters, but for {', '.join(off_grid)})" if off_grid else
              "at equal parameters, data and steps")
     notes = (f"{size.seeds} seed(s) per arm (seed s: world seed s and init seed s), arms {equal}: "
