@@ -52,9 +52,10 @@ COMPOSITION_ARMS: dict[str, dict[str, Any]] = {
 }
 # the arms at the width of one block widened to the others' parameter count
 SHARED_WIDTH_ARMS = ("ar-shared", "ar-1layer", "ar-wide")
-# the arms off the equal-parameter grid; the default grid leaves out the arms run only when --arms names them
+# the arms run only when --arms names them, and those of them off the equal-parameter grid
+NAMED_ONLY_ARMS = ("ar-wide", "ar-full")
 UNEQUAL_PARAMETER_ARMS = ("ar-wide",)
-DEFAULT_ARMS = tuple(arm for arm in COMPOSITION_ARMS if arm not in ("ar-wide", "ar-full"))
+DEFAULT_ARMS = tuple(arm for arm in COMPOSITION_ARMS if arm not in NAMED_ONLY_ARMS)
 # Optimisation of every arm (Wang et al. 2024: AdamW, weight decay 0.1, no Grokfast; lr 1e-3 for a
 # small model on a CPU). Runs stop `patience` steps after grokking once past 10 x T_mem, or at the cap
 # (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5), or, for a run that
