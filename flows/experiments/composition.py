@@ -147,11 +147,13 @@ WORLD_REASONS = {"two_hop": CPU_SIZE_REASON, "programs": PROGRAMS_WORLD_REASON,
 ARM_ROLES = {
     "ar": "the autoregressive transformer",
     "mdm": "masked diffusion on the answer given the prompt, `count` estimator",
-    "mdm-full": "masked diffusion, the ELBO over the whole sequence",
+    "mdm-full": "masked diffusion, the ELBO over the whole sequence (its logged loss is over every token: compare "
+                "it with the other arms by accuracy)",
     "ar-shared": "AR whose layers share one block, widened to AR's parameter count",
     "ar-1layer": "`ar-shared`'s block applied once",
     "ar-wide": "AR with unshared blocks at `ar-shared`'s width: ~4x the parameters, the same compute per step",
-    "ar-full": "AR with its loss on every token (a language model's), not the answer only: `mdm-full`'s control",
+    "ar-full": "AR with its loss on every token (a language model's), not the answer only: `mdm-full`'s control "
+               "(its loss includes inputs no model can predict: compare it by accuracy)",
 }
 
 
