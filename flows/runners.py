@@ -115,12 +115,23 @@ def workers_prefect_api() -> dict[str, str]:
     busy machine), and left running when the experiment is stopped (their cleanup is atexit, which a
     killed worker never reaches). Started now, so the workers are told its address instead."""
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    )
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return {}  # a server of the user's (the workers inherit the setting), or none: Prefect's own error
     server = SubprocessASGIServer()  # the one Prefect's client here uses (one per process)
-    server.start()
+    try:
+        server.start()
+    except RuntimeError as err:  # Prefect's says only "timed out": say what to change
+        raise RuntimeError(
+            f"the Prefect server this command starts for its workers did not answer within "
+            f"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()} s "
+            "(cores busy with other runs, or this command under `nice`): set that variable higher, or start "
+            "one server (`prefect server start`) and point PREFECT_API_URL at it") from err
     return {"PREFECT_API_URL": server.api_url}
 
 

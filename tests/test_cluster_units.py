@@ -37,6 +37,18 @@ def test_the_ephemeral_prefect_server_is_waited_for_180_s_unless_told_otherwise(
     assert out.stdout.split()[-1] == str(waits)
 
 
+def test_a_workers_prefect_server_that_does_not_start_in_time_is_named_with_what_to_change():
+    # The timeout at 0 s: the server cannot answer in time, as on cores busy with other runs (stop 59:
+    # a grid started under `nice -n 19` beside two runs failed this way, with Prefect's "timed out" alone).
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0", PYTHONPATH=str(Path(__file__).parents[1]))
+    start = "import flows; from flows.runners import workers_prefect_api; workers_prefect_api()"
+    out = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert ("did not answer within PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=0 s" in out.stderr
+            and "PREFECT_API_URL" in out.stderr), out.stderr[-2000:]
+
+
 WORKERS_API = """
 import os, sys
 import flows  # first, as the CLI imports it: its Prefect settings
