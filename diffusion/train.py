@@ -424,16 +424,21 @@ def run_of(cfg: TrainConfig) -> str | None:
 
 
 class Pace:
-    """Steps/s and ETA since this process started, for the log lines (the bar has its own)."""
+    """Steps/s over the interval since the previous log line, evaluations included, and the ETA at
+    that rate. Not an average since start: evaluations come densely early on a log schedule, so an
+    average understates the training rate for thousands of steps (the bar has its own rate)."""
 
-    def __init__(self, step: int):
-        self.start_step, self.start = step, time.perf_counter()
+    def __init__(self, step: int, clock=time.perf_counter):
+        self.clock = clock
+        self.step, self.time = step, clock()
 
     def line(self, step: int, end: int) -> str:
-        done = step - self.start_step
-        if done <= 0:
+        now = self.clock()
+        done, elapsed = step - self.step, now - self.time
+        if done <= 0 or elapsed <= 0:
             return ""
-        rate = done / (time.perf_counter() - self.start)
+        self.step, self.time = step, now
+        rate = done / elapsed
         eta = (end - step) / rate
         return f" | {rate:.1f} steps/s ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
 

@@ -20,6 +20,7 @@ from agents.tasks import get_family
 from diffusion.evaluate import evaluate_checkpoint
 from diffusion.plot import _steps_before, plot_runs
 from diffusion.train import (
+    Pace,
     TrainConfig,
     apply_overrides,
     has_checkpoint,
@@ -365,6 +366,13 @@ def test_a_continued_run_is_drawn_from_where_its_parent_stopped():
     lineage = {"r0": (None, 300, None), "r1": ("r0", 300, 150), "r2": ("r1", 200, None),
                "loop": ("loop", 10, None)}  # a self-referencing row must not hang the plot
     assert [_steps_before(r, lineage) for r in ("r0", "r1", "r2", "loop", "unknown")] == [0, 300, 600, 0, 0]
+
+
+def test_the_log_rate_is_over_the_last_interval_not_since_start():
+    now = iter([0.0, 100.0, 110.0])  # 10 steps slowed by dense early evals, then 1,000 in 10 s
+    pace = Pace(0, clock=lambda: next(now))
+    assert pace.line(10, 2_010) == " | 0.1 steps/s ETA 05:33:20"
+    assert pace.line(1_010, 2_010) == " | 100.0 steps/s ETA 00:00:10"
 
 
 def test_log_schedule_adds_log_spaced_evals_below_eval_every(tmp_path):
