@@ -26,9 +26,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 loop: setup
 	$(BIN)/grokloop run loop
 
+# The suite on every core, one pytest-xdist worker each (4 at most: past that the longest test, the
+# README's, sets the time); the 15 slowest tests are listed at the end.
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --maxprocesses 4 --durations 15
 
 # Each prints its figures and ratios; the grokking grid runs at its smoke size here (drop --quick for
 # the published setup: hours on a CPU).

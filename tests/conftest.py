@@ -1,8 +1,19 @@
-"""Shared fixtures. Prefect's temporary server costs ~15 s to start: one per test session."""
+"""Shared fixtures. Prefect's temporary server costs ~15 s to start: one per test process (each
+pytest-xdist worker starts its own)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# `make test` runs the suite with pytest-xdist, a worker process per core. torch's default (a thread
+# per core in every process) would oversubscribe the cores and slow every test down: the workers
+# share the cores instead, unless the caller chose. Set before any test imports torch; the
+# subprocesses tests start inherit it.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 
 @pytest.fixture
