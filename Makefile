@@ -26,8 +26,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 loop: setup
 	$(BIN)/grokloop run loop
 
-# The suite on every core, one pytest-xdist worker each (4 at most: past that the longest test, the
-# README's, sets the time); the 15 slowest tests are listed at the end.
+# The suite on every core, one pytest-xdist worker each (4 at most: near there the longest test, the
+# README's, ~3 min, sets the time); the 15 slowest tests are listed at the end.
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -n auto --maxprocesses 4 --durations 15
