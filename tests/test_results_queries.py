@@ -116,10 +116,11 @@ def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
     connect().close()
     def probe(run_id: str, tasks: int, t_mem: int | None, train: list[float], test_id: list[float]) -> None:
         config = json.dumps({"weight_decay": 0.1, "seed": 0, "family_params": {"train_per_program": tasks}})
-        _run(home, run_id, {"train/acc": train, "test_id/acc": test_id, "test_ood/acc": [0.01] * len(train)},
-             config=config, t_mem=t_mem)
-    # memorised at the second evaluation (5,000), ID 0.40 there, best 0.45 after, ends at 0.41
-    probe("tpp20-wd0.1", 20, 5000, [0.5, 0.99, 1.0, 1.0], [0.30, 0.40, 0.45, 0.41])
+        _run(home, run_id, {"train/acc": train, "test_id/acc": test_id, "test_ood/acc": [0.01] * len(train),
+                            "weight_norm": [30.0 + i for i in range(len(train))]}, config=config, t_mem=t_mem)
+    # memorised at the second evaluation (5,000), ID 0.40 there, best 0.45 after, ends at 0.41; train falls
+    # back to 0.80 after T_mem and ends at 1.0
+    probe("tpp20-wd0.1", 20, 5000, [0.5, 0.99, 0.80, 1.0], [0.30, 0.40, 0.45, 0.41])
     probe("tpp50-wd1", 50, None, [0.5, 0.6], [0.5, 0.55])  # never memorised
     probe("composition-x", 20, 2500, [1.0], [0.9])          # not a probe run
     got = run_sql((RESULTS / "composition_programs_probe" / "probe.sql").read_text()).to_pylist()
@@ -128,8 +129,11 @@ def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
     assert (mem["t_mem"], mem["last_eval"], mem["x_t_mem"], mem["id_at_t_mem"], mem["id_best_after"]) == \
         (5000, 10000, 2.0, 0.40, 0.45)
     assert (mem["id_mean_from_t_mem"], mem["id_last"], mem["train_last"], mem["ood_best"]) == (0.42, 0.41, 1.0, 0.01)
+    assert (mem["train_mean_from_t_mem"], mem["train_min_from_t_mem"]) == (0.93, 0.8)
+    assert (mem["weight_norm_at_t_mem"], mem["weight_norm_last"]) == (31.0, 33.0)
     assert (never["tasks_per_program"], never["id_at_t_mem"], never["id_best_after"], never["id_last"]) == \
         (50, None, None, 0.55)
+    assert (never["train_mean_from_t_mem"], never["weight_norm_at_t_mem"], never["weight_norm_last"]) == (None, None, 31.0)
 
 
 def test_the_programs_20_query_summarises_each_window_and_a_run_that_never_memorised(home):
