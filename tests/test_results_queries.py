@@ -115,7 +115,7 @@ def test_the_late_query_windows_each_continued_clip_run(home):
 def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
     connect().close()
     def probe(run_id: str, tasks: int, t_mem: int | None, train: list[float], test_id: list[float]) -> None:
-        config = json.dumps({"weight_decay": 0.1, "seed": 0, "family_params": {"train_per_program": tasks}})
+        config = json.dumps({"weight_decay": 0.1, "lr": 1e-3, "seed": 0, "family_params": {"train_per_program": tasks}})
         _run(home, run_id, {"train/acc": train, "test_id/acc": test_id, "test_ood/acc": [0.01] * len(train),
                             "weight_norm": [30.0 + i for i in range(len(train))]}, config=config, t_mem=t_mem)
     # memorised at the second evaluation (5,000), ID 0.40 there, best 0.45 after, ends at 0.41; train falls
@@ -131,8 +131,8 @@ def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
     assert (mem["id_mean_from_t_mem"], mem["id_last"], mem["train_last"], mem["ood_best"]) == (0.42, 0.41, 1.0, 0.01)
     assert (mem["train_mean_from_t_mem"], mem["train_min_from_t_mem"]) == (0.93, 0.8)
     assert (mem["weight_norm_at_t_mem"], mem["weight_norm_last"]) == (31.0, 33.0)
-    assert (never["tasks_per_program"], never["id_at_t_mem"], never["id_best_after"], never["id_last"]) == \
-        (50, None, None, 0.55)
+    assert (never["tasks_per_program"], never["lr"], never["id_at_t_mem"], never["id_best_after"], never["id_last"]) == \
+        (50, 1e-3, None, None, 0.55)
     assert (never["train_mean_from_t_mem"], never["weight_norm_at_t_mem"], never["weight_norm_last"]) == (None, None, 31.0)
 
 
