@@ -130,6 +130,8 @@ def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
         (5000, 10000, 2.0, 0.40, 0.45)
     assert (mem["id_mean_from_t_mem"], mem["id_last"], mem["train_last"], mem["ood_best"]) == (0.42, 0.41, 1.0, 0.01)
     assert (mem["train_mean_from_t_mem"], mem["train_min_from_t_mem"]) == (0.93, 0.8)
+    # ID 0.40, 0.45, 0.41 at 5,000, 7,500, 10,000: slope 0.01 per 5,000 steps = 2.0 points per 10,000
+    assert mem["id_trend_per_10k"] == 2.0
     assert (mem["weight_norm_at_t_mem"], mem["weight_norm_last"]) == (31.0, 33.0)
     assert (never["tasks_per_program"], never["lr"], never["id_at_t_mem"], never["id_best_after"], never["id_last"]) == \
         (50, 1e-3, None, None, 0.55)

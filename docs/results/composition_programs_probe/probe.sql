@@ -1,9 +1,10 @@
 -- docs/results/composition_programs_probe/probe.md: per probe run, its world (training tasks per
 -- program), weight decay and learning rate, when it memorised (T_mem: train accuracy >= 0.99), how far
 -- it ran in units of T_mem, and test_id accuracy at T_mem, at its best after T_mem, averaged over every
--- evaluation from T_mem on, and at the end (the task's verifier, test rows only); OOD best and last;
--- train accuracy on average and at its lowest from T_mem on (how far it falls back after memorising:
--- one evaluation at the end may catch a spike), and the weight norm at T_mem and at the end.
+-- evaluation from T_mem on, its trend from T_mem on, and at the end (the task's verifier, test rows
+-- only); OOD best and last; train accuracy on average and at its lowest from T_mem on (how far it falls
+-- back after memorising: one evaluation at the end may catch a spike); the weight norm at T_mem and at
+-- the end.
 -- From the store the runs were trained in, or from their Parquet:
 --   grokloop import-runs docs/results/composition_programs_probe/probe_runs.parquet
 --   grokloop sql --file docs/results/composition_programs_probe/probe.sql
@@ -24,6 +25,9 @@ SELECT p.run_id, p.tasks_per_program, p.weight_decay, p.lr, p.seed, p.status, p.
        round(max(a.value) FILTER (a.name = 'test_id/acc' AND a.step = p.t_mem), 3) AS id_at_t_mem,
        round(max(a.value) FILTER (a.name = 'test_id/acc' AND a.step > p.t_mem), 3) AS id_best_after,
        round(avg(a.value) FILTER (a.name = 'test_id/acc' AND a.step >= p.t_mem), 3) AS id_mean_from_t_mem,
+       -- points of ID accuracy per 10,000 steps, a least-squares line through the evaluations from T_mem on
+       round(1e6 * regr_slope(a.value, a.step) FILTER (a.name = 'test_id/acc' AND a.step >= p.t_mem), 1)
+           AS id_trend_per_10k,
        round(arg_max(a.value, a.step) FILTER (a.name = 'test_id/acc'), 3) AS id_last,
        round(arg_max(a.value, a.step) FILTER (a.name = 'train/acc'), 3) AS train_last,
        round(avg(a.value) FILTER (a.name = 'train/acc' AND a.step >= p.t_mem), 3) AS train_mean_from_t_mem,
