@@ -222,7 +222,9 @@ def import_runs_command(
 ) -> None:
     """Put the runs of a results page's Parquet file (and every metric they recorded) in the store,
     so that `grokloop experiment NAME --report-only` and `grokloop plot` read them again. Their
-    weights are not in the file: an experiment run here reports them and does not train them on."""
+    weights are not in the file: an experiment run here reports them and does not train them on. A
+    run the store already holds takes the file's later records; another training under its run id
+    (a rerun from scratch: other values at the same steps) is refused, and nothing is imported."""
     if not path.is_file():
         raise typer.BadParameter(f"{path}: no such file", param_hint="PATH")
     try:

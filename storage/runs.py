@@ -9,8 +9,9 @@ the next `grokloop ingest` (`flush_pending`). A run row carries the time it was 
 (`updated_at`), so a pending record that reaches the store late never replaces a newer status.
 `mark_stopped` records as stopped runs whose process is gone (`quiet_runs` lists the likely ones).
 `export_runs` / `import_runs` carry runs and their metrics between stores as one Parquet file
-(what a results page ships, so its numbers outlive the store they came from); `match_runs` reads a
-glob pattern as the run ids it matches.
+(what a results page ships, so its numbers outlive the store they came from; an import never mixes
+another training under the same run id into a stored run); `match_runs` reads a glob pattern as the
+run ids it matches.
 The SQL is in `storage/sql/runs.sql`.
 """
 
@@ -168,7 +169,8 @@ def export_runs(home, run_ids: Sequence[str], path: str | Path) -> int:
 def import_runs(home, path: str | Path) -> int:
     """Put the runs of an `export_runs` file in the store, in one transaction: a run the store
     already holds keeps the newer of the two rows (`updated_at`), metrics are upserted. A file
-    that is not such an export changes nothing and says what is wrong. Returns how many runs."""
+    that is not such an export changes nothing and says what is wrong; so does a file whose run
+    the store holds as another training under the same id (`other_trainings`). Returns how many runs."""
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
@@ -190,10 +192,35 @@ def import_runs(home, path: str | Path) -> int:
             record["dataset"] = _snapshot_described(path, row)
     con = connect(store_location(home))
     try:
+        if clashes := other_trainings(con, records):
+            raise ValueError(f"{path}: {'; '.join(clashes)}: the store holds another training under the same run "
+                             "id, and importing would mix the two trainings' curves. Nothing imported: import the "
+                             "file into another store (--home), or train the rerun under another run_name")
         lake.retry_conflicts(lambda: _apply_all(con, list(records.values())), f"importing runs from {path}")
     finally:
         con.close()
     return len(records)
+
+
+def other_trainings(con: duckdb.DuckDBPyConnection, records: dict[str, dict]) -> list[str]:
+    """The imported runs the store holds with other values at the same (step, metric), each with
+    the first value that differs: a rerun from scratch under the same run id, not the run itself
+    exported again or continued (storage/sql/runs.sql `select_other_trainings`)."""
+    rows = [(run_id, step, name, value) for run_id, record in records.items()
+            for step, name, value in record["metrics"]]
+    if not rows:
+        return []
+    run_ids, steps, names, values = zip(*rows, strict=True)
+    con.register("imported_metrics", pa.table({
+        "run_id": pa.array(run_ids, pa.string()), "step": pa.array(steps, pa.int32()),
+        "name": pa.array(names, pa.string()), "value": pa.array(values, pa.float64())}))
+    try:
+        clashes = con.execute(_SQL["select_other_trainings"]).fetchall()
+    finally:
+        con.unregister("imported_metrics")
+    return [f"run {run_id} ({n_differ} of {n_shared} shared metric values differ; the first: {metric} at step "
+            f"{step} is {stored} in the store, {imported} in the file)"
+            for run_id, n_differ, n_shared, step, metric, stored, imported in clashes]
 
 
 def _snapshot_described(path, row: dict) -> dict:

@@ -83,8 +83,8 @@ def test_cli_train_evaluate_plot(tmp_path):
     # a glob pattern stands for the runs it matches, in order: the same file, the same figure
     res = runner.invoke(store_app, ["export-runs", "cli*", "-o", str(tmp_path / "glob.parquet"), "--home", str(tmp_path)])
     assert res.exit_code == 0 and (tmp_path / "glob.parquet").read_bytes() == before
-    for args, png in ((["cli", "cli-lr"], "both.png"), (["cli*"], "glob.png")):
-        assert runner.invoke(app, ["plot", *args, "-o", str(tmp_path / png), "--home", str(tmp_path)]).exit_code == 0
+    for runs, png in ((["cli", "cli-lr"], "both.png"), (["cli*"], "glob.png")):
+        assert runner.invoke(app, ["plot", *runs, "-o", str(tmp_path / png), "--home", str(tmp_path)]).exit_code == 0
     assert (tmp_path / "glob.png").read_bytes() == (tmp_path / "both.png").read_bytes()
     for command in (app, store_app):
         name = "plot" if command is app else "export-runs"
@@ -94,3 +94,21 @@ def test_cli_train_evaluate_plot(tmp_path):
     assert res.exit_code == 2 and "give one" in res.output
     res = runner.invoke(app, ["train", "--home", str(tmp_path), "lr=fast"])
     assert res.exit_code == 2 and "lr must be a number" in res.output
+    # cli continued is the same training, and its export lands on what `other` holds; cli trained again
+    # from scratch (another init) is another training under the same run id: refused, `other` as it was
+    res = runner.invoke(app, ["train", "--resume", "cli", "--home", str(tmp_path), "max_steps=40"])
+    assert res.exit_code == 0 and "finished at step 40" in res.output
+    assert runner.invoke(store_app, ["export-runs", "cli", "-o", str(out), "--home", str(tmp_path)]).exit_code == 0
+    res = runner.invoke(store_app, ["import-runs", str(out), "--home", str(other)])
+    assert res.exit_code == 0, res.output
+    with duckdb.connect(str(store_path(str(other))), read_only=True) as con:
+        held = con.sql(metrics).fetchall()
+    assert max(step for run_id, step, _, _ in held if run_id == "cli") == 40
+    rerun = tmp_path / "rerun"
+    assert runner.invoke(app, [args[0], "--home", str(rerun), *args[3:], "seed=1"]).exit_code == 0
+    assert runner.invoke(store_app, ["export-runs", "cli", "-o", str(out), "--home", str(rerun)]).exit_code == 0
+    res = runner.invoke(store_app, ["import-runs", str(out), "--home", str(other)])
+    message = " ".join(res.output.replace("│", " ").split())
+    assert res.exit_code == 2 and "run cli (" in message and "another training under the same run id" in message, message
+    with duckdb.connect(str(store_path(str(other))), read_only=True) as con:
+        assert con.sql(metrics).fetchall() == held

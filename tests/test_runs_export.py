@@ -113,3 +113,27 @@ def test_where_runs_trained_travels_with_their_rows_and_the_page_names_it(source
         assert trained_on_line(str(home), ["r1", "r2", "r3"]) == (
             "not recorded (rows from before runs recorded it) (2 runs); "
             f"cpu, 3 threads, torch {torch.__version__} (1 run)")
+
+
+def test_another_training_under_a_stored_run_id_is_refused_and_nothing_lands(source, tmp_path):
+    """A rerun from scratch that kept its run id would have its metrics upserted into the stored run's,
+    one curve made of two trainings; the run exported again (or continued) is the same values, and
+    wall time (`step_time`) may differ where a stretch was trained again after a stop."""
+    page = tmp_path / "page_runs.parquet"
+    export_runs(source, ["r1", "r2"], page)
+    target = tmp_path / "target"
+    import_runs(target, page)
+    record_run(source, {**ROW, "status": "finished", "final_step": 400},
+               [(300, "step_time", 9.9), (400, "train/acc", 1.0)], final=True)  # r1 continued
+    export_runs(source, ["r1"], page)
+    assert import_runs(target, page) == 1
+    before = stored(target, RUNS), stored(target, METRICS)
+    rerun = tmp_path / "rerun"  # r1 trained again elsewhere, and a new run beside it in the same file
+    record_run(rerun, ROW, [(100, "test_ood/acc", 0.025), (100, "train/acc", 0.625), (200, "train/acc", 0.75)])
+    record_run(rerun, {**ROW, "run_id": "new", "name": "new"}, [(1, "train/acc", 0.1)])
+    export_runs(rerun, ["r1", "new"], page)
+    message = ("2 of 3 shared metric values differ; the first: train/acc at step 100 is 0.5 in the store, 0.625 "
+               "in the file): the store holds another training under the same run id")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(page))}: run r1 \\({re.escape(message)}"):
+        import_runs(target, page)
+    assert (stored(target, RUNS), stored(target, METRICS)) == before

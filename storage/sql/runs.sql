@@ -44,6 +44,25 @@ ON evaluations.run_id = r.run_id AND evaluations.step = r.step AND evaluations.f
 WHEN MATCHED THEN UPDATE SET n = r.n, accuracy = r.accuracy, sampler = r.sampler
 WHEN NOT MATCHED THEN INSERT BY NAME;
 
+-- name: select_other_trainings
+-- The runs of an import (imported_metrics(run_id, step, name, value)) that the store holds with another
+-- value at the same (step, metric): another training under the same run id (a rerun from scratch), whose
+-- metrics an upsert would mix into the stored one's curve. A run continued (`--resume`) and exported again
+-- carries the values it had, so it is not one; `step_time` is wall time, which a stretch trained again
+-- after a stop records anew, so it is not compared. A row per such run: the values that differ, the
+-- values both hold, and the first that differs (by step, then metric).
+SELECT run_id, count(*) FILTER (WHERE differs) AS n_differ, count(*) AS n_shared,
+       arg_min(step, (step, name)) FILTER (WHERE differs) AS step,
+       arg_min(name, (step, name)) FILTER (WHERE differs) AS metric,
+       arg_min(stored, (step, name)) FILTER (WHERE differs) AS stored,
+       arg_min(imported, (step, name)) FILTER (WHERE differs) AS imported
+FROM (SELECT run_id, step, name, m.value AS stored, i.value AS imported,
+             i.value IS DISTINCT FROM m.value AS differs
+      FROM imported_metrics i JOIN metrics m USING (run_id, step, name)
+      WHERE name <> 'step_time')
+GROUP BY run_id HAVING n_differ > 0
+ORDER BY run_id;
+
 -- name: select_last_step
 SELECT max(step) FROM metrics WHERE run_id = ?;
 
