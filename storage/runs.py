@@ -206,14 +206,10 @@ def other_trainings(con: duckdb.DuckDBPyConnection, records: dict[str, dict]) ->
     """The imported runs the store holds with other values at the same (step, metric), each with
     the first value that differs: a rerun from scratch under the same run id, not the run itself
     exported again or continued (storage/sql/runs.sql `select_other_trainings`)."""
-    rows = [(run_id, step, name, value) for run_id, record in records.items()
-            for step, name, value in record["metrics"]]
+    rows = [(run_id, *metric) for run_id, record in records.items() for metric in record["metrics"]]
     if not rows:
         return []
-    run_ids, steps, names, values = zip(*rows, strict=True)
-    con.register("imported_metrics", pa.table({
-        "run_id": pa.array(run_ids, pa.string()), "step": pa.array(steps, pa.int32()),
-        "name": pa.array(names, pa.string()), "value": pa.array(values, pa.float64())}))
+    con.register("imported_metrics", _metrics_table(rows))
     try:
         clashes = con.execute(_SQL["select_other_trainings"]).fetchall()
     finally:
@@ -283,10 +279,7 @@ def _apply(con: duckdb.DuckDBPyConnection, record: dict) -> None:
                 "run_id", "t_mem", "t_grok", "grok_ratio", "grok_delay", "final_step")})
         run_id = run["run_id"]
         if metrics := record.get("metrics"):
-            steps, names, values = zip(*metrics, strict=True)
-            _insert(con, "metric_rows", pa.table({
-                "run_id": pa.array([run_id] * len(metrics), pa.string()), "step": pa.array(steps, pa.int32()),
-                "name": pa.array(names, pa.string()), "value": pa.array(values, pa.float64())}))
+            _insert(con, "metric_rows", _metrics_table([(run_id, *metric) for metric in metrics]))
         if checkpoints := record.get("checkpoints"):
             _insert(con, "checkpoint_rows", pa.table({
                 "run_id": pa.array([run_id] * len(checkpoints), pa.string()),
@@ -299,6 +292,13 @@ def _apply(con: duckdb.DuckDBPyConnection, record: dict) -> None:
         _insert(con, "evaluation_rows", pa.Table.from_pylist(rows, schema=pa.schema([
             ("run_id", pa.string()), ("step", pa.int32()), ("family", pa.string()), ("split", pa.string()),
             ("n", pa.int32()), ("accuracy", pa.float64()), ("sampler", pa.string())])))
+
+
+def _metrics_table(rows: list[tuple]) -> pa.Table:
+    """(run_id, step, name, value) rows as the Arrow table the metrics queries read."""
+    run_ids, steps, names, values = zip(*rows, strict=True)
+    return pa.table({"run_id": pa.array(run_ids, pa.string()), "step": pa.array(steps, pa.int32()),
+                     "name": pa.array(names, pa.string()), "value": pa.array(values, pa.float64())})
 
 
 def _insert(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
