@@ -170,7 +170,7 @@ def import_runs(home, path: str | Path) -> int:
     """Put the runs of an `export_runs` file in the store, in one transaction: a run the store
     already holds keeps the newer of the two rows (`updated_at`), metrics are upserted. A file
     that is not such an export changes nothing and says what is wrong; so does a file whose run
-    the store holds as another training under the same id (`other_trainings`). Returns how many runs."""
+    the store holds as another training under the same id (`_other_trainings`). Returns how many runs."""
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
@@ -192,7 +192,7 @@ def import_runs(home, path: str | Path) -> int:
             record["dataset"] = _snapshot_described(path, row)
     con = connect(store_location(home))
     try:
-        if clashes := other_trainings(con, records):
+        if clashes := _other_trainings(con, records):
             raise ValueError(f"{path}: {'; '.join(clashes)}: the store holds another training under the same run "
                              "id, and importing would mix the two trainings' curves. Nothing imported: import the "
                              "file into another store (--home), or train the rerun under another run_name")
@@ -202,7 +202,7 @@ def import_runs(home, path: str | Path) -> int:
     return len(records)
 
 
-def other_trainings(con: duckdb.DuckDBPyConnection, records: dict[str, dict]) -> list[str]:
+def _other_trainings(con: duckdb.DuckDBPyConnection, records: dict[str, dict]) -> list[str]:
     """The imported runs the store holds with other values at the same (step, metric), each with
     the first value that differs: a rerun from scratch under the same run id, not the run itself
     exported again or continued (storage/sql/runs.sql `select_other_trainings`)."""

@@ -123,11 +123,14 @@ def test_another_training_under_a_stored_run_id_is_refused_and_nothing_lands(sou
     export_runs(source, ["r1", "r2"], page)
     target = tmp_path / "target"
     import_runs(target, page)
+    with duckdb.connect(str(store_path(target))) as con:  # the wall time of a stretch trained before a stop
+        con.execute("INSERT INTO metrics VALUES ('r1', 300, 'step_time', 4.2)")
     record_run(source, {**ROW, "status": "finished", "final_step": 400},
                [(300, "step_time", 9.9), (400, "train/acc", 1.0)], final=True)  # r1 continued
     export_runs(source, ["r1"], page)
     assert import_runs(target, page) == 1
     before = stored(target, RUNS), stored(target, METRICS)
+    assert ("r1", 300, "step_time", 9.9) in before[1] and ("r1", 400, "train/acc", 1.0) in before[1]
     rerun = tmp_path / "rerun"  # r1 trained again elsewhere, and a new run beside it in the same file
     record_run(rerun, ROW, [(100, "test_ood/acc", 0.025), (100, "train/acc", 0.625), (200, "train/acc", 0.75)])
     record_run(rerun, {**ROW, "run_id": "new", "name": "new"}, [(1, "train/acc", 0.1)])
