@@ -38,4 +38,4 @@ SELECT p.run_id, p.tasks_per_program, p.weight_decay, p.lr, p.seed, p.status, p.
        round(arg_max(a.value, a.step) FILTER (a.name = 'weight_norm'), 1) AS weight_norm_last
 FROM probe p JOIN acc a USING (run_id)
 GROUP BY p.run_id, p.tasks_per_program, p.weight_decay, p.lr, p.seed, p.status, p.t_mem
-ORDER BY p.tasks_per_program, p.weight_decay, p.lr DESC, p.seed;
+ORDER BY p.tasks_per_program, p.weight_decay, p.lr DESC, p.seed, p.run_id;
