@@ -4,6 +4,8 @@ claims from them is what they compute, and they still bind to the store's views.
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 import pyarrow as pa
@@ -136,6 +138,23 @@ def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
     assert (never["tasks_per_program"], never["lr"], never["id_at_t_mem"], never["id_best_after"], never["id_last"]) == \
         (50, 1e-3, None, None, 0.55)
     assert (never["train_mean_from_t_mem"], never["weight_norm_at_t_mem"], never["weight_norm_last"]) == (None, None, 31.0)
+
+
+def test_the_probe_spans_query_cuts_evaluations_after_t_mem_into_doublings(home):
+    connect().close()
+    # evaluations at 2,500 ... 20,000; memorised at 5,000, so the spans are 5,000 (1), 7,500 (1: 1.5 x),
+    # 10,000-17,500 (2), 20,000 (3); ID rises exactly one point per doubling of the step count
+    test_id = [0.1] + [0.5 + 0.01 * math.log2(2500 * (i + 1) / 5000) for i in range(1, 8)]
+    _run(home, "tpp200-wd0.1", {"train/acc": [0.5] + [1.0] * 7, "test_id/acc": test_id,
+                                "test_ood/acc": [0.0, 0.1, 0.3, 0.0, 0.0, 0.0, 0.4, 0.2]}, t_mem=5000)
+    _run(home, "tpp50-wd1", {"train/acc": [0.5, 0.6], "test_id/acc": [0.5, 0.55]})  # never memorised
+    _run(home, "composition-x", {"train/acc": [1.0], "test_id/acc": [0.9]}, t_mem=2500)  # not a probe run
+    got = run_sql((RESULTS / "composition_programs_probe" / "probe_spans.sql").read_text()).to_pylist()
+    assert [(r["run_id"], r["span"], r["first_step"], r["last_step"], r["evals"]) for r in got] == [
+        ("tpp200-wd0.1", 1, 5000, 7500, 2), ("tpp200-wd0.1", 2, 10000, 17500, 4), ("tpp200-wd0.1", 3, 20000, 20000, 1)]
+    assert [r["id_mean"] for r in got] == [round(100 * statistics.mean(test_id[a:b]), 1) for a, b in ((1, 3), (3, 7), (7, 8))]
+    assert [r["ood_mean"] for r in got] == [20.0, 10.0, 20.0]
+    assert {r["id_points_per_doubling"] for r in got} == {1.0}
 
 
 def test_the_programs_20_query_summarises_each_window_and_a_run_that_never_memorised(home):
