@@ -157,6 +157,37 @@ def test_the_probe_spans_query_cuts_evaluations_after_t_mem_into_doublings(home)
     assert {r["id_points_per_doubling"] for r in got} == {1.0}
 
 
+def test_the_probe_seeds_query_reads_every_seed_over_the_doublings_all_of_them_completed(home):
+    connect().close()
+    def probe(run_id: str, seed: int, t_mem: int | None, test_id: list[float], test_ood: list[float],
+              tasks: int = 200) -> None:
+        config = json.dumps({"weight_decay": 0.1, "lr": 1e-3, "seed": seed, "family_params": {"train_per_program": tasks}})
+        _run(home, run_id, {"train/acc": [1.0] * len(test_id), "test_id/acc": test_id, "test_ood/acc": test_ood},
+             config=config, t_mem=t_mem)
+    # evaluations at 2,500 ... 20,000. Seed 0 memorises at 5,000 and runs to 4 x T_mem, seed 1 at 2,500 and runs
+    # to 4 x T_mem (3 doublings would need 40,000 and 20,000): both are read from T_mem to 4 x T_mem, seed 0 to
+    # 17,500 (its 0.99 / 0.9 at 20,000 left out), seed 1 to 7,500. ID rises 2 and 4 points per doubling.
+    steps = [2500 * (i + 1) for i in range(8)]
+    id0 = [0.1] + [0.5 + 0.02 * math.log2(s / 5000) for s in steps[1:7]] + [0.99]
+    probe("tpp200-wd0.1", 0, 5000, id0, [0.0] + [0.1] * 6 + [0.9])
+    id1 = [0.3 + 0.04 * math.log2(s / 2500) for s in steps[:4]]
+    probe("tpp200-wd0.1-s1", 1, 2500, id1, [0.0, 0.2, 0.1, 0.5])
+    probe("tpp200-wd0.1-short", 0, 5000, id0[:4], [0.0] * 4)         # seed 0 again, shorter: counted once
+    probe("tpp20-wd0.1", 0, 2500, [0.4] * 8, [0.0] * 8, tasks=20)     # a setting with one seed
+    probe("tpp20-wd0.1-s1", 1, None, [0.2] * 8, [0.0] * 8, tasks=20)  # ... the other never memorised
+    got = run_sql((RESULTS / "composition_programs_probe" / "probe_seeds.sql").read_text()).to_pylist()
+    assert len(got) == 1
+    row = got[0]
+    assert (row["tasks_per_program"], row["n"], row["seeds"], row["window"]) == (200, 2, "0,1", "T_mem to 4 x T_mem")
+    assert row["t_mem"] == "3750 ± 1768"
+    means = [statistics.mean(id0[1:7]), statistics.mean(id1[:3])]
+    assert row["id_mean"] == f"{100 * statistics.mean(means):.1f} ± {100 * statistics.stdev(means):.1f}"
+    assert row["id_points_per_doubling"] == f"3.00 ± {math.sqrt(2):.2f}"
+    bests = [id0[6], id1[2]]
+    assert row["id_best"] == f"{100 * statistics.mean(bests):.1f} ± {100 * statistics.stdev(bests):.1f}"
+    assert (row["ood_mean"], row["ood_best"]) == ("10.0 ± 0.0", "15.0 ± 7.1")
+
+
 def test_the_programs_20_query_summarises_each_window_and_a_run_that_never_memorised(home):
     """composition_programs_20/after_t_mem.sql: per window and arm, ID at T_mem, its mean and best from T_mem
     on, ID and OOD at the window's end, best OOD, all to its end: the grid's cap (20,000), then 10 x each
