@@ -28,7 +28,7 @@ WITH probe AS (
            min(floor(log2(last_step / t_mem)))::INTEGER AS doublings
     FROM one_per_seed GROUP BY ALL HAVING count(*) >= 2
 ), per_seed AS (
-    SELECT o.tasks_per_program, o.weight_decay, o.lr, o.seed, o.t_mem,
+    SELECT o.tasks_per_program, o.weight_decay, o.lr, s.n, s.seeds, s.doublings, o.seed, o.t_mem,
            avg(m.value) FILTER (m.name = 'test_id/acc') AS id_mean,
            regr_slope(m.value, log2(m.step)) FILTER (m.name = 'test_id/acc') AS id_per_doubling,
            max(m.value) FILTER (m.name = 'test_id/acc') AS id_best,
@@ -41,14 +41,14 @@ WITH probe AS (
       AND m.step >= o.t_mem AND m.step < o.t_mem * pow(2, s.doublings)
     GROUP BY ALL
 )
-SELECT p.tasks_per_program, p.weight_decay, p.lr, s.n, s.seeds,
+SELECT tasks_per_program, weight_decay, lr, n, seeds,
        printf('%.0f ± %.0f', avg(p.t_mem), stddev_samp(p.t_mem)) AS t_mem,
-       printf('T_mem to %d x T_mem', pow(2, s.doublings)::INTEGER) AS window,
+       printf('T_mem to %d x T_mem', pow(2, doublings)::INTEGER) AS window,
        printf('%.1f ± %.1f', 100 * avg(p.id_mean), 100 * stddev_samp(p.id_mean)) AS id_mean,
        printf('%.2f ± %.2f', 100 * avg(p.id_per_doubling), 100 * stddev_samp(p.id_per_doubling)) AS id_points_per_doubling,
        printf('%.1f ± %.1f', 100 * avg(p.id_best), 100 * stddev_samp(p.id_best)) AS id_best,
        printf('%.1f ± %.1f', 100 * avg(p.ood_mean), 100 * stddev_samp(p.ood_mean)) AS ood_mean,
        printf('%.1f ± %.1f', 100 * avg(p.ood_best), 100 * stddev_samp(p.ood_best)) AS ood_best
-FROM per_seed p JOIN settings s USING (tasks_per_program, weight_decay, lr)
-GROUP BY p.tasks_per_program, p.weight_decay, p.lr, s.n, s.seeds, s.doublings
-ORDER BY p.tasks_per_program, p.weight_decay, p.lr DESC;
+FROM per_seed p
+GROUP BY tasks_per_program, weight_decay, lr, n, seeds, doublings
+ORDER BY tasks_per_program, weight_decay, lr DESC;
