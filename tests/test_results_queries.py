@@ -131,6 +131,8 @@ def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
     assert (mem["t_mem"], mem["last_eval"], mem["x_t_mem"], mem["id_at_t_mem"], mem["id_best_after"]) == \
         (5000, 10000, 2.0, 0.40, 0.45)
     assert (mem["id_mean_from_t_mem"], mem["id_last"], mem["train_last"], mem["ood_best"]) == (0.42, 0.41, 1.0, 0.01)
+    # the best's step; OOD is 0.01 at every evaluation, so its best is the first
+    assert (mem["id_best_step"], mem["ood_best_step"]) == (7500, 2500)
     assert (mem["train_mean_from_t_mem"], mem["train_min_from_t_mem"]) == (0.93, 0.8)
     # ID 0.40, 0.45, 0.41 at 5,000, 7,500, 10,000: slope 0.01 per 5,000 steps = 2.0 points per 10,000
     assert mem["id_trend_per_10k"] == 2.0
@@ -143,18 +145,25 @@ def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
 def test_the_probe_spans_query_cuts_evaluations_after_t_mem_into_doublings(home):
     connect().close()
     # evaluations at 2,500 ... 20,000; memorised at 5,000, so the spans are 5,000 (1), 7,500 (1: 1.5 x),
-    # 10,000-17,500 (2), 20,000 (3); ID rises exactly one point per doubling of the step count
-    test_id = [0.1] + [0.5 + 0.01 * math.log2(2500 * (i + 1) / 5000) for i in range(1, 8)]
+    # 10,000-17,500 (2), 20,000 (3); ID rises exactly five points per doubling of the step count, so the
+    # line reaches 95% nine doublings past 5,000: at 2,560,000
+    test_id = [0.1] + [0.5 + 0.05 * math.log2(2500 * (i + 1) / 5000) for i in range(1, 8)]
     _run(home, "tpp200-wd0.1", {"train/acc": [0.5] + [1.0] * 7, "test_id/acc": test_id,
                                 "test_ood/acc": [0.0, 0.1, 0.3, 0.0, 0.0, 0.0, 0.4, 0.2]}, t_mem=5000)
     _run(home, "tpp50-wd1", {"train/acc": [0.5, 0.6], "test_id/acc": [0.5, 0.55]})  # never memorised
     _run(home, "composition-x", {"train/acc": [1.0], "test_id/acc": [0.9]}, t_mem=2500)  # not a probe run
-    got = run_sql((RESULTS / "composition_programs_probe" / "probe_spans.sql").read_text()).to_pylist()
+    # memorised at 2,500: one ID falls after it (no line to 95%), one rises too slowly to extrapolate
+    _run(home, "tpp20-wd0.1", {"train/acc": [1.0] * 4, "test_id/acc": [0.4, 0.39, 0.38, 0.37]}, t_mem=2500)
+    _run(home, "tpp50-wd0.1", {"train/acc": [1.0] * 4, "test_id/acc": [0.5, 0.501, 0.5016, 0.502]}, t_mem=2500)
+    rows = run_sql((RESULTS / "composition_programs_probe" / "probe_spans.sql").read_text()).to_pylist()
+    assert {(r["run_id"], r["id_95_extrapolated_at"]) for r in rows if r["run_id"] != "tpp200-wd0.1"} == \
+        {("tpp20-wd0.1", None), ("tpp50-wd0.1", "> 1,000 M")}
+    got = [r for r in rows if r["run_id"] == "tpp200-wd0.1"]
     assert [(r["run_id"], r["span"], r["first_step"], r["last_step"], r["evals"]) for r in got] == [
         ("tpp200-wd0.1", 1, 5000, 7500, 2), ("tpp200-wd0.1", 2, 10000, 17500, 4), ("tpp200-wd0.1", 3, 20000, 20000, 1)]
     assert [r["id_mean"] for r in got] == [round(100 * statistics.mean(test_id[a:b]), 1) for a, b in ((1, 3), (3, 7), (7, 8))]
     assert [r["ood_mean"] for r in got] == [20.0, 10.0, 20.0]
-    assert {r["id_points_per_doubling"] for r in got} == {1.0}
+    assert {(r["id_points_per_doubling"], r["id_95_extrapolated_at"]) for r in got} == {(5.0, "2.6 M")}
 
 
 def test_the_probe_seeds_query_reads_every_seed_over_the_doublings_all_of_them_completed(home):
