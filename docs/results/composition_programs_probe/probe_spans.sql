@@ -4,7 +4,7 @@
 -- test_id, test_ood and train accuracy averaged over each span; and a least-squares line through
 -- test_id against log2(step), from T_mem on: the points of ID gained per doubling of the steps, and
 -- the step at which that line would reach 95% ID, in millions of steps (an extrapolation, not a
--- measurement; none for a line that does not rise).
+-- measurement; '> 1,000 M' past a billion steps, none for a line that does not rise).
 --   grokloop import-runs docs/results/composition_programs_probe/probe_runs.parquet
 --   grokloop sql --file docs/results/composition_programs_probe/probe_spans.sql
 WITH probe AS (
