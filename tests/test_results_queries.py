@@ -117,7 +117,8 @@ def test_the_late_query_windows_each_continued_clip_run(home):
 def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
     connect().close()
     def probe(run_id: str, tasks: int, t_mem: int | None, train: list[float], test_id: list[float]) -> None:
-        config = json.dumps({"weight_decay": 0.1, "lr": 1e-3, "seed": 0, "family_params": {"train_per_program": tasks}})
+        config = json.dumps({"weight_decay": 0.1, "lr": 1e-3, "grokfast": "none", "seed": 0,
+                             "family_params": {"train_per_program": tasks}})
         _run(home, run_id, {"train/acc": train, "test_id/acc": test_id, "test_ood/acc": [0.01] * len(train),
                             "weight_norm": [30.0 + i for i in range(len(train))]}, config=config, t_mem=t_mem)
     # memorised at the second evaluation (5,000), ID 0.40 there, best 0.45 after, ends at 0.41; train falls
@@ -137,8 +138,8 @@ def test_the_programs_probe_query_reads_id_accuracy_from_t_mem_on(home):
     # ID 0.40, 0.45, 0.41 at 5,000, 7,500, 10,000: slope 0.01 per 5,000 steps = 2.0 points per 10,000
     assert mem["id_trend_per_10k"] == 2.0
     assert (mem["weight_norm_at_t_mem"], mem["weight_norm_last"]) == (31.0, 33.0)
-    assert (never["tasks_per_program"], never["lr"], never["id_at_t_mem"], never["id_best_after"], never["id_last"]) == \
-        (50, 1e-3, None, None, 0.55)
+    assert (never["tasks_per_program"], never["lr"], never["grokfast"], never["id_at_t_mem"], never["id_best_after"],
+            never["id_last"]) == (50, 1e-3, "none", None, None, 0.55)
     assert (never["train_mean_from_t_mem"], never["weight_norm_at_t_mem"], never["weight_norm_last"]) == (None, None, 31.0)
 
 
@@ -169,8 +170,9 @@ def test_the_probe_spans_query_cuts_evaluations_after_t_mem_into_doublings(home)
 def test_the_probe_seeds_query_reads_every_seed_over_the_doublings_all_of_them_completed(home):
     connect().close()
     def probe(run_id: str, seed: int, t_mem: int | None, test_id: list[float], test_ood: list[float],
-              tasks: int = 200) -> None:
-        config = json.dumps({"weight_decay": 0.1, "lr": 1e-3, "seed": seed, "family_params": {"train_per_program": tasks}})
+              tasks: int = 200, grokfast: str = "none") -> None:
+        config = json.dumps({"weight_decay": 0.1, "lr": 1e-3, "grokfast": grokfast, "seed": seed,
+                             "family_params": {"train_per_program": tasks}})
         _run(home, run_id, {"train/acc": [1.0] * len(test_id), "test_id/acc": test_id, "test_ood/acc": test_ood},
              config=config, t_mem=t_mem)
     # evaluations at 2,500 ... 20,000. Seed 0 memorises at 5,000 and runs to 4 x T_mem, seed 1 at 2,500 and runs
@@ -184,8 +186,13 @@ def test_the_probe_seeds_query_reads_every_seed_over_the_doublings_all_of_them_c
     probe("tpp200-wd0.1-short", 0, 5000, id0[:4], [0.0] * 4)         # seed 0 again, shorter: counted once
     probe("tpp20-wd0.1", 0, 2500, [0.4] * 8, [0.0] * 8, tasks=20)     # a setting with one seed
     probe("tpp20-wd0.1-s1", 1, None, [0.2] * 8, [0.0] * 8, tasks=20)  # ... the other never memorised
+    # the same world and seeds with the Grokfast-EMA filter: a setting of its own, read over its own window
+    probe("tpp200-wd0.1-ema", 0, 2500, [0.9] * 8, [0.2] * 8, grokfast="ema")
+    probe("tpp200-wd0.1-ema-s2", 2, 5000, [0.1] + [0.7] * 7, [0.4] * 8, grokfast="ema")
     got = run_sql((RESULTS / "composition_programs_probe" / "probe_seeds.sql").read_text()).to_pylist()
-    assert len(got) == 1
+    assert [(r["grokfast"], r["n"], r["seeds"], r["window"]) for r in got] == \
+        [("none", 2, "0,1", "T_mem to 4 x T_mem"), ("ema", 2, "0,2", "T_mem to 4 x T_mem")]
+    assert (got[1]["id_mean"], got[1]["ood_mean"]) == ("80.0 ± 14.1", "30.0 ± 14.1")
     row = got[0]
     assert (row["tasks_per_program"], row["n"], row["seeds"], row["window"]) == (200, 2, "0,1", "T_mem to 4 x T_mem")
     assert row["t_mem"] == "3750 ± 1768"

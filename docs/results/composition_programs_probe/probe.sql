@@ -1,5 +1,5 @@
 -- docs/results/composition_programs_probe/probe.md: per probe run, its world (training tasks per
--- program), weight decay and learning rate, when it memorised (T_mem: train accuracy >= 0.99), how far
+-- program), weight decay, learning rate and gradient filter (Grokfast: none or ema), when it memorised (T_mem: train accuracy >= 0.99), how far
 -- it ran in units of T_mem, and test_id accuracy at T_mem, at its best after T_mem (and the step of that
 -- best), averaged over every evaluation from T_mem on, its trend from T_mem on, and at the end (the
 -- task's verifier, test rows only); OOD best (and its step) and last; train accuracy on average and at
@@ -13,13 +13,14 @@ WITH probe AS (
            CAST(json_extract(config, '$.family_params.train_per_program') AS INTEGER) AS tasks_per_program,
            CAST(json_extract(config, '$.weight_decay') AS DOUBLE) AS weight_decay,
            CAST(json_extract(config, '$.lr') AS DOUBLE) AS lr,
+           json_extract_string(config, '$.grokfast') AS grokfast,
            CAST(json_extract(config, '$.seed') AS INTEGER) AS seed
     FROM runs WHERE regexp_matches(run_id, '^tpp[0-9]+-wd')
 ), acc AS (
     SELECT m.run_id, m.step, m.name, m.value FROM metrics m JOIN probe USING (run_id)
     WHERE m.name IN ('train/acc', 'test_id/acc', 'test_ood/acc', 'weight_norm')
 )
-SELECT p.run_id, p.tasks_per_program, p.weight_decay, p.lr, p.seed, p.status, p.t_mem,
+SELECT p.run_id, p.tasks_per_program, p.weight_decay, p.lr, p.grokfast, p.seed, p.status, p.t_mem,
        max(a.step) AS last_eval,
        round(max(a.step) / p.t_mem, 1) AS x_t_mem,
        round(max(a.value) FILTER (a.name = 'test_id/acc' AND a.step = p.t_mem), 3) AS id_at_t_mem,
@@ -40,5 +41,5 @@ SELECT p.run_id, p.tasks_per_program, p.weight_decay, p.lr, p.seed, p.status, p.
        round(max(a.value) FILTER (a.name = 'weight_norm' AND a.step = p.t_mem), 1) AS weight_norm_at_t_mem,
        round(arg_max(a.value, a.step) FILTER (a.name = 'weight_norm'), 1) AS weight_norm_last
 FROM probe p JOIN acc a USING (run_id)
-GROUP BY p.run_id, p.tasks_per_program, p.weight_decay, p.lr, p.seed, p.status, p.t_mem
-ORDER BY p.tasks_per_program, p.weight_decay, p.lr DESC, p.seed, p.run_id;
+GROUP BY p.run_id, p.tasks_per_program, p.weight_decay, p.lr, p.grokfast, p.seed, p.status, p.t_mem
+ORDER BY p.tasks_per_program, p.weight_decay, p.lr DESC, p.grokfast DESC, p.seed, p.run_id;
