@@ -204,6 +204,29 @@ def test_the_probe_seeds_query_reads_every_seed_over_the_doublings_all_of_them_c
     assert (row["ood_mean"], row["ood_best"]) == ("10.0 ± 0.0", "15.0 ± 7.1")
 
 
+def test_the_probe_ema_query_sets_each_filtered_run_beside_its_unfiltered_twin_at_the_same_steps(home):
+    connect().close()
+    def probe(run_id: str, seed: int, grokfast: str, test_id: list[float], test_ood: list[float]) -> None:
+        config = json.dumps({"weight_decay": 0.1, "lr": 1e-3, "grokfast": grokfast, "seed": seed,
+                             "family_params": {"train_per_program": 200}})
+        _run(home, run_id, {"train/acc": [1.0] * len(test_id), "test_id/acc": test_id, "test_ood/acc": test_ood},
+             config=config)
+    # evaluations at 2,500, 5,000, ...: the filtered seed-0 run to 10,000, its twin without the filter to
+    # 20,000 (read to 10,000 only), a shorter twin (not the one chosen), and a filtered seed 1 with no twin
+    probe("tpp200-wd0.1-long", 0, "none", [0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8], [0.1] * 8)
+    probe("tpp200-wd0.1", 0, "none", [0.0, 0.0], [0.0, 0.0])
+    probe("tpp200-wd0.1-ema", 0, "ema", [0.55, 0.7, 0.8, 0.95], [0.1, 0.1, 0.2, 0.3])
+    probe("tpp200-wd0.1-ema-s1", 1, "ema", [0.9] * 4, [0.5] * 4)
+    got = run_sql((RESULTS / "composition_programs_probe" / "probe_ema.sql").read_text()).to_pylist()
+    assert {(r["ema_run"], r["none_run"]) for r in got} == {("tpp200-wd0.1-ema", "tpp200-wd0.1-long")}
+    # spans of doublings from 1,000: 2,500 (2,000-3,999), 5,000 and 7,500 (4,000-7,999), 10,000 (8,000-)
+    assert [(r["steps"], r["evals"]) for r in got] == [("2,000-2,500", 1), ("4,000-7,500", 2), ("8,000-10,000", 1)]
+    assert [(r["id_none"], r["id_ema"], r["id_gain"]) for r in got] == \
+        [(50.0, 55.0, 5.0), (65.0, 75.0, 10.0), (80.0, 95.0, 15.0)]
+    assert [r["ood_gain"] for r in got] == [0.0, 5.0, 20.0]
+    assert {(r["train_none"], r["train_ema"]) for r in got} == {(100.0, 100.0)}
+
+
 def test_the_programs_20_query_summarises_each_window_and_a_run_that_never_memorised(home):
     """composition_programs_20/after_t_mem.sql: per window and arm, ID at T_mem, its mean and best from T_mem
     on, ID and OOD at the window's end, best OOD, all to its end: the grid's cap (20,000), then 10 x each
