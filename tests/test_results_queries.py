@@ -227,6 +227,27 @@ def test_the_probe_ema_query_sets_each_filtered_run_beside_its_unfiltered_twin_a
     assert {(r["train_none"], r["train_ema"]) for r in got} == {(100.0, 100.0)}
 
 
+def test_the_probe_ema_seeds_query_reads_every_seed_to_the_step_all_filtered_runs_reached(home):
+    connect().close()
+    def probe(run_id: str, seed: int, grokfast: str, test_id: list[float]) -> None:
+        config = json.dumps({"weight_decay": 0.1, "lr": 1e-3, "grokfast": grokfast, "seed": seed,
+                             "family_params": {"train_per_program": 200}})
+        _run(home, run_id, {"test_id/acc": test_id, "test_ood/acc": [0.1] * len(test_id)}, config=config)
+    # evaluations at 2,500, 5,000, ...; seed 0's filtered run reaches 10,000, seed 1's 7,500: both are read
+    # to 7,500 (2,500 in the span 2,000-3,999; 5,000 and 7,500 in 4,000-7,999). Seed 0 gains 10 points at
+    # every step, seed 1 loses 2.
+    probe("tpp200-wd0.1", 0, "none", [0.5, 0.6, 0.7, 0.8, 0.8])
+    probe("tpp200-wd0.1-ema", 0, "ema", [0.6, 0.7, 0.8, 0.99])
+    probe("tpp200-wd0.1-s1", 1, "none", [0.4, 0.5, 0.6, 0.7])
+    probe("tpp200-wd0.1-ema-s1", 1, "ema", [0.38, 0.48, 0.58])
+    got = run_sql((RESULTS / "composition_programs_probe" / "probe_ema_seeds.sql").read_text()).to_pylist()
+    assert [(r["steps"], r["n"], r["seeds"]) for r in got] == [("2,500-2,500", 2, "0,1"), ("5,000-7,500", 2, "0,1")]
+    assert [r["id_gain_by_seed"] for r in got] == ["+10.0 / -2.0", "+10.0 / -2.0"]
+    assert got[0]["id_gain"] == f"+4.0 ± {12 / math.sqrt(2):.1f}"
+    assert (got[1]["id_none"], got[1]["id_ema"]) == ("60.0 ± 7.1", "64.0 ± 15.6")
+    assert {(r["ood_gain"], r["ood_gain_by_seed"]) for r in got} == {("+0.0 ± 0.0", "+0.0 / +0.0")}
+
+
 def test_the_programs_20_query_summarises_each_window_and_a_run_that_never_memorised(home):
     """composition_programs_20/after_t_mem.sql: per window and arm, ID at T_mem, its mean and best from T_mem
     on, ID and OOD at the window's end, best OOD, all to its end: the grid's cap (20,000), then 10 x each

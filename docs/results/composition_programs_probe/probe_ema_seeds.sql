@@ -1,0 +1,56 @@
+-- docs/results/composition_programs_probe/probe.md: probe_ema.sql over the seeds. Each Grokfast-EMA
+-- run beside its unfiltered twin (same world, weight decay, lr and seed; the longest twin), read at the
+-- steps both evaluated up to the step every filtered run of the setting reached, cut into doublings of
+-- the step count from 1,000: test_id and test_ood averaged over each span for each seed, then mean ± std
+-- over the seeds (n) of the unfiltered, the filtered and the gain (filter minus none, in points), and
+-- each seed's gain (in seed order).
+--   grokloop import-runs docs/results/composition_programs_probe/probe_runs.parquet
+--   grokloop sql --file docs/results/composition_programs_probe/probe_ema_seeds.sql
+WITH probe AS (
+    SELECT r.run_id,
+           CAST(json_extract(r.config, '$.family_params.train_per_program') AS INTEGER) AS tasks_per_program,
+           CAST(json_extract(r.config, '$.weight_decay') AS DOUBLE) AS weight_decay,
+           CAST(json_extract(r.config, '$.lr') AS DOUBLE) AS lr,
+           json_extract_string(r.config, '$.grokfast') AS grokfast,
+           CAST(json_extract(r.config, '$.seed') AS INTEGER) AS seed,
+           max(m.step) AS last_step
+    FROM runs r JOIN metrics m USING (run_id)
+    WHERE regexp_matches(r.run_id, '^tpp[0-9]+-wd')
+    GROUP BY ALL
+), pairs AS (
+    SELECT e.run_id AS ema_run, n.run_id AS none_run, e.seed, e.tasks_per_program, e.weight_decay, e.lr,
+           min(e.last_step) OVER (PARTITION BY e.tasks_per_program, e.weight_decay, e.lr) AS common_step
+    FROM probe e JOIN probe n USING (tasks_per_program, weight_decay, lr, seed)
+    WHERE e.grokfast = 'ema' AND n.grokfast = 'none'
+    QUALIFY row_number() OVER (PARTITION BY e.run_id ORDER BY n.last_step DESC, n.run_id) = 1
+), evals AS (
+    SELECT p.ema_run, p.seed, p.tasks_per_program, p.weight_decay, p.lr, p.common_step, m.step, m.name,
+           floor(log2(m.step / 1000))::INTEGER AS span,
+           max(m.value) FILTER (m.run_id = p.ema_run) AS ema,
+           max(m.value) FILTER (m.run_id = p.none_run) AS none
+    FROM pairs p JOIN metrics m ON m.run_id IN (p.ema_run, p.none_run)
+    WHERE m.step >= 1000 AND m.step <= p.common_step AND m.name IN ('test_id/acc', 'test_ood/acc')
+    GROUP BY ALL
+    HAVING count(*) = 2  -- a step both runs evaluated
+), per_seed AS (
+    SELECT tasks_per_program, weight_decay, lr, common_step, span, seed, min(step) AS first_step, max(step) AS last_step,
+           100 * avg(none) FILTER (name = 'test_id/acc') AS id_none,
+           100 * avg(ema) FILTER (name = 'test_id/acc') AS id_ema,
+           100 * avg(none) FILTER (name = 'test_ood/acc') AS ood_none,
+           100 * avg(ema) FILTER (name = 'test_ood/acc') AS ood_ema
+    FROM evals GROUP BY ALL
+)
+SELECT tasks_per_program, weight_decay, lr,
+       printf('%,d-%,d', min(first_step), max(last_step)) AS steps,
+       count(*) AS n, string_agg(seed::VARCHAR, ',' ORDER BY seed) AS seeds,
+       printf('%.1f ± %.1f', avg(id_none), stddev_samp(id_none)) AS id_none,
+       printf('%.1f ± %.1f', avg(id_ema), stddev_samp(id_ema)) AS id_ema,
+       printf('%+.1f ± %.1f', avg(id_ema - id_none), stddev_samp(id_ema - id_none)) AS id_gain,
+       string_agg(printf('%+.1f', id_ema - id_none), ' / ' ORDER BY seed) AS id_gain_by_seed,
+       printf('%.1f ± %.1f', avg(ood_none), stddev_samp(ood_none)) AS ood_none,
+       printf('%.1f ± %.1f', avg(ood_ema), stddev_samp(ood_ema)) AS ood_ema,
+       printf('%+.1f ± %.1f', avg(ood_ema - ood_none), stddev_samp(ood_ema - ood_none)) AS ood_gain,
+       string_agg(printf('%+.1f', ood_ema - ood_none), ' / ' ORDER BY seed) AS ood_gain_by_seed
+FROM per_seed
+GROUP BY tasks_per_program, weight_decay, lr, span
+ORDER BY tasks_per_program, weight_decay, lr DESC, span;
