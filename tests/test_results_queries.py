@@ -204,48 +204,30 @@ def test_the_probe_seeds_query_reads_every_seed_over_the_doublings_all_of_them_c
     assert (row["ood_mean"], row["ood_best"]) == ("10.0 ± 0.0", "15.0 ± 7.1")
 
 
-def test_the_probe_ema_query_sets_each_filtered_run_beside_its_unfiltered_twin_at_the_same_steps(home):
+def test_the_probe_ema_query_sets_each_filtered_run_beside_its_twin_to_the_step_every_filtered_run_reached(home):
     connect().close()
-    def probe(run_id: str, seed: int, grokfast: str, test_id: list[float], test_ood: list[float]) -> None:
+    def probe(run_id: str, seed: int, grokfast: str, test_id: list[float], test_ood: list[float] | None = None) -> None:
         config = json.dumps({"weight_decay": 0.1, "lr": 1e-3, "grokfast": grokfast, "seed": seed,
                              "family_params": {"train_per_program": 200}})
-        _run(home, run_id, {"train/acc": [1.0] * len(test_id), "test_id/acc": test_id, "test_ood/acc": test_ood},
-             config=config)
-    # evaluations at 2,500, 5,000, ...: the filtered seed-0 run to 10,000, its twin without the filter to
-    # 20,000 (read to 10,000 only), a shorter twin (not the one chosen), and a filtered seed 1 with no twin
-    probe("tpp200-wd0.1-long", 0, "none", [0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8], [0.1] * 8)
-    probe("tpp200-wd0.1", 0, "none", [0.0, 0.0], [0.0, 0.0])
-    probe("tpp200-wd0.1-ema", 0, "ema", [0.55, 0.7, 0.8, 0.95], [0.1, 0.1, 0.2, 0.3])
-    probe("tpp200-wd0.1-ema-s1", 1, "ema", [0.9] * 4, [0.5] * 4)
-    got = run_sql((RESULTS / "composition_programs_probe" / "probe_ema.sql").read_text()).to_pylist()
-    assert {(r["ema_run"], r["none_run"]) for r in got} == {("tpp200-wd0.1-ema", "tpp200-wd0.1-long")}
-    # spans of doublings from 1,000: 2,500 (2,000-3,999), 5,000 and 7,500 (4,000-7,999), 10,000 (8,000-)
-    assert [(r["steps"], r["evals"]) for r in got] == [("2,000-2,500", 1), ("4,000-7,500", 2), ("8,000-10,000", 1)]
-    assert [(r["id_none"], r["id_ema"], r["id_gain"]) for r in got] == \
-        [(50.0, 55.0, 5.0), (65.0, 75.0, 10.0), (80.0, 95.0, 15.0)]
-    assert [r["ood_gain"] for r in got] == [0.0, 5.0, 20.0]
-    assert {(r["train_none"], r["train_ema"]) for r in got} == {(100.0, 100.0)}
-
-
-def test_the_probe_ema_seeds_query_reads_every_seed_to_the_step_all_filtered_runs_reached(home):
-    connect().close()
-    def probe(run_id: str, seed: int, grokfast: str, test_id: list[float]) -> None:
-        config = json.dumps({"weight_decay": 0.1, "lr": 1e-3, "grokfast": grokfast, "seed": seed,
-                             "family_params": {"train_per_program": 200}})
-        _run(home, run_id, {"test_id/acc": test_id, "test_ood/acc": [0.1] * len(test_id)}, config=config)
-    # evaluations at 2,500, 5,000, ...; seed 0's filtered run reaches 10,000, seed 1's 7,500: both are read
-    # to 7,500 (2,500 in the span 2,000-3,999; 5,000 and 7,500 in 4,000-7,999). Seed 0 gains 10 points at
-    # every step, seed 1 loses 2.
-    probe("tpp200-wd0.1", 0, "none", [0.5, 0.6, 0.7, 0.8, 0.8])
-    probe("tpp200-wd0.1-ema", 0, "ema", [0.6, 0.7, 0.8, 0.99])
+        _run(home, run_id, {"test_id/acc": test_id, "test_ood/acc": test_ood or [0.1] * len(test_id)}, config=config)
+    # evaluations at 2,500, 5,000, ...: seed 0's filtered run reaches 10,000, seed 1's 7,500, so both pairs are
+    # read to 7,500 (2,500 in the span 2,000-3,999; 5,000 and 7,500 in 4,000-7,999); seed 0's twin is the
+    # longer of its two unfiltered runs; a filtered seed 2 with no twin is left out. Seed 0 gains 10 points
+    # at every step, seed 1 loses 2.
+    probe("tpp200-wd0.1-long", 0, "none", [0.5, 0.6, 0.7, 0.8, 0.8], [0.1, 0.1, 0.1, 0.1, 0.1])
+    probe("tpp200-wd0.1", 0, "none", [0.0, 0.0])
+    probe("tpp200-wd0.1-ema", 0, "ema", [0.6, 0.7, 0.8, 0.99], [0.1, 0.2, 0.3, 0.9])
     probe("tpp200-wd0.1-s1", 1, "none", [0.4, 0.5, 0.6, 0.7])
     probe("tpp200-wd0.1-ema-s1", 1, "ema", [0.38, 0.48, 0.58])
-    got = run_sql((RESULTS / "composition_programs_probe" / "probe_ema_seeds.sql").read_text()).to_pylist()
-    assert [(r["steps"], r["n"], r["seeds"]) for r in got] == [("2,500-2,500", 2, "0,1"), ("5,000-7,500", 2, "0,1")]
-    assert [r["id_gain_by_seed"] for r in got] == ["+10.0 / -2.0", "+10.0 / -2.0"]
-    assert got[0]["id_gain"] == f"+4.0 ± {12 / math.sqrt(2):.1f}"
-    assert (got[1]["id_none"], got[1]["id_ema"]) == ("60.0 ± 7.1", "64.0 ± 15.6")
-    assert {(r["ood_gain"], r["ood_gain_by_seed"]) for r in got} == {("+0.0 ± 0.0", "+0.0 / +0.0")}
+    probe("tpp200-wd0.1-ema-s2", 2, "ema", [0.9] * 4)
+    got = run_sql((RESULTS / "composition_programs_probe" / "probe_ema.sql").read_text()).to_pylist()
+    assert [(r["steps"], r["seed"], r["n"]) for r in got] == [
+        ("2,500-2,500", "0", 1), ("2,500-2,500", "1", 1), ("2,500-2,500", "mean ± std", 2),
+        ("5,000-7,500", "0", 1), ("5,000-7,500", "1", 1), ("5,000-7,500", "mean ± std", 2)]
+    assert [r["id_gain"] for r in got] == ["+10.0", "-2.0", f"+4.0 ± {12 / math.sqrt(2):.1f}"] * 2
+    # 5,000-7,500: seed 0 0.6, 0.7 -> 65 and 0.7, 0.8 -> 75; seed 1 55 and 53
+    assert [(r["id_none"], r["id_ema"]) for r in got[3:]] == [("65.0", "75.0"), ("55.0", "53.0"), ("60.0 ± 7.1", "64.0 ± 15.6")]
+    assert [r["ood_gain"] for r in got] == ["+0.0", "+0.0", "+0.0 ± 0.0", "+15.0", "+0.0", "+7.5 ± 10.6"]
 
 
 def test_the_programs_20_query_summarises_each_window_and_a_run_that_never_memorised(home):
