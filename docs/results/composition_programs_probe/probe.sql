@@ -1,10 +1,10 @@
 -- docs/results/composition_programs_probe/probe.md: per probe run, its world (training tasks per
--- program), weight decay, learning rate and gradient filter (Grokfast: none or ema), when it memorised (T_mem: train accuracy >= 0.99), how far
--- it ran in units of T_mem, and test_id accuracy at T_mem, at its best after T_mem (and the step of that
--- best), averaged over every evaluation from T_mem on, its trend from T_mem on, and at the end (the
--- task's verifier, test rows only); OOD best (and its step) and last; train accuracy on average and at
--- its lowest from T_mem on (how far it falls back after memorising: one evaluation at the end may catch
--- a spike); the weight norm at T_mem and at the end.
+-- program), weight decay, learning rate and gradient filter (Grokfast: none or ema), when it memorised
+-- (T_mem: train accuracy >= 0.99), how far it ran in units of T_mem, and test_id accuracy at T_mem, at
+-- its best after T_mem (and the step of that best), averaged over every evaluation from T_mem on, its
+-- trend from T_mem on, and at the end (the task's verifier, test rows only); OOD best (and its step)
+-- and last; train accuracy on average and at its lowest from T_mem on (how far it falls back after
+-- memorising: one evaluation at the end may catch a spike); the weight norm at T_mem and at the end.
 -- From the store the runs were trained in, or from their Parquet:
 --   grokloop import-runs docs/results/composition_programs_probe/probe_runs.parquet
 --   grokloop sql --file docs/results/composition_programs_probe/probe.sql

@@ -1,11 +1,12 @@
--- docs/results/composition_programs_probe/probe.md: a probe setting's inits side by side, mean ± std over
--- its seeds (n). Per setting (training tasks per program, weight decay, lr, Grokfast filter) with two or more seeds that
--- memorised -- one run a seed, its longest: a run trained again under another name counts once -- T_mem,
--- then each seed read over the same window relative to its own T_mem: the doublings of the steps from
--- T_mem that every seed completed (T_mem to 2 x T_mem, 2 x to 4 x, ...; a seed's last evaluation at or
--- past the window's end; a setting with a seed short of 2 x T_mem has no window, so no row). In that
--- window: test_id averaged over the evaluations, its points per doubling (a least-squares line against
--- log2(step)), its best, and test_ood averaged and at its best (the task's verifier, test rows only).
+-- docs/results/composition_programs_probe/probe.md: a probe setting's inits side by side, mean ± std
+-- over its seeds (n). Per setting (training tasks per program, weight decay, lr, Grokfast filter) with
+-- two or more seeds that memorised -- one run a seed, its longest: a run trained again under another
+-- name counts once -- T_mem, then each seed read over the same window relative to its own T_mem: the
+-- doublings of the steps from T_mem that every seed completed (T_mem to 2 x T_mem, 2 x to 4 x, ...; a
+-- seed's last evaluation at or past the window's end; a setting with a seed short of 2 x T_mem has no
+-- window, so no row). In that window: test_id averaged over the evaluations, its points per doubling
+-- (a least-squares line against log2(step)), its best, and test_ood averaged and at its best (the
+-- task's verifier, test rows only).
 --   grokloop import-runs docs/results/composition_programs_probe/probe_runs.parquet
 --   grokloop sql --file docs/results/composition_programs_probe/probe_seeds.sql
 WITH probe AS (
