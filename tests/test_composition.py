@@ -284,16 +284,23 @@ def test_each_run_says_how_many_times_t_mem_it_went_on(home):
 
     size, home = COMPOSITION_SIZES["full"], str(home)
     plan = composition_configs(size, home, arms=("mdm",), patience=0, worlds=("programs-canonical-20",))
-    memorised, never = plan[2][2], plan[1][2]  # seeds 2 and 1
-    for cfg, t_mem, steps in ((memorised, 5000, (1000, 5000, 20000)), (never, None, (1000, 8000))):
-        metrics = [(s, name, 0.3) for s in steps for name in ("train/acc", "test_id/acc", "test_ood/acc")]
-        row = run_record(dataclasses.replace(cfg, run_id=cfg.run_name), "finished", steps[-1], t_mem, None, None)
+    grokked, never, memorised = (cfg for *_, cfg in plan)  # seeds 0, 1, 2
+    for cfg, t_mem, t_grok, steps in ((grokked, 1000, 1000, (1000, 5000, 20000)), (memorised, 5000, None, (1000, 5000, 20000)),
+                                      (never, None, None, (1000, 8000))):
+        metrics = [(s, name, 0.3) for s in steps for name in ("train/acc", "test_ood/acc")]
+        # seed 0 reaches 95% ID at its first evaluation, falls back, and is there again at its last
+        ids = (0.96, 0.5, 0.97) if t_grok else (0.3,) * len(steps)
+        metrics += [(s, "test_id/acc", acc) for s, acc in zip(steps, ids, strict=True)]
+        row = run_record(dataclasses.replace(cfg, run_id=cfg.run_name), "finished", steps[-1], t_mem, t_grok, None)
         assert record_run(home, row, metrics, final=True)
     table, _, body = composition(size, home, arms=("mdm",), patience=0, worlds=("programs-canonical-20",),
                                  report_only=True)
-    assert [(r["seed"], r["step"], r["t_mem"], r["x_t_mem"]) for r in table] == [(1, 8000, None, None),
-                                                                                  (2, 20000, 5000, "4.0")]
+    assert [(r["seed"], r["step"], r["t_mem"], r["x_t_mem"]) for r in table] == [
+        (0, 20000, 1000, "20.0"), (1, 8000, None, None), (2, 20000, 5000, "4.0")]
     assert "| programs-canonical-20 | mdm | 2 | finished | 20000 | cap 100000 | 5000 | 4.0 |" in body
+    # T_grok is the first crossing; `t_grok_held` where ID came back to 95% and stayed (here the last evaluation)
+    assert [(r["t_grok"], r["t_grok_held"]) for r in table] == [(1000, 20000), (None, None), (None, None)]
+    assert "| 1000 | 20000 | 0 |" in body and "| 1/3 | 1/3 |" in body  # t_grok, t_grok_held, delay; grokked, held
 
 
 def test_a_grid_continues_a_run_past_its_cap_to_10_x_its_t_mem_and_no_further(home):

@@ -162,17 +162,49 @@ def test_cluster_grokking_places_each_clusters_grokking_and_how_much_of_it_held(
     metrics = [(100 * (i + 1), f"test_id/cluster:{name}/acc", acc) for name, curve in curves.items()
                for i, acc in enumerate(curve)] + [(100, "test_id/acc", 0.5)]
     assert record_run(home, row, metrics, final=True)
-    got = run_sql("SELECT cluster, groks_at, kept, lowest_after, best, final_acc, evals, others_groks_at, "
-                  "others_kept, others_lowest_after FROM cluster_grokking")
+    got = run_sql("SELECT cluster, groks_at, held_from, kept, lowest_after, best, final_acc, evals, others_groks_at, "
+                  "others_held_from, others_kept, others_lowest_after FROM cluster_grokking")
     assert got.to_pylist() == [
         # x-y's others (x/y and x+y, their lowest where both were measured): 0.1, 0.85, 0.4, 0.95 -- at 0.9
         # first at step 400, where neither was first; step 500 (x+y unmeasured) is not a point of it
-        {"cluster": "x+y", "groks_at": 100, "kept": 0.75, "lowest_after": 0.85, "best": 0.99, "final_acc": 0.99,
-         "evals": 4, "others_groks_at": None, "others_kept": None, "others_lowest_after": None},
-        {"cluster": "x-y", "groks_at": None, "kept": None, "lowest_after": None, "best": 0.05, "final_acc": 0.03,
-         "evals": 5, "others_groks_at": 400, "others_kept": 1.0, "others_lowest_after": 0.95},
-        {"cluster": "x/y", "groks_at": 200, "kept": 0.5, "lowest_after": 0.4, "best": 0.95, "final_acc": 0.5,
-         "evals": 5, "others_groks_at": None, "others_kept": None, "others_lowest_after": None}]
+        {"cluster": "x+y", "groks_at": 100, "held_from": 300, "kept": 0.75, "lowest_after": 0.85, "best": 0.99,
+         "final_acc": 0.99, "evals": 4, "others_groks_at": None, "others_held_from": None, "others_kept": None,
+         "others_lowest_after": None},
+        {"cluster": "x-y", "groks_at": None, "held_from": None, "kept": None, "lowest_after": None, "best": 0.05,
+         "final_acc": 0.03, "evals": 5, "others_groks_at": 400, "others_held_from": 400, "others_kept": 1.0,
+         "others_lowest_after": 0.95},
+        # ends below its threshold: grokked at 200 by the first crossing, held from nowhere
+        {"cluster": "x/y", "groks_at": 200, "held_from": None, "kept": 0.5, "lowest_after": 0.4, "best": 0.95,
+         "final_acc": 0.5, "evals": 5, "others_groks_at": None, "others_held_from": None, "others_kept": None,
+         "others_lowest_after": None}]
     got = run_sql("SELECT step, acc, others_acc FROM cluster_curves WHERE cluster = 'x-y'")
     assert got.to_pylist() == [{"step": 100 * (i + 1), "acc": acc, "others_acc": others} for i, (acc, others) in
                                enumerate(zip(curves["x-y"], [0.1, 0.85, 0.4, 0.95, None], strict=True))]
+
+
+def test_run_progress_says_whether_a_runs_first_crossing_of_the_grok_threshold_held(home):
+    """T_grok is the first evaluation at the threshold; one evaluation of a plateau just under it can set
+    it. `t_grok_held` is where test ID accuracy last came back to the threshold and stayed; `kept` the
+    share of evaluations from T_grok on at it."""
+    from storage.runs import record_run
+
+    connect().close()
+    ids = {"scatter": [0.5, 0.96, 0.93, 0.94, 0.92],   # one evaluation at 0.95, then back under it
+           "grokked": [0.5, 0.96, 0.90, 0.97, 0.98],   # a dip after T_grok, then there to the end
+           "never": [0.1, 0.2, 0.3, 0.4, 0.5]}
+    for run_id, curve in ids.items():
+        row = {"run_id": run_id, "name": None, "objective": "ar", "dataset_id": None, "config": "{}",
+               "status": "finished", "parent_run_id": None, "t_mem": 100, "t_grok": 200 if max(curve) > 0.95 else None,
+               "grok_ratio": None, "grok_delay": None, "final_step": 500}
+        metrics = [(100 * (i + 1), "test_id/acc", acc) for i, acc in enumerate(curve)]
+        metrics += [(100 * (i + 1), "test_id/cluster:x+y/acc", acc) for i, acc in enumerate(curve)]
+        assert record_run(home, row, metrics, final=True)
+    got = run_sql("SELECT run_id, step, t_grok, t_grok_held, kept, test_id_acc FROM run_progress ORDER BY run_id")
+    assert got.to_pylist() == [
+        {"run_id": "grokked", "step": 500, "t_grok": 200, "t_grok_held": 400, "kept": 0.75, "test_id_acc": 0.98},
+        {"run_id": "never", "step": 500, "t_grok": None, "t_grok_held": None, "kept": None, "test_id_acc": 0.5},
+        {"run_id": "scatter", "step": 500, "t_grok": 200, "t_grok_held": None, "kept": 0.25, "test_id_acc": 0.92}]
+    # the same marks on every curve `curve_grokking` reads: here each run's one cluster follows its test ID
+    marks = run_sql("SELECT run_id, curve, groks_at, held_from, kept FROM curve_grokking ORDER BY run_id, curve")
+    assert [(r["groks_at"], r["held_from"], r["kept"]) for r in marks.to_pylist()] == \
+        [(200, 400, 0.75)] * 2 + [(None, None, None)] * 2 + [(200, None, 0.25)] * 2

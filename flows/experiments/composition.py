@@ -174,7 +174,9 @@ def composition_notes(size: Size, plan: list, arms, worlds=None) -> str:
              + ". Accuracy is the task's verifier on the decoded answer, on a "
              "seeded sample of each split fixed for the run (`n_eval`: train / test_id / test_ood rows). "
              "T_mem: first eval with train accuracy >= 0.99 (two_hop: on the inferred train facts); "
-             "T_grok: first eval with test_id accuracy >= 0.95 (— = never, within the steps run); `delay`: "
+             "T_grok: first eval with test_id accuracy >= 0.95 (— = never, within the steps run); `t_grok_held`: "
+             "the eval from which test_id accuracy stayed >= 0.95 to the last (— = the last is below: a first "
+             "crossing that fell back; `held`, per arm: runs with one); `delay`: "
              "T_grok - T_mem (negative: in-distribution accuracy got there first); `x_t_mem`: the last evaluation's "
              "step / T_mem, how long the run went on after memorising (the question needs >= 10). "
              "ID = held-out compositions of seen pieces; OOD = compositions of atomic facts / primitive "
@@ -314,9 +316,10 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=DEFAU
                       f"OOD {row['test_ood_acc']}")
     summary = markdown_table(composition_summary(table),
                               ["setting", "arm", "params", "width", "steps", "finished", "t_mem", "t_grok", "delay",
-                               "grokked", "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
+                               "grokked", "held", "train_inferred_acc", "test_id_acc", "test_ood_acc", "best_ood_acc",
                                "ood_at_t_grok", "n_eval", "train_min"])
-    per_run = markdown_table(table, ["setting", "arm", "seed", "status", "step", "until", "t_mem", "x_t_mem", "t_grok", "delay",
+    per_run = markdown_table(table, ["setting", "arm", "seed", "status", "step", "until", "t_mem", "x_t_mem", "t_grok",
+                                      "t_grok_held", "delay",
                                       "train_inferred_acc", "train_exact", "test_id_acc", "test_ood_acc", "best_ood_acc",
                                       "best_ood_step", "ood_at_t_grok", "n_eval", "train_min"])
     notes = composition_notes(size, plan, arms, worlds)
@@ -332,11 +335,12 @@ def composition(size: Size, home: str | None, runner: Runner = LOCAL, arms=DEFAU
 
 def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str, Any] | None:
     """One run's line from the store (None when it has not evaluated yet)."""
-    found = query("SELECT status, final_step, t_mem, t_grok, config FROM runs WHERE run_id = ?", [cfg.run_name],
-                  home) if has_store(home) else []
+    found = query("SELECT r.status, r.final_step, r.t_mem, r.t_grok, g.held_from, r.config FROM runs r "
+                  "LEFT JOIN curve_grokking g ON g.run_id = r.run_id AND g.curve = 'test_id' WHERE r.run_id = ?",
+                  [cfg.run_name], home) if has_store(home) else []
     if not found:
         return None
-    status, step, t_mem, t_grok, config = found[0]
+    status, step, t_mem, t_grok, t_grok_held, config = found[0]
     series = metric_series(cfg.run_name, ["train_inferred/acc", "train/acc", "train/exact", "test_id/acc",
                                           "test_ood/acc", "step_time",
                                           *(f"{split}/n" for split in SPLITS)], home)
@@ -355,6 +359,7 @@ def _composition_row(setting: str, arm: str, cfg, home: str | None) -> dict[str,
             "width": cfg.hidden_size, "status": status,
             "step": step_reached, "until": _until(config_from_dict(json.loads(config)), t_mem),
             "t_mem": t_mem, "x_t_mem": f"{step_reached / t_mem:.1f}" if t_mem else None, "t_grok": t_grok,
+            "t_grok_held": t_grok_held,
             "delay": t_grok - t_mem if t_grok is not None and t_mem is not None else None,
             "train_inferred_acc": last.get("train_inferred/acc", last.get("train/acc")),
             "train_exact": last.get("train/exact"),
@@ -414,6 +419,7 @@ def composition_summary(table: list[dict]) -> list[dict]:
                     "steps": "-".join(str(s) for s in dict.fromkeys((steps[0], steps[-1]))),
                     "finished": f"{sum(r['status'] == 'finished' for r in group)}/{len(group)}",
                     "grokked": f"{len(grokked)}/{len(group)}",
+                    "held": f"{sum(r['t_grok_held'] is not None for r in group)}/{len(group)}",
                     **{k: mean_std_n([r[k] for r in group]) for k in
                        ("t_mem", "t_grok", "delay", "train_inferred_acc", "test_id_acc", "test_ood_acc",
                         "best_ood_acc", "ood_at_t_grok")},

@@ -109,23 +109,6 @@ JOIN trajectories t USING (trajectory_id)
 GROUP BY ALL
 ORDER BY day DESC NULLS LAST, t.agent_id, model;
 
--- Runs: where each run is -- its latest evaluation's verified accuracy per split, T_mem and T_grok.
--- What a long run shows while it goes on (`grokloop sql "SELECT * FROM run_progress"`).
-CREATE OR REPLACE VIEW run_progress AS
-WITH latest AS (
-    SELECT run_id, max(step) AS step FROM metrics WHERE name = 'test_id/acc' GROUP BY run_id
-)
-SELECT r.run_id, r.objective, r.status, l.step, r.t_mem, r.t_grok,
-       max(m.value) FILTER (WHERE m.name = 'train/acc')    AS train_acc,
-       max(m.value) FILTER (WHERE m.name = 'test_id/acc')  AS test_id_acc,
-       max(m.value) FILTER (WHERE m.name = 'test_ood/acc') AS test_ood_acc,
-       r.updated_at
-FROM runs r
-LEFT JOIN latest l USING (run_id)
-LEFT JOIN metrics m ON m.run_id = r.run_id AND m.step = l.step
-GROUP BY ALL
-ORDER BY r.updated_at DESC, r.run_id;
-
 -- Runs: each run's last checkpoint -- what a model agent samples from and what a continued loop
 -- starts its next round from.
 CREATE OR REPLACE VIEW latest_checkpoints AS
@@ -166,30 +149,69 @@ LEFT JOIN curve b ON b.run_id = a.run_id AND b.step = a.step AND b.cluster <> a.
 GROUP BY a.run_id, a.cluster, a.step, a.acc, a.level
 ORDER BY a.run_id, a.cluster, a.step;
 
--- Runs: per run and cluster (over `cluster_curves`), when its test accuracy first reached the run's
--- grok_threshold (`groks_at`), the share of the evaluations from then on still there (`kept`: a grokked
--- cluster can fall back), the lowest it fell to after, its best, and where it ended. `others_*`: the
--- same for the run's other clusters as one curve (`others_acc`): did the rest grok beside it, and hold.
-CREATE OR REPLACE VIEW cluster_grokking AS
-WITH curves AS (
-    SELECT run_id, cluster, 'self' AS curve, step, acc, level FROM cluster_curves
-    UNION ALL
-    SELECT run_id, cluster, 'others', step, others_acc, level FROM cluster_curves WHERE others_acc IS NOT NULL
-), reached AS (
-    SELECT run_id, cluster, curve, min(step) FILTER (WHERE acc >= level) AS groks_at
-    FROM curves GROUP BY run_id, cluster, curve
-), held AS (
-    SELECT c.run_id, c.cluster, c.curve, g.groks_at,
-           avg((c.acc >= c.level)::INTEGER) FILTER (WHERE c.step >= g.groks_at) AS kept,
-           min(c.acc) FILTER (WHERE c.step >= g.groks_at)                       AS lowest_after,
-           max(c.acc) AS best, arg_max(c.acc, c.step) AS final_acc, max(c.step) AS last_step, count(*) AS evals
-    FROM curves c
-    JOIN reached g USING (run_id, cluster, curve)
-    GROUP BY c.run_id, c.cluster, c.curve, g.groks_at
+-- Runs: the curves grokking is read from, one row per run, curve and evaluation: the run's test ID
+-- accuracy (`curve` 'test_id'), each cluster's ('cluster', `cluster` its name) and the lowest of the
+-- run's other clusters beside it ('others'), with the run's grok_threshold (`level`).
+CREATE OR REPLACE VIEW accuracy_curves AS
+SELECT m.run_id, 'test_id' AS curve, NULL::VARCHAR AS cluster, m.step, m.value AS acc,
+       coalesce(TRY_CAST(r.config->>'grok_threshold' AS DOUBLE), 0.95) AS level
+FROM metrics m
+LEFT JOIN runs r USING (run_id)
+WHERE m.name = 'test_id/acc'
+UNION ALL
+SELECT run_id, 'cluster', cluster, step, acc, level FROM cluster_curves
+UNION ALL
+SELECT run_id, 'others', cluster, step, others_acc, level FROM cluster_curves WHERE others_acc IS NOT NULL;
+
+-- Runs: per run and curve (over `accuracy_curves`), when it first reached the run's grok_threshold
+-- (`groks_at`: the trainer's T_grok on 'test_id'), the first evaluation from which every later one
+-- stayed there (`held_from`: NULL while the last is below; a first crossing on a plateau that scatters
+-- around the threshold is not a transition), the share of the evaluations from `groks_at` on still
+-- there (`kept`), the lowest it fell to after, its best, and where it ended.
+CREATE OR REPLACE VIEW curve_grokking AS
+WITH marked AS (
+    SELECT *, min(step) FILTER (WHERE acc >= level) OVER curve AS groks_at,
+              max(step) FILTER (WHERE acc < level) OVER curve  AS last_below
+    FROM accuracy_curves
+    WINDOW curve AS (PARTITION BY run_id, curve, cluster)
 )
-SELECT s.run_id, s.cluster, s.groks_at, s.kept, s.lowest_after, s.best, s.final_acc, s.last_step, s.evals,
-       o.groks_at AS others_groks_at, o.kept AS others_kept, o.lowest_after AS others_lowest_after
-FROM held s
-LEFT JOIN held o ON o.run_id = s.run_id AND o.cluster = s.cluster AND o.curve = 'others'
-WHERE s.curve = 'self'
+SELECT run_id, curve, cluster, groks_at,
+       min(step) FILTER (WHERE step > coalesce(last_below, -1))   AS held_from,
+       avg((acc >= level)::INTEGER) FILTER (WHERE step >= groks_at) AS kept,
+       min(acc) FILTER (WHERE step >= groks_at)                    AS lowest_after,
+       max(acc) AS best, arg_max(acc, step) AS final_acc, max(step) AS last_step, count(*) AS evals
+FROM marked
+GROUP BY run_id, curve, cluster, groks_at, last_below
+ORDER BY run_id, curve, cluster;
+
+-- Runs: per run and cluster (its `test_id/cluster:<name>/acc`), `curve_grokking`'s marks for it, and
+-- `others_*` the same for the run's other clusters as one curve (`others_acc`): did the rest grok
+-- beside it, and hold.
+CREATE OR REPLACE VIEW cluster_grokking AS
+SELECT s.* EXCLUDE (curve),
+       o.groks_at AS others_groks_at, o.held_from AS others_held_from, o.kept AS others_kept,
+       o.lowest_after AS others_lowest_after
+FROM curve_grokking s
+LEFT JOIN curve_grokking o ON o.run_id = s.run_id AND o.cluster = s.cluster AND o.curve = 'others'
+WHERE s.curve = 'cluster'
 ORDER BY s.run_id, s.cluster;
+
+-- Runs: where each run is -- its latest evaluation's verified accuracy per split, T_mem, T_grok (the
+-- first evaluation at the grok threshold), the evaluation from which test ID accuracy has stayed there
+-- (`t_grok_held`, NULL while the latest is below) and the share of evaluations since T_grok there
+-- (`kept`). What a long run shows while it goes on (`grokloop sql "SELECT * FROM run_progress"`).
+CREATE OR REPLACE VIEW run_progress AS
+WITH latest AS (
+    SELECT run_id, max(step) AS step FROM metrics WHERE name = 'test_id/acc' GROUP BY run_id
+)
+SELECT r.run_id, r.objective, r.status, l.step, r.t_mem, r.t_grok, g.held_from AS t_grok_held, g.kept,
+       max(m.value) FILTER (WHERE m.name = 'train/acc')    AS train_acc,
+       max(m.value) FILTER (WHERE m.name = 'test_id/acc')  AS test_id_acc,
+       max(m.value) FILTER (WHERE m.name = 'test_ood/acc') AS test_ood_acc,
+       r.updated_at
+FROM runs r
+LEFT JOIN latest l USING (run_id)
+LEFT JOIN metrics m ON m.run_id = r.run_id AND m.step = l.step
+LEFT JOIN curve_grokking g ON g.run_id = r.run_id AND g.curve = 'test_id'
+GROUP BY ALL
+ORDER BY r.updated_at DESC, r.run_id;
