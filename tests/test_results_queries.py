@@ -279,6 +279,7 @@ def test_the_t_grok_held_query_tells_a_first_crossing_that_held_from_one_that_fe
     _run(home, "composition-two_hop-ar-s0-aaaaaaaa", {"test_id/acc": [0.5, 0.96, 0.97, 0.98]})  # held from T_grok
     _run(home, "composition-two_hop-ar-s1-bbbbbbbb", {"test_id/acc": [0.5, 0.6, 0.96, 0.90, 0.99]})  # a dip, then held
     _run(home, "composition-two_hop-ar-s2-cccccccc", {"test_id/acc": [0.1] * 4})  # never
+    _run(home, "composition-two_hop-ar-s3-dddddddd", {"test_id/acc": [0.2] * 4})  # never: two runs alike, two of n
     _run(home, "clusters-balanced-s0-deadbeef", {"test_id/acc": [0.5, 0.96, 0.93]})  # one evaluation at 95%
     _run(home, "tpp200-wd0.1", {"test_id/acc": [0.5] * 3})  # no run of its group reached 95%: no row
     got = run_sql((RESULTS / "t_grok_held.sql").read_text()).to_pylist()
@@ -286,6 +287,6 @@ def test_the_t_grok_held_query_tells_a_first_crossing_that_held_from_one_that_fe
     assert got == [
         {"runs": "clusters-balanced-deadbeef", "n": 1, "reached": 1, "held": 0, "t_grok": "5000 ± 0",
          "held_after_t_grok": None, "kept": "0.500 ± 0.000", "lowest_after": "0.930 ± 0.000", "evals_after": "2-2"},
-        {"runs": "composition-two_hop-ar", "n": 3, "reached": 2, "held": 2, "t_grok": "6250 ± 1768",
+        {"runs": "composition-two_hop-ar", "n": 4, "reached": 2, "held": 2, "t_grok": "6250 ± 1768",
          "held_after_t_grok": "2500 ± 3536 (n=2)", "kept": "0.833 ± 0.236", "lowest_after": "0.930 ± 0.042",
          "evals_after": "3-3"}]
