@@ -38,6 +38,8 @@ class RunCurves:
     t_grok: int | None
     series: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)  # metric -> (steps, values)
     seed: int | None = None
+    t_grok_held: int | None = None   # from here on test ID stayed at the threshold (`curve_grokking.held_from`)
+    fell_back: bool = False          # reached the threshold (T_grok) and is below it at the last evaluation
 
 
 def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
@@ -53,19 +55,21 @@ def load_curves(run_ids: Sequence[str], home: str | Path | None = None,
             [list(run_ids), list(curves)],
         ).fetchall()
         runs = {r[0]: r[1:] for r in con.execute(
-            "SELECT r.run_id, r.parent_run_id, r.final_step, r.t_mem, r.t_grok, r.config, d.params->>'family'"
-            " FROM runs r LEFT JOIN datasets d USING (dataset_id)").fetchall()}
+            "SELECT r.run_id, r.parent_run_id, r.final_step, r.t_mem, r.t_grok, r.config, d.params->>'family',"
+            " g.held_from FROM runs r LEFT JOIN datasets d USING (dataset_id)"
+            " LEFT JOIN curve_grokking g ON g.run_id = r.run_id AND g.curve = 'test_id'").fetchall()}
     missing = [r for r in run_ids if r not in {row[0] for row in rows}]
     if missing:
         raise ValueError(f"no accuracy metrics in the store for run(s): {', '.join(missing)} (looked for "
                          f"{', '.join(curves)})")
     out = []
     for run_id in run_ids:
-        _, _, t_mem, t_grok, config, dataset_family = runs[run_id]
+        _, _, t_mem, t_grok, config, dataset_family, held_from = runs[run_id]
         config = json.loads(config)
         out.append(RunCurves(run_id, dataset_family or config.get("family", "?"),
                              config.get("eval_schedule") == "log", _steps_before(run_id, runs), t_mem, t_grok,
-                             seed=config.get("seed")))
+                             seed=config.get("seed"), t_grok_held=held_from,
+                             fell_back=t_grok is not None and held_from is None))
     by_id = {c.run_id: c for c in out}
     for run_id, step, name, value in rows:
         xs, ys = by_id[run_id].series.setdefault(name, ([], []))
@@ -118,7 +122,7 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
                     ax.axvline(run.offset + max(at, 1 if log_axis else 0), color=color, linestyle=line, alpha=0.6,
                                linewidth=1.2)
             if run.t_mem is not None or run.t_grok is not None:
-                marks.append((f"T_mem {_step(run.t_mem)} · T_grok {_step(run.t_grok)}", color))
+                marks.append((f"T_mem {_step(run.t_mem)} · T_grok {_step(run.t_grok)}{_held(run)}", color))
         if len(marks) > 4:  # many runs: their lines stay, the text would crowd the title
             marks = []
         # above the frame, one row a run (runs often reach them at the same or nearby steps)
@@ -149,6 +153,16 @@ def grokking_figure(runs: Sequence[RunCurves], curves: dict[str, str] | None = N
 
 def _step(at: int | None) -> str:
     return "—" if at is None else f"{at:,}"
+
+
+def _held(run: RunCurves) -> str:
+    """T_grok is a first crossing: whether test ID stayed there, when the store says it did not, or
+    came back to it for good only later."""
+    if run.fell_back:
+        return " (not held)"
+    if run.t_grok is not None and run.t_grok_held is not None and run.t_grok_held != run.t_grok:
+        return f" (held from {run.t_grok_held:,})"
+    return ""
 
 
 def _solid(line):

@@ -403,6 +403,26 @@ def test_grokking_figure_has_a_panel_per_family_with_t_mem_and_t_grok_marked():
     assert styles == {"train": "-", "test_id": "--"}
     linear = grokking_figure(runs, log_steps=False).axes[0]  # `plot --linear`: what happens late, spread out
     assert linear.get_xscale() == "linear" and min(linear.lines[0].get_xdata()) == 0
+    # T_grok is a first crossing: the mark says when the store has it falling back, or holding only later
+    runs = [RunCurves("c", "modular", True, 0, 10, 1000, series, fell_back=True),
+            RunCurves("d", "two_hop", True, 0, 10, 100, series, t_grok_held=1000)]
+    assert [t.get_text() for ax in grokking_figure(runs).axes for t in ax.texts] == \
+        ["T_mem 10 · T_grok 1,000 (not held)", "T_mem 10 · T_grok 100 (held from 1,000)"]
+
+
+def test_load_curves_reads_from_the_store_whether_a_runs_t_grok_held(home):
+    from diffusion.plot import load_curves
+    from storage.runs import record_run
+    from storage.store import connect
+
+    connect().close()
+    for run_id, ids in (("fell", [0.5, 0.96, 0.9]), ("held", [0.5, 0.96, 0.97]), ("late", [0.96, 0.9, 0.97])):
+        row = {"run_id": run_id, "name": None, "objective": "ar", "dataset_id": None, "config": '{"family": "modular"}',
+               "status": "finished", "parent_run_id": None, "t_mem": 100, "t_grok": 200 if ids[0] < 0.95 else 100,
+               "grok_ratio": None, "grok_delay": None, "final_step": 300}
+        assert record_run(home, row, [(100 * (i + 1), "test_id/acc", v) for i, v in enumerate(ids)], final=True)
+    got = {c.run_id: (c.t_grok, c.t_grok_held, c.fell_back) for c in load_curves(["fell", "held", "late"], home)}
+    assert got == {"fell": (200, None, True), "held": (200, 200, False), "late": (100, 300, False)}
 
 
 def test_named_panels_hold_every_seed_of_a_group_each_seed_one_colour():
