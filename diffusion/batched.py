@@ -37,7 +37,7 @@ from diffusion.checkpoint import (
 )
 from diffusion.config import TrainConfig, check_config, config_to_json, run_id_of
 from diffusion.data import BatchSampler, load_family, load_splits, read_snapshot_meta
-from diffusion.evaluate import evaluation, update_diagnostics
+from diffusion.evaluate import evaluation, held_since, update_diagnostics
 from diffusion.grokfast import ema_filter_, ma_filter_
 from diffusion.grouped import grouped_forward, stack_params
 from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
@@ -93,7 +93,7 @@ class Run:
         self.model = initial_model(cfg, self.tokenizer)  # seeded as `train` seeds it
         self.sampler = BatchSampler(len(self.splits["train"]), cfg.batch_size, seed=cfg.seed)
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
-        self.t_mem = self.t_grok = None
+        self.t_mem = self.t_grok = self.t_held = None
         self.done, self.stopped, self.step, self.evaluated, self.metrics = False, False, 0, -1, {}
         self.accum = {"loss": 0.0, "n": 0, "time": 0.0}
 
@@ -247,7 +247,7 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
     """`train`'s loop top for one run: evaluate, T_mem / T_grok, checkpoint, store, stop (`stopping`:
     a signal asked every run to stop here)."""
     cfg = run.cfg
-    done = run_over(cfg, step, run.t_mem, run.t_grok)
+    done = run_over(cfg, step, run.t_mem, run.t_held)
     evaluate_now = is_eval_step(cfg, step) or done  # the schedule `train` keeps (log included)
     checkpoint_now = step % ckpt_every == 0 or done or stopping
     if not (evaluate_now or checkpoint_now):
@@ -259,16 +259,18 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
         m, run.t_mem, run.t_grok = evaluation(cfg, run.model, run.eval_splits, run.family, run.tokenizer, step,
                                               optimizer.param_groups[0]["lr"], run.accum, diagnostics,
                                               run.t_mem, run.t_grok, run.board)
+        run.t_held = held_since(cfg, m, step, run.t_held)
         run.accum = {"loss": 0.0, "n": 0, "time": 0.0}
         rows = [(step, k, float(v)) for k, v in sorted(m.items())]
         run.metrics, run.evaluated = m, step
         print(eval_line(step, m, run.t_mem, run.t_grok, cfg.run_id), flush=True)  # seeds share the log
-        done = run_over(cfg, step, run.t_mem, run.t_grok)
+        done = run_over(cfg, step, run.t_mem, run.t_held)
     ckpts = []
     if checkpoint_now or done:
         state = {"pending_rows": rows, "step": step, "optimizer": _optimizer_slice(optimizer, run.index),
                  "sampler": run.sampler.state_dict(), "noise": run.noise.get_state(), "rng": rng_state(),
-                 "grokfast": grokfast_state, "t_mem": run.t_mem, "t_grok": run.t_grok, "evaluated": run.evaluated,
+                 "grokfast": grokfast_state, "t_mem": run.t_mem, "t_grok": run.t_grok, "t_held": run.t_held,
+                 "evaluated": run.evaluated,
                  "accum": dict(run.accum), "config": dataclasses.asdict(cfg)}
         ckpts = [(step, save_checkpoint(run_location(cfg, run.dir), step, run.model, state, checkpoint_info(cfg, step),
                                         cfg.keep_checkpoints))]

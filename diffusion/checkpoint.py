@@ -54,6 +54,7 @@ class TrainState:
     step: int = 0
     t_mem: int | None = None               # first evaluation that memorised the train rows
     t_grok: int | None = None              # first evaluation that generalised
+    t_held: int | None = None              # test ID at the threshold at every evaluation since (patience)
     evaluated: int = -1                    # last step evaluated: each step once, even across restarts
     saved: int = -1                        # last step checkpointed
     grokfast: Any = None                   # the Grokfast filter's state (None before the first step)
@@ -68,7 +69,8 @@ def save_training_checkpoint(run_dir: Path, cfg: TrainConfig, model: torch.nn.Mo
                              noise: torch.Generator, state: TrainState, rows: list) -> Path:
     """The run at `state.step`. `rows` are the metric rows of this step's evaluation: written again on
     resume, in case the process died between this checkpoint and the store."""
-    blob = {"step": state.step, "t_mem": state.t_mem, "t_grok": state.t_grok, "evaluated": state.evaluated,
+    blob = {"step": state.step, "t_mem": state.t_mem, "t_grok": state.t_grok, "t_held": state.t_held,
+            "evaluated": state.evaluated,
             "grokfast": state.grokfast, "accum": dict(state.accum), "pending_rows": rows,
             "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(), "noise": noise.get_state(),
             "rng": rng_state(), "config": dataclasses.asdict(cfg)}
@@ -103,7 +105,10 @@ def load_training_checkpoint(path: Path | str, model: torch.nn.Module, optimizer
     sampler.load_state_dict(blob["sampler"])
     noise.set_state(blob["noise"])
     set_rng_state(blob["rng"])
-    state = TrainState(step=blob["step"], t_mem=blob["t_mem"], t_grok=blob["t_grok"], evaluated=blob["evaluated"],
+    # A checkpoint written before patience counted from t_held has none: its run's rule counted from
+    # T_grok, which it keeps until its next evaluation says whether test ID is still at the threshold.
+    state = TrainState(step=blob["step"], t_mem=blob["t_mem"], t_grok=blob["t_grok"],
+                       t_held=blob.get("t_held", blob["t_grok"]), evaluated=blob["evaluated"],
                        saved=blob["step"], grokfast=blob["grokfast"], accum=blob["accum"])
     return state, blob.get("pending_rows", [])
 

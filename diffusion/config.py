@@ -257,7 +257,8 @@ class TrainConfig:
     sampler_threshold: float = 0.95        # commit anything this confident early
     mem_threshold: float = 0.99            # T_mem: first eval with train acc >= this (two_hop: inferred facts)
     grok_threshold: float = 0.95           # T_grok: first eval with test_id acc >= this
-    patience: int = 0                      # stop this many steps after T_grok; 0 = run to max_steps
+    patience: int = 0                      # stop once test ID has been at grok_threshold this many steps
+                                           # (at every evaluation: a fall starts it over); 0 = to max_steps
     mem_multiple: float = 0.0              # a run that memorises goes on to this many times T_mem, past
                                            # max_steps if it must (and patience waits for it); 0 = off
     # bookkeeping

@@ -248,6 +248,15 @@ def evaluation(cfg: TrainConfig, model: torch.nn.Module, eval_splits: dict[str, 
     return metrics, t_mem, t_grok
 
 
+def held_since(cfg: TrainConfig, metrics: dict[str, float], step: int, since: int | None) -> int | None:
+    """The first of the evaluations, up to this one, that have all had test ID at the grok threshold;
+    None while this one is below. The patience rule counts from it: a curve that crosses 95% and falls
+    back starts over, so a run stops on grokking it has kept, not on a first crossing."""
+    if metrics.get("test_id/acc", 0.0) < cfg.grok_threshold:
+        return None
+    return step if since is None else since
+
+
 def memorized_metric(family: TaskFamily, metrics: dict[str, float]) -> str:
     """What T_mem is measured on: the rows that must be memorised (two_hop: inferred train facts)."""
     kind = f"train_{family.memorized_kind}/acc"

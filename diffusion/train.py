@@ -62,7 +62,7 @@ from diffusion.config import (
     train_overrides,
 )
 from diffusion.data import BatchSampler, load_family, load_splits, read_snapshot_meta
-from diffusion.evaluate import evaluation, update_diagnostics
+from diffusion.evaluate import evaluation, held_since, update_diagnostics
 from diffusion.grokfast import gradfilter_ema, gradfilter_ma
 from diffusion.model import Denoiser, GrokfastRefDecoder
 from diffusion.objective import objective_loss
@@ -162,7 +162,7 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
             while True:
                 step = state.step  # every process stops, and checkpoints, at one step
                 stopping, overdue = procs.any(bool(received), checkpoint_overdue(cfg, saved_at))
-                done = run_over(cfg, step, state.t_mem, state.t_grok)
+                done = run_over(cfg, step, state.t_mem, state.t_held)
 
                 # evaluate on the schedule and at the end, each step once even across restarts
                 rows = []
@@ -172,13 +172,14 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
                     metrics, state.t_mem, state.t_grok = evaluation(
                         cfg, model, eval_splits, family, tokenizer, step, optimizer.param_groups[0]["lr"],
                         state.accum, diagnostics, state.t_mem, state.t_grok, board)
+                    state.t_held = held_since(cfg, metrics, step, state.t_held)
                     state.accum, state.evaluated = new_accum(), step
                     rows = [(step, k, float(v)) for k, v in sorted(metrics.items())]
                     progress.console.print(eval_line(step, metrics, state.t_mem, state.t_grok, run_of(cfg))
                                            + pace.line(step, end_step(cfg, state.t_mem)))
                     progress.update(bar, total=end_step(cfg, state.t_mem),
                                     info=f"train {metrics.get('train/acc', 0):.3f} test {metrics.get('test_id/acc', 0):.3f}")
-                    done = run_over(cfg, step, state.t_mem, state.t_grok)
+                    done = run_over(cfg, step, state.t_mem, state.t_held)
 
                 # checkpoint on its schedule, by the clock, at the end and on SIGTERM; it carries this
                 # evaluation's rows
@@ -308,14 +309,15 @@ def end_step(cfg: TrainConfig, t_mem: int | None) -> int:
     return cfg.max_steps
 
 
-def run_over(cfg: TrainConfig, step: int, t_mem: int | None, t_grok: int | None) -> bool:
-    return step >= end_step(cfg, t_mem) or patience_over(cfg, step, t_grok, t_mem)
+def run_over(cfg: TrainConfig, step: int, t_mem: int | None, t_held: int | None) -> bool:
+    return step >= end_step(cfg, t_mem) or patience_over(cfg, step, t_held, t_mem)
 
 
-def patience_over(cfg: TrainConfig, step: int, t_grok: int | None, t_mem: int | None = None) -> bool:
-    """Grokked `patience` steps ago, and (mem_multiple) past that multiple of T_mem: a grokking
-    run shows its delay on a log axis only when it runs well past memorisation."""
-    if not cfg.patience or t_grok is None or step - t_grok < cfg.patience:
+def patience_over(cfg: TrainConfig, step: int, t_held: int | None, t_mem: int | None = None) -> bool:
+    """Test ID at the grok threshold at every evaluation for `patience` steps (since `t_held`, see
+    evaluate.held_since), and (mem_multiple) past that multiple of T_mem: a grokking run shows its
+    delay on a log axis only when it runs well past memorisation."""
+    if not cfg.patience or t_held is None or step - t_held < cfg.patience:
         return False
     return not cfg.mem_multiple or (t_mem is not None and step >= cfg.mem_multiple * t_mem)
 

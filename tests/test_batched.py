@@ -97,6 +97,38 @@ def test_batched_runs_stop_by_the_rule_where_train_stops_them(tmp_path):
     assert run_row(tmp_path, "rule")["status"] == "finished"
 
 
+def test_patience_counts_from_a_threshold_held_not_from_a_first_crossing(tmp_path):
+    """This run's test ID reads 0.6 at step 100, 0.7 at 120, then 0.5 from 140 to the end. At a
+    threshold of 0.6, T_grok is 100 and the curve falls back at 140, the step patience 40 after T_grok
+    would stop it: the run goes on to the cap, batched or not. At 0.5 it holds from 100: stopped at 140."""
+    curve = tiny(tmp_path, "curve", max_steps=300)
+    train(curve)
+    assert [(s, round(v, 3)) for s, n, v in metric_rows(tmp_path, "curve") if n == "test_id/acc" and 80 <= s <= 160] == \
+        [(80, 0.4), (100, 0.6), (120, 0.7), (140, 0.5), (160, 0.5)]
+    fell_back = dataclasses.replace(curve, run_name="fell-back", patience=40, grok_threshold=0.6)
+    held = dataclasses.replace(curve, run_name="held", patience=40, grok_threshold=0.5)
+    for cfg in (fell_back, held):
+        alone = train(dataclasses.replace(cfg, run_name=f"{cfg.run_name}-alone"))
+        (batched,) = train_batched([cfg])
+        expected = (100, 300) if cfg is fell_back else (100, 140)
+        assert (alone.t_grok, alone.final_step) == (batched.t_grok, batched.final_step) == expected
+
+
+def test_a_run_stopped_by_the_earlier_rule_stays_stopped_when_resumed(tmp_path):
+    """A checkpoint written before patience counted from a threshold held has no `t_held`: it resumes
+    with T_grok in its place, the rule it ran under, so a finished run asked to continue stays finished
+    (here T_grok 100, test ID 0.5 at 140, where the new rule would start over and train to 300)."""
+    cfg = tiny(tmp_path, "old", max_steps=140, grok_threshold=0.6)
+    first = train(cfg)
+    state_file = first.checkpoint_dir / "state.pt"
+    blob = torch.load(state_file, weights_only=False)
+    assert (blob["t_grok"], blob["t_held"]) == (100, None)
+    del blob["t_held"]
+    torch.save(blob, state_file)
+    again = train(load_config("old", ["max_steps=300", "patience=20"], home=str(tmp_path)), resume=True)
+    assert (again.t_grok, again.final_step) == (100, 140)
+
+
 def test_a_run_that_memorises_late_goes_on_to_mem_multiple_x_t_mem(tmp_path):
     """T_mem 140 of a 200-step cap, mem_multiple 2: the run goes on past the cap to 280 (no stopping
     rule), batched or not, and the composition page's `until` says where its cap moved; without
