@@ -82,6 +82,7 @@ def _expected_time(cfg) -> str:
 
 def _reading(summary: dict, plot: Path) -> str:
     """What the table means, in words: the thresholds, and for each run whether it grokked."""
+    from flows.flows import grok_verdict  # imported by the command already (Prefect: see the top)
 
     t = TrainConfig()
     lines = [f"T_mem: first evaluation with train accuracy >= {t.mem_threshold:.0%} (memorised). "
@@ -89,7 +90,10 @@ def _reading(summary: dict, plot: Path) -> str:
              "Grokking is generalising long after memorising: T_grok well past T_mem."]
     for family, part in summary.items():
         run, ev = part["run"], part["evaluation"]
-        if run["t_grok"] is not None and run["t_mem"] is not None:
+        if run["t_grok"] is not None and grok_verdict(run, ev, t.grok_threshold) != "grokked":
+            lines.append(f"  {family}: reached {t.grok_threshold:.0%} ID at step {run['t_grok']:,} but ended at "
+                         f"{_pct(ev.get('test_id'))} (step {run['final_step']:,}): not held, not grokked.")
+        elif run["t_grok"] is not None and run["t_mem"] is not None:
             lines.append(f"  {family}: grokked. Memorised at step {run['t_mem']:,}, generalised at step "
                          f"{run['t_grok']:,} ({run['t_grok'] / max(run['t_mem'], 1):.1f}x later).")
         elif run["t_grok"] is not None:
@@ -175,8 +179,8 @@ def experiment(
     seeds: int = typer.Option(0, help="override the number of seeds (0: the size's default)"),
     max_steps: int = typer.Option(0, help="override the step cap per run (0: the size's default; composition: "
                                           "a run that memorises late goes on to 10 x its T_mem)"),
-    patience: int | None = typer.Option(None, help="composition only: steps a run goes on after T_grok once "
-                                                      "past 10 x T_mem (0: to the cap whatever it reached); like "
+    patience: int | None = typer.Option(None, help="composition only: a run stops once test ID has stayed at "
+                                                      "95% this many steps past 10 x T_mem (0: to the cap whatever it reached); like "
                                                       "the cap, not part of a run's name: runs continue"),
     train_fraction: float | None = typer.Option(None, help="clusters only: the share of each operation's table "
                                                           "that trains (default: the size's; full 0.5)"),

@@ -137,11 +137,20 @@ def family_line(i: int, n: int, family: str, part: dict[str, Any]) -> str:
     """`[1/3] modular: 1,400 steps in 95 s, train 100.0%, ID 98.7%, OOD -, T_mem 600, T_grok 1100 (grokked)`."""
     run, ev = part["run"], part["evaluation"]
     pct = {k: "-" if ev.get(k) is None else f"{100 * ev[k]:.1f}%" for k in ("train", "test_id", "test_ood")}
-    verdict = "grokked" if run["t_grok"] is not None else "did not reach 95% ID"
     return (f"[{i + 1}/{n}] {family}: {run['final_step']:,} steps in {part['seconds']:.0f} s, "
             f"train {pct['train']}, ID {pct['test_id']}, OOD {pct['test_ood']}, "
             f"T_mem {run['t_mem'] if run['t_mem'] is not None else '-'}, "
-            f"T_grok {run['t_grok'] if run['t_grok'] is not None else '-'} ({verdict})")
+            f"T_grok {run['t_grok'] if run['t_grok'] is not None else '-'} ({grok_verdict(run, ev)})")
+
+
+def grok_verdict(run: dict[str, Any], evaluation: dict[str, Any], threshold: float = 0.95) -> str:
+    """Whether a run grokked: T_grok set and test ID still at the threshold at its end. A run stopped
+    by the patience rule has kept it; one that reached its step cap may have crossed and fallen back."""
+    if run["t_grok"] is None:
+        return f"did not reach {threshold:.0%} ID"
+    if evaluation.get("test_id") is not None and evaluation["test_id"] < threshold:
+        return f"reached {threshold:.0%} ID, below it at the end"
+    return "grokked"
 
 
 @flow(name="self-improve")

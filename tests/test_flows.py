@@ -281,5 +281,7 @@ def test_family_line_says_whether_the_run_grokked():
             "evaluation": {"train": 1.0, "test_id": 0.981, "test_ood": None}, "seconds": 95.2}
     assert family_line(0, 2, "modular", part) == (
         "[1/2] modular: 2,000 steps in 95 s, train 100.0%, ID 98.1%, OOD -, T_mem 200, T_grok 900 (grokked)")
+    part["evaluation"]["test_id"] = 0.52  # crossed at 900 and fell back: a run that reached its cap
+    assert family_line(0, 2, "modular", part).endswith("T_grok 900 (reached 95% ID, below it at the end)")
     part["run"]["t_grok"] = None
     assert family_line(1, 2, "two_hop", part).endswith("T_grok - (did not reach 95% ID)")
