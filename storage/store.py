@@ -270,8 +270,10 @@ def connect(
     if not read_only:
         migrate(con)
     else:  # this grokloop's views, even on a store last opened by an older one (one that trains on)
-        with contextlib.suppress(duckdb.Error):  # a schema older than the views: its own views stand
-            con.execute(reader_views(views_sql()))
+        for view in duckdb.extract_statements(reader_views(views_sql())):
+            # one by one: a view the older schema cannot serve keeps the store's own, the rest are made
+            with contextlib.suppress(duckdb.Error):
+                con.execute(view.query)
     return con
 
 

@@ -49,6 +49,21 @@ def test_a_failing_migration_rolls_back_and_says_which(tmp_path, monkeypatch):
     assert "x" not in [c[0] for c in con.execute("DESCRIBE agents").fetchall()]
 
 
+def test_a_reader_of_an_older_store_gets_every_view_its_schema_can_serve(tmp_path):
+    """A store an older grokloop still writes: its steps table lacks a column the `usage` view reads
+    and its stored views predate `curve_grokking`. Opened read-only here, every view of views.sql
+    that the schema can serve is there, those after `usage` in the file too."""
+    path = tmp_path / "store.duckdb"
+    with open_store(path) as con:
+        con.execute("DROP VIEW usage; DROP VIEW run_progress; DROP VIEW cluster_grokking; DROP VIEW curve_grokking; "
+                    "ALTER TABLE steps DROP COLUMN cost_usd")
+    with open_store(path, read_only=True) as con:
+        for view in ("curve_grokking", "cluster_grokking", "run_progress", "latest_checkpoints"):
+            assert con.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,)
+        with pytest.raises(duckdb.CatalogException, match="usage"):
+            con.execute("SELECT * FROM usage")
+
+
 def test_a_store_written_by_duckdb_2_is_refused_in_one_line_and_left_as_it_was(tmp_path):
     # grokloop used DuckDB 2.0 before it pinned 1.5.5 (the DuckLake extension wheels): such a
     # store cannot be read here. The fixture is a store file DuckDB 2.0 wrote.
