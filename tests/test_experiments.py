@@ -49,6 +49,12 @@ def test_quick_experiment_writes_summary_and_plot_from_the_store(name, tmp_path,
             for key in ("t_mem", "t_grok"):
                 if "run_id" in row and key in row:
                     assert row[key] == stored[row["run_id"]][key]
+            if "t_grok_held" in row:  # where test ID came back to 95% for good, from the curve itself
+                curve = con.execute("SELECT step, value FROM metrics WHERE run_id = ? AND name = 'test_id/acc' "
+                                    "ORDER BY step", [row["run_id"]]).fetchall()
+                below = [s for s, v in curve if v < 0.95]
+                held = [s for s, v in curve if v >= 0.95 and (not below or s > below[-1])]
+                assert row["t_grok_held"] == (held[0] if held else None)
         if name == "clusters":  # the held-out cluster's accuracy is its test_id rows' (never train rows')
             assert all("t_mem" in row for row in result["table"])
             variants = [row["variant"] for row in result["table"]]

@@ -171,11 +171,12 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
         train_runs(train_cfgs, runner)
     table, runs = [], {}
     for label, seed, snap, tcfg in plan:
-        progress = query("SELECT status, step, test_id_acc, t_mem, t_grok FROM run_progress WHERE run_id = ?",
+        progress = query("SELECT status, step, test_id_acc, t_mem, t_grok, t_grok_held FROM run_progress "
+                         "WHERE run_id = ?",
                          [tcfg.run_name], home) if has_store(home) else []
         if not progress or progress[0][1] is None:  # not trained, or no evaluation yet
             continue
-        (status, step, test_id_acc, t_mem, t_grok), = progress
+        (status, step, test_id_acc, t_mem, t_grok, t_grok_held), = progress
         # Held-out claims from test rows only: the cluster's accuracy on test_id, never mixed with its
         # (memorised) train rows, at every evaluation of the run.
         (groks_at, kept, best, final, others_at, others_kept, others_lowest), = query(
@@ -189,7 +190,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                       f"{held_out}_acc": final, f"best_{held_out}_acc": best, f"{held_out}_groks_at": groks_at,
                       f"{held_out}_kept": kept,
                       "others_grok_at": others_at, "others_kept": others_kept, "others_lowest": others_lowest,
-                      "t_mem": t_mem, "t_grok": t_grok,
+                      "t_mem": t_mem, "t_grok": t_grok, "t_grok_held": t_grok_held,
                       "train_min": training_minutes(series.get("step_time", []), series.get("test_id/acc", []))})
         runs[tcfg.run_name] = label  # every seed, a panel a variant
         console.print(f"[clusters] {label} seed {seed}: {status} at {table[-1]['step']}, held-out cluster test "
@@ -203,16 +204,18 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
                         **{k: mean_std_n([r[k] for r in group]) for k in
                            ("test_id_acc", "others_grok_at", "others_kept", "others_lowest", f"{held_out}_acc",
                             f"best_{held_out}_acc", "t_mem", "t_grok")},
+                        "held": f"{sum(r['t_grok_held'] is not None for r in group)}/{len(group)}",
                         f"{held_out}_grokked": f"{len(groks)}/{len(group)}",
                         f"{held_out}_groks_at": mean_std_n(groks),
                         f"{held_out}_kept": mean_std_n([r[f"{held_out}_kept"] for r in group]),
                         "train_min": sum(r["train_min"] for r in group)})
     lines = markdown_table(summary, ["variant", "finished", f"{held_out}_train_rows", "test_id_acc", "t_mem", "t_grok",
+                                     "held",
                                      "others_grok_at", "others_kept", "others_lowest", f"{held_out}_acc",
                                      f"best_{held_out}_acc", f"{held_out}_grokked", f"{held_out}_groks_at", f"{held_out}_kept",
                                      "train_min"])
     per_run = markdown_table(table, ["variant", "seed", "status", "step", "train_rows", f"{held_out}_train_rows",
-                                     "test_id_acc", "t_mem", "t_grok", "others_grok_at", "others_kept",
+                                     "test_id_acc", "t_mem", "t_grok", "t_grok_held", "others_grok_at", "others_kept",
                                      "others_lowest", f"{held_out}_acc",
                                      f"best_{held_out}_acc", f"{held_out}_groks_at", f"{held_out}_kept", "train_min"])
     first = train_cfgs[0]
@@ -224,7 +227,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
              f"{balanced['clusters']['train'][held_out]} training rows). Masked diffusion with the `{first.mdm_estimator}` estimator, width "
              f"{first.hidden_size}, {first.num_layers} layers, init `{first.init}`, {first.optimizer} lr {first.lr:g}, "
              f"weight decay {first.weight_decay:g}, batch {first.batch_size}, step cap {size.max_steps}; the balanced runs stop "
-             f"{first.patience} steps after T_grok, the others run to the cap (their overall test accuracy can "
+             f"once overall test accuracy has stayed at {first.grok_threshold:g} for {first.patience} steps, the others run to the cap (their overall test accuracy can "
              f"pass 0.95 while the removed cluster is still rising). `{held_out}_acc`: the task's verifier on the cluster's test_id rows only (a "
              f"seeded sample of up to {first.eval_max_rows} test rows), at the last evaluation; "
              f"`{held_out}_groks_at`: the first evaluation where it is >= {first.grok_threshold:g}; `{held_out}_kept`: of the evaluations "
@@ -232,7 +235,9 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
              f"other cluster's test accuracy is >= {first.grok_threshold:g}; `others_kept`: of the evaluations from then on, the share where every "
              f"one still is; `others_lowest`: the lowest any of them fell to after it (grokked clusters can fall back late); `t_mem`: train accuracy >= {first.mem_threshold:g}; "
              f"`t_grok`: overall test accuracy >= {first.grok_threshold:g} (a held-out variant cannot reach it "
-             f"without the removed cluster); `train_min`: minutes of optimisation steps on the machine it trained on "
+             f"without the removed cluster); `t_grok_held`: the evaluation from which it stayed >= {first.grok_threshold:g} "
+             f"to the run's last (— = below it at the last: a crossing that fell back; `held`, per variant: runs "
+             f"with one); `train_min`: minutes of optimisation steps on the machine it trained on "
              f"(evaluations not counted; the summary: all of a variant's runs together). Carvalho et al. 2025 report that "
              "with an under-sampled subclass removed the model never grokked it, and 1% of it restored late "
              "generalization.")
