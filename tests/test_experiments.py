@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flows.experiments import EXPERIMENTS, run_experiment
-from flows.experiments.clusters import HELD_OUT
+from flows.experiments.clusters import HELD_OUT, figures
 from storage.datasets import snapshot_rows
 from storage.store import open_store
 
@@ -293,3 +293,10 @@ def test_a_committed_page_is_not_replaced_by_another_command(tmp_path, monkeypat
     assert elsewhere.exit_code == 0, elsewhere.output
     assert "--arms ar" in (page.parent / "ar" / "composition.md").read_text()
     assert "--arms" not in page.read_text()
+
+
+def test_a_clusters_page_of_balanced_runs_alone_has_no_rows_back_plot():
+    """Rows of a removed cluster added back are what `_rows` plots: with only the balanced variant there
+    are none; any grid with a removal variant has it."""
+    assert list(figures(variants=["balanced"])) == [""]
+    assert list(figures()) == list(figures(variants=["balanced", "1%"])) == ["", "_rows"]

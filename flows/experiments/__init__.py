@@ -40,7 +40,8 @@ DEFAULT_OUT = Path("docs/results")
 EXPERIMENTS: dict[str, tuple[Callable, dict[str, Size], dict[str, dict[str, Any]] | Callable]] = {
     "grokfast": (grokfast.grokfast, grokfast.GROKFAST_SIZES, FIGURES),
     "composition": (composition.composition, composition.COMPOSITION_SIZES, composition.FIGURES),
-    "clusters": (clusters.clusters, clusters.CLUSTER_SIZES, lambda options: clusters.figures(options.get("held_out"))),
+    "clusters": (clusters.clusters, clusters.CLUSTER_SIZES,
+                 lambda options: clusters.figures(options.get("held_out"), options.get("variants"))),
     "self_improve": (self_improve.self_improve, self_improve.SELF_IMPROVE_SIZES, FIGURES),
 }
 

@@ -44,12 +44,14 @@ CLUSTER_SIZES = {
 HELD_OUT = "x-y"
 
 
-def figures(held_out: str | None = None) -> dict:
+def figures(held_out: str | None = None, variants: list[str] | None = None) -> dict:
     """The plots: every run's curves, the held-out cluster's own test accuracy among them; and that
-    accuracy against how many of its training rows each variant has (`_rows`)."""
+    accuracy against how many of its training rows each variant has (`_rows`), where a variant removes it."""
     held_out = held_out or HELD_OUT
-    return {"": {"curves": {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{held_out}/acc": ":"}},
-            "_rows": lambda table, path: plot_rows_back(table, held_out, path)}
+    curves = {"": {"curves": {"train/acc": "-", "test_id/acc": "--", f"test_id/cluster:{held_out}/acc": ":"}}}
+    if variants == ["balanced"]:
+        return curves
+    return curves | {"_rows": lambda table, path: plot_rows_back(table, held_out, path)}
 
 
 def plot_rows_back(table: list[dict], held_out: str, path: Path) -> Path:
@@ -222,9 +224,7 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
     shares = [s for s in CLUSTER_SHARES if any(r["variant"].startswith(f"{s:.0%} ") for r in table)]  # that ran
     notes = (f"modular p={size.params['p']} with operations {size.params['operations']}, train fraction "
              f"{size.params['train_fraction']}, clustered by operation; {size.seeds} seed(s) per variant (init and "
-             f"data order; one task world). The `{held_out}` cluster is removed from train, then k of its "
-             f"examples are added back ({' and '.join(f'{s:.0%} = {_share(balanced, s, held_out)}' for s in shares)} of its "
-             f"{balanced['clusters']['train'][held_out]} training rows). Masked diffusion with the `{first.mdm_estimator}` estimator, width "
+             f"data order; one task world). {_removal(table, shares, balanced, held_out)} Masked diffusion with the `{first.mdm_estimator}` estimator, width "
              f"{first.hidden_size}, {first.num_layers} layers, init `{first.init}`, {first.optimizer} lr {first.lr:g}, "
              f"weight decay {first.weight_decay:g}, batch {first.batch_size}, step cap {size.max_steps}; the balanced runs stop "
              f"once overall test accuracy has stayed at {first.grok_threshold:g} for {first.patience} steps, the others run to the cap (their overall test accuracy can "
@@ -248,6 +248,15 @@ def clusters(size: Size, home: str | None, runner: Runner = LOCAL, report_only: 
         notes += "\n\n" + CPU_SIZE_REASON
     body = "\n".join(["Mean ± std over seeds (n = runs):", "", *lines, "", "Per run:", "", *per_run])
     return table, runs, notes + "\n\n" + body
+
+
+def _removal(table: list[dict], shares: list[float], balanced: dict, held_out: str) -> str:
+    """What the page's variants take away: the held-out cluster, and which rows of it come back."""
+    if all(r["variant"] == "balanced" for r in table):
+        return "Only the balanced variant ran: no cluster is removed."
+    back = f"{' and '.join(f'{s:.0%} = {_share(balanced, s, held_out)}' for s in shares)} of its " if shares else "of its "
+    return (f"The `{held_out}` cluster is removed from train, then k of its examples are added back ({back}"
+            f"{balanced['clusters']['train'][held_out]} training rows).")
 
 
 def variant_names() -> list[str]:
