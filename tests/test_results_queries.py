@@ -290,3 +290,19 @@ def test_the_t_grok_held_query_tells_a_first_crossing_that_held_from_one_that_fe
         {"runs": "composition-two_hop-ar", "n": 4, "reached": 2, "held": 2, "t_grok": "6250 ± 1768",
          "held_after_t_grok": "2500 ± 3536 (n=2)", "kept": "0.833 ± 0.236", "lowest_after": "0.930 ± 0.042",
          "evals_after": "3-3"}]
+
+
+def test_the_patience_rule_query_stops_a_curve_where_each_rule_is_met(home):
+    connect().close()
+    # steps 2,500, 5,000, ...: 95% first at 5,000, below at 7,500, then at it from 10,000 until 15,000
+    _run(home, "clusters-balanced-s0-aaaaaaaa", {"test_id/acc": [0.5, 0.96, 0.90, 0.97, 0.98, 0.60]},
+         config='{"patience": 0}')
+    _run(home, "clusters-balanced-s1-aaaaaaaa", {"test_id/acc": [0.1] * 3})  # never reached: no row
+    _run(home, "composition-two_hop-ar-s0-bbbbbbbb", {"test_id/acc": [0.5, 0.96, 0.97]})  # not a balanced run
+    got = run_sql((RESULTS / "clusters_held" / "patience_rule.sql").read_text()).to_pylist()
+    # from T_grok: the first evaluation 500 steps on (7,500, at 90%); held: the first 500 steps into a
+    # run of evaluations at 95% (10,000 starts one, 12,500 is 2,500 into it); after each, the 60% at 15,000
+    assert got == [{"run_id": "clusters-balanced-s0-aaaaaaaa", "trained_patience": 0, "ran_to": 20000, "t_grok": 5000,
+                    "first_crossing_stop": 7500, "first_crossing_test_id": 0.9, "first_crossing_at_95": False,
+                    "first_crossing_lowest_after": 0.6, "held_stop": 12500, "held_test_id": 0.98,
+                    "held_lowest_after": 0.6}]
