@@ -65,7 +65,8 @@ class LoopConfig:
     # Grokking, not instant generalisation: PyTorch's default init (init=torch; GPT-2's small init
     # generalises with no delay here), Adam with L2 weight decay 0.005 and no Grokfast filter (the
     # Grokfast paper's weight-decay setting), the low-variance `count` estimator. Stops once test
-    # accuracy has stayed at 95% for `patience` steps, so the plot shows it staying up; a short run: linear step axis.
+    # accuracy has stayed at 95% for `patience` steps, so the plot shows it staying up; a short run:
+    # linear step axis.
     train_overrides: dict[str, Any] = field(default_factory=lambda: {
         "max_steps": 1500, "eval_every": 50, "eval_schedule": "linear", "patience": 300, "batch_size": 512,
         "eval_max_rows": 1024, "init": "torch", "optimizer": "adam", "weight_decay": 0.005, "grokfast": "none",

@@ -87,7 +87,7 @@ def test_batched_seeds_match_the_same_seeds_trained_one_by_one(tmp_path, grokfas
 
 
 def test_batched_runs_stop_by_the_rule_where_train_stops_them(tmp_path):
-    """patience after T_grok, once past mem_multiple x T_mem: T_grok here is step 0 (a threshold of 0.2),
+    """patience from a threshold held, once past mem_multiple x T_mem: held from step 0 here (a threshold of 0.2),
     T_mem 140, so the rule ends the run at 280, before the cap, batched or not."""
     cfg = tiny(tmp_path, "rule", max_steps=300, patience=20, mem_multiple=2.0, grok_threshold=0.2)
     alone = train(dataclasses.replace(cfg, run_name="rule-alone"))

@@ -57,8 +57,8 @@ NAMED_ONLY_ARMS = ("ar-wide", "ar-full")
 UNEQUAL_PARAMETER_ARMS = ("ar-wide",)
 DEFAULT_ARMS = tuple(arm for arm in COMPOSITION_ARMS if arm not in NAMED_ONLY_ARMS)
 # Optimisation of every arm (Wang et al. 2024: AdamW, weight decay 0.1, no Grokfast; lr 1e-3 for a
-# small model on a CPU). Runs stop once test ID has stayed at 95% for `patience` steps past 10 x T_mem, or at the cap
-# (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5), or, for a run that
+# small model on a CPU). Runs stop once test ID has stayed at 95% for `patience` steps past 10 x T_mem,
+# or at the cap (the CPU size's AR run memorises its inferred facts in ~10^4 steps: hence 10^5), or, for a run that
 # memorises late, at 10 x its T_mem past the cap; evals on the log schedule place T_mem and T_grok on a
 # log-step axis.
 COMPOSITION_TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "grokfast": "none",
@@ -199,7 +199,8 @@ def _stopping_note(cap: int, cfg: TrainConfig) -> str:
     late = f"{cfg.mem_multiple:g} x T_mem" if cfg.mem_multiple else ""
     note = f"Step cap {cap}" + (f", or {late} where that is later (a run that memorises late goes on past the "
                                 "cap to it)" if late else "")
-    note += "; " + (f"a run stops once test ID has stayed at {cfg.grok_threshold:.0%} for {cfg.patience} steps" + (f" once past {late}" if late else "")
+    note += "; " + (f"a run stops once test ID has stayed at {cfg.grok_threshold:.0%} for {cfg.patience} steps"
+                    + (f" past {late}" if late else "")
                     if cfg.patience else "every run goes on to the cap (`--patience 0`: no stopping rule)")
     return note + (" (`until`, per run: what ends it as it was last run, `rule, cap N` or `cap N` alone with "
                    "`--patience 0`" + (f", `({late})` where the cap moved" if late else "")
