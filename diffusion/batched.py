@@ -263,7 +263,7 @@ def _evaluate_and_record(run: Run, step: int, params: dict, optimizer, filter_st
         run.accum = {"loss": 0.0, "n": 0, "time": 0.0}
         rows = [(step, k, float(v)) for k, v in sorted(m.items())]
         run.metrics, run.evaluated = m, step
-        print(eval_line(step, m, run.t_mem, run.t_grok, cfg.run_id), flush=True)  # seeds share the log
+        print(eval_line(step, m, run.t_mem, run.t_grok, run.t_held, cfg.run_id), flush=True)  # seeds share the log
         done = run_over(cfg, step, run.t_mem, run.t_held)
     ckpts = []
     if checkpoint_now or done:

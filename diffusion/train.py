@@ -175,7 +175,7 @@ def train_loop(cfg: TrainConfig, procs: distributed.Processes, resume: bool) -> 
                     state.t_held = held_since(cfg, metrics, step, state.t_held)
                     state.accum, state.evaluated = new_accum(), step
                     rows = [(step, k, float(v)) for k, v in sorted(metrics.items())]
-                    progress.console.print(eval_line(step, metrics, state.t_mem, state.t_grok, run_of(cfg))
+                    progress.console.print(eval_line(step, metrics, state.t_mem, state.t_grok, state.t_held, run_of(cfg))
                                            + pace.line(step, end_step(cfg, state.t_mem)))
                     progress.update(bar, total=end_step(cfg, state.t_mem),
                                     info=f"train {metrics.get('train/acc', 0):.3f} test {metrics.get('test_id/acc', 0):.3f}")
@@ -452,8 +452,10 @@ def pending_line(run_id: str, run_dir: Path, done: bool) -> str:
             f"`grokloop ingest` writes them when the store is free")
 
 
-def eval_line(step: int, m: dict[str, float], t_mem: int | None, t_grok: int | None,
+def eval_line(step: int, m: dict[str, float], t_mem: int | None, t_grok: int | None, t_held: int | None,
               run_id: str | None = None) -> str:
+    """One evaluation, a line: accuracies, the weight norm, T_mem, T_grok and, once T_grok is set, whether
+    test ID is still at the threshold (what patience counts from: "(held from N)", "(not held)")."""
     parts = [f"{run_id + ' ' if run_id else ''}step {step:>6}"]
     for split in ("train", "test_id", "test_ood"):
         if f"{split}/acc" in m:
@@ -461,5 +463,6 @@ def eval_line(step: int, m: dict[str, float], t_mem: int | None, t_grok: int | N
     parts.append(f"|w| {m['weight_norm']:.1f}")
     if "grokfast/filter_ratio" in m:
         parts.append(f"filter {m['grokfast/filter_ratio']:.2f}")
-    parts.append(f"T_mem {t_mem if t_mem is not None else '-'} T_grok {t_grok if t_grok is not None else '-'}")
+    held = "" if t_grok is None or t_held == t_grok else " (not held)" if t_held is None else f" (held from {t_held})"
+    parts.append(f"T_mem {t_mem if t_mem is not None else '-'} T_grok {t_grok if t_grok is not None else '-'}{held}")
     return " | ".join(parts)

@@ -10,7 +10,7 @@ from diffusion.batched import batchable, train_batched
 from diffusion.grouped import grouped_forward, stack_params
 from diffusion.model import Denoiser
 from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
-from diffusion.train import load_config, train
+from diffusion.train import eval_line, load_config, train
 
 
 def close_rows(a, b):
@@ -112,6 +112,14 @@ def test_patience_counts_from_a_threshold_held_not_from_a_first_crossing(tmp_pat
         (batched,) = train_batched([cfg])
         expected = (100, 300) if cfg is fell_back else (100, 140)
         assert (alone.t_grok, alone.final_step) == (batched.t_grok, batched.final_step) == expected
+
+
+def test_the_eval_line_says_whether_t_grok_is_held_now():
+    m = {"train/acc": 1.0, "train/loss": 0.01, "test_id/acc": 0.5, "test_id/loss": 2.0, "weight_norm": 20.0}
+    assert eval_line(140, m, 140, None, None).endswith("T_mem 140 T_grok -")
+    assert eval_line(140, m, 140, 100, None, "run").endswith("T_mem 140 T_grok 100 (not held)")
+    assert eval_line(300, m, 140, 100, 100).endswith("T_grok 100")
+    assert eval_line(300, m, 140, 100, 240).endswith("T_grok 100 (held from 240)")
 
 
 def test_a_run_stopped_by_the_earlier_rule_stays_stopped_when_resumed(tmp_path):
