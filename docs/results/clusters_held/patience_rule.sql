@@ -1,5 +1,6 @@
 -- Where the patience rule stops each balanced clusters run, counted two ways over its recorded test ID
--- curve (the trainer's `test_id/acc`, every evaluation): from T_grok, the first evaluation at 95%
+-- curve (`accuracy_curves`' 'test_id', every evaluation, at the run's threshold: 95%): from T_grok
+-- (`curve_grokking.groks_at`), the first evaluation at 95%
 -- (the rule before stop 79), and from the last return to 95% (the rule since: every evaluation at 95%
 -- for `patience` steps). `patience` 500, the grid's; a run that ran past where a rule stops it shows
 -- where that rule would have. `*_stop`: the first evaluation at which the rule is met (NULL: not
@@ -7,11 +8,11 @@
 -- `*_lowest_after`: the lowest test ID of the evaluations the run recorded after that stop (NULL: none,
 -- the run ended there).
 -- Runs: every committed run named clusters-balanced-*.
-WITH rule AS (SELECT 500 AS patience, 0.95 AS threshold),
+WITH rule AS (SELECT 500 AS patience),
 curve AS (
-    SELECT m.run_id, m.step, m.value, m.value >= rule.threshold AS at_threshold
-    FROM metrics m, rule
-    WHERE m.name = 'test_id/acc' AND m.run_id LIKE 'clusters-balanced-%'
+    SELECT run_id, step, acc AS value, acc >= level AS at_threshold
+    FROM accuracy_curves
+    WHERE curve = 'test_id' AND run_id LIKE 'clusters-balanced-%'
 ),
 streaks AS (  -- an evaluation's streak: the evaluations since the last one below the threshold
     SELECT *, count(*) FILTER (WHERE NOT at_threshold) OVER (PARTITION BY run_id ORDER BY step) AS streak
@@ -22,7 +23,8 @@ held AS (
     FROM streaks
 ),
 t_grok AS (
-    SELECT run_id, min(step) AS t_grok FROM curve WHERE at_threshold GROUP BY run_id
+    SELECT run_id, groks_at AS t_grok
+    FROM curve_grokking WHERE curve = 'test_id' AND groks_at IS NOT NULL AND run_id LIKE 'clusters-balanced-%'
 ),
 first_rule AS (
     SELECT c.run_id, min(c.step) AS stop
