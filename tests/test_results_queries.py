@@ -18,10 +18,10 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
 def _run(home, run_id: str, curves: dict[str, list[float]], status: str = "finished",
-         config: str = '{"grok_threshold": 0.95}', t_mem: int | None = None) -> None:
+         config: str = '{"grok_threshold": 0.95}', t_mem: int | None = None, t_grok: int | None = None) -> None:
     row = {"run_id": run_id, "name": None, "objective": "mdm", "dataset_id": None,
            "config": config, "status": status, "parent_run_id": None, "t_mem": t_mem,
-           "t_grok": None, "grok_ratio": None, "grok_delay": None, "final_step": 20000}
+           "t_grok": t_grok, "grok_ratio": None, "grok_delay": None, "final_step": 20000}
     metrics = [(2500 * (i + 1), name, value) for name, curve in curves.items() for i, value in enumerate(curve)]
     assert record_run(home, row, metrics, final=True)
 
@@ -306,3 +306,27 @@ def test_the_patience_rule_query_stops_a_curve_where_each_rule_is_met(home):
                     "first_crossing_stop": 7500, "first_crossing_test_id": 0.9, "first_crossing_at_95": False,
                     "first_crossing_lowest_after": 0.6, "held_stop": 12500, "held_test_id": 0.98,
                     "held_lowest_after": 0.6}]
+
+
+def test_the_beta2_query_reads_the_stopped_run_and_its_no_stop_copy_seed_for_seed(home):
+    connect().close()
+    recipe = '{"betas": [0.9, 0.98], "seed": 0, "max_steps": 20000, "patience": %d}'
+    # the recipe's run, stopped by the rule at 7,500; its copy with no stop goes on to 20,000 and falls once
+    _run(home, "clusters-balanced-s0-670a14b9", {"test_id/acc": [0.5, 0.96, 0.97], "train/acc": [0.99, 1, 1]},
+         config=recipe % 500, t_mem=2500, t_grok=5000)
+    _run(home, "clusters-balanced-nostop-s0-670a14b9",
+         {"test_id/acc": [0.5, 0.96, 0.97, 0.70, 0.97, 0.98, 0.99, 0.99], "train/acc": [0.99, 1, 1, 0.5, 1, 1, 1, 1]},
+         config=recipe % 0, t_mem=2500, t_grok=5000)
+    # beta2 0.999: never holds, runs to the cap, and collapses to chance at 10,000
+    _run(home, "clusters-balanced-betas0.90.999-s0-670a14b9",
+         {"test_id/acc": [0.5, 0.96, 0.5, 0.03, 0.03, 0.03, 0.03, 0.1], "train/acc": [0.99, 1, 0.9, 0.05, 0, 0, 0, 0.2]},
+         config=(recipe % 500).replace("0.98", "0.999"), t_mem=2500, t_grok=5000)
+    _run(home, "clusters-k1-s0-670a14b9", {"test_id/acc": [0.5] * 3}, config=recipe % 0)  # not a balanced run
+    got = run_sql((RESULTS / "clusters_beta2" / "beta2.sql").read_text()).to_pylist()
+    assert [tuple(r.values()) for r in got] == [
+        ("0.980", "0", "2500", "5000", "0.970 @ 7500", "12500", "—", "0.500", "0.700", "1", "0.990 @ 20000"),
+        ("0.980", "all (n=1)", "2500 ± 0", "5000 ± 0 (n=1)", "1/1 held", "1/1 held", "0/1 collapsed",
+         "0.500 ± 0.000", "0.700 ± 0.000 (n=1)", "1.0 ± 0.0 (n=1)", "0.990 ± 0.000"),
+        ("0.999", "0", "2500", "5000", "0.100 @ 20000 (cap)", "—", "10000", "0.000", "0.030", "6", "0.100 @ 20000"),
+        ("0.999", "all (n=1)", "2500 ± 0", "5000 ± 0 (n=1)", "0/1 held", "0/1 held", "1/1 collapsed",
+         "0.000 ± 0.000", "0.030 ± 0.000 (n=1)", "6.0 ± 0.0 (n=1)", "0.100 ± 0.000")]

@@ -1,41 +1,62 @@
--- docs/results/clusters_beta2/README.md: the balanced clusters runs of one snapshot (670a14b9) trained with
--- Adam's beta2 at 0.95, 0.98 (the recipe's, ../clusters_held/) and 0.999 (PyTorch's default), seed for seed
--- (same rows, init and data order). Per run: T_mem, T_grok, the evaluation from which test ID held 95% to
--- the end (t_grok_held), where the run stopped and its test ID there; `collapse_at`, the first evaluation
--- after T_mem with train accuracy below 10% (chance is 1/47); the lowest train accuracy after T_mem; and how
--- many evaluations after T_grok had test ID below 80%. Then per beta2: runs, how many held, how many
--- collapsed, T_mem and T_grok (mean ± std over the runs that have one, n). From the training store, or:
---   grokloop import-runs docs/results/clusters_held/clusters_runs.parquet
---   grokloop import-runs docs/results/clusters_beta2/beta2_0.95/clusters_runs.parquet
---   grokloop import-runs docs/results/clusters_beta2/beta2_0.999/clusters_runs.parquet
+-- docs/results/clusters_beta2/README.md: the balanced clusters runs of one snapshot (670a14b9) with Adam's
+-- beta2 at 0.95, 0.98 (the recipe's: ../clusters_held/) and 0.999 (PyTorch's default), seed for seed (same
+-- rows, init and data order). Per beta2 and seed: T_mem and T_grok; where the experiment's stopping rule
+-- ended the run (test ID at 95% for 500 steps; `cap`: it never held that long) and its test ID there; then
+-- over the whole 10,000 steps (a copy trained on with no stop, `-nostop-` in its name, where the rule ended
+-- the run sooner; before that stop its curve is the stopped run's): the evaluation from which test ID held
+-- 95% to the end, `collapse_at` (the first evaluation after T_mem with train accuracy below 10%; chance is
+-- 1/47), the lowest train accuracy after T_mem, the lowest test ID after T_grok, how many evaluations after
+-- T_grok were below 80% test ID, and test ID at step 10,000. Last, per beta2, mean ± std over seeds (n).
+-- From the training store, or from the three pages' Parquets and the no-stop runs':
+--   for f in docs/results/clusters_held/clusters_runs.parquet docs/results/clusters_beta2/*/*.parquet; do
+--     grokloop import-runs "$f"; done
 --   grokloop sql --format markdown --file docs/results/clusters_beta2/beta2.sql
 WITH arm AS (
-    SELECT run_id, (config->'betas'->>1)::DOUBLE AS beta2, (config->>'seed')::INTEGER AS seed
-    FROM runs
-    WHERE regexp_matches(run_id, '^clusters-balanced-(betas[0-9.]+-)?s[0-9]+-670a14b9$') AND status = 'finished'
+    SELECT r.run_id, (r.config->'betas'->>1)::DOUBLE AS beta2, (r.config->>'seed')::INTEGER AS seed,
+           (r.config->>'patience')::INTEGER AS patience,
+           (r.config->>'max_steps')::INTEGER AS cap, p.step, p.test_id_acc, p.t_mem, p.t_grok
+    FROM runs r JOIN run_progress p USING (run_id)
+    WHERE regexp_matches(r.run_id, '^clusters-balanced-(betas[0-9.]+-)?(nostop-)?s[0-9]+-670a14b9$')
+      AND r.status = 'finished'
+), per_seed AS (
+    SELECT beta2, seed,
+           any_value(t_mem) FILTER (WHERE patience > 0)        AS t_mem,
+           any_value(t_grok) FILTER (WHERE patience > 0)       AS t_grok,
+           any_value(step) FILTER (WHERE patience > 0)         AS stop_step,
+           any_value(test_id_acc) FILTER (WHERE patience > 0)  AS stop_acc,
+           any_value(cap)                                      AS cap,
+           arg_max(run_id, step)                               AS long_run
+    FROM arm GROUP BY beta2, seed
 ), per_run AS (
-    SELECT a.beta2, a.seed, p.t_mem, p.t_grok, p.t_grok_held, p.step, p.test_id_acc,
-           (SELECT min(step) FROM metrics m WHERE m.run_id = a.run_id AND m.name = 'train/acc'
-              AND m.step > p.t_mem AND m.value < 0.10)                                  AS collapse_at,
-           (SELECT min(value) FROM metrics m WHERE m.run_id = a.run_id AND m.name = 'train/acc'
-              AND m.step > p.t_mem)                                                     AS train_low,
-           (SELECT count(*) FROM metrics m WHERE m.run_id = a.run_id AND m.name = 'test_id/acc'
-              AND m.step > p.t_grok AND m.value < 0.80)                                 AS evals_below_80
-    FROM arm a JOIN run_progress p USING (run_id)
+    SELECT s.*, g.held_from, g.lowest_after AS test_low, g.final_acc AS end_acc, g.last_step,
+           (SELECT min(step) FROM metrics m WHERE m.run_id = s.long_run AND m.name = 'train/acc'
+              AND m.step > s.t_mem AND m.value < 0.10)                                  AS collapse_at,
+           (SELECT min(value) FROM metrics m WHERE m.run_id = s.long_run AND m.name = 'train/acc'
+              AND m.step > s.t_mem)                                                     AS train_low,
+           (SELECT count(*) FROM metrics m WHERE m.run_id = s.long_run AND m.name = 'test_id/acc'
+              AND m.step > s.t_grok AND m.value < 0.80)                                 AS below_80
+    FROM per_seed s JOIN curve_grokking g ON g.run_id = s.long_run AND g.curve = 'test_id'
 )
-SELECT printf('%.3f', beta2) AS beta2, seed::VARCHAR AS seed, t_mem::VARCHAR AS t_mem, t_grok::VARCHAR AS t_grok,
-       coalesce(t_grok_held::VARCHAR, '—') AS t_grok_held, printf('%.3f @ %d', test_id_acc, step) AS stop,
-       coalesce(collapse_at::VARCHAR, '—') AS collapse_at, printf('%.3f', train_low) AS train_low_after_t_mem,
-       evals_below_80::VARCHAR AS evals_below_80_after_t_grok
+SELECT printf('%.3f', beta2) AS beta2, seed::VARCHAR AS seed, t_mem::VARCHAR AS t_mem,
+       coalesce(t_grok::VARCHAR, '—') AS t_grok,
+       CASE WHEN stop_step < cap THEN printf('%.3f @ %d', stop_acc, stop_step)
+            ELSE printf('%.3f @ %d (cap)', stop_acc, stop_step) END AS rule_stop,
+       coalesce(held_from::VARCHAR, '—') AS held_from, coalesce(collapse_at::VARCHAR, '—') AS collapse_at,
+       printf('%.3f', train_low) AS train_low, coalesce(printf('%.3f', test_low), '—') AS test_low_after_t_grok,
+       CASE WHEN t_grok IS NULL THEN '—' ELSE below_80::VARCHAR END AS evals_below_80,
+       printf('%.3f @ %d', end_acc, last_step) AS end_acc
 FROM per_run
 UNION ALL
 SELECT printf('%.3f', beta2), printf('all (n=%d)', count(*)),
        printf('%.0f ± %.0f', avg(t_mem), coalesce(stddev_samp(t_mem), 0)),
        printf('%.0f ± %.0f (n=%d)', avg(t_grok), coalesce(stddev_samp(t_grok), 0), count(t_grok)),
-       printf('%d/%d held', count(t_grok_held), count(*)),
-       printf('%.3f ± %.3f', avg(test_id_acc), coalesce(stddev_samp(test_id_acc), 0)),
+       printf('%d/%d held', count(*) FILTER (WHERE stop_step < cap), count(*)),
+       printf('%d/%d held', count(held_from), count(*)),
        printf('%d/%d collapsed', count(collapse_at), count(*)),
        printf('%.3f ± %.3f', avg(train_low), coalesce(stddev_samp(train_low), 0)),
-       printf('%.1f ± %.1f', avg(evals_below_80), coalesce(stddev_samp(evals_below_80), 0))
+       printf('%.3f ± %.3f (n=%d)', avg(test_low), coalesce(stddev_samp(test_low), 0), count(test_low)),
+       printf('%.1f ± %.1f (n=%d)', avg(below_80) FILTER (WHERE t_grok IS NOT NULL),
+              coalesce(stddev_samp(below_80) FILTER (WHERE t_grok IS NOT NULL), 0), count(t_grok)),
+       printf('%.3f ± %.3f', avg(end_acc), coalesce(stddev_samp(end_acc), 0))
 FROM per_run GROUP BY beta2
 ORDER BY beta2, seed;
