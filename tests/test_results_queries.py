@@ -310,23 +310,24 @@ def test_the_patience_rule_query_stops_a_curve_where_each_rule_is_met(home):
 
 def test_the_beta2_query_reads_the_stopped_run_and_its_no_stop_copy_seed_for_seed(home):
     connect().close()
-    recipe = '{"betas": [0.9, 0.98], "seed": 0, "max_steps": 20000, "patience": %d}'
-    # the recipe's run, stopped by the rule at 7,500; its copy with no stop goes on to 20,000 and falls once
+    recipe = '{"betas": [0.9, 0.98], "seed": 0, "max_steps": %d, "patience": %d}'
+    # the recipe's run, stopped by the rule at 7,500 of a 15,000 cap; its copy with no stop, trained on to
+    # 20,000, falls once before the cap and to 10% after it (outside the window: not counted)
     _run(home, "clusters-balanced-s0-670a14b9", {"test_id/acc": [0.5, 0.96, 0.97], "train/acc": [0.99, 1, 1]},
-         config=recipe % 500, t_mem=2500, t_grok=5000)
+         config=recipe % (15000, 500), t_mem=2500, t_grok=5000)
     _run(home, "clusters-balanced-nostop-s0-670a14b9",
-         {"test_id/acc": [0.5, 0.96, 0.97, 0.70, 0.97, 0.98, 0.99, 0.99], "train/acc": [0.99, 1, 1, 0.5, 1, 1, 1, 1]},
-         config=recipe % 0, t_mem=2500, t_grok=5000)
+         {"test_id/acc": [0.5, 0.96, 0.97, 0.70, 0.97, 0.98, 0.10, 0.10], "train/acc": [0.99, 1, 1, 0.5, 1, 1, 0, 0]},
+         config=recipe % (20000, 0), t_mem=2500, t_grok=5000)
     # beta2 0.999: never holds, runs to the cap, and collapses to chance at 10,000
     _run(home, "clusters-balanced-betas0.90.999-s0-670a14b9",
-         {"test_id/acc": [0.5, 0.96, 0.5, 0.03, 0.03, 0.03, 0.03, 0.1], "train/acc": [0.99, 1, 0.9, 0.05, 0, 0, 0, 0.2]},
-         config=(recipe % 500).replace("0.98", "0.999"), t_mem=2500, t_grok=5000)
-    _run(home, "clusters-k1-s0-670a14b9", {"test_id/acc": [0.5] * 3}, config=recipe % 0)  # not a balanced run
+         {"test_id/acc": [0.5, 0.96, 0.5, 0.03, 0.03, 0.1], "train/acc": [0.99, 1, 0.9, 0.05, 0, 0.2]},
+         config=(recipe % (15000, 500)).replace("0.98", "0.999"), t_mem=2500, t_grok=5000)
+    _run(home, "clusters-k1-s0-670a14b9", {"test_id/acc": [0.5] * 3}, config=recipe % (15000, 0))  # not balanced
     got = run_sql((RESULTS / "clusters_beta2" / "beta2.sql").read_text()).to_pylist()
     assert [tuple(r.values()) for r in got] == [
-        ("0.980", "0", "2500", "5000", "0.970 @ 7500", "12500", "—", "0.500", "0.700", "1", "0.990 @ 20000"),
+        ("0.980", "0", "2500", "5000", "0.970 @ 7500", "12500", "—", "0.500", "0.700", "1", "0.980 @ 15000"),
         ("0.980", "all (n=1)", "2500 ± 0", "5000 ± 0 (n=1)", "1/1 held", "1/1 held", "0/1 collapsed",
-         "0.500 ± 0.000", "0.700 ± 0.000 (n=1)", "1.0 ± 0.0 (n=1)", "0.990 ± 0.000"),
-        ("0.999", "0", "2500", "5000", "0.100 @ 20000 (cap)", "—", "10000", "0.000", "0.030", "6", "0.100 @ 20000"),
+         "0.500 ± 0.000", "0.700 ± 0.000 (n=1)", "1.0 ± 0.0 (n=1)", "0.980 ± 0.000"),
+        ("0.999", "0", "2500", "5000", "0.100 @ 15000 (cap)", "—", "10000", "0.000", "0.030", "4", "0.100 @ 15000"),
         ("0.999", "all (n=1)", "2500 ± 0", "5000 ± 0 (n=1)", "0/1 held", "0/1 held", "1/1 collapsed",
-         "0.000 ± 0.000", "0.030 ± 0.000 (n=1)", "6.0 ± 0.0 (n=1)", "0.100 ± 0.000")]
+         "0.000 ± 0.000", "0.030 ± 0.000 (n=1)", "4.0 ± 0.0 (n=1)", "0.100 ± 0.000")]

@@ -6,7 +6,9 @@
 -- the run sooner; before that stop its curve is the stopped run's): the evaluation from which test ID held
 -- 95% to the end, `collapse_at` (the first evaluation after T_mem with train accuracy below 10%; chance is
 -- 1/47), the lowest train accuracy after T_mem, the lowest test ID after T_grok, how many evaluations after
--- T_grok were below 80% test ID, and test ID at step 10,000. Last, per beta2, mean ± std over seeds (n).
+-- T_grok were below 80% test ID, and test ID at step 10,000. Only steps up to the experiment's cap count (a
+-- no-stop copy trained on past it is read to the cap: the same window for every arm). Last, per beta2, mean ±
+-- std over seeds (n).
 -- From the training store, or from the three pages' Parquets and the no-stop runs':
 --   for f in docs/results/clusters_held/clusters_runs.parquet docs/results/clusters_beta2/*/*.parquet; do
 --     grokloop import-runs "$f"; done
@@ -24,18 +26,29 @@ WITH arm AS (
            any_value(t_grok) FILTER (WHERE patience > 0)       AS t_grok,
            any_value(step) FILTER (WHERE patience > 0)         AS stop_step,
            any_value(test_id_acc) FILTER (WHERE patience > 0)  AS stop_acc,
-           any_value(cap)                                      AS cap,
+           any_value(cap) FILTER (WHERE patience > 0)          AS cap,  -- the experiment's
            arg_max(run_id, step)                               AS long_run
     FROM arm GROUP BY beta2, seed
+), curve AS (  -- each seed's longest run up to the cap, test ID (with its threshold) and train accuracy
+    SELECT s.*, a.curve = 'test_id' AS is_test, a.step, a.acc, a.level,
+           max(a.step) FILTER (WHERE a.curve = 'test_id' AND a.acc < a.level)
+               OVER (PARTITION BY s.beta2, s.seed) AS last_below
+    FROM per_seed s
+    JOIN (SELECT run_id, curve, step, acc, level FROM accuracy_curves WHERE curve = 'test_id'
+          UNION ALL
+          SELECT run_id, 'train', step, value, NULL FROM metrics WHERE name = 'train/acc') a
+      ON a.run_id = s.long_run AND a.step <= s.cap
 ), per_run AS (
-    SELECT s.*, g.held_from, g.lowest_after AS test_low, g.final_acc AS end_acc, g.last_step,
-           (SELECT min(step) FROM metrics m WHERE m.run_id = s.long_run AND m.name = 'train/acc'
-              AND m.step > s.t_mem AND m.value < 0.10)                                  AS collapse_at,
-           (SELECT min(value) FROM metrics m WHERE m.run_id = s.long_run AND m.name = 'train/acc'
-              AND m.step > s.t_mem)                                                     AS train_low,
-           (SELECT count(*) FROM metrics m WHERE m.run_id = s.long_run AND m.name = 'test_id/acc'
-              AND m.step > s.t_grok AND m.value < 0.80)                                 AS below_80
-    FROM per_seed s JOIN curve_grokking g ON g.run_id = s.long_run AND g.curve = 'test_id'
+    SELECT beta2, seed, t_mem, t_grok, stop_step, stop_acc, cap,
+           min(step) FILTER (WHERE is_test AND step > coalesce(last_below, -1)) AS held_from,
+           min(step) FILTER (WHERE NOT is_test AND step > t_mem AND acc < 0.10) AS collapse_at,
+           min(acc) FILTER (WHERE NOT is_test AND step > t_mem)                 AS train_low,
+           min(acc) FILTER (WHERE is_test AND step >= t_grok)                   AS test_low,
+           count(*) FILTER (WHERE is_test AND step > t_grok AND acc < 0.80)     AS below_80,
+           arg_max(acc, step) FILTER (WHERE is_test)                            AS end_acc,
+           max(step) FILTER (WHERE is_test)                                     AS last_step
+    FROM curve
+    GROUP BY beta2, seed, t_mem, t_grok, stop_step, stop_acc, cap
 )
 SELECT printf('%.3f', beta2) AS beta2, seed::VARCHAR AS seed, t_mem::VARCHAR AS t_mem,
        coalesce(t_grok::VARCHAR, '—') AS t_grok,
