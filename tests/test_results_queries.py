@@ -34,13 +34,15 @@ def test_the_late_falls_queries_on_a_run_whose_falls_are_known(home):
               "train/acc": [0.5, 0.99, 1.0, 0.90, 1.0, 1.0, 0.995, 0.98],
               "grad_norm": [1, 1, 1, 8, 1, 2, 4, 3]}
     _run(home, "clusters-balanced-long-s0", curves)
+    _run(home, "clusters-balanced-betas0.90.95-nostop-s1-670a14b9", curves)  # grouped without seed and snapshot
     _run(home, "another-run-s0", curves)  # not one of the page's runs
     # at steps 2,500 ... 20,000, x+y and x*y together (their lowest): 0.4 0.90 0.96 0.60 0.97 0.98 0.90 0.99 --
     # at 95% from 7,500; after it they fall at 10,000 (to 0.60, train 0.90) and 17,500 (0.90, train 0.995)
     falls = run_sql((RESULTS / "clusters_falls.sql").read_text()).to_pylist()
-    assert falls == [{"runs": "clusters-balanced-long", "n": 1, "evals": 6, "falls": 2, "below_80": 1, "falls_after_15000": 1,
+    assert falls == [{"runs": runs, "n": 1, "evals": 6, "falls": 2, "below_80": 1, "falls_after_15000": 1,
                       "train_below_99_in_falls": "0.500 ± 0.000 (n=1)", "train_below_99_held": "0.250 ± 0.000 (n=1)",
-                      "grad_norm_in_falls": "6.00 ± 0.00 (n=1)", "grad_norm_held": "1.50 ± 0.00 (n=1)"}]
+                      "grad_norm_in_falls": "6.00 ± 0.00 (n=1)", "grad_norm_held": "1.50 ± 0.00 (n=1)"}
+                     for runs in ("clusters-balanced-betas0.90.95-nostop", "clusters-balanced-long")]
     late = {r["cluster"]: r for r in run_sql((RESULTS / "clusters_late.sql").read_text()).to_pylist()}
     assert set(late) == {"x*y", "x+y", "x-y"} and late["x+y"]["runs"] == "clusters-balanced-long"
     assert (late["x+y"]["groks_at"], late["x+y"]["kept"], late["x+y"]["lowest_after"], late["x+y"]["at_20000"]) == \

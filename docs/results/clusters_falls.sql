@@ -2,7 +2,8 @@
 -- other than x-y (x+y and x*y) all at 95% test to the end, the evaluations where they fell below it
 -- (below_80: how many of them below 80%; falls_after_15000: in the last quarter of a 20,000-step run)
 -- beside those where they held: how often train accuracy is below 99% too, and the gradient norm
--- (median). Per run, then mean ± std over the runs of a group (n). From the
+-- (median). Per run, then mean ± std over the runs of a group (n). The runs: the grid's held-out ones, the
+-- arms of "What the falls are" and, on another snapshot, beta2 0.95's no-stop runs (clusters_beta2/). From the
 -- store the runs were trained in, or from their Parquet (the grid's runs are in clusters_runs.parquet):
 --   grokloop import-runs docs/results/clusters_runs.parquet
 --   grokloop import-runs docs/results/clusters_late_runs.parquet
@@ -20,7 +21,8 @@ WITH train AS (
     JOIN cluster_grokking g USING (run_id, cluster)
     JOIN train t USING (run_id, step)
     WHERE c.cluster = 'x-y' AND c.step >= g.others_groks_at
-      AND regexp_matches(c.run_id, '^clusters-(balanced-(long|wd0\.3|ema|cos|clip1)|heldout-clip1)-s[0-2]$|^clusters-heldout-s[0-2]-79291876$')
+      AND regexp_matches(c.run_id, '^clusters-(balanced-(long|wd0\.3|ema|cos|clip1)|heldout-clip1)-s[0-2]$|^clusters-heldout-s[0-2]-79291876$'
+                                   || '|^clusters-balanced-betas0\.90\.95-nostop-s[0-2]-670a14b9$')
 ), per_run AS (
     SELECT run_id, count(*) AS evals, count(*) FILTER (WHERE fell) AS falls, count(*) FILTER (WHERE deep) AS below_80,
            count(*) FILTER (WHERE fell AND step > 15000) AS after_15000,
@@ -30,7 +32,7 @@ WITH train AS (
            median(grad_norm) FILTER (WHERE NOT fell)                AS grad_norm_held
     FROM after GROUP BY run_id
 )
-SELECT regexp_replace(run_id, '-s[0-9](-79291876)?$', '') AS runs, count(*) AS n,
+SELECT regexp_replace(run_id, '-s[0-9](-[0-9a-f]{8})?$', '') AS runs, count(*) AS n,
        sum(evals) AS evals, sum(falls) AS falls, sum(below_80) AS below_80, sum(after_15000) AS falls_after_15000,
        printf('%.3f ± %.3f (n=%d)', avg(train_below_99_in_falls), coalesce(stddev_samp(train_below_99_in_falls), 0),
               count(train_below_99_in_falls)) AS train_below_99_in_falls,
