@@ -227,7 +227,8 @@ class TrainConfig:
     # optimization
     optimizer: str = "adamw"               # adamw (decoupled decay) | adam (L2 decay, the Grokfast paper's)
     lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[float, float] = (0.9, 0.98)  # the Grokfast code's; beta2 0.95 keeps the clusters runs'
+                                              # grokking, 0.999 collapses it (docs/results/clusters_beta2/)
     weight_decay: float = 1.0              # strong decay is what makes grokking happen at all
     warmup_steps: int = 10                 # linear LR warmup, as in the Grokfast code
     lr_decay: str = "none"                 # none | cosine: from lr after warmup to min_lr at decay_steps
