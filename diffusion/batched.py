@@ -41,17 +41,15 @@ from diffusion.evaluate import evaluation, held_since, update_diagnostics
 from diffusion.grokfast import ema_filter_, ma_filter_
 from diffusion.grouped import grouped_forward, stack_params
 from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
+from diffusion.records import eval_line, metrics_board, run_record
 from diffusion.train import (
     RunResult,
     end_as_the_signal,
     ended_status,
-    eval_line,
     initial_model,
     is_eval_step,
     learning_rate,
-    metrics_board,
     run_over,
-    run_record,
     stop_signals,
 )
 from storage.home import grokloop_home, runs_dir

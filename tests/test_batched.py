@@ -10,7 +10,8 @@ from diffusion.batched import batchable, train_batched
 from diffusion.grouped import grouped_forward, stack_params
 from diffusion.model import Denoiser
 from diffusion.objective import ar_loss, mdm_loss_given, mdm_noise
-from diffusion.train import eval_line, load_config, train
+from diffusion.records import eval_line
+from diffusion.train import load_config, train
 
 
 def close_rows(a, b):

@@ -279,7 +279,8 @@ def test_a_training_fan_out_that_ends_early_records_the_runs_it_left_running_as_
     newer row, which wins. Both call forms: a list of seeds (train_seeds_task) and one config."""
     from prefect import task
 
-    from diffusion.train import TrainConfig, run_record
+    from diffusion.records import run_record
+    from diffusion.train import TrainConfig
     from flows.flows import train_on
     from storage.runs import _save_pending, flush_pending, record_run
 

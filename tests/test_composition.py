@@ -279,7 +279,7 @@ def test_arms_and_sizes_belong_to_their_experiments(tmp_path, monkeypatch):
 def test_each_run_says_how_many_times_t_mem_it_went_on(home):
     """`x_t_mem`: the last evaluation's step / T_mem, so a run capped before 10 x T_mem shows it (mdm's
     seed 2 on programs-canonical-20 memorised at 5,000 and ended at the grid's cap, 20,000: 4.0)."""
-    from diffusion.train import run_record
+    from diffusion.records import run_record
     from storage.runs import record_run
 
     size, home = COMPOSITION_SIZES["full"], str(home)
@@ -308,7 +308,7 @@ def test_a_grid_continues_a_run_past_its_cap_to_10_x_its_t_mem_and_no_further(ho
     continues it; T_mem 2,000 (cap 20,000) leaves it as the store has it (continued by hand). In a new
     home (no store yet) every run trains."""
     from diffusion.checkpoint import write_run_config
-    from diffusion.train import run_record
+    from diffusion.records import run_record
     from flows.experiments.common import trainable_here
     from storage.home import runs_dir
     from storage.runs import record_run

@@ -13,7 +13,7 @@ import time
 
 import duckdb
 
-import diffusion.train
+import diffusion.records
 import storage.runs
 from agents.sdk import TrajectoryLogger
 from diffusion.train import TrainConfig, train
@@ -65,7 +65,7 @@ def test_a_reader_held_across_a_training_run_neither_fails_it_nor_loses_its_metr
         waited.append(not landed)
         return landed
 
-    monkeypatch.setattr(diffusion.train, "record_run", record_then_release)
+    monkeypatch.setattr(diffusion.records, "record_run", record_then_release)
     cfg = TrainConfig(family="modular", family_params={"p": 5, "train_fraction": 0.6, "seed": 0},
                       hidden_size=32, num_layers=1, num_heads=2, batch_size=8, max_steps=40, eval_every=10,
                       sampler_steps=1, home=str(home), run_name="busy", progress=False)

@@ -13,7 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from diffusion.train import TrainConfig, run_record
+from diffusion.records import run_record
+from diffusion.train import TrainConfig
 from flows.cli import app
 from flows.experiments import trained_on_line
 from storage.home import store_path
@@ -95,7 +96,7 @@ def test_a_file_that_is_not_a_runs_export_is_named_and_changes_nothing(source, t
 
 def test_where_runs_trained_travels_with_their_rows_and_the_page_names_it(source, tmp_path):
     """A run repeats exactly only on the same thread count, torch and device: the run row records
-    them (diffusion.train.trained_on), an export carries them, and a page says them, naming the
+    them (diffusion.records.trained_on), an export carries them, and a page says them, naming the
     runs whose rows predate the record."""
     threads = torch.get_num_threads()
     torch.set_num_threads(3)  # not this machine's default: the record is read, not assumed

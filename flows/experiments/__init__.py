@@ -138,7 +138,7 @@ def _steps_run(home: str, run_ids, cap: int) -> str:
 
 def trained_on_line(home: str, run_ids: list[str]) -> str:
     """Where the runs trained, in words: their exact numbers repeat only on the same thread count,
-    torch and device (diffusion.train.trained_on)."""
+    torch and device (diffusion.records.trained_on)."""
     def where(on: dict | None) -> str:
         if on is None:
             return "not recorded (rows from before runs recorded it)"
