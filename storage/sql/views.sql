@@ -128,16 +128,21 @@ LEFT JOIN metrics n ON n.run_id = a.run_id AND n.step = a.step AND n.name = spli
 WHERE a.name IN ('train/acc', 'test_id/acc', 'test_ood/acc')
 ORDER BY a.run_id, a.step, split;
 
--- Runs: each cluster's test accuracy at each evaluation (metric `test_id/cluster:<name>/acc`) beside
--- `others_acc`, the lowest of the run's other clusters there (NULL where one of them was not measured),
--- and the run's grok_threshold (`level`).
+-- Runs: the test accuracies grokking is read from, one row per run and evaluation: test ID (`cluster`
+-- NULL) and each cluster's (metric `test_id/cluster:<name>/acc`), with the run's grok_threshold
+-- (`level`; 0.95 for runs recorded before it was a setting).
+CREATE OR REPLACE VIEW test_accuracy AS
+SELECT m.run_id, nullif(regexp_extract(m.name, '^test_id/cluster:(.*)/acc$', 1), '') AS cluster, m.step,
+       m.value AS acc, coalesce(TRY_CAST(r.config->>'grok_threshold' AS DOUBLE), 0.95) AS level
+FROM metrics m
+LEFT JOIN runs r USING (run_id)
+WHERE m.name = 'test_id/acc' OR m.name LIKE 'test_id/cluster:%/acc';
+
+-- Runs: each cluster's test accuracy at each evaluation beside `others_acc`, the lowest of the run's
+-- other clusters there (NULL where one of them was not measured), and the run's grok_threshold (`level`).
 CREATE OR REPLACE VIEW cluster_curves AS
 WITH curve AS (
-    SELECT m.run_id, regexp_extract(m.name, '^test_id/cluster:(.*)/acc$', 1) AS cluster, m.step, m.value AS acc,
-           coalesce(TRY_CAST(r.config->>'grok_threshold' AS DOUBLE), 0.95) AS level
-    FROM metrics m
-    LEFT JOIN runs r USING (run_id)
-    WHERE m.name LIKE 'test_id/cluster:%/acc'
+    SELECT * FROM test_accuracy WHERE cluster IS NOT NULL
 ), cluster_count AS (
     SELECT run_id, count(DISTINCT cluster) AS n FROM curve GROUP BY run_id
 )
@@ -153,11 +158,7 @@ ORDER BY a.run_id, a.cluster, a.step;
 -- accuracy (`curve` 'test_id'), each cluster's ('cluster', `cluster` its name) and the lowest of the
 -- run's other clusters beside it ('others'), with the run's grok_threshold (`level`).
 CREATE OR REPLACE VIEW accuracy_curves AS
-SELECT m.run_id, 'test_id' AS curve, NULL::VARCHAR AS cluster, m.step, m.value AS acc,
-       coalesce(TRY_CAST(r.config->>'grok_threshold' AS DOUBLE), 0.95) AS level
-FROM metrics m
-LEFT JOIN runs r USING (run_id)
-WHERE m.name = 'test_id/acc'
+SELECT run_id, 'test_id' AS curve, cluster, step, acc, level FROM test_accuracy WHERE cluster IS NULL
 UNION ALL
 SELECT run_id, 'cluster', cluster, step, acc, level FROM cluster_curves
 UNION ALL
