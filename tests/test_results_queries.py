@@ -67,30 +67,40 @@ def test_the_swapped_pairs_query_splits_test_rows_by_whether_b_op_a_was_trained_
         {"operation": "x+y", "swapped_pair_in_train": True, "seeds": 2, "rows": 4, "test_acc": "1.000 ± 0.000"}]
 
 
-def test_the_clip_side_by_side_query_pairs_each_seed_with_its_run_without_clipping(home):
+def test_the_paired_query_sets_each_changed_run_beside_the_recipes_seed_on_its_snapshot(home):
     connect().close()
     steps = [0.5, 0.99, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # train accuracy at 2,500 ... 20,000
     runs = {  # run id: (x-y test accuracy, train accuracy)
         "clusters-10pctk105-s0-db7ffdbc": ([0.1, 0.2, 0.5, 0.96, 0.7, 0.8, 0.9, 0.85], [*steps[:3], 0.9, *steps[4:]]),
         "clusters-10pctk105-grad_clip1.0-s0-db7ffdbc": ([0.1, 0.3, 0.6, 0.8, 0.9, 0.97, 0.98, 0.99], steps),
+        "clusters-10pctk105-betas0.90.95-s0-db7ffdbc": ([0.1, 0.2, 0.96, 0.97, 0.5, 0.96, 0.97, 0.98], steps),
         "clusters-10pctk105-s1-db7ffdbc": ([0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5], steps),
         "clusters-10pctk105-grad_clip1.0-s1-db7ffdbc": ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.6], steps),
         "clusters-15pctk157-grad_clip1.0-s0-6b62b5a0": ([0.1] * 8, steps),
+        # the recipe's seed 1 on another snapshot (other rows): no pair for the clipped seed 1 above
+        "clusters-10pctk105-betas0.90.95-s1-90e9e123": ([0.1] * 8, steps),
     }
     for run_id, (x_y, train) in runs.items():
         _run(home, run_id, {"test_id/cluster:x-y/acc": x_y, "train/acc": train})
     _run(home, "clusters-15pctk157-s0-6b62b5a0", {"test_id/cluster:x-y/acc": [0.1], "train/acc": [0.5]},
          status="running")  # its pair, still training: not a pair yet
-    got = run_sql((RESULTS / "clusters_clip" / "clip_vs_noclip.sql").read_text()).to_pylist()
-    assert [(r["variant"], r["seed"]) for r in got] == [
-        ("10pctk105", "0"), ("10pctk105", "1"), ("10pctk105", "clip - no clip (n=2)")]
-    seed0, _, paired = got
-    assert (seed0["best_noclip"], seed0["best_clip"], seed0["groks_at_noclip"], seed0["groks_at_clip"]) == \
+    _run(home, "clusters-10pctk105-betas0.90.95-nostop-s0-db7ffdbc", {"test_id/cluster:x-y/acc": [0.99] * 8,
+         "train/acc": steps})  # two settings in its name: not one setting changed
+    got = run_sql((RESULTS / "clusters_paired.sql").read_text()).to_pylist()
+    assert [(r["variant"], r["setting"], r["seed"]) for r in got] == [
+        ("10pctk105", "betas0.90.95", "0"), ("10pctk105", "betas0.90.95", "changed - recipe (n=1)"),
+        ("10pctk105", "grad_clip1.0", "0"), ("10pctk105", "grad_clip1.0", "1"),
+        ("10pctk105", "grad_clip1.0", "changed - recipe (n=2)")]
+    beta2, _, clip0, _, clip_paired = got
+    assert (clip0["best_recipe"], clip0["best_changed"], clip0["groks_at_recipe"], clip0["groks_at_changed"]) == \
         ("0.960", "0.990", "10000", "15000")
-    assert (seed0["end_noclip"], seed0["end_clip"], seed0["train_low_noclip"], seed0["train_low_clip"]) == \
+    assert (clip0["end_recipe"], clip0["end_changed"], clip0["train_low_recipe"], clip0["train_low_changed"]) == \
         ("0.850 @ 20000", "0.990 @ 20000", "0.900", "0.990")
+    # kept: the recipe's x-y at 95% in 1 of the 5 evaluations from 10,000 on; beta2 0.95's in 5 of 6 from 7,500
+    assert (clip0["kept_recipe"], clip0["kept_changed"], beta2["kept_changed"], beta2["groks_at_changed"]) == \
+        ("0.200", "1.000", "0.833", "7500")
     # best x-y: +0.03 (seed 0) and +0.20 (seed 1): mean 0.115, sample std 0.17 / sqrt(2)
-    assert (paired["best_clip"], paired["groks_at_noclip"], paired["groks_at_clip"]) == \
+    assert (clip_paired["best_changed"], clip_paired["groks_at_recipe"], clip_paired["groks_at_changed"]) == \
         ("+0.115 ± 0.120", "1/2 reach 95%", "1/2 reach 95%")
 
 
