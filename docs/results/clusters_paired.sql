@@ -10,13 +10,13 @@
 --   grokloop import-runs docs/results/clusters_clip/clusters_runs.parquet
 --   grokloop import-runs docs/results/clusters_clip/noclip/clusters_runs.parquet
 --   grokloop sql --format markdown --file docs/results/clusters_paired.sql
-WITH arm AS (
-    SELECT run_id,
-           regexp_extract(run_id, '^clusters-([a-z0-9]+)(-[a-z_]+[0-9.]+)?-s([0-9]+)-([0-9a-f]+)$',
-                          ['variant', 'setting', 'seed', 'snapshot']) AS p
-    FROM runs
-    WHERE regexp_matches(run_id, '^clusters-([a-z0-9]+)(-[a-z_]+[0-9.]+)?-s([0-9]+)-([0-9a-f]+)$')
-      AND status = 'finished'  -- a run still training (or stopped) is no pair yet
+WITH arm AS (  -- a name that does not match extracts empty strings
+    SELECT * FROM (
+        SELECT run_id, status,
+               regexp_extract(run_id, '^clusters-([a-z0-9]+)(-[a-z_]+[0-9.]+)?-s([0-9]+)-([0-9a-f]+)$',
+                              ['variant', 'setting', 'seed', 'snapshot']) AS p
+        FROM runs)
+    WHERE p.variant <> '' AND status = 'finished'  -- a run still training (or stopped) is no pair yet
 ), per_run AS (
     SELECT a.p.variant AS variant, ltrim(a.p.setting, '-') AS setting, a.p.seed::INTEGER AS seed,
            a.p.snapshot AS snapshot, g.best, g.groks_at, g.kept, g.final_acc, g.last_step,
